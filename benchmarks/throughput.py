@@ -1,0 +1,166 @@
+"""Throughput of each algorithm, measured, with the device, commit and date beside every figure.
+
+    python benchmarks/throughput.py pets                      # CPU-sized defaults
+    python benchmarks/throughput.py pets --num-envs 1,16,256  # on a GPU
+
+Writes benchmarks/results/throughput-<algorithm>-<platform>.json and prints Markdown rows for
+benchmarks/RESULTS.md. Compile time is reported apart from run time. Each algorithm adds one
+function to BENCHMARKS that returns rows (dicts); the rest is shared.
+
+PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
+continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
+7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
+rate is given as a share of the device's FP32 peak: the data-sheet peak on known GPUs; on a CPU the
+rate of a large float32 matmul measured here (the practical peak of that machine), and the table
+says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# FP32 (non-tensor-core) peaks from the vendors' data sheets, in FLOP/s.
+FP32_PEAKS = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}
+
+
+def device_info() -> dict:
+    device = jax.local_devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind, "num_devices": jax.local_device_count()}
+
+
+def fp32_peak() -> tuple[float, str]:
+    kind = jax.local_devices()[0].device_kind
+    for name, peak in FP32_PEAKS.items():
+        if name in kind:
+            return peak, f"{name} data sheet"
+    n = 2048
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(10):
+        out = matmul(a)
+    out.block_until_ready()
+    return 10 * 2 * n**3 / (time.perf_counter() - start), "measured 2048^2 float32 matmul"
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=5).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def timed(compiled, *args, repeats: int) -> float:
+    """Best wall time of `repeats` calls, after one warm-up call."""
+    jax.block_until_ready(compiled(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def mlp_flops(sizes: list[int]) -> int:
+    """Multiply-adds x 2 of one forward pass through dense layers of these widths."""
+    return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+# PETS
+
+
+def bench_pets(args) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "algorithms"))
+    import pets
+
+    rows = []
+    peak, peak_source = fp32_peak()
+    for num_envs in args.num_envs:
+        # Planning alone is timed through `evaluate`, which plans for `eval_episodes` environments at
+        # once for `episode_length` steps; the environment step itself is negligible next to planning.
+        config = dataclasses.replace(
+            pets.Config(**pets.PRESETS["cartpole_swingup"]), episode_length=args.steps,
+            eval_episodes=num_envs, total_steps=2 * args.steps, eval_every=args.steps,
+            initial_random_steps=args.steps, retrain_every=args.steps,
+        )
+        trainer = pets.make_train(config)
+        hparams = {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
+        key = jax.random.PRNGKey(0)
+        start = time.perf_counter()
+        state = jax.jit(trainer.init)(key, hparams)
+        evaluate = jax.jit(trainer.evaluate).lower(state, key, hparams).compile()
+        compile_s = time.perf_counter() - start
+        seconds = timed(evaluate, state, key, hparams, repeats=args.repeats)
+        actions = num_envs * args.steps
+        evals_per_action = config.population * config.particles * config.horizon * config.cem_iterations
+        obs_size, action_size = 5, 1
+        per_eval = mlp_flops([obs_size + action_size, *config.hidden_sizes, 2 * obs_size])
+        flop_rate = actions * evals_per_action * per_eval / seconds
+        rows.append({
+            "algorithm": "pets", "setting": "mbrl-lib cartpole: pop 350, H 15, 5 iters, P 20, 7 x (4 x 200)",
+            "num_envs": num_envs, "actions_per_s": actions / seconds, "ms_per_action_step": 1e3 * seconds / args.steps,
+            "member_evals_per_s": actions * evals_per_action / seconds, "gflop_per_s": flop_rate / 1e9,
+            "fraction_of_fp32_peak": flop_rate / peak, "fp32_peak_gflop_per_s": peak / 1e9,
+            "peak_source": peak_source, "compile_s": compile_s, "steps_timed": args.steps,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+BENCHMARKS = {"pets": bench_pets}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['algorithm']} | {r['setting']} | {r['num_envs']} envs | {r['actions_per_s']:.2f} actions/s "
+            f"({r['ms_per_action_step']:.0f} ms per planning step) | {r['member_evals_per_s']:.3g} member evals/s | "
+            f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_fp32_peak']:.0f} % of FP32 peak ({r['peak_source']}) "
+            f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("algorithms", nargs="*", default=list(BENCHMARKS), help=f"any of {list(BENCHMARKS)}")
+    parser.add_argument("--num-envs", default="1,16", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--steps", type=int, default=3, help="planning steps timed per call")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    unknown = [a for a in args.algorithms if a not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown algorithm(s) {unknown}; choose from {list(BENCHMARKS)}")
+    info = device_info()
+    meta = {"device": f"{info['num_devices']} x {info['platform']}:{info['device_kind']}", "commit": git_commit(),
+            "date": datetime.date.today().isoformat(), "jax": jax.__version__}
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.algorithms:
+        rows = BENCHMARKS[name](args)
+        path = out / f"throughput-{name}-{info['platform']}.json"
+        path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(markdown(rows, meta))
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

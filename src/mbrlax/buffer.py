@@ -1,0 +1,73 @@
+"""A fixed-capacity replay buffer that lives inside the compiled training program.
+
+The buffer is a pytree: its storage never changes shape, so `add` and `sample` compile once and a
+`vmap` over seeds gives every seed its own buffer. "All the data so far" is a masked pass over the
+capacity (`valid_mask`), never a slice of dynamic size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class ReplayBuffer:
+    data: Any
+    """Pytree of arrays, each of shape [capacity, ...]."""
+    position: jax.Array
+    """Index the next transition is written to (wraps around: oldest data is overwritten)."""
+    count: jax.Array
+    """Number of valid entries, at most the capacity."""
+
+    @property
+    def capacity(self) -> int:
+        return jax.tree_util.tree_leaves(self.data)[0].shape[0]
+
+
+def init(example: Any, capacity: int) -> ReplayBuffer:
+    """An empty buffer whose entries have the structure, shapes and dtypes of `example`."""
+    if capacity <= 0:
+        raise ValueError(f"buffer capacity must be positive, got {capacity}")
+    data = jax.tree_util.tree_map(
+        lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype), example
+    )
+    return ReplayBuffer(data=data, position=jnp.int32(0), count=jnp.int32(0))
+
+
+def add(buffer: ReplayBuffer, batch: Any) -> ReplayBuffer:
+    """Append a batch of transitions (every leaf has a leading batch axis of the same size)."""
+    batch_size = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    capacity = buffer.capacity
+    if batch_size > capacity:
+        raise ValueError(f"cannot add {batch_size} transitions to a buffer of capacity {capacity}")
+    chex.assert_trees_all_equal_structs(buffer.data, batch)
+    indices = (buffer.position + jnp.arange(batch_size)) % capacity
+    data = jax.tree_util.tree_map(lambda store, x: store.at[indices].set(x), buffer.data, batch)
+    return buffer.replace(
+        data=data,
+        position=(buffer.position + batch_size) % capacity,
+        count=jnp.minimum(buffer.count + batch_size, capacity),
+    )
+
+
+def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Any:
+    """Uniform sample with replacement from the valid entries (the buffer must not be empty)."""
+    indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.count, 1))
+    # Valid entries are always the first `count` slots: writing starts at 0 and only wraps once full.
+    return jax.tree_util.tree_map(lambda store: store[indices], buffer.data)
+
+
+def valid_mask(buffer: ReplayBuffer) -> jax.Array:
+    """[capacity] bool: which slots hold data."""
+    return jnp.arange(buffer.capacity) < buffer.count
+
+
+def newest(buffer: ReplayBuffer, num: int) -> Any:
+    """The `num` most recently added entries, oldest first (static size; garbage if fewer stored)."""
+    indices = (buffer.position - num + jnp.arange(num)) % buffer.capacity
+    return jax.tree_util.tree_map(lambda store: store[indices], buffer.data)

@@ -1,0 +1,378 @@
+"""Probabilistic ensemble of dynamics models (Chua et al. 2018), shared by PETS, MBPO, MB-MPO, MAAC.
+
+K members, each an MLP from the normalised (obs, action) to the mean and log-variance of the
+normalised target (next_obs - obs, and the reward when it is learned). The K members are one
+stacked set of parameters evaluated with `vmap`, so an ensemble costs one batched matmul a layer.
+
+Training follows the authors' code and mbrl-lib:
+- inputs and targets normalised by the statistics of the stored data;
+- Gaussian negative log-likelihood (or MSE for a deterministic ensemble), Adam with weight decay;
+- every member sees its own bootstrap of the training set (or its own shuffle);
+- a holdout split for early stopping (stop after `patience` epochs in which no member improved its
+  holdout error by `min_improvement`), the best parameters of each member kept, and the elites
+  chosen by holdout error.
+All of it without dynamic shapes: the data is the buffer's whole capacity with a count, the split is
+a random order of the valid slots, and the epoch and minibatch loops are `while` loops whose trip
+counts are traced values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbrlax.networks import MLP
+
+PROPAGATIONS = ("ts1", "tsinf", "expectation")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    """Static settings of the ensemble (they fix shapes and loop structure)."""
+
+    num_members: int = 7
+    """Number of members K."""
+    num_elites: int = 5
+    """Members with the lowest holdout error; MBPO rolls out through these only."""
+    hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden layer widths of each member."""
+    activation: str = "silu"
+    """Hidden activation (silu is the swish of the PETS paper)."""
+    probabilistic: bool = True
+    """Gaussian outputs trained by negative log-likelihood; False gives a deterministic MSE ensemble."""
+    learn_reward: bool = False
+    """Predict the reward as an extra output (for tasks whose reward is not a known function)."""
+    learn_logvar_bounds: bool = False
+    """Learn the soft log-variance bounds with the original paper's penalty (mbrl-lib keeps them fixed)."""
+    batch_size: int = 256
+    """Minibatch size per member."""
+    max_epochs: int = 50
+    """Most passes over the training data in one fit."""
+    patience: int = 5
+    """Stop after this many epochs in which no member improved its holdout error."""
+    min_improvement: float = 0.01
+    """Relative holdout improvement that counts (0.01 = 1 %)."""
+    holdout_ratio: float = 0.2
+    """Share of the data held out for early stopping and elite selection."""
+    max_holdout: int = 5000
+    """Cap on the holdout size (MBPO's code caps it at 5000)."""
+    sampling: str = "bootstrap"
+    """How members see data: "bootstrap" (each its own resample) or "shuffle" (each its own order)."""
+    eval_batch_size: int = 2048
+    """Chunk size of the holdout evaluation pass."""
+
+    def validate(self) -> None:
+        if self.num_members < 1:
+            raise ValueError(f"ensemble num_members must be at least 1, got {self.num_members}")
+        if not 1 <= self.num_elites <= self.num_members:
+            raise ValueError(
+                f"ensemble num_elites must be between 1 and num_members ({self.num_members}), got {self.num_elites}"
+            )
+        if self.sampling not in ("bootstrap", "shuffle"):
+            raise ValueError(f"ensemble sampling must be 'bootstrap' or 'shuffle', got {self.sampling!r}")
+        if not 0.0 <= self.holdout_ratio < 1.0:
+            raise ValueError(f"ensemble holdout_ratio must be in [0, 1), got {self.holdout_ratio}")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ensemble {name} must be positive, got {getattr(self, name)}")
+
+
+@struct.dataclass
+class EnsembleState:
+    params: Any
+    """{"net": member parameters stacked on a leading [K] axis, "max_logvar", "min_logvar"}."""
+    opt_state: Any
+    input_mean: jax.Array
+    input_std: jax.Array
+    target_mean: jax.Array
+    target_std: jax.Array
+    elites: jax.Array
+    """[num_elites] int32 indices of the members with the lowest holdout error."""
+
+
+def _network(cfg: EnsembleConfig, output_size: int) -> MLP:
+    outputs = 2 * output_size if cfg.probabilistic else output_size
+    return MLP(hidden_sizes=cfg.hidden_sizes, output_size=outputs, activation=cfg.activation)
+
+
+def target_size(cfg: EnsembleConfig, obs_size: int) -> int:
+    return obs_size + int(cfg.learn_reward)
+
+
+def _optimizer(learning_rate, weight_decay) -> optax.GradientTransformation:
+    # Built inside the traced program so that the rate and decay can be swept as traced values.
+    # Decay is coupled (added to the gradient, as torch's Adam does in mbrl-lib) and spares the bounds.
+    decay_mask = {"net": True, "max_logvar": False, "min_logvar": False}
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.scale_by_adam(),
+        optax.scale(-learning_rate),
+    )
+
+
+def init(key: jax.Array, cfg: EnsembleConfig, obs_size: int, action_size: int) -> EnsembleState:
+    cfg.validate()
+    input_size, output_size = obs_size + action_size, target_size(cfg, obs_size)
+    network = _network(cfg, output_size)
+    member_keys = jax.random.split(key, cfg.num_members)
+    net = jax.vmap(lambda k: network.init(k, jnp.zeros((1, input_size))))(member_keys)
+    params = {
+        "net": net,
+        # Initial soft bounds of the authors' code: log-variance in about [-10, 0.5].
+        "max_logvar": jnp.full((output_size,), 0.5),
+        "min_logvar": jnp.full((output_size,), -10.0),
+    }
+    return EnsembleState(
+        params=params,
+        opt_state=_optimizer(0.0, 0.0).init(params),
+        input_mean=jnp.zeros(input_size),
+        input_std=jnp.ones(input_size),
+        target_mean=jnp.zeros(output_size),
+        target_std=jnp.ones(output_size),
+        elites=jnp.arange(cfg.num_elites, dtype=jnp.int32),
+    )
+
+
+# FORWARD PASS
+
+
+def _apply_members(cfg: EnsembleConfig, params: Any, inputs: jax.Array, output_size: int):
+    """Normalised inputs [G, n, in] through G stacked members -> mean, log-variance [G, n, out]."""
+    network = _network(cfg, output_size)
+    out = jax.vmap(network.apply)(params["net"], inputs)
+    if not cfg.probabilistic:
+        return out, jnp.zeros_like(out)
+    mean, raw_logvar = jnp.split(out, 2, axis=-1)
+    # Soft bounds keep the variance away from 0 and infinity while keeping gradients alive.
+    logvar = params["max_logvar"] - jax.nn.softplus(params["max_logvar"] - raw_logvar)
+    logvar = params["min_logvar"] + jax.nn.softplus(logvar - params["min_logvar"])
+    return mean, logvar
+
+
+def _normalise_inputs(state: EnsembleState, obs: jax.Array, action: jax.Array) -> jax.Array:
+    return (jnp.concatenate([obs, action], axis=-1) - state.input_mean) / state.input_std
+
+
+def predict(cfg: EnsembleConfig, state: EnsembleState, obs: jax.Array, action: jax.Array):
+    """Every member's prediction for a batch [n, ...]: next-obs mean, variance [K, n, obs] and the
+    reward mean and variance [K, n] (zeros when the reward is not learned), in the data's units."""
+    output_size = state.target_mean.shape[0]
+    inputs = _normalise_inputs(state, obs, action)
+    mean, logvar = _apply_members(
+        cfg, state.params, jnp.broadcast_to(inputs, (cfg.num_members,) + inputs.shape), output_size
+    )
+    mean = mean * state.target_std + state.target_mean
+    var = jnp.exp(logvar) * state.target_std**2
+    obs_size = obs.shape[-1]
+    next_mean = obs + mean[..., :obs_size]
+    if cfg.learn_reward:
+        return next_mean, var[..., :obs_size], mean[..., obs_size], var[..., obs_size]
+    zeros = jnp.zeros(mean.shape[:-1])
+    return next_mean, var[..., :obs_size], zeros, zeros
+
+
+def propagate(
+    cfg: EnsembleConfig,
+    state: EnsembleState,
+    obs: jax.Array,
+    action: jax.Array,
+    key: jax.Array,
+    mode: str = "ts1",
+    elites_only: bool = False,
+    sample: bool = True,
+):
+    """One model step for n particles [n, ...] -> (next_obs [n, obs], reward [n] or None).
+
+    - "ts1": every particle goes through a freshly drawn member at every step (TS1 of the paper).
+      Drawn as a random permutation split into equal groups, one group per member, so each member
+      runs once on n/G inputs instead of every member on all n.
+    - "tsinf": particle i stays with member i mod G for the whole trajectory (TSinf); the caller keeps
+      the particle order fixed over the horizon.
+    - "expectation": the mean prediction over members, no noise.
+    G is the number of members used: all K, or the elites with `elites_only`.
+    """
+    if mode not in PROPAGATIONS:
+        raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {mode!r}")
+    n, obs_size = obs.shape
+    output_size = state.target_mean.shape[0]
+    params = state.params
+    if elites_only:
+        params = dict(params, net=jax.tree_util.tree_map(lambda p: p[state.elites], params["net"]))
+    groups = cfg.num_elites if elites_only else cfg.num_members
+    inputs = _normalise_inputs(state, obs, action)
+    perm_key, noise_key = jax.random.split(key)
+
+    if mode == "expectation":
+        mean, _ = _apply_members(cfg, params, jnp.broadcast_to(inputs, (groups,) + inputs.shape), output_size)
+        out = mean.mean(axis=0)
+    else:
+        # Particle order[j] goes to member j mod G. A batch that does not divide by G is padded.
+        padded = -(-n // groups) * groups
+        order = jax.random.permutation(perm_key, n) if mode == "ts1" else jnp.arange(n)
+        order = jnp.concatenate([order, jnp.arange(padded - n)])
+        grouped = inputs[order].reshape(padded // groups, groups, -1).swapaxes(0, 1)
+        mean, logvar = _apply_members(cfg, params, grouped, output_size)
+        if sample and cfg.probabilistic:
+            mean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(noise_key, mean.shape)
+        out = mean.swapaxes(0, 1).reshape(padded, output_size)[:n]
+        out = jnp.zeros((n, output_size)).at[order[:n]].set(out)
+
+    out = out * state.target_std + state.target_mean
+    next_obs = obs + out[:, :obs_size]
+    reward = out[:, obs_size] if cfg.learn_reward else None
+    return next_obs, reward
+
+
+# TRAIN
+
+
+def _loss(cfg: EnsembleConfig, params, inputs, targets, weights, output_size):
+    """Per-member loss [K] on normalised [K, b, ...] minibatches with [K, b] weights."""
+    mean, logvar = _apply_members(cfg, params, inputs, output_size)
+    if cfg.probabilistic:
+        per_sample = ((mean - targets) ** 2 * jnp.exp(-logvar) + logvar).mean(-1)
+    else:
+        per_sample = ((mean - targets) ** 2).mean(-1)
+    loss = (per_sample * weights).sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
+    return loss
+
+
+def _masked_moments(x: jax.Array, mask: jax.Array):
+    w = mask.astype(x.dtype)[:, None]
+    count = jnp.maximum(w.sum(), 1.0)
+    mean = (x * w).sum(0) / count
+    std = jnp.sqrt(((x - mean) ** 2 * w).sum(0) / count)
+    # A constant feature would divide by zero; leave it unscaled.
+    return mean, jnp.where(std < 1e-6, 1.0, std)
+
+
+def train(
+    cfg: EnsembleConfig,
+    state: EnsembleState,
+    data: dict,
+    count: jax.Array,
+    key: jax.Array,
+    learning_rate: jax.Array,
+    weight_decay: jax.Array,
+):
+    """Fit the ensemble on the first `count` entries of `data` (keys obs, action, next_obs and, when
+    the reward is learned, reward; each [capacity, ...]). Returns the new state and metrics."""
+    capacity = data["obs"].shape[0]
+    output_size = state.target_mean.shape[0]
+    K, B = cfg.num_members, cfg.batch_size
+    optimizer = _optimizer(learning_rate, weight_decay)
+
+    inputs_raw = jnp.concatenate([data["obs"], data["action"]], axis=-1)
+    targets_raw = data["next_obs"] - data["obs"]
+    if cfg.learn_reward:
+        targets_raw = jnp.concatenate([targets_raw, data["reward"][:, None]], axis=-1)
+    valid = jnp.arange(capacity) < count
+    input_mean, input_std = _masked_moments(inputs_raw, valid)
+    target_mean, target_std = _masked_moments(targets_raw, valid)
+    inputs = (inputs_raw - input_mean) / input_std
+    targets = (targets_raw - target_mean) / target_std
+
+    # Split: a random order of the valid slots; the first n_holdout of it are held out.
+    split_key, boot_key, key = jax.random.split(key, 3)
+    order = jnp.argsort(jnp.where(valid, jax.random.uniform(split_key, (capacity,)), 2.0))
+    n_holdout = jnp.minimum((count * cfg.holdout_ratio).astype(jnp.int32), cfg.max_holdout)
+    n_train = count - n_holdout
+    if cfg.sampling == "bootstrap":
+        # Member k trains on train-position resample[k, j] as its j-th example, fixed for this fit.
+        resample = jax.random.randint(boot_key, (K, capacity), 0, jnp.maximum(n_train, 1))
+    else:
+        resample = jnp.broadcast_to(jnp.arange(capacity), (K, capacity))
+
+    def loss_fn(params, idx, weights):
+        return _loss(cfg, params, inputs[idx], targets[idx], weights, output_size)
+
+    def penalty(params):
+        if not (cfg.probabilistic and cfg.learn_logvar_bounds):
+            return 0.0
+        return 0.01 * (params["max_logvar"].sum() - params["min_logvar"].sum())
+
+    def total_loss(params, idx, weights):
+        return loss_fn(params, idx, weights).sum() + penalty(params)
+
+    def train_epoch(params, opt_state, key):
+        position_in_train = jnp.argsort(
+            jnp.where(jnp.arange(capacity) < n_train, jax.random.uniform(key, (K, capacity)), 2.0), axis=-1
+        )
+        num_batches = (n_train + B - 1) // B
+
+        def minibatch(b, carry):
+            params, opt_state, loss_sum = carry
+            j = b * B + jnp.arange(B)
+            weights = jnp.broadcast_to((j < n_train).astype(jnp.float32), (K, B))
+            j = jnp.minimum(j, capacity - 1)
+            positions = jnp.take_along_axis(resample, position_in_train[:, j], axis=-1)
+            idx = order[jnp.minimum(n_holdout + positions, capacity - 1)]
+            loss, grads = jax.value_and_grad(total_loss)(params, idx, weights)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss_sum + loss
+
+        params, opt_state, loss_sum = jax.lax.fori_loop(0, num_batches, minibatch, (params, opt_state, 0.0))
+        return params, opt_state, loss_sum / jnp.maximum(num_batches, 1) / K
+
+    def holdout_error(params):
+        """Mean squared error of each member's mean on the holdout set [K] (normalised units)."""
+        E = cfg.eval_batch_size
+        num_chunks = (n_holdout + E - 1) // E
+
+        def chunk(c, total):
+            j = c * E + jnp.arange(E)
+            weights = (j < n_holdout).astype(jnp.float32)
+            idx = order[jnp.minimum(j, capacity - 1)]
+            x = jnp.broadcast_to(inputs[idx], (K, E, inputs.shape[-1]))
+            mean, _ = _apply_members(cfg, params, x, output_size)
+            return total + (((mean - targets[idx]) ** 2).mean(-1) * weights).sum(-1)
+
+        return jax.lax.fori_loop(0, num_chunks, chunk, jnp.zeros(K)) / jnp.maximum(n_holdout, 1)
+
+    # EARLY STOPPING over epochs: keep each member's best parameters by holdout error.
+    def keep_going(carry):
+        epoch, since_improved = carry[0], carry[1]
+        return (epoch < cfg.max_epochs) & (since_improved < cfg.patience)
+
+    def epoch_step(carry):
+        epoch, since_improved, params, opt_state, best_params, best_error, key, _ = carry
+        key, epoch_key = jax.random.split(key)
+        params, opt_state, train_loss = train_epoch(params, opt_state, epoch_key)
+        error = holdout_error(params)
+        improved = (best_error - error) / jnp.abs(best_error) > cfg.min_improvement
+        improved = improved | ~jnp.isfinite(best_error)
+        # Without holdout data there is nothing to stop on: train for max_epochs, keep the last.
+        improved = improved | (n_holdout == 0)
+        best_params = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(improved.reshape((K,) + (1,) * (new.ndim - 1)), new, old),
+            params["net"], best_params,
+        )
+        best_error = jnp.where(improved, error, best_error)
+        since_improved = jnp.where(improved.any() & (n_holdout > 0), 0, since_improved + 1)
+        return epoch + 1, since_improved, params, opt_state, best_params, best_error, key, train_loss
+
+    init_carry = (
+        jnp.int32(0), jnp.int32(0), state.params, state.opt_state,
+        state.params["net"], jnp.full((K,), jnp.inf), key, jnp.float32(0.0),
+    )
+    epochs, _, params, opt_state, best_net, best_error, _, train_loss = jax.lax.while_loop(
+        keep_going, epoch_step, init_carry
+    )
+    params = dict(params, net=best_net)
+    elites = jnp.argsort(best_error)[: cfg.num_elites].astype(jnp.int32)
+    new_state = EnsembleState(
+        params=params, opt_state=opt_state, input_mean=input_mean, input_std=input_std,
+        target_mean=target_mean, target_std=target_std, elites=elites,
+    )
+    metrics = {
+        "model_train_loss": train_loss,
+        "model_holdout_mse": jnp.where(n_holdout > 0, best_error[elites].mean(), 0.0),
+        "model_holdout_size": n_holdout,
+        "model_epochs": epochs,
+    }
+    return new_state, metrics

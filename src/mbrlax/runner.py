@@ -1,0 +1,543 @@
+"""The runner every algorithm file ends in: CLI, seeds and sweeps, progress, logging, evaluation,
+checkpoints and resume, a run folder with a curve and a summary.
+
+An algorithm file provides a frozen `Config` dataclass (with fields `env`, `total_steps`,
+`eval_every`, `eval_episodes`, a `SWEEPABLE` tuple naming the fields that travel as traced values,
+and a `validate()` that raises `ConfigError`), a dict of presets, and `make_train(config) -> Trainer`.
+`main(...)` does the rest:
+
+    python algorithms/pets.py --env pendulum --num-seeds 4 --sweep alpha=0.1,0.2
+
+Runs (seeds x sweep values) are one `vmap`ped program, sharded over the local devices when they
+divide evenly. The chunked loop calls the jitted `update` and `evaluate` of the Trainer, writes a
+row per run per evaluation, checkpoints the whole batched state with orbax, and `--resume DIR`
+continues from the last checkpoint to the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import difflib
+import itertools
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Annotated, Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+
+from mbrlax.training import ConfigError, Trainer, split_keys
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Options of the run itself, common to every algorithm."""
+
+    preset: str | None = None
+    """Named settings to start from (default: the preset named like --env, if there is one)."""
+    seed: int = 0
+    """Seed of the first run; run i uses seed + i."""
+    num_seeds: int = 1
+    """Independent seeds, run together as one vmapped program."""
+    sweep: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """A traced hyperparameter to sweep, as name=v1,v2,...; repeat the flag for a grid."""
+    run_dir: str | None = None
+    """Folder of this run (default: runs/<algorithm>-<env>-<time>)."""
+    resume: str | None = None
+    """Run folder of a killed run to continue from its last checkpoint."""
+    track: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also log to TensorBoard or Weights & Biases."""
+    fused: bool = False
+    """Compile the whole run as one program (fastest for sweeps; no progress until it ends)."""
+    checkpoint_every: int = 1
+    """Checkpoint after every this many evaluations (chunked mode)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or the parameters turned NaN or infinite."""
+
+
+# RUNS: seeds x sweep values
+
+
+def hparams_of(config) -> dict[str, float]:
+    return {name: float(getattr(config, name)) for name in type(config).SWEEPABLE}
+
+
+def parse_sweep(config, sweep: tuple[str, ...]) -> dict[str, list[float]]:
+    """'--sweep alpha=0.1,0.2' -> {"alpha": [0.1, 0.2]}, checked against the Config's traced fields."""
+    sweepable = type(config).SWEEPABLE
+    grid: dict[str, list[float]] = {}
+    for item in sweep:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values:
+            raise ConfigError(f"--sweep takes name=v1,v2,...; got {item!r}")
+        if name not in sweepable:
+            static = "a static field (it changes shapes, so it cannot be one vmapped program)" if hasattr(
+                config, name) else "not a field"
+            raise ConfigError(f"--sweep {name}: {static}; sweepable fields are {', '.join(sweepable)}")
+        try:
+            grid[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ConfigError(f"--sweep {name}: values must be numbers, got {values!r}") from None
+    return grid
+
+
+def expand_runs(config, options: RunOptions) -> list[dict]:
+    """One dict per run: its seed and its value of every traced hyperparameter."""
+    if options.num_seeds < 1:
+        raise ConfigError(f"num_seeds must be at least 1, got {options.num_seeds}")
+    grid = parse_sweep(config, options.sweep)
+    base = hparams_of(config)
+    runs = []
+    for values in itertools.product(*grid.values()) if grid else [()]:
+        for s in range(options.num_seeds):
+            hp = dict(base, **dict(zip(grid.keys(), values)))
+            runs.append({"seed": options.seed + s, **hp})
+    return runs
+
+
+def batch_inputs(runs: list[dict], sweepable: tuple[str, ...]):
+    keys = jnp.stack([jax.random.PRNGKey(r["seed"]) for r in runs])
+    hparams = {name: jnp.asarray([r[name] for r in runs], jnp.float32) for name in sweepable}
+    return keys, hparams
+
+
+def shard_runs(tree):
+    """Put the leading run axis across the local devices when it divides evenly; else leave it."""
+    devices = jax.local_devices()
+    leading = jax.tree_util.tree_leaves(tree)[0].shape[0]
+    if len(devices) == 1 or leading % len(devices):
+        return tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
+    return jax.device_put(tree, sharding)
+
+
+# CHECKS
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _first_non_finite(metrics: dict) -> str | None:
+    for name, value in metrics.items():
+        if not np.all(np.isfinite(np.asarray(value))):
+            return name
+    return None
+
+
+# LOGGING
+
+
+class MetricsLog:
+    """Rows to metrics.jsonl (every update) and metrics.csv (every evaluation); optional trackers."""
+
+    def __init__(self, run_dir: pathlib.Path, track: str, config: dict, history: list[dict]):
+        self.run_dir = run_dir
+        self.rows = list(history)
+        self.writer = None
+        self.wandb = None
+        if track == "tensorboard":
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ConfigError('--track tensorboard needs tensorboardX: pip install "mbrlax[tensorboard]"') from None
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        elif track == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError('--track wandb needs wandb: pip install "mbrlax[wandb]"') from None
+            self.wandb = wandb.init(project="mbrlax", name=run_dir.name, config=config, dir=str(run_dir))
+        self._rewrite()
+
+    def _rewrite(self):
+        # Rewritten from the kept history, so a resumed run's files hold no rows past its checkpoint.
+        with open(self.run_dir / "metrics.jsonl", "w") as f:
+            for row in self.rows:
+                f.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def _write_csv(self):
+        eval_rows = [r for r in self.rows if "eval_return" in r]
+        if not eval_rows:
+            return
+        columns = list(dict.fromkeys(k for r in eval_rows for k in r))
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(eval_rows)
+
+    def add(self, rows: list[dict]):
+        self.rows.extend(rows)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        if any("eval_return" in r for r in rows):
+            self._write_csv()
+        for row in rows:
+            step = row["env_steps"]
+            scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("env_steps",)}
+            if self.writer is not None:
+                for k, v in scalars.items():
+                    self.writer.add_scalar(f"run{row['run']}/{k}", v, step)
+            if self.wandb is not None:
+                self.wandb.log({f"run{row['run']}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def metric_rows(runs, metrics: dict, env_steps: int, update: int) -> list[dict]:
+    host = jax.device_get(metrics)
+    rows = []
+    for i, run in enumerate(runs):
+        row = {"run": i, **run, "update": update, "env_steps": env_steps}
+        row.update({k: float(np.asarray(v)[i]) for k, v in host.items()})
+        rows.append(row)
+    return rows
+
+
+def plot_curves(rows: list[dict], path: pathlib.Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eval_rows = [r for r in rows if "eval_return" in r]
+    if not eval_rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    runs = sorted({r["run"] for r in eval_rows})
+    for run in runs:
+        pts = [(r["env_steps"], r["eval_return"]) for r in eval_rows if r["run"] == run]
+        ax.plot(*zip(*pts), alpha=0.4 if len(runs) > 1 else 1.0, lw=1)
+    if len(runs) > 1:
+        steps = sorted({r["env_steps"] for r in eval_rows})
+        mean = [np.mean([r["eval_return"] for r in eval_rows if r["env_steps"] == s]) for s in steps]
+        ax.plot(steps, mean, color="black", lw=2, label=f"mean of {len(runs)} runs")
+        ax.legend()
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def device_description() -> str:
+    devices = jax.local_devices()
+    return f"{len(devices)} x {devices[0].platform}:{devices[0].device_kind}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=pathlib.Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# CHECKPOINTS
+
+
+class Checkpoints:
+    """The whole batched state (parameters, optimiser states, buffers, normalisers, RNG) with orbax,
+    plus the host-side history that goes with it."""
+
+    def __init__(self, directory: pathlib.Path):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.manager = ocp.CheckpointManager(
+            directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        )
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, update: int, state, meta: dict):
+        ocp = self.ocp
+        self.manager.save(update, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self.manager.wait_until_finished()
+
+    def restore(self, update: int, like):
+        ocp = self.ocp
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self.manager.restore(update, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def close(self):
+        self.manager.close()
+
+
+# THE CHUNKED LOOP
+
+
+def execute(
+    trainer: Trainer,
+    runs: list[dict],
+    sweepable: tuple[str, ...],
+    run_dir: pathlib.Path,
+    options: RunOptions,
+    config_dict: dict,
+    title: str,
+    resume: bool = False,
+) -> dict:
+    """Run `trainer` for every run at once, chunk by chunk, with logs and checkpoints in `run_dir`."""
+    schedule = trainer.schedule
+    keys, hparams = shard_runs(batch_inputs(runs, sweepable))
+    init_keys, eval_keys = jax.vmap(split_keys)(keys)
+    start = time.perf_counter()
+
+    init = jax.jit(jax.vmap(trainer.init))
+    update = jax.jit(jax.vmap(trainer.update), donate_argnums=0)
+    evaluate = jax.jit(jax.vmap(trainer.evaluate))
+    finite = jax.jit(all_finite)
+
+    compile_start = time.perf_counter()
+    init_c = init.lower(init_keys, hparams).compile()
+    state_shape = jax.eval_shape(init, init_keys, hparams)
+    update_c = update.lower(state_shape, hparams).compile()
+    eval_c = evaluate.lower(state_shape, eval_keys, hparams).compile()
+    compile_s = time.perf_counter() - compile_start
+
+    checkpoints = Checkpoints(run_dir / "checkpoints")
+    history: list[dict] = []
+    first_update = 0
+    state = init_c(init_keys, hparams)
+    if resume and checkpoints.latest() is not None:
+        first_update = checkpoints.latest()
+        state, meta = checkpoints.restore(first_update, state)
+        history = meta["history"]
+    log = MetricsLog(run_dir, options.track, config_dict, history)
+
+    progress = None
+    if options.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=schedule.total_steps, initial=schedule.env_steps_after(first_update),
+                        unit="step", desc=title, dynamic_ncols=True, file=sys.stdout)
+    last_eval = next((r["eval_return"] for r in reversed(history) if "eval_return" in r), None)
+    try:
+        for u in range(first_update, schedule.num_updates):
+            state, metrics = update_c(state, hparams)
+            env_steps = schedule.env_steps_after(u + 1)
+            rows = metric_rows(runs, metrics, env_steps, u + 1)
+            bad = _first_non_finite(metrics)
+            evaluated = (u + 1) % schedule.updates_per_eval == 0
+            if evaluated and bad is None:
+                eval_index = (u + 1) // schedule.updates_per_eval - 1
+                eval_metrics = eval_c(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, eval_index), hparams)
+                for row, erow in zip(rows, metric_rows(runs, eval_metrics, env_steps, u + 1)):
+                    row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
+                bad = _first_non_finite(eval_metrics)
+                last_eval = float(np.mean([r["eval_return"] for r in rows]))
+            if bad is None and evaluated and not bool(finite(state)):
+                bad = "the parameters or state"
+            if bad is not None:
+                latest = checkpoints.latest()
+                kept = (f"the last good checkpoint is after {schedule.env_steps_after(latest)} steps in "
+                        f"{run_dir / 'checkpoints'}") if latest is not None else "no checkpoint was written yet"
+                raise NonFiniteError(f"stopped at environment step {env_steps}: {bad} became NaN or infinite; {kept}")
+            log.add(rows)
+            eval_count = (u + 1) // schedule.updates_per_eval
+            if evaluated and (eval_count % options.checkpoint_every == 0 or u + 1 == schedule.num_updates):
+                checkpoints.save(u + 1, state, {"history": log.rows})
+            if progress is not None:
+                progress.update(schedule.steps_per_update)
+                if last_eval is not None:
+                    progress.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
+    finally:
+        if progress is not None:
+            progress.close()
+        checkpoints.close()
+        log.close()
+        plot_curves(log.rows, run_dir / "curve.png", title)
+
+    wall = time.perf_counter() - start
+    final = [r for r in log.rows if "eval_return" in r][-len(runs):]
+    summary = {
+        "final_eval_return": float(np.mean([r["eval_return"] for r in final])),
+        "final_eval_return_per_run": [r["eval_return"] for r in final],
+        "env_steps": schedule.total_steps,
+        "num_runs": len(runs),
+        "wall_time_s": wall,
+        "compile_time_s": compile_s,
+        "wall_time_excl_compile_s": wall - compile_s,
+        "device": device_description(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if "eval_success" in final[0]:
+        summary["final_eval_success"] = float(np.mean([r["eval_success"] for r in final]))
+    return summary
+
+
+def execute_fused(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...], run_dir: pathlib.Path,
+                  title: str) -> dict:
+    """The whole run as one compiled program for every run at once; rows written when it ends."""
+    schedule = trainer.schedule
+    keys, hparams = shard_runs(batch_inputs(runs, sweepable))
+    start = time.perf_counter()
+    program = jax.jit(jax.vmap(trainer))
+    compiled = program.lower(keys, hparams).compile()
+    compile_s = time.perf_counter() - start
+    _, metrics = jax.block_until_ready(compiled(keys, hparams))
+    log = MetricsLog(run_dir, "none", {}, [])
+    for u in range(schedule.num_updates):
+        env_steps = schedule.env_steps_after(u + 1)
+        rows = metric_rows(runs, jax.tree_util.tree_map(lambda x: x[:, u], metrics["train"]), env_steps, u + 1)
+        if (u + 1) % schedule.updates_per_eval == 0:
+            e = (u + 1) // schedule.updates_per_eval - 1
+            evals = metric_rows(runs, jax.tree_util.tree_map(lambda x: x[:, e], metrics["eval"]), env_steps, u + 1)
+            for row, erow in zip(rows, evals):
+                row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
+        log.add(rows)
+    plot_curves(log.rows, run_dir / "curve.png", title)
+    wall = time.perf_counter() - start
+    final = np.asarray(metrics["eval"]["eval_return"])[:, -1]
+    return {
+        "final_eval_return": float(final.mean()),
+        "final_eval_return_per_run": final.tolist(),
+        "env_steps": schedule.total_steps,
+        "num_runs": len(runs),
+        "wall_time_s": wall,
+        "compile_time_s": compile_s,
+        "wall_time_excl_compile_s": wall - compile_s,
+        "device": device_description(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# CLI
+
+
+def _preset_config(Config, presets: dict, env: str | None, preset: str | None):
+    if preset is not None and preset not in presets:
+        close = difflib.get_close_matches(preset, presets, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"--preset {preset!r} is unknown{hint}; presets are {', '.join(sorted(presets))}")
+    name = preset if preset is not None else env
+    overrides = dict(presets.get(name, {}))
+    if env is not None:
+        overrides["env"] = env
+    return dataclasses.replace(Config(), **overrides)
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return [f"{k} is {a.get(k)!r} in the checkpoint, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+def _jsonable(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trainer], argv=None) -> int:
+    """Parse the command line, validate, run, write the run folder. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--env")
+    pre.add_argument("--preset")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        default_config = _preset_config(Config, presets, known.env, known.preset)
+        default_options = RunOptions()
+        saved = None
+        if known.resume:
+            saved_path = pathlib.Path(known.resume) / "config.json"
+            if not saved_path.exists():
+                raise ConfigError(f"--resume {known.resume}: no run folder there (config.json is missing)")
+            saved = json.loads(saved_path.read_text())
+            default_config = Config(**{**dataclasses.asdict(default_config),
+                                       **{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in saved["config"].items()}})
+            default_options = dataclasses.replace(default_options, **{
+                k: tuple(v) if isinstance(v, list) else v for k, v in saved["run"].items()})
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    Args = dataclasses.make_dataclass("Args", [
+        ("config", Config, dataclasses.field(default=default_config)),
+        ("run", RunOptions, dataclasses.field(default=default_options)),
+    ], frozen=True)
+    Args.__doc__ = f"{algorithm}: {(sys.modules[Config.__module__].__doc__ or '').strip().splitlines()[0]}"
+    args = tyro.cli(Args, args=argv, config=(tyro.conf.OmitArgPrefixes,), prog=f"{algorithm}.py")
+    config, options = args.config, args.run
+
+    try:
+        if saved is not None:
+            diff = _differences(saved["config"], _jsonable(config))
+            diff += _differences(saved["run"], {k: v for k, v in _jsonable(options).items() if k in saved["run"]})
+            if diff:
+                raise ConfigError(f"--resume: the checkpoint is from another config: {'; '.join(diff)}")
+        config.validate()
+        runs = expand_runs(config, options)
+        trainer = make_train(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    if options.resume:
+        run_dir = pathlib.Path(options.resume)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        env_name = config.env.replace("/", "_")
+        run_dir = pathlib.Path(options.run_dir or f"runs/{algorithm}-{env_name}-{stamp}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_keys = ("seed", "num_seeds", "sweep")
+        (run_dir / "config.json").write_text(json.dumps({
+            "algorithm": algorithm, "config": _jsonable(config),
+            "run": {k: v for k, v in _jsonable(options).items() if k in run_keys},
+        }, indent=2))
+    title = f"{algorithm} on {config.env}"
+    print(f"{title}: {len(runs)} run(s), {trainer.schedule.total_steps} environment steps each, "
+          f"on {device_description()}; run folder {run_dir}", flush=True)
+    try:
+        if options.fused:
+            summary = execute_fused(trainer, runs, type(config).SWEEPABLE, run_dir, title)
+        else:
+            summary = execute(trainer, runs, type(config).SWEEPABLE, run_dir, options,
+                              _jsonable(config), title, resume=bool(options.resume))
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = {"algorithm": algorithm, "env": config.env, **summary}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    per_run = summary["final_eval_return_per_run"]
+    spread = f" (runs: {', '.join(f'{r:.1f}' for r in per_run)})" if len(per_run) > 1 else ""
+    print(f"final evaluation return {summary['final_eval_return']:.1f}{spread} after "
+          f"{summary['env_steps']} environment steps; {summary['wall_time_s']:.0f} s "
+          f"({summary['compile_time_s']:.0f} s compiling). Run folder: {run_dir}")
+    return 0

@@ -1,0 +1,98 @@
+"""The contract between an algorithm file and the runner: a `Trainer`.
+
+An algorithm's `make_train(config)` returns a Trainer. Called as `trainer(key, hparams)` it is the
+fused program: the whole run as one pure function that `jax.jit` compiles and `jax.vmap` batches
+over seeds and traced hyperparameters. The runner calls the same pieces chunk by chunk instead
+(`init`, then `update` again and again, `evaluate` every `updates_per_eval` updates), so the chunked
+and the fused mode compute the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; raised before anything compiles. The CLI exits with 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How a run of `total_steps` environment steps is cut into updates and evaluations."""
+
+    initial_steps: int
+    """Environment steps taken by `init` (random exploration), counted in the total."""
+    steps_per_update: int
+    """Environment steps (over all parallel environments) that one `update` takes."""
+    updates_per_eval: int
+    num_evals: int
+
+    @property
+    def num_updates(self) -> int:
+        return self.updates_per_eval * self.num_evals
+
+    @property
+    def total_steps(self) -> int:
+        return self.initial_steps + self.num_updates * self.steps_per_update
+
+    def env_steps_after(self, num_updates: int) -> int:
+        return self.initial_steps + num_updates * self.steps_per_update
+
+
+def make_schedule(total_steps: int, initial_steps: int, steps_per_update: int, eval_every: int) -> Schedule:
+    """Round `total_steps` up to whole evaluation periods of whole updates."""
+    if total_steps <= initial_steps:
+        raise ConfigError(
+            f"total_steps ({total_steps}) must exceed the initial exploration steps ({initial_steps})"
+        )
+    if eval_every <= 0:
+        raise ConfigError(f"eval_every must be positive, got {eval_every}")
+    updates_per_eval = max(1, round(eval_every / steps_per_update))
+    num_updates = math.ceil((total_steps - initial_steps) / steps_per_update)
+    num_evals = math.ceil(num_updates / updates_per_eval)
+    return Schedule(initial_steps, steps_per_update, updates_per_eval, num_evals)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """An algorithm's training program, whole (`__call__`) and in pieces (for the runner)."""
+
+    init: Callable[[jax.Array, dict], Any]
+    """(key, hparams) -> state, including any initial exploration."""
+    update: Callable[[Any, dict], tuple[Any, dict]]
+    """(state, hparams) -> (state, metrics): `schedule.steps_per_update` environment steps and the
+    learning that goes with them. Metrics are scalars (reduced over the update)."""
+    evaluate: Callable[[Any, jax.Array, dict], dict]
+    """(state, key, hparams) -> metrics with at least "eval_return"; must not change the state."""
+    schedule: Schedule
+
+    def __call__(self, key: jax.Array, hparams: dict) -> tuple[Any, dict]:
+        """The fused run: init, then evaluation periods of updates, all in one `lax.scan`."""
+        init_key, eval_key = split_keys(key)
+        state = self.init(init_key, hparams)
+
+        def update_step(state, _):
+            return self.update(state, hparams)
+
+        def eval_period(state, eval_index):
+            state, train_metrics = jax.lax.scan(update_step, state, None, length=self.schedule.updates_per_eval)
+            eval_metrics = self.evaluate(state, jax.random.fold_in(eval_key, eval_index), hparams)
+            return state, (train_metrics, eval_metrics)
+
+        state, (train_metrics, eval_metrics) = jax.lax.scan(
+            eval_period, state, jnp.arange(self.schedule.num_evals)
+        )
+        # Train metrics per update, [num_updates]; eval metrics per evaluation, [num_evals].
+        train_metrics = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), train_metrics)
+        return state, {"train": train_metrics, "eval": eval_metrics}
+
+
+def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The (init, eval) keys a run derives from its seed key; the runner and `Trainer` agree on it."""
+    init_key, eval_key = jax.random.split(key)
+    return init_key, eval_key
