@@ -124,8 +124,8 @@ def init(key: jax.Array, cfg: EnsembleConfig, obs_size: int, action_size: int) -
     params = {
         "net": net,
         # Initial soft bounds of the authors' code: log-variance in about [-10, 0.5].
-        "max_logvar": jnp.full((output_size,), 0.5),
-        "min_logvar": jnp.full((output_size,), -10.0),
+        "max_logvar": jnp.full((output_size,), 0.5, jnp.float32),
+        "min_logvar": jnp.full((output_size,), -10.0, jnp.float32),
     }
     return EnsembleState(
         params=params,
@@ -167,7 +167,7 @@ def predict(cfg: EnsembleConfig, state: EnsembleState, obs: jax.Array, action: j
         cfg, state.params, jnp.broadcast_to(inputs, (cfg.num_members,) + inputs.shape), output_size
     )
     mean = mean * state.target_std + state.target_mean
-    var = jnp.exp(logvar) * state.target_std**2
+    var = jnp.exp(logvar) * state.target_std**2 if cfg.probabilistic else jnp.zeros_like(mean)
     obs_size = obs.shape[-1]
     next_mean = obs + mean[..., :obs_size]
     if cfg.learn_reward:
@@ -243,10 +243,11 @@ def _loss(cfg: EnsembleConfig, params, inputs, targets, weights, output_size):
 
 
 def _masked_moments(x: jax.Array, mask: jax.Array):
-    w = mask.astype(x.dtype)[:, None]
-    count = jnp.maximum(w.sum(), 1.0)
-    mean = (x * w).sum(0) / count
-    std = jnp.sqrt(((x - mean) ** 2 * w).sum(0) / count)
+    # `where`, not a product with the mask: padding may hold anything, NaN included.
+    mask = mask[:, None]
+    count = jnp.maximum(mask.sum(), 1)
+    mean = jnp.where(mask, x, 0.0).sum(0) / count
+    std = jnp.sqrt(jnp.where(mask, (x - mean) ** 2, 0.0).sum(0) / count)
     # A constant feature would divide by zero; leave it unscaled.
     return mean, jnp.where(std < 1e-6, 1.0, std)
 
@@ -297,6 +298,10 @@ def train(
         return 0.01 * (params["max_logvar"].sum() - params["min_logvar"].sum())
 
     def total_loss(params, idx, weights):
+        if not cfg.learn_logvar_bounds:
+            # Fixed bounds: no gradient, so Adam leaves them where they were initialised.
+            params = dict(params, max_logvar=jax.lax.stop_gradient(params["max_logvar"]),
+                          min_logvar=jax.lax.stop_gradient(params["min_logvar"]))
         return loss_fn(params, idx, weights).sum() + penalty(params)
 
     def train_epoch(params, opt_state, key):
@@ -353,7 +358,7 @@ def train(
             params["net"], best_params,
         )
         best_error = jnp.where(improved, error, best_error)
-        since_improved = jnp.where(improved.any() & (n_holdout > 0), 0, since_improved + 1)
+        since_improved = jnp.where(improved.any() | (n_holdout == 0), 0, since_improved + 1)
         return epoch + 1, since_improved, params, opt_state, best_params, best_error, key, train_loss
 
     init_carry = (

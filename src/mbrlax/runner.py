@@ -137,7 +137,8 @@ def all_finite(tree) -> jax.Array:
 
 
 def _first_non_finite(metrics: dict) -> str | None:
-    for name, value in metrics.items():
+    # Losses first: when one turns NaN everything downstream of it does too, and it is the cause.
+    for name, value in sorted(metrics.items(), key=lambda item: "loss" not in item[0]):
         if not np.all(np.isfinite(np.asarray(value))):
             return name
     return None

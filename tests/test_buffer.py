@@ -1,0 +1,187 @@
+"""Unit tests of the fixed-capacity replay buffer (mbrlax.buffer) against a Python deque reference."""
+
+from __future__ import annotations
+
+import collections
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrlax import buffer as rb
+
+OBS = 3
+
+
+def _example():
+    return {"obs": jnp.zeros(OBS), "reward": jnp.zeros(()), "done": jnp.zeros((), jnp.bool_)}
+
+
+def _batch(ids):
+    """Transitions whose every leaf encodes its id (ids start at 1, so an unwritten slot reads 0)."""
+    ids = np.asarray(ids, np.float32)
+    return {
+        "obs": jnp.asarray(ids[:, None] * np.array([1.0, 10.0, 100.0], np.float32)),
+        "reward": jnp.asarray(-ids),
+        "done": jnp.asarray(ids.astype(np.int64) % 2 == 0),
+    }
+
+
+def _assert_rows_consistent(rows):
+    """Every leaf of a row comes from the same transition (sampling keeps leaves aligned)."""
+    ids = np.asarray(rows["obs"][:, 0])
+    np.testing.assert_allclose(np.asarray(rows["obs"]), ids[:, None] * np.array([1.0, 10.0, 100.0]))
+    np.testing.assert_allclose(np.asarray(rows["reward"]), -ids)
+    np.testing.assert_array_equal(np.asarray(rows["done"]), ids.astype(np.int64) % 2 == 0)
+    return ids
+
+
+class BufferTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_init_shapes_and_dtypes(self):
+        buf = rb.init(_example(), capacity=8)
+        chex.assert_shape(buf.data["obs"], (8, OBS))
+        chex.assert_shape(buf.data["reward"], (8,))
+        chex.assert_type(buf.data["done"], jnp.bool_)
+        self.assertEqual(buf.capacity, 8)
+        mask = self.variant(rb.valid_mask)(buf)
+        chex.assert_shape(mask, (8,))
+        self.assertFalse(bool(mask.any()))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_sample_returns_only_added_entries(self):
+        buf = rb.init(_example(), capacity=32)
+        buf = self.variant(rb.add)(buf, _batch(np.arange(1, 6)))
+        rows = self.variant(rb.sample, static_argnums=2)(buf, jax.random.key(0), 500)
+        chex.assert_shape(rows["obs"], (500, OBS))
+        chex.assert_shape(rows["reward"], (500,))
+        ids = _assert_rows_consistent(rows)
+        # Only ids 1..5 were added; an empty slot would read as id 0.
+        self.assertTrue(set(ids.astype(int).tolist()) <= {1, 2, 3, 4, 5})
+        # Uniform with replacement: 500 draws over 5 entries hit every one of them.
+        self.assertEqual(set(ids.astype(int).tolist()), {1, 2, 3, 4, 5})
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_wraparound_matches_deque_reference(self):
+        capacity = 10
+        add = self.variant(rb.add)
+        newest = self.variant(rb.newest, static_argnums=1)
+        mask_fn = self.variant(rb.valid_mask)
+        sample = self.variant(rb.sample, static_argnums=2)
+        rng = np.random.default_rng(0)
+        buf = rb.init(_example(), capacity=capacity)
+        ref = collections.deque(maxlen=capacity)
+        next_id = 1
+        for step in range(24):
+            size = int(rng.choice([1, 3, 7, 10]))  # a few sizes: each one compiles once
+            ids = list(range(next_id, next_id + size))
+            next_id += size
+            buf = add(buf, _batch(ids))
+            ref.extend(ids)
+            self.assertEqual(int(buf.count), len(ref))
+            self.assertEqual(int(buf.position), (next_id - 1) % capacity)
+            np.testing.assert_array_equal(np.asarray(mask_fn(buf)), np.arange(capacity) < len(ref))
+            # The stored valid entries are exactly the newest `capacity` ids (oldest overwritten).
+            stored = np.asarray(buf.data["obs"][:, 0])[np.asarray(mask_fn(buf))]
+            self.assertEqual(sorted(stored.astype(int).tolist()), sorted(ref))
+            # newest(n) returns the last n added, oldest first.
+            for n in {1, len(ref)}:
+                got = _assert_rows_consistent(newest(buf, n))
+                self.assertEqual(got.astype(int).tolist(), list(ref)[-n:])
+            if step % 8 == 7:
+                drawn = _assert_rows_consistent(sample(buf, jax.random.key(step), 200))
+                self.assertTrue(set(drawn.astype(int).tolist()) <= set(ref))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_count_saturates_at_capacity(self):
+        buf = rb.init(_example(), capacity=6)
+        add = self.variant(rb.add)
+        counts = []
+        for i in range(5):
+            buf = add(buf, _batch(np.arange(1, 4) + 3 * i))
+            counts.append(int(buf.count))
+        self.assertEqual(counts, [3, 6, 6, 6, 6])
+        self.assertTrue(bool(rb.valid_mask(buf).all()))
+        # A batch of exactly the capacity fills the buffer in one call.
+        full = add(rb.init(_example(), capacity=6), _batch(np.arange(1, 7)))
+        self.assertEqual(int(full.count), 6)
+        self.assertEqual(int(full.position), 0)
+        self.assertEqual(_assert_rows_consistent(rb.newest(full, 6)).astype(int).tolist(), [1, 2, 3, 4, 5, 6])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_valid_mask_partial(self):
+        buf = rb.init(_example(), capacity=7)
+        buf = self.variant(rb.add)(buf, _batch([1, 2, 3]))
+        np.testing.assert_array_equal(
+            np.asarray(self.variant(rb.valid_mask)(buf)), [True, True, True, False, False, False, False]
+        )
+
+    def test_newest_after_wrap_in_order(self):
+        buf = rb.init(_example(), capacity=5)
+        buf = rb.add(buf, _batch([1, 2, 3, 4]))
+        buf = rb.add(buf, _batch([5, 6, 7]))  # overwrites 1 and 2; position wraps to 2
+        self.assertEqual(int(buf.position), 2)
+        self.assertEqual(_assert_rows_consistent(rb.newest(buf, 5)).astype(int).tolist(), [3, 4, 5, 6, 7])
+        self.assertEqual(_assert_rows_consistent(rb.newest(buf, 2)).astype(int).tolist(), [6, 7])
+
+    def test_jit_and_nojit_agree(self):
+        def run(add, sample):
+            buf = rb.init(_example(), capacity=9)
+            rng = np.random.default_rng(1)
+            next_id = 1
+            draws = []
+            for step in range(10):
+                size = int(rng.choice([2, 9]))
+                buf = add(buf, _batch(range(next_id, next_id + size)))
+                next_id += size
+                draws.append(sample(buf, jax.random.key(step), 16))
+            return buf, draws
+
+        eager = run(rb.add, rb.sample)
+        jitted = run(jax.jit(rb.add), jax.jit(rb.sample, static_argnums=2))
+        chex.assert_trees_all_equal(jax.device_get(eager), jax.device_get(jitted))
+
+    def test_vmap_over_seeds_equals_separate_buffers(self):
+        num_seeds, capacity = 3, 8
+        single = rb.init(_example(), capacity)
+        stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * num_seeds), single)
+        separate = [single] * num_seeds
+        add = jax.jit(rb.add)
+        sample = jax.jit(rb.sample, static_argnums=2)
+        vadd = jax.jit(jax.vmap(rb.add))
+        vsample = jax.jit(jax.vmap(rb.sample, in_axes=(0, 0, None)), static_argnums=2)
+        rng = np.random.default_rng(2)
+        next_id = 1
+        for step in range(5):
+            size = int(rng.choice([3, 8]))  # same size for every seed (static shapes)
+            batches = []
+            for s in range(num_seeds):
+                ids = np.arange(next_id, next_id + size) + 1000 * s  # each seed gets its own data
+                batches.append(_batch(ids))
+                separate[s] = add(separate[s], batches[-1])
+            next_id += size
+            stacked = vadd(stacked, jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches))
+            keys = jax.random.split(jax.random.key(step), num_seeds)
+            drawn = jax.device_get(vsample(stacked, keys, 11))
+            got = jax.device_get(stacked)
+            for s in range(num_seeds):
+                chex.assert_trees_all_equal(
+                    jax.tree_util.tree_map(lambda x: x[s], got), jax.device_get(separate[s])
+                )
+                chex.assert_trees_all_equal(
+                    jax.tree_util.tree_map(lambda x: x[s], drawn),
+                    jax.device_get(sample(separate[s], keys[s], 11)),
+                )
+
+    def test_batch_larger_than_capacity_raises(self):
+        buf = rb.init(_example(), capacity=4)
+        with pytest.raises(ValueError, match="capacity"):
+            rb.add(buf, _batch([1, 2, 3, 4, 5]))
+        with pytest.raises(ValueError, match="capacity"):
+            jax.jit(rb.add)(buf, _batch([1, 2, 3, 4, 5]))
+
+    def test_nonpositive_capacity_raises(self):
+        with pytest.raises(ValueError, match="capacity"):
+            rb.init(_example(), capacity=0)

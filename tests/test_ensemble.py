@@ -1,0 +1,420 @@
+"""Unit tests of the probabilistic ensemble (mbrlax.ensemble).
+
+References: known linear dynamics s' = A s + B a (+ small noise) for training, and `predict`'s
+per-member outputs for the propagation modes. Trainings are tiny and cached per process so the file
+runs in well under a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrlax import ensemble as E
+
+OBS, ACT = 2, 1
+A = np.array([[0.9, 0.2], [-0.1, 0.8]], np.float32)
+B = np.array([[0.5], [-0.3]], np.float32)
+
+
+def _linear_data(n: int, seed: int, noise: float = 0.01) -> dict:
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (n, OBS)).astype(np.float32)
+    action = rng.uniform(-1, 1, (n, ACT)).astype(np.float32)
+    next_obs = obs @ A.T + action @ B.T + noise * rng.standard_normal((n, OBS)).astype(np.float32)
+    reward = -(obs**2).sum(-1)
+    return {"obs": obs, "action": action, "next_obs": next_obs, "reward": reward}
+
+
+def _clean_next(data: dict) -> np.ndarray:
+    return data["obs"] @ A.T + data["action"] @ B.T
+
+
+@functools.lru_cache(maxsize=None)
+def _fit_fn(cfg: E.EnsembleConfig):
+    """One compiled `train` per static config, shared by every test that uses that config."""
+    return jax.jit(functools.partial(E.train, cfg))
+
+
+def _strong(tree):
+    """The same arrays without weak types, so a trained state reuses the compilation of an initial one
+    (see test_train_keeps_state_types)."""
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=x.dtype), tree)
+
+
+def _init(cfg: E.EnsembleConfig, seed: int = 0) -> E.EnsembleState:
+    return _strong(E.init(jax.random.key(seed), cfg, OBS, ACT))
+
+
+def _fit(cfg: E.EnsembleConfig, data: dict, count: int, seed: int = 0, lr: float = 3e-3, wd: float = 1e-5,
+         state: E.EnsembleState | None = None):
+    if state is None:
+        state = _init(cfg, seed)
+    return _fit_fn(cfg)(state, data, jnp.int32(count), jax.random.key(seed + 1), jnp.float32(lr), jnp.float32(wd))
+
+
+@functools.lru_cache(maxsize=None)
+def _predict_fn(cfg: E.EnsembleConfig):
+    return jax.jit(functools.partial(E.predict, cfg))
+
+
+def _predict(cfg, state, obs, action):
+    return _predict_fn(cfg)(state, jnp.asarray(obs), jnp.asarray(action))
+
+
+# Shared trainings (cached per test process).
+
+PROB_CFG = E.EnsembleConfig(
+    num_members=5, num_elites=3, hidden_sizes=(32, 32), batch_size=64, max_epochs=300, patience=5,
+    learn_reward=True,
+)
+DET_CFG = dataclasses.replace(PROB_CFG, probabilistic=False, learn_reward=False)
+MASK_CAPACITY, MASK_COUNT = 160, 100
+TINY_CFG = E.EnsembleConfig(
+    num_members=3, num_elites=2, hidden_sizes=(8,), batch_size=32, max_epochs=4, patience=2,
+    eval_batch_size=64,
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(probabilistic: bool):
+    cfg = PROB_CFG if probabilistic else DET_CFG
+    data = _linear_data(1000, seed=0)
+    state, metrics = _fit(cfg, data, 1000)
+    return cfg, state, jax.device_get(metrics)
+
+
+# TRAINING ON KNOWN LINEAR DYNAMICS
+# (One test per trained model: the training is the expensive part, and one test keeps it on one worker.)
+
+
+def test_probabilistic_ensemble_learns_linear_dynamics():
+    cfg, state, metrics = _trained(True)
+    test = _linear_data(500, seed=1)
+    mean, var, reward_mean, reward_var = jax.device_get(_predict(cfg, state, test["obs"], test["action"]))
+    chex.assert_shape((mean, var), (cfg.num_members, 500, OBS))
+    chex.assert_shape((reward_mean, reward_var), (cfg.num_members, 500))
+
+    # One-step accuracy on in-distribution points, for the ensemble mean and for every member.
+    assert np.abs(mean.mean(0) - _clean_next(test)).max() < 0.05
+    member_err = np.abs(mean - _clean_next(test)).max()
+    assert member_err < 0.08, member_err
+    # The aleatoric variance is learnt near the noise level (0.01**2), not left at its initial value.
+    assert var.mean() < 1e-3, var.mean()
+
+    # Learnt reward -|s|^2 (it spans [-2, 0]).
+    reward_err = np.abs(reward_mean.mean(0) - test["reward"])
+    assert reward_err.mean() < 0.03 and reward_err.max() < 0.15, (reward_err.mean(), reward_err.max())
+    assert np.all(reward_var > 0)
+
+    # Total predictive variance (mean of member variances + variance of member means) is much larger
+    # far from the data than on it.
+    def total_var(obs, action):
+        m, v, _, _ = jax.device_get(_predict(cfg, state, obs, action))
+        return (v.mean(0) + m.var(0)).mean(-1)  # [n]
+
+    on_data = total_var(test["obs"], test["action"]).mean()
+    far = total_var(np.array([[5.0, 5.0], [10.0, -10.0]], np.float32), np.zeros((2, ACT), np.float32))
+    assert np.all(far > 10 * on_data), (far, on_data)
+
+    # Early stopping: patience 5 stops the fit long before max_epochs=300; 20 % of 1000 held out.
+    assert cfg.patience < metrics["model_epochs"] < cfg.max_epochs, metrics["model_epochs"]
+    assert metrics["model_holdout_size"] == 200
+    assert np.isfinite(metrics["model_train_loss"])
+    assert 0 < metrics["model_holdout_mse"] < 0.05
+    elites = np.asarray(state.elites)
+    chex.assert_shape(elites, (cfg.num_elites,))
+    assert len(set(elites.tolist())) == cfg.num_elites
+    assert np.all((elites >= 0) & (elites < cfg.num_members))
+
+
+def test_deterministic_ensemble_learns_linear_dynamics():
+    cfg, state, metrics = _trained(False)
+    test = _linear_data(500, seed=1)
+    mean, _, reward, _ = _predict(cfg, state, test["obs"], test["action"])
+    assert np.abs(np.asarray(mean).mean(0) - _clean_next(test)).max() < 0.05
+    np.testing.assert_array_equal(np.asarray(reward), 0.0)  # no reward head
+    assert 0 < metrics["model_holdout_mse"] < 0.05
+    assert cfg.patience < metrics["model_epochs"] < cfg.max_epochs
+    # A deterministic model adds no noise: sampling or not gives the same particles, and no reward.
+    key = jax.random.key(3)
+    with_noise, r = E.propagate(cfg, state, test["obs"][:10], test["action"][:10], key, "ts1", sample=True)
+    without, _ = E.propagate(cfg, state, test["obs"][:10], test["action"][:10], key, "ts1", sample=False)
+    assert r is None
+    chex.assert_trees_all_close(with_noise, without)
+
+
+# EARLY STOPPING AND ELITES (on TINY_CFG and MASK_CAPACITY-sized data: one shared compilation)
+
+
+def test_elites_are_members_with_lowest_holdout_error():
+    """Shift each member's normalised mean output by its own offset s_k: its holdout error becomes
+    about s_k**2, so the elites must be the members with the smallest offsets, best first."""
+    cfg = TINY_CFG
+    offsets = np.array([40.0, 5.0, 15.0], np.float32)
+    state = _init(cfg)
+    last = f"Dense_{len(cfg.hidden_sizes)}"
+    out = E.target_size(cfg, OBS)
+    net = jax.tree_util.tree_map(np.array, state.params["net"])
+    net["params"][last]["bias"][:, :out] += offsets[:, None]  # the mean half; log-variances untouched
+    shifted = state.replace(params=dict(state.params, net=_strong(net)))
+    # At learning rate 0 the parameters stay as they are; the first epoch improves on "no error yet",
+    # no later one improves, so the fit stops after `patience` more epochs.
+    fitted, metrics = _fit(cfg, _linear_data(MASK_CAPACITY, seed=6), MASK_COUNT, lr=0.0, wd=0.0, state=shifted)
+    chex.assert_trees_all_close(fitted.params["net"], shifted.params["net"])
+    assert int(metrics["model_epochs"]) == 1 + cfg.patience
+    np.testing.assert_array_equal(np.asarray(fitted.elites), np.argsort(offsets)[: cfg.num_elites])
+    np.testing.assert_array_equal(np.asarray(fitted.elites), [1, 2])
+    expected = np.mean(np.sort(offsets)[: cfg.num_elites] ** 2)
+    np.testing.assert_allclose(float(metrics["model_holdout_mse"]), expected, rtol=0.1)
+
+
+def test_no_holdout_runs_max_epochs():
+    # 4 valid entries * holdout_ratio 0.2 -> no holdout (the same path as holdout_ratio=0.0, without
+    # compiling another config).
+    cfg = TINY_CFG
+    assert cfg.patience < cfg.max_epochs
+    _, metrics = _fit(cfg, _linear_data(MASK_CAPACITY, seed=2), 4)
+    assert int(metrics["model_holdout_size"]) == 0
+    assert int(metrics["model_epochs"]) == cfg.max_epochs
+
+
+def test_logvar_bounds_fixed_unless_learned():
+    cfg = TINY_CFG
+    assert cfg.probabilistic and not cfg.learn_logvar_bounds
+    state, _ = _fit(cfg, _linear_data(MASK_CAPACITY, seed=0), MASK_COUNT)
+    np.testing.assert_array_equal(np.asarray(state.params["max_logvar"]), 0.5)
+    np.testing.assert_array_equal(np.asarray(state.params["min_logvar"]), -10.0)
+
+
+def test_train_keeps_state_types():
+    cfg = TINY_CFG
+    trained, _ = _fit(cfg, _linear_data(MASK_CAPACITY, seed=0), MASK_COUNT)
+    initial = E.init(jax.random.key(0), cfg, OBS, ACT)
+    chex.assert_trees_all_equal_structs(trained, initial)
+    spec = lambda x: (x.shape, str(x.dtype), bool(jax.typeof(x).weak_type))  # noqa: E731
+    assert jax.tree_util.tree_map(spec, initial) == jax.tree_util.tree_map(spec, trained)
+
+
+# MASKING, DETERMINISM, VMAP
+
+
+@pytest.mark.parametrize("sampling", ["bootstrap", "shuffle"])
+def test_rows_beyond_count_are_ignored(sampling):
+    cfg = dataclasses.replace(TINY_CFG, sampling=sampling)
+    data = _linear_data(MASK_CAPACITY, seed=4)
+    garbage = {k: v.copy() for k, v in data.items()}
+    for v in garbage.values():
+        v[MASK_COUNT:] = 1e6
+    clean_state, clean_metrics = jax.device_get(_fit(cfg, data, MASK_COUNT))
+    dirty_state, dirty_metrics = jax.device_get(_fit(cfg, garbage, MASK_COUNT))
+    chex.assert_tree_all_finite(dirty_state.params)
+    chex.assert_trees_all_close(dirty_state, clean_state, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(dirty_metrics, clean_metrics, rtol=1e-6, atol=1e-7)
+    # The normalisation statistics come from the valid rows only.
+    inputs = np.concatenate([data["obs"][:MASK_COUNT], data["action"][:MASK_COUNT]], -1)
+    np.testing.assert_allclose(dirty_state.input_mean, inputs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dirty_state.input_std, inputs.std(0), rtol=1e-4)
+
+
+def test_same_key_same_result_and_vmap_equivalence():
+    cfg = TINY_CFG
+    data = _linear_data(MASK_CAPACITY, seed=5)
+    state0 = _init(cfg)
+    count, wd = jnp.int32(MASK_COUNT), jnp.float32(1e-5)
+    keys = jax.random.split(jax.random.key(7), 2)
+    lrs = jnp.array([1e-3, 3e-3], jnp.float32)  # a traced hyperparameter swept alongside the seed
+    fit = _fit_fn(cfg)
+    first = jax.device_get(fit(state0, data, count, keys[0], lrs[0], wd))
+    again = jax.device_get(fit(state0, data, count, keys[0], lrs[0], wd))
+    other = jax.device_get(fit(state0, data, count, keys[1], lrs[1], wd))
+    chex.assert_trees_all_equal(first, again)
+    assert not np.allclose(first[0].params["net"]["params"]["Dense_0"]["kernel"],
+                           other[0].params["net"]["params"]["Dense_0"]["kernel"])
+    batched = jax.jit(jax.vmap(functools.partial(E.train, cfg), in_axes=(None, None, None, 0, 0, None)))
+    batched = jax.device_get(batched(state0, data, count, keys, lrs, wd))
+    for i, single in enumerate((first, other)):
+        got = jax.tree_util.tree_map(lambda x: x[i], batched)
+        np.testing.assert_array_equal(got[0].elites, single[0].elites)
+        assert got[1]["model_epochs"] == single[1]["model_epochs"]
+        chex.assert_trees_all_close(got, single, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError, match="num_elites"):
+        E.init(jax.random.key(0), E.EnsembleConfig(num_members=3, num_elites=4), OBS, ACT)
+    with pytest.raises(ValueError, match="sampling"):
+        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, sampling="jackknife"), OBS, ACT)
+    with pytest.raises(ValueError, match="holdout_ratio"):
+        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, holdout_ratio=1.0), OBS, ACT)
+
+
+# PROPAGATION (against predict's per-member outputs; an untrained ensemble whose members differ)
+
+P_OBS, P_ACT = 3, 2
+P_CFG = E.EnsembleConfig(num_members=5, num_elites=3, hidden_sizes=(16,), learn_reward=True)
+P_ELITES = np.array([4, 1, 3], np.int32)  # deliberately not sorted and not a prefix
+
+
+@functools.lru_cache(maxsize=None)
+def _prop_state():
+    state = E.init(jax.random.key(11), P_CFG, P_OBS, P_ACT)
+    rng = np.random.default_rng(12)
+    out = E.target_size(P_CFG, P_OBS)
+    # Non-trivial normalisation, so that the propagation has to undo it like predict does.
+    return state.replace(
+        input_mean=jnp.asarray(rng.normal(size=P_OBS + P_ACT), jnp.float32),
+        input_std=jnp.asarray(rng.uniform(0.5, 2.0, P_OBS + P_ACT), jnp.float32),
+        target_mean=jnp.asarray(rng.normal(size=out), jnp.float32),
+        target_std=jnp.asarray(rng.uniform(0.5, 2.0, out), jnp.float32),
+        elites=jnp.asarray(P_ELITES),
+    )
+
+
+def _prop_inputs(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=(n, P_OBS)), jnp.float32),
+            jnp.asarray(rng.normal(size=(n, P_ACT)), jnp.float32))
+
+
+def _member_of_rows(next_obs, reward, member_obs, member_reward):
+    """For each output row, the member whose mean it equals (asserting that exactly one matches)."""
+    rows = np.concatenate([np.asarray(next_obs), np.asarray(reward)[:, None]], -1)  # [n, d]
+    members = np.concatenate([np.asarray(member_obs), np.asarray(member_reward)[..., None]], -1)  # [K, n, d]
+    dist = np.abs(members - rows[None]).max(-1)  # [K, n]
+    best = dist.argmin(0)
+    srt = np.sort(dist, axis=0)
+    assert np.all(srt[0] < 1e-4), srt[0]
+    assert np.all(srt[1] > 1e-2), "members too alike to tell apart"
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def _prop_jit(mode: str, elites_only: bool = False, sample: bool = False):
+    """A compiled propagation, shared across tests (the mapping tests also run it without jit)."""
+    return jax.jit(functools.partial(E.propagate, P_CFG, mode=mode, elites_only=elites_only, sample=sample))
+
+
+def test_propagate_output_shapes():
+    state = _prop_state()
+    obs, action = _prop_inputs(7)  # 7 particles over 5 members (3 elites): padded groups
+    # (The combinations that the other tests compile anyway, so this adds little compilation.)
+    for mode, elites_only, sample in [("ts1", False, True), ("expectation", False, True),
+                                      ("ts1", True, False), ("tsinf", True, False), ("expectation", True, True)]:
+        next_obs, reward = _prop_jit(mode, elites_only, sample)(state, obs, action, jax.random.key(0))
+        chex.assert_shape(next_obs, (7, P_OBS))
+        chex.assert_shape(reward, (7,))
+        chex.assert_tree_all_finite((next_obs, reward))
+    mean, var, reward_mean, reward_var = _predict(P_CFG, state, obs, action)
+    chex.assert_shape((mean, var), (P_CFG.num_members, 7, P_OBS))
+    chex.assert_shape((reward_mean, reward_var), (P_CFG.num_members, 7))
+
+
+class PropagateTest(chex.TestCase):
+    def _propagate(self, mode, elites_only=False, sample=False):
+        return self.variant(
+            lambda s, o, a, k: E.propagate(P_CFG, s, o, a, k, mode=mode, elites_only=elites_only, sample=sample)
+        )
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_tsinf_particle_i_uses_member_i_mod_k(self):
+        state = _prop_state()
+        for n in (10, 7):  # 7 particles over 5 members: the batch is padded
+            obs, action = _prop_inputs(n, seed=n)
+            mean, _, reward_mean, _ = _predict(P_CFG, state, obs, action)
+            next_obs, reward = self._propagate("tsinf")(state, obs, action, jax.random.key(1))
+            member = np.arange(n) % P_CFG.num_members
+            chex.assert_trees_all_close(next_obs, mean[member, np.arange(n)], atol=1e-5, rtol=1e-5)
+            chex.assert_trees_all_close(reward, reward_mean[member, np.arange(n)], atol=1e-5, rtol=1e-5)
+
+    @chex.variants(with_jit=True)  # (eager ts1 compiles dozens of small ops: slow and adds little)
+    def test_ts1_rows_are_member_means_in_equal_groups(self):
+        state = _prop_state()
+        n = 10
+        obs, action = _prop_inputs(n, seed=n)
+        mean, _, reward_mean, _ = _predict(P_CFG, state, obs, action)
+        propagate = self._propagate("ts1")
+        assignments = []
+        for seed in range(3):
+            next_obs, reward = propagate(state, obs, action, jax.random.key(seed))
+            chex.assert_shape(next_obs, (n, P_OBS))
+            member = _member_of_rows(next_obs, reward, mean, reward_mean)
+            # A random permutation split into K equal groups: every member runs n / K particles.
+            np.testing.assert_array_equal(np.bincount(member, minlength=P_CFG.num_members), n // P_CFG.num_members)
+            assignments.append(tuple(member))
+        # A fresh draw every call: the assignment depends on the key.
+        assert len(set(assignments)) > 1
+
+
+def test_ts1_with_batch_not_divisible_by_members():
+    state = _prop_state()
+    obs, action = _prop_inputs(7)  # 7 particles over 5 members: the permutation is padded to 10
+    mean, _, reward_mean, _ = _predict(P_CFG, state, obs, action)
+    for seed in range(3):
+        next_obs, reward = _prop_jit("ts1", False, False)(state, obs, action, jax.random.key(seed))
+        member = _member_of_rows(next_obs, reward, mean, reward_mean)
+        assert np.bincount(member, minlength=P_CFG.num_members).max() <= 2
+
+
+def test_expectation_is_mean_of_member_means():
+    state = _prop_state()
+    obs, action = _prop_inputs(7)
+    mean, _, reward_mean, _ = _predict(P_CFG, state, obs, action)
+    next_obs, reward = _prop_jit("expectation", False, True)(state, obs, action, jax.random.key(2))
+    chex.assert_trees_all_close(next_obs, mean.mean(0), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(reward, reward_mean.mean(0), atol=1e-5, rtol=1e-5)
+    elite_obs, elite_reward = _prop_jit("expectation", True, True)(state, obs, action, jax.random.key(3))
+    chex.assert_trees_all_close(elite_obs, mean[P_ELITES].mean(0), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(elite_reward, reward_mean[P_ELITES].mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_elites_only_uses_only_elites():
+    state = _prop_state()
+    n = 7
+    obs, action = _prop_inputs(n)
+    mean, _, reward_mean, _ = _predict(P_CFG, state, obs, action)
+    next_obs, reward = _prop_jit("tsinf", True, False)(state, obs, action, jax.random.key(4))
+    member = P_ELITES[np.arange(n) % len(P_ELITES)]  # particle i -> elites[i mod num_elites]
+    chex.assert_trees_all_close(next_obs, mean[member, np.arange(n)], atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(reward, reward_mean[member, np.arange(n)], atol=1e-5, rtol=1e-5)
+    used = set()
+    for seed in range(4):
+        next_obs, reward = _prop_jit("ts1", True, False)(state, obs, action, jax.random.key(seed))
+        used |= set(_member_of_rows(next_obs, reward, mean, reward_mean).tolist())
+    assert used == set(P_ELITES.tolist()), used
+
+
+def test_sampled_particles_follow_member_gaussians():
+    """tsinf with noise: the particles of member k have the mean and variance that predict gives."""
+    state = _prop_state()
+    K, per_member = P_CFG.num_members, 2000
+    obs, action = _prop_inputs(1, seed=5)
+    mean, var, reward_mean, reward_var = jax.device_get(_predict(P_CFG, state, obs, action))
+    n = K * per_member
+    tiled_obs, tiled_action = jnp.tile(obs, (n, 1)), jnp.tile(action, (n, 1))
+    propagate = _prop_jit("tsinf", False, True)
+    next_obs, reward = jax.device_get(propagate(state, tiled_obs, tiled_action, jax.random.key(5)))
+    chex.assert_shape(next_obs, (n, P_OBS))
+    by_member = next_obs.reshape(per_member, K, P_OBS).swapaxes(0, 1)  # particle i -> member i mod K
+    r_by_member = reward.reshape(per_member, K).T
+    tol = 4 * np.sqrt(var[:, 0] / per_member)
+    assert np.all(np.abs(by_member.mean(1) - mean[:, 0]) < tol)
+    np.testing.assert_allclose(by_member.var(1), var[:, 0], rtol=0.15)
+    assert np.all(np.abs(r_by_member.mean(1) - reward_mean[:, 0]) < 4 * np.sqrt(reward_var[:, 0] / per_member))
+    np.testing.assert_allclose(r_by_member.var(1), reward_var[:, 0], rtol=0.15)
+    # ts1 with noise differs from ts1 without it, on the same key.
+    noisy, _ = _prop_jit("ts1", False, True)(state, tiled_obs[:7], tiled_action[:7], jax.random.key(6))
+    clean, _ = _prop_jit("ts1", False, False)(state, tiled_obs[:7], tiled_action[:7], jax.random.key(6))
+    assert not np.allclose(noisy, clean)
+
+
+def test_unknown_mode_raises():
+    obs, action = _prop_inputs(5)
+    with pytest.raises(ValueError, match="propagation"):
+        E.propagate(P_CFG, _prop_state(), obs, action, jax.random.key(0), mode="ts2")
