@@ -23,8 +23,6 @@ import datetime
 import difflib
 import itertools
 import json
-import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -380,13 +378,17 @@ def execute(
         log.close()
         plot_curves(log.rows, run_dir / "curve.png", title)
 
-    wall = time.perf_counter() - start
-    final = [r for r in log.rows if "eval_return" in r][-len(runs):]
+    return summarise(log.rows, len(runs), schedule, time.perf_counter() - start, compile_s)
+
+
+def summarise(rows: list[dict], num_runs: int, schedule, wall: float, compile_s: float) -> dict:
+    """The run's summary.json: final evaluation, steps, wall time with and without compiling, device."""
+    final = [r for r in rows if "eval_return" in r][-num_runs:]
     summary = {
         "final_eval_return": float(np.mean([r["eval_return"] for r in final])),
         "final_eval_return_per_run": [r["eval_return"] for r in final],
         "env_steps": schedule.total_steps,
-        "num_runs": len(runs),
+        "num_runs": num_runs,
         "wall_time_s": wall,
         "compile_time_s": compile_s,
         "wall_time_excl_compile_s": wall - compile_s,
@@ -420,20 +422,7 @@ def execute_fused(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...]
                 row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
         log.add(rows)
     plot_curves(log.rows, run_dir / "curve.png", title)
-    wall = time.perf_counter() - start
-    final = np.asarray(metrics["eval"]["eval_return"])[:, -1]
-    return {
-        "final_eval_return": float(final.mean()),
-        "final_eval_return_per_run": final.tolist(),
-        "env_steps": schedule.total_steps,
-        "num_runs": len(runs),
-        "wall_time_s": wall,
-        "compile_time_s": compile_s,
-        "wall_time_excl_compile_s": wall - compile_s,
-        "device": device_description(),
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return summarise(log.rows, len(runs), schedule, time.perf_counter() - start, compile_s)
 
 
 # CLI
