@@ -48,7 +48,7 @@ class Config:
     # Run
     env: str = "pendulum"
     """Task name (see `mbrlax.envs.list_envs()`)."""
-    total_steps: int = 2200
+    total_steps: int = 2000
     """Environment steps in all, over all parallel environments, random exploration included."""
     num_envs: int = 1
     """Parallel environments; one planner call plans for all of them."""
@@ -60,7 +60,7 @@ class Config:
     """Brax physics backend for brax/* tasks (default: the task's own)."""
     initial_random_steps: int | None = None
     """Random-action steps before the first model fit (default: one episode per environment)."""
-    eval_every: int = 400
+    eval_every: int = 600
     """Environment steps between evaluations."""
     eval_episodes: int = 3
     """Evaluation episodes, run in parallel with the current model and planner."""
@@ -86,7 +86,7 @@ class Config:
     # Planner
     planner: str = "cem"
     """"cem", "icem" (coloured noise, decaying population, kept elites) or "random" shooting."""
-    horizon: int = 15
+    horizon: int = 30
     """Planning horizon H."""
     population: int = 100
     """Action sequences sampled per CEM iteration."""
@@ -96,7 +96,7 @@ class Config:
     """CEM iterations per planned action."""
     alpha: float = 0.1
     """CEM momentum: new mean = alpha * old + (1 - alpha) * elite mean (same for the variance)."""
-    particles: int = 10
+    particles: int = 5
     """Particles P per action sequence."""
     propagation: str = "tsinf"
     """Trajectory sampling: "ts1", "tsinf" or "expectation"."""
@@ -110,9 +110,22 @@ class Config:
     """iCEM: share of the elites carried into the next iteration's population."""
 
     def validate(self) -> None:
-        positive = ("total_steps", "num_envs", "action_repeat", "eval_every", "eval_episodes", "ensemble_size",
-                    "retrain_every", "model_batch_size", "model_max_epochs", "horizon", "population",
-                    "num_elites", "cem_iterations", "particles")
+        positive = (
+            "total_steps",
+            "num_envs",
+            "action_repeat",
+            "eval_every",
+            "eval_episodes",
+            "ensemble_size",
+            "retrain_every",
+            "model_batch_size",
+            "model_max_epochs",
+            "horizon",
+            "population",
+            "num_elites",
+            "cem_iterations",
+            "particles",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -121,7 +134,9 @@ class Config:
         if self.planner not in PLANNERS:
             raise ConfigError(f"planner must be one of {', '.join(PLANNERS)}, got {self.planner!r}")
         if self.propagation not in ensemble.PROPAGATIONS:
-            raise ConfigError(f"propagation must be one of {', '.join(ensemble.PROPAGATIONS)}, got {self.propagation!r}")
+            raise ConfigError(
+                f"propagation must be one of {', '.join(ensemble.PROPAGATIONS)}, got {self.propagation!r}"
+            )
         if self.sampling not in ("truncated", "clipped"):
             raise ConfigError(f"sampling must be 'truncated' or 'clipped', got {self.sampling!r}")
         if self.retrain_every % self.num_envs:
@@ -137,29 +152,75 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pendulum": dict(env="pendulum"),
     # mbrl-lib's continuous cartpole planner and model settings, on the swing-up task.
     "cartpole_swingup": dict(
-        env="cartpole_swingup", episode_length=200, total_steps=4000, eval_every=1000, horizon=15,
-        population=350, num_elites=35, alpha=0.1, particles=20, ensemble_size=7,
-        hidden_sizes=(200, 200, 200, 200), retrain_every=200, model_lr=7.5e-4, model_weight_decay=3e-5,
-        model_batch_size=256, model_max_epochs=25,
+        env="cartpole_swingup",
+        episode_length=200,
+        total_steps=4000,
+        eval_every=1000,
+        horizon=15,
+        population=350,
+        num_elites=35,
+        alpha=0.1,
+        particles=20,
+        ensemble_size=7,
+        hidden_sizes=(200, 200, 200, 200),
+        retrain_every=200,
+        model_lr=7.5e-4,
+        model_weight_decay=3e-5,
+        model_batch_size=256,
+        model_max_epochs=25,
     ),
     "brax/inverted_pendulum": dict(
-        env="brax/inverted_pendulum", total_steps=5000, eval_every=1000, horizon=15, population=350,
-        num_elites=35, particles=20, ensemble_size=7, hidden_sizes=(200, 200, 200, 200), retrain_every=250,
-        model_lr=7.5e-4, model_weight_decay=3e-5, model_batch_size=256,
+        env="brax/inverted_pendulum",
+        total_steps=5000,
+        eval_every=1000,
+        horizon=15,
+        population=350,
+        num_elites=35,
+        particles=20,
+        ensemble_size=7,
+        hidden_sizes=(200, 200, 200, 200),
+        retrain_every=250,
+        model_lr=7.5e-4,
+        model_weight_decay=3e-5,
+        model_batch_size=256,
     ),
     # mbrl-lib's HalfCheetah settings.
     "brax/halfcheetah": dict(
-        env="brax/halfcheetah", total_steps=200_000, eval_every=10_000, horizon=30, population=350,
-        num_elites=56, alpha=0.12, cem_iterations=5, particles=20, ensemble_size=7,
-        hidden_sizes=(200, 200, 200, 200), retrain_every=1000, model_lr=2e-4, model_weight_decay=3e-5,
-        model_batch_size=256, model_max_epochs=50,
+        env="brax/halfcheetah",
+        total_steps=200_000,
+        eval_every=10_000,
+        horizon=30,
+        population=350,
+        num_elites=56,
+        alpha=0.12,
+        cem_iterations=5,
+        particles=20,
+        ensemble_size=7,
+        hidden_sizes=(200, 200, 200, 200),
+        retrain_every=1000,
+        model_lr=2e-4,
+        model_weight_decay=3e-5,
+        model_batch_size=256,
+        model_max_epochs=50,
     ),
     # The original paper's HalfCheetah settings.
     "brax/halfcheetah-original": dict(
-        env="brax/halfcheetah", total_steps=200_000, eval_every=10_000, horizon=30, population=500,
-        num_elites=50, alpha=0.1, cem_iterations=5, particles=20, ensemble_size=5,
-        hidden_sizes=(200, 200, 200, 200), retrain_every=1000, model_lr=1e-3, model_weight_decay=5e-5,
-        model_batch_size=256, model_max_epochs=50,
+        env="brax/halfcheetah",
+        total_steps=200_000,
+        eval_every=10_000,
+        horizon=30,
+        population=500,
+        num_elites=50,
+        alpha=0.1,
+        cem_iterations=5,
+        particles=20,
+        ensemble_size=5,
+        hidden_sizes=(200, 200, 200, 200),
+        retrain_every=1000,
+        model_lr=1e-3,
+        model_weight_decay=5e-5,
+        model_batch_size=256,
+        model_max_epochs=50,
     ),
 }
 
@@ -181,8 +242,9 @@ def make_env(config: Config, **kwargs):
     from mbrlax import envs
 
     options = {} if config.backend is None else {"backend": config.backend}
-    return envs.make(config.env, episode_length=config.episode_length, action_repeat=config.action_repeat,
-                     **options, **kwargs)
+    return envs.make(
+        config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs
+    )
 
 
 def make_train(config: Config) -> Trainer:
@@ -199,8 +261,12 @@ def make_train(config: Config) -> Trainer:
 
     learn_reward = config.learn_reward or spec.reward_learned
     model_config = ensemble.EnsembleConfig(
-        num_members=config.ensemble_size, num_elites=config.ensemble_size, hidden_sizes=config.hidden_sizes,
-        learn_reward=learn_reward, batch_size=config.model_batch_size, max_epochs=config.model_max_epochs,
+        num_members=config.ensemble_size,
+        num_elites=config.ensemble_size,
+        hidden_sizes=config.hidden_sizes,
+        learn_reward=learn_reward,
+        batch_size=config.model_batch_size,
+        max_epochs=config.model_max_epochs,
         holdout_ratio=0.1,
     )
     obs_size, action_size = spec.observation_size, spec.action_size
@@ -232,8 +298,9 @@ def make_train(config: Config) -> Trainer:
         def model_step(carry, inputs):
             states, alive, total = carry
             action, step_key = inputs
-            next_states, model_reward = ensemble.propagate(model_config, model, states, action, step_key,
-                                                           mode=config.propagation)
+            next_states, model_reward = ensemble.propagate(
+                model_config, model, states, action, step_key, mode=config.propagation
+            )
             reward, done = reward_and_done(states, action, next_states, model_reward)
             # No reward after a predicted termination.
             total = total + alive * reward
@@ -320,8 +387,13 @@ def make_train(config: Config) -> Trainer:
 
     def transition(env_state, action, next_state):
         terminated = next_state.done * (1.0 - next_state.info["truncation"])
-        return {"obs": env_state.obs, "action": action, "reward": next_state.reward,
-                "next_obs": next_state.info["final_obs"], "terminated": terminated}
+        return {
+            "obs": env_state.obs,
+            "action": action,
+            "reward": next_state.reward,
+            "next_obs": next_state.info["final_obs"],
+            "terminated": terminated,
+        }
 
     def env_step(state: PETSState, action, key_for_next):
         next_env_state = env.step(state.env_state, action)
@@ -329,22 +401,37 @@ def make_train(config: Config) -> Trainer:
         done = next_env_state.done
         episode_return = state.episode_return + next_env_state.reward
         ended = done.sum()
-        last_return = jnp.where(ended > 0, (episode_return * done).sum() / jnp.maximum(ended, 1.0),
-                                state.last_episode_return)
+        last_return = jnp.where(
+            ended > 0, (episode_return * done).sum() / jnp.maximum(ended, 1.0), state.last_episode_return
+        )
         plan = jnp.where(done[:, None, None] > 0, middle, state.plan)
-        return state._replace(env_state=next_env_state, buffer=buffer, plan=plan, key=key_for_next,
-                              episode_return=episode_return * (1.0 - done), last_episode_return=last_return)
+        return state._replace(
+            env_state=next_env_state,
+            buffer=buffer,
+            plan=plan,
+            key=key_for_next,
+            episode_return=episode_return * (1.0 - done),
+            last_episode_return=last_return,
+        )
 
     def init(key, hparams):
         env_key, model_key, explore_key, key = jax.random.split(key, 4)
         env_state = env.reset(env_key)
-        example = {"obs": env_state.obs[0], "action": jnp.zeros(action_size), "reward": jnp.float32(0.0),
-                   "next_obs": env_state.obs[0], "terminated": jnp.float32(0.0)}
+        example = {
+            "obs": env_state.obs[0],
+            "action": jnp.zeros(action_size),
+            "reward": jnp.float32(0.0),
+            "next_obs": env_state.obs[0],
+            "terminated": jnp.float32(0.0),
+        }
         state = PETSState(
-            env_state=env_state, buffer=replay.init(example, capacity),
+            env_state=env_state,
+            buffer=replay.init(example, capacity),
             model=ensemble.init(model_key, model_config, obs_size, action_size),
-            plan=jnp.broadcast_to(middle, (num_envs, H, action_size)), key=key,
-            episode_return=jnp.zeros(num_envs), last_episode_return=jnp.float32(0.0),
+            plan=jnp.broadcast_to(middle, (num_envs, H, action_size)),
+            key=key,
+            episode_return=jnp.zeros(num_envs),
+            last_episode_return=jnp.float32(0.0),
         )
 
         # EXPLORE with uniformly random actions.
@@ -360,8 +447,13 @@ def make_train(config: Config) -> Trainer:
 
         # TRAIN MODEL on everything stored so far.
         model, model_metrics = ensemble.train(
-            model_config, state.model, state.buffer.data, state.buffer.count, train_key,
-            hparams["model_lr"], hparams["model_weight_decay"],
+            model_config,
+            state.model,
+            state.buffer.data,
+            state.buffer.count,
+            train_key,
+            hparams["model_lr"],
+            hparams["model_weight_decay"],
         )
         state = state._replace(model=model, key=key)
 

@@ -59,8 +59,12 @@ def git_commit() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -94,9 +98,13 @@ def bench_pets(args) -> list[dict]:
         # Planning alone is timed through `evaluate`, which plans for `eval_episodes` environments at
         # once for `episode_length` steps; the environment step itself is negligible next to planning.
         config = dataclasses.replace(
-            pets.Config(**pets.PRESETS["cartpole_swingup"]), episode_length=args.steps,
-            eval_episodes=num_envs, total_steps=2 * args.steps, eval_every=args.steps,
-            initial_random_steps=args.steps, retrain_every=args.steps,
+            pets.Config(**pets.PRESETS["cartpole_swingup"]),
+            episode_length=args.steps,
+            eval_episodes=num_envs,
+            total_steps=2 * args.steps,
+            eval_every=args.steps,
+            initial_random_steps=args.steps,
+            retrain_every=args.steps,
         )
         trainer = pets.make_train(config)
         hparams = {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
@@ -111,13 +119,22 @@ def bench_pets(args) -> list[dict]:
         obs_size, action_size = 5, 1
         per_eval = mlp_flops([obs_size + action_size, *config.hidden_sizes, 2 * obs_size])
         flop_rate = actions * evals_per_action * per_eval / seconds
-        rows.append({
-            "algorithm": "pets", "setting": "mbrl-lib cartpole: pop 350, H 15, 5 iters, P 20, 7 x (4 x 200)",
-            "num_envs": num_envs, "actions_per_s": actions / seconds, "ms_per_action_step": 1e3 * seconds / args.steps,
-            "member_evals_per_s": actions * evals_per_action / seconds, "gflop_per_s": flop_rate / 1e9,
-            "fraction_of_fp32_peak": flop_rate / peak, "fp32_peak_gflop_per_s": peak / 1e9,
-            "peak_source": peak_source, "compile_s": compile_s, "steps_timed": args.steps,
-        })
+        rows.append(
+            {
+                "algorithm": "pets",
+                "setting": "mbrl-lib cartpole: pop 350, H 15, 5 iters, P 20, 7 x (4 x 200)",
+                "num_envs": num_envs,
+                "actions_per_s": actions / seconds,
+                "ms_per_action_step": 1e3 * seconds / args.steps,
+                "member_evals_per_s": actions * evals_per_action / seconds,
+                "gflop_per_s": flop_rate / 1e9,
+                "fraction_of_fp32_peak": flop_rate / peak,
+                "fp32_peak_gflop_per_s": peak / 1e9,
+                "peak_source": peak_source,
+                "compile_s": compile_s,
+                "steps_timed": args.steps,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -149,8 +166,12 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown algorithm(s) {unknown}; choose from {list(BENCHMARKS)}")
     info = device_info()
-    meta = {"device": f"{info['num_devices']} x {info['platform']}:{info['device_kind']}", "commit": git_commit(),
-            "date": datetime.date.today().isoformat(), "jax": jax.__version__}
+    meta = {
+        "device": f"{info['num_devices']} x {info['platform']}:{info['device_kind']}",
+        "commit": git_commit(),
+        "date": datetime.date.today().isoformat(),
+        "jax": jax.__version__,
+    }
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.algorithms:

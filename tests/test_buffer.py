@@ -167,9 +167,7 @@ class BufferTest(chex.TestCase):
             drawn = jax.device_get(vsample(stacked, keys, 11))
             got = jax.device_get(stacked)
             for s in range(num_seeds):
-                chex.assert_trees_all_equal(
-                    jax.tree_util.tree_map(lambda x: x[s], got), jax.device_get(separate[s])
-                )
+                chex.assert_trees_all_equal(jax.tree_util.tree_map(lambda x: x[s], got), jax.device_get(separate[s]))
                 chex.assert_trees_all_equal(
                     jax.tree_util.tree_map(lambda x: x[s], drawn),
                     jax.device_get(sample(separate[s], keys[s], 11)),

@@ -52,8 +52,15 @@ def _init(cfg: E.EnsembleConfig, seed: int = 0) -> E.EnsembleState:
     return _strong(E.init(jax.random.key(seed), cfg, OBS, ACT))
 
 
-def _fit(cfg: E.EnsembleConfig, data: dict, count: int, seed: int = 0, lr: float = 3e-3, wd: float = 1e-5,
-         state: E.EnsembleState | None = None):
+def _fit(
+    cfg: E.EnsembleConfig,
+    data: dict,
+    count: int,
+    seed: int = 0,
+    lr: float = 3e-3,
+    wd: float = 1e-5,
+    state: E.EnsembleState | None = None,
+):
     if state is None:
         state = _init(cfg, seed)
     return _fit_fn(cfg)(state, data, jnp.int32(count), jax.random.key(seed + 1), jnp.float32(lr), jnp.float32(wd))
@@ -71,13 +78,23 @@ def _predict(cfg, state, obs, action):
 # Shared trainings (cached per test process).
 
 PROB_CFG = E.EnsembleConfig(
-    num_members=5, num_elites=3, hidden_sizes=(32, 32), batch_size=64, max_epochs=300, patience=5,
+    num_members=5,
+    num_elites=3,
+    hidden_sizes=(32, 32),
+    batch_size=64,
+    max_epochs=300,
+    patience=5,
     learn_reward=True,
 )
 DET_CFG = dataclasses.replace(PROB_CFG, probabilistic=False, learn_reward=False)
 MASK_CAPACITY, MASK_COUNT = 160, 100
 TINY_CFG = E.EnsembleConfig(
-    num_members=3, num_elites=2, hidden_sizes=(8,), batch_size=32, max_epochs=4, patience=2,
+    num_members=3,
+    num_elites=2,
+    hidden_sizes=(8,),
+    batch_size=32,
+    max_epochs=4,
+    patience=2,
     eval_batch_size=64,
 )
 
@@ -235,8 +252,9 @@ def test_same_key_same_result_and_vmap_equivalence():
     again = jax.device_get(fit(state0, data, count, keys[0], lrs[0], wd))
     other = jax.device_get(fit(state0, data, count, keys[1], lrs[1], wd))
     chex.assert_trees_all_equal(first, again)
-    assert not np.allclose(first[0].params["net"]["params"]["Dense_0"]["kernel"],
-                           other[0].params["net"]["params"]["Dense_0"]["kernel"])
+    assert not np.allclose(
+        first[0].params["net"]["params"]["Dense_0"]["kernel"], other[0].params["net"]["params"]["Dense_0"]["kernel"]
+    )
     batched = jax.jit(jax.vmap(functools.partial(E.train, cfg), in_axes=(None, None, None, 0, 0, None)))
     batched = jax.device_get(batched(state0, data, count, keys, lrs, wd))
     for i, single in enumerate((first, other)):
@@ -279,8 +297,10 @@ def _prop_state():
 
 def _prop_inputs(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return (jnp.asarray(rng.normal(size=(n, P_OBS)), jnp.float32),
-            jnp.asarray(rng.normal(size=(n, P_ACT)), jnp.float32))
+    return (
+        jnp.asarray(rng.normal(size=(n, P_OBS)), jnp.float32),
+        jnp.asarray(rng.normal(size=(n, P_ACT)), jnp.float32),
+    )
 
 
 def _member_of_rows(next_obs, reward, member_obs, member_reward):
@@ -305,8 +325,13 @@ def test_propagate_output_shapes():
     state = _prop_state()
     obs, action = _prop_inputs(7)  # 7 particles over 5 members (3 elites): padded groups
     # (The combinations that the other tests compile anyway, so this adds little compilation.)
-    for mode, elites_only, sample in [("ts1", False, True), ("expectation", False, True),
-                                      ("ts1", True, False), ("tsinf", True, False), ("expectation", True, True)]:
+    for mode, elites_only, sample in [
+        ("ts1", False, True),
+        ("expectation", False, True),
+        ("ts1", True, False),
+        ("tsinf", True, False),
+        ("expectation", True, True),
+    ]:
         next_obs, reward = _prop_jit(mode, elites_only, sample)(state, obs, action, jax.random.key(0))
         chex.assert_shape(next_obs, (7, P_OBS))
         chex.assert_shape(reward, (7,))

@@ -15,15 +15,52 @@ from mbrlax.algorithms import pets
 
 # A tiny configuration: short episodes, a small planner and model. Compiles in tens of seconds.
 TINY = pets.Config(
-    env="pendulum", episode_length=50, total_steps=200, eval_every=50, eval_episodes=2, retrain_every=50,
-    horizon=5, population=16, num_elites=4, cem_iterations=2, particles=4, ensemble_size=2,
-    hidden_sizes=(16, 16), model_max_epochs=3,
+    env="pendulum",
+    episode_length=50,
+    total_steps=200,
+    eval_every=50,
+    eval_episodes=2,
+    retrain_every=50,
+    horizon=5,
+    population=16,
+    num_elites=4,
+    cem_iterations=2,
+    particles=4,
+    ensemble_size=2,
+    hidden_sizes=(16, 16),
+    model_max_epochs=3,
 )
 TINY_ARGS = [
-    "--env", "pendulum", "--episode-length", "50", "--total-steps", "200", "--eval-every", "50",
-    "--eval-episodes", "2", "--retrain-every", "50", "--horizon", "5", "--population", "16", "--num-elites", "4",
-    "--cem-iterations", "2", "--particles", "4", "--ensemble-size", "2", "--hidden-sizes", "16", "16",
-    "--model-max-epochs", "3", "--no-progress",
+    "--env",
+    "pendulum",
+    "--episode-length",
+    "50",
+    "--total-steps",
+    "200",
+    "--eval-every",
+    "50",
+    "--eval-episodes",
+    "2",
+    "--retrain-every",
+    "50",
+    "--horizon",
+    "5",
+    "--population",
+    "16",
+    "--num-elites",
+    "4",
+    "--cem-iterations",
+    "2",
+    "--particles",
+    "4",
+    "--ensemble-size",
+    "2",
+    "--hidden-sizes",
+    "16",
+    "16",
+    "--model-max-epochs",
+    "3",
+    "--no-progress",
 ]
 
 
@@ -40,8 +77,14 @@ def test_learns_pendulum():
     after one random and four planned episodes, three evaluation episodes average better than -400.
     A planner that ignores the model, or a model that learned nothing, stays near -1000 or worse."""
     config = dataclasses.replace(
-        pets.Config(env="pendulum"), total_steps=1000, eval_every=800, population=64, num_elites=8,
-        cem_iterations=4, particles=5, hidden_sizes=(32, 32, 32),
+        pets.Config(env="pendulum"),
+        total_steps=1000,
+        eval_every=800,
+        population=64,
+        num_elites=8,
+        cem_iterations=4,
+        particles=5,
+        hidden_sizes=(32, 32, 32),
     )
     train = jax.jit(pets.make_train(config))
     _, metrics = train(jax.random.PRNGKey(0), hparams_for(config))
@@ -57,9 +100,7 @@ def test_vmap_equals_single_runs_and_is_deterministic():
         _, single = train(keys[i], hparams_for(TINY))
         _, again = train(keys[i], hparams_for(TINY))
         jax.tree_util.tree_map(np.testing.assert_array_equal, single, again)
-        jax.tree_util.tree_map(
-            lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-4, atol=1e-4), batched, single
-        )
+        jax.tree_util.tree_map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-4, atol=1e-4), batched, single)
     # Different seeds really are different runs.
     assert not np.allclose(batched["train"]["train_reward"][0], batched["train"]["train_reward"][1])
 
@@ -122,10 +163,15 @@ def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({
-        "algorithm": "pets", "config": dataclasses.asdict(TINY) | {"hidden_sizes": [16, 16]},
-        "run": {"seed": 0, "num_seeds": 1, "sweep": []},
-    }))
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "algorithm": "pets",
+                "config": dataclasses.asdict(TINY) | {"hidden_sizes": [16, 16]},
+                "run": {"seed": 0, "num_seeds": 1, "sweep": []},
+            }
+        )
+    )
     assert pets.main(["--resume", str(run_dir), "--horizon", "7"]) == 2
     assert "another config" in capsys.readouterr().err
 
@@ -150,3 +196,26 @@ def test_coloured_noise_is_unit_variance_and_correlated_in_time():
     np.testing.assert_allclose(noise.std(axis=1).mean(), 1.0, atol=0.05)
     lag1 = np.mean(np.asarray(noise[:, 1:] * noise[:, :-1]))
     assert lag1 > 0.5  # brown-ish noise: neighbours alike; white noise would give about 0
+
+
+@pytest.mark.slow
+def test_brax_task_with_learned_reward_and_known_termination():
+    """The Brax path: a terminating task, the reward learned by the ensemble, termination known."""
+    config = dataclasses.replace(
+        TINY,
+        env="brax/inverted_pendulum",
+        backend="spring",
+        learn_reward=True,
+        episode_length=20,
+        total_steps=60,
+        eval_every=20,
+        retrain_every=20,
+    )
+    trainer = pets.make_train(config)
+    state, metrics = jax.jit(trainer)(jax.random.PRNGKey(0), hparams_for(config))
+    assert np.isfinite(metrics["train"]["model_train_loss"]).all()
+    # The model has a reward output: the target is the 4-dim state delta plus the reward.
+    assert state.model.target_mean.shape == (5,)
+    # Returns are counts of steps before the pole fell: at least 1, at most the episode length.
+    returns = np.asarray(metrics["eval"]["eval_return"])
+    assert ((returns >= 1) & (returns <= 20)).all()

@@ -33,9 +33,7 @@ def init(example: Any, capacity: int) -> ReplayBuffer:
     """An empty buffer whose entries have the structure, shapes and dtypes of `example`."""
     if capacity <= 0:
         raise ValueError(f"buffer capacity must be positive, got {capacity}")
-    data = jax.tree_util.tree_map(
-        lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype), example
-    )
+    data = jax.tree_util.tree_map(lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype), example)
     return ReplayBuffer(data=data, position=jnp.int32(0), count=jnp.int32(0))
 
 

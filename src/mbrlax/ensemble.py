@@ -300,8 +300,11 @@ def train(
     def total_loss(params, idx, weights):
         if not cfg.learn_logvar_bounds:
             # Fixed bounds: no gradient, so Adam leaves them where they were initialised.
-            params = dict(params, max_logvar=jax.lax.stop_gradient(params["max_logvar"]),
-                          min_logvar=jax.lax.stop_gradient(params["min_logvar"]))
+            params = dict(
+                params,
+                max_logvar=jax.lax.stop_gradient(params["max_logvar"]),
+                min_logvar=jax.lax.stop_gradient(params["min_logvar"]),
+            )
         return loss_fn(params, idx, weights).sum() + penalty(params)
 
     def train_epoch(params, opt_state, key):
@@ -355,15 +358,22 @@ def train(
         improved = improved | (n_holdout == 0)
         best_params = jax.tree_util.tree_map(
             lambda new, old: jnp.where(improved.reshape((K,) + (1,) * (new.ndim - 1)), new, old),
-            params["net"], best_params,
+            params["net"],
+            best_params,
         )
         best_error = jnp.where(improved, error, best_error)
         since_improved = jnp.where(improved.any() | (n_holdout == 0), 0, since_improved + 1)
         return epoch + 1, since_improved, params, opt_state, best_params, best_error, key, train_loss
 
     init_carry = (
-        jnp.int32(0), jnp.int32(0), state.params, state.opt_state,
-        state.params["net"], jnp.full((K,), jnp.inf), key, jnp.float32(0.0),
+        jnp.int32(0),
+        jnp.int32(0),
+        state.params,
+        state.opt_state,
+        state.params["net"],
+        jnp.full((K,), jnp.inf),
+        key,
+        jnp.float32(0.0),
     )
     epochs, _, params, opt_state, best_net, best_error, _, train_loss = jax.lax.while_loop(
         keep_going, epoch_step, init_carry
@@ -371,8 +381,13 @@ def train(
     params = dict(params, net=best_net)
     elites = jnp.argsort(best_error)[: cfg.num_elites].astype(jnp.int32)
     new_state = EnsembleState(
-        params=params, opt_state=opt_state, input_mean=input_mean, input_std=input_std,
-        target_mean=target_mean, target_std=target_std, elites=elites,
+        params=params,
+        opt_state=opt_state,
+        input_mean=input_mean,
+        input_std=input_std,
+        target_mean=target_mean,
+        target_std=target_std,
+        elites=elites,
     )
     metrics = {
         "model_train_loss": train_loss,

@@ -84,8 +84,11 @@ def parse_sweep(config, sweep: tuple[str, ...]) -> dict[str, list[float]]:
         if not sep or not values:
             raise ConfigError(f"--sweep takes name=v1,v2,...; got {item!r}")
         if name not in sweepable:
-            static = "a static field (it changes shapes, so it cannot be one vmapped program)" if hasattr(
-                config, name) else "not a field"
+            static = (
+                "a static field (it changes shapes, so it cannot be one vmapped program)"
+                if hasattr(config, name)
+                else "not a field"
+            )
             raise ConfigError(f"--sweep {name}: {static}; sweepable fields are {', '.join(sweepable)}")
         try:
             grid[name] = [float(v) for v in values.split(",")]
@@ -129,8 +132,7 @@ def shard_runs(tree):
 
 
 def all_finite(tree) -> jax.Array:
-    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.floating)]
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -252,8 +254,13 @@ def device_description() -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=pathlib.Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=pathlib.Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -279,15 +286,17 @@ class Checkpoints:
 
     def save(self, update: int, state, meta: dict):
         ocp = self.ocp
-        self.manager.save(update, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self.manager.save(
+            update, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
         self.manager.wait_until_finished()
 
     def restore(self, update: int, like):
         ocp = self.ocp
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self.manager.restore(update, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+            update, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
         return restored["state"], restored["meta"]
 
     def close(self):
@@ -339,8 +348,14 @@ def execute(
     if options.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=schedule.total_steps, initial=schedule.env_steps_after(first_update),
-                        unit="step", desc=title, dynamic_ncols=True, file=sys.stdout)
+        progress = tqdm(
+            total=schedule.total_steps,
+            initial=schedule.env_steps_after(first_update),
+            unit="step",
+            desc=title,
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
     last_eval = next((r["eval_return"] for r in reversed(history) if "eval_return" in r), None)
     try:
         for u in range(first_update, schedule.num_updates):
@@ -360,8 +375,14 @@ def execute(
                 bad = "the parameters or state"
             if bad is not None:
                 latest = checkpoints.latest()
-                kept = (f"the last good checkpoint is after {schedule.env_steps_after(latest)} steps in "
-                        f"{run_dir / 'checkpoints'}") if latest is not None else "no checkpoint was written yet"
+                kept = (
+                    (
+                        f"the last good checkpoint is after {schedule.env_steps_after(latest)} steps in "
+                        f"{run_dir / 'checkpoints'}"
+                    )
+                    if latest is not None
+                    else "no checkpoint was written yet"
+                )
                 raise NonFiniteError(f"stopped at environment step {env_steps}: {bad} became NaN or infinite; {kept}")
             log.add(rows)
             eval_count = (u + 1) // schedule.updates_per_eval
@@ -401,8 +422,9 @@ def summarise(rows: list[dict], num_runs: int, schedule, wall: float, compile_s:
     return summary
 
 
-def execute_fused(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...], run_dir: pathlib.Path,
-                  title: str) -> dict:
+def execute_fused(
+    trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...], run_dir: pathlib.Path, title: str
+) -> dict:
     """The whole run as one compiled program for every run at once; rows written when it ends."""
     schedule = trainer.schedule
     keys, hparams = shard_runs(batch_inputs(runs, sweepable))
@@ -441,8 +463,11 @@ def _preset_config(Config, presets: dict, env: str | None, preset: str | None):
 
 
 def _differences(a: dict, b: dict) -> list[str]:
-    return [f"{k} is {a.get(k)!r} in the checkpoint, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+    return [
+        f"{k} is {a.get(k)!r} in the checkpoint, {b.get(k)!r} here"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
 
 
 def _jsonable(config) -> dict:
@@ -466,19 +491,27 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             if not saved_path.exists():
                 raise ConfigError(f"--resume {known.resume}: no run folder there (config.json is missing)")
             saved = json.loads(saved_path.read_text())
-            default_config = Config(**{**dataclasses.asdict(default_config),
-                                       **{k: tuple(v) if isinstance(v, list) else v
-                                          for k, v in saved["config"].items()}})
-            default_options = dataclasses.replace(default_options, **{
-                k: tuple(v) if isinstance(v, list) else v for k, v in saved["run"].items()})
+            default_config = Config(
+                **{
+                    **dataclasses.asdict(default_config),
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()},
+                }
+            )
+            default_options = dataclasses.replace(
+                default_options, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["run"].items()}
+            )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    Args = dataclasses.make_dataclass("Args", [
-        ("config", Config, dataclasses.field(default=default_config)),
-        ("run", RunOptions, dataclasses.field(default=default_options)),
-    ], frozen=True)
+    Args = dataclasses.make_dataclass(
+        "Args",
+        [
+            ("config", Config, dataclasses.field(default=default_config)),
+            ("run", RunOptions, dataclasses.field(default=default_options)),
+        ],
+        frozen=True,
+    )
     Args.__doc__ = f"{algorithm}: {(sys.modules[Config.__module__].__doc__ or '').strip().splitlines()[0]}"
     args = tyro.cli(Args, args=argv, config=(tyro.conf.OmitArgPrefixes,), prog=f"{algorithm}.py")
     config, options = args.config, args.run
@@ -504,19 +537,36 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
         run_dir = pathlib.Path(options.run_dir or f"runs/{algorithm}-{env_name}-{stamp}")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_keys = ("seed", "num_seeds", "sweep")
-        (run_dir / "config.json").write_text(json.dumps({
-            "algorithm": algorithm, "config": _jsonable(config),
-            "run": {k: v for k, v in _jsonable(options).items() if k in run_keys},
-        }, indent=2))
+        (run_dir / "config.json").write_text(
+            json.dumps(
+                {
+                    "algorithm": algorithm,
+                    "config": _jsonable(config),
+                    "run": {k: v for k, v in _jsonable(options).items() if k in run_keys},
+                },
+                indent=2,
+            )
+        )
     title = f"{algorithm} on {config.env}"
-    print(f"{title}: {len(runs)} run(s), {trainer.schedule.total_steps} environment steps each, "
-          f"on {device_description()}; run folder {run_dir}", flush=True)
+    print(
+        f"{title}: {len(runs)} run(s), {trainer.schedule.total_steps} environment steps each, "
+        f"on {device_description()}; run folder {run_dir}",
+        flush=True,
+    )
     try:
         if options.fused:
             summary = execute_fused(trainer, runs, type(config).SWEEPABLE, run_dir, title)
         else:
-            summary = execute(trainer, runs, type(config).SWEEPABLE, run_dir, options,
-                              _jsonable(config), title, resume=bool(options.resume))
+            summary = execute(
+                trainer,
+                runs,
+                type(config).SWEEPABLE,
+                run_dir,
+                options,
+                _jsonable(config),
+                title,
+                resume=bool(options.resume),
+            )
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -527,7 +577,9 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     per_run = summary["final_eval_return_per_run"]
     spread = f" (runs: {', '.join(f'{r:.1f}' for r in per_run)})" if len(per_run) > 1 else ""
-    print(f"final evaluation return {summary['final_eval_return']:.1f}{spread} after "
-          f"{summary['env_steps']} environment steps; {summary['wall_time_s']:.0f} s "
-          f"({summary['compile_time_s']:.0f} s compiling). Run folder: {run_dir}")
+    print(
+        f"final evaluation return {summary['final_eval_return']:.1f}{spread} after "
+        f"{summary['env_steps']} environment steps; {summary['wall_time_s']:.0f} s "
+        f"({summary['compile_time_s']:.0f} s compiling). Run folder: {run_dir}"
+    )
     return 0

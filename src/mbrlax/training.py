@@ -47,9 +47,7 @@ class Schedule:
 def make_schedule(total_steps: int, initial_steps: int, steps_per_update: int, eval_every: int) -> Schedule:
     """Round `total_steps` up to whole evaluation periods of whole updates."""
     if total_steps <= initial_steps:
-        raise ConfigError(
-            f"total_steps ({total_steps}) must exceed the initial exploration steps ({initial_steps})"
-        )
+        raise ConfigError(f"total_steps ({total_steps}) must exceed the initial exploration steps ({initial_steps})")
     if eval_every <= 0:
         raise ConfigError(f"eval_every must be positive, got {eval_every}")
     updates_per_eval = max(1, round(eval_every / steps_per_update))
@@ -84,9 +82,7 @@ class Trainer:
             eval_metrics = self.evaluate(state, jax.random.fold_in(eval_key, eval_index), hparams)
             return state, (train_metrics, eval_metrics)
 
-        state, (train_metrics, eval_metrics) = jax.lax.scan(
-            eval_period, state, jnp.arange(self.schedule.num_evals)
-        )
+        state, (train_metrics, eval_metrics) = jax.lax.scan(eval_period, state, jnp.arange(self.schedule.num_evals))
         # Train metrics per update, [num_updates]; eval metrics per evaluation, [num_evals].
         train_metrics = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), train_metrics)
         return state, {"train": train_metrics, "eval": eval_metrics}
