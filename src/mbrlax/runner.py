@@ -232,14 +232,20 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str):
     runs = sorted({r["run"] for r in eval_rows})
     for run in runs:
         pts = [(r["env_steps"], r["eval_return"]) for r in eval_rows if r["run"] == run]
-        ax.plot(*zip(*pts), alpha=0.4 if len(runs) > 1 else 1.0, lw=1)
+        lines = ax.plot(*zip(*pts), marker="o", ms=3, alpha=0.4 if len(runs) > 1 else 1.0, lw=1)
+        if len(runs) == 1:
+            lines[0].set_label("evaluation")
+            train = [(r["env_steps"], r["train_episode_return"]) for r in rows if "train_episode_return" in r]
+            if train:
+                ax.plot(*zip(*train), ls=":", color=lines[0].get_color(), label="last training episode")
+                ax.legend()
     if len(runs) > 1:
         steps = sorted({r["env_steps"] for r in eval_rows})
         mean = [np.mean([r["eval_return"] for r in eval_rows if r["env_steps"] == s]) for s in steps]
         ax.plot(steps, mean, color="black", lw=2, label=f"mean of {len(runs)} runs")
         ax.legend()
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation return")
+    ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
