@@ -381,14 +381,9 @@ def execute(
                 bad = "the parameters or state"
             if bad is not None:
                 latest = checkpoints.latest()
-                kept = (
-                    (
-                        f"the last good checkpoint is after {schedule.env_steps_after(latest)} steps in "
-                        f"{run_dir / 'checkpoints'}"
-                    )
-                    if latest is not None
-                    else "no checkpoint was written yet"
-                )
+                kept = "no checkpoint was written yet"
+                if latest is not None:
+                    kept = f"the last good checkpoint, after {schedule.env_steps_after(latest)} steps, is kept"
                 raise NonFiniteError(f"stopped at environment step {env_steps}: {bad} became NaN or infinite; {kept}")
             log.add(rows)
             eval_count = (u + 1) // schedule.updates_per_eval
