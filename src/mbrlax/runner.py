@@ -513,7 +513,9 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
         ],
         frozen=True,
     )
-    Args.__doc__ = f"{algorithm}: {(sys.modules[Config.__module__].__doc__ or '').strip().splitlines()[0]}"
+    # The help's description: the first paragraph of the algorithm file's docstring (its title).
+    module_doc = (sys.modules[Config.__module__].__doc__ or algorithm).strip()
+    Args.__doc__ = " ".join(module_doc.split("\n\n")[0].split())
     args = tyro.cli(Args, args=argv, config=(tyro.conf.OmitArgPrefixes,), prog=f"{algorithm}.py")
     config, options = args.config, args.run
 
