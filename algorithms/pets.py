@@ -395,7 +395,7 @@ def make_train(config: Config) -> Trainer:
             "terminated": terminated,
         }
 
-    def env_step(state: PETSState, action, key_for_next):
+    def env_step(state: PETSState, action):
         next_env_state = env.step(state.env_state, action)
         buffer = replay.add(state.buffer, transition(state.env_state, action, next_env_state))
         done = next_env_state.done
@@ -409,7 +409,6 @@ def make_train(config: Config) -> Trainer:
             env_state=next_env_state,
             buffer=buffer,
             plan=plan,
-            key=key_for_next,
             episode_return=episode_return * (1.0 - done),
             last_episode_return=last_return,
         )
@@ -437,7 +436,7 @@ def make_train(config: Config) -> Trainer:
         # EXPLORE with uniformly random actions.
         def random_step(state, step_key):
             action = jax.random.uniform(step_key, (num_envs, action_size), minval=low, maxval=high)
-            return env_step(state, action, state.key), None
+            return env_step(state, action), None
 
         state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, initial_steps // num_envs))
         return state
@@ -460,7 +459,7 @@ def make_train(config: Config) -> Trainer:
         # PLAN and ACT for retrain_every steps.
         def plan_and_step(state, step_key):
             action, plan = act(state.model, state.env_state.obs, state.plan, step_key, hparams)
-            state = env_step(state._replace(plan=plan), action, state.key)
+            state = env_step(state._replace(plan=plan), action)
             return state, state.env_state.reward.mean()
 
         state, rewards = jax.lax.scan(plan_and_step, state, jax.random.split(act_key, steps_per_update))
