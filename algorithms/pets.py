@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, runner
+from mbrlax import ensemble, envs, runner
 from mbrlax.training import ConfigError, Trainer, make_schedule
 
 PLANNERS = ("cem", "icem", "random")
@@ -147,80 +147,59 @@ class Config:
             raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")
 
 
+# mbrl-lib's ensemble (7 members of 4 x 200) and its continuous-cartpole planner.
+MBRL_LIB_MODEL = dict(
+    ensemble_size=7, hidden_sizes=(200, 200, 200, 200), model_lr=7.5e-4, model_weight_decay=3e-5, model_batch_size=256
+)
+MBRL_LIB_CARTPOLE_PLANNER = dict(horizon=15, population=350, num_elites=35, alpha=0.1, particles=20)
+HALFCHEETAH = dict(env="brax/halfcheetah", total_steps=200_000, eval_every=10_000, retrain_every=1000)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU.
     "pendulum": dict(env="pendulum"),
-    # mbrl-lib's continuous cartpole planner and model settings, on the swing-up task.
+    # mbrl-lib's continuous cartpole settings, on the swing-up task.
     "cartpole_swingup": dict(
         env="cartpole_swingup",
         episode_length=200,
         total_steps=4000,
         eval_every=1000,
-        horizon=15,
-        population=350,
-        num_elites=35,
-        alpha=0.1,
-        particles=20,
-        ensemble_size=7,
-        hidden_sizes=(200, 200, 200, 200),
         retrain_every=200,
-        model_lr=7.5e-4,
-        model_weight_decay=3e-5,
-        model_batch_size=256,
-        model_max_epochs=25,
+        **MBRL_LIB_MODEL,
+        **MBRL_LIB_CARTPOLE_PLANNER,
     ),
     "brax/inverted_pendulum": dict(
         env="brax/inverted_pendulum",
         total_steps=5000,
         eval_every=1000,
-        horizon=15,
-        population=350,
-        num_elites=35,
-        particles=20,
-        ensemble_size=7,
-        hidden_sizes=(200, 200, 200, 200),
         retrain_every=250,
-        model_lr=7.5e-4,
-        model_weight_decay=3e-5,
-        model_batch_size=256,
+        **MBRL_LIB_MODEL,
+        **MBRL_LIB_CARTPOLE_PLANNER,
     ),
-    # mbrl-lib's HalfCheetah settings.
+    # mbrl-lib's HalfCheetah settings: population 400, elite ratio 0.16.
     "brax/halfcheetah": dict(
-        env="brax/halfcheetah",
-        total_steps=200_000,
-        eval_every=10_000,
+        **HALFCHEETAH,
+        **dict(MBRL_LIB_MODEL, model_lr=2e-4),
         horizon=30,
-        population=350,
-        num_elites=56,
+        population=400,
+        num_elites=64,
         alpha=0.12,
-        cem_iterations=5,
         particles=20,
-        ensemble_size=7,
-        hidden_sizes=(200, 200, 200, 200),
-        retrain_every=1000,
-        model_lr=2e-4,
-        model_weight_decay=3e-5,
-        model_batch_size=256,
         model_max_epochs=50,
     ),
-    # The original paper's HalfCheetah settings.
+    # The original paper's HalfCheetah settings: 5 members, population 500, 50 elites.
     "brax/halfcheetah-original": dict(
-        env="brax/halfcheetah",
-        total_steps=200_000,
-        eval_every=10_000,
-        horizon=30,
-        population=500,
-        num_elites=50,
-        alpha=0.1,
-        cem_iterations=5,
-        particles=20,
+        **HALFCHEETAH,
         ensemble_size=5,
         hidden_sizes=(200, 200, 200, 200),
-        retrain_every=1000,
         model_lr=1e-3,
         model_weight_decay=5e-5,
         model_batch_size=256,
         model_max_epochs=50,
+        horizon=30,
+        population=500,
+        num_elites=50,
+        alpha=0.1,
+        particles=20,
     ),
 }
 
@@ -239,8 +218,6 @@ class PETSState(NamedTuple):
 
 
 def make_env(config: Config, **kwargs):
-    from mbrlax import envs
-
     options = {} if config.backend is None else {"backend": config.backend}
     return envs.make(
         config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs

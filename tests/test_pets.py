@@ -30,38 +30,20 @@ TINY = pets.Config(
     hidden_sizes=(16, 16),
     model_max_epochs=3,
 )
-TINY_ARGS = [
-    "--env",
-    "pendulum",
-    "--episode-length",
-    "50",
-    "--total-steps",
-    "200",
-    "--eval-every",
-    "50",
-    "--eval-episodes",
-    "2",
-    "--retrain-every",
-    "50",
-    "--horizon",
-    "5",
-    "--population",
-    "16",
-    "--num-elites",
-    "4",
-    "--cem-iterations",
-    "2",
-    "--particles",
-    "4",
-    "--ensemble-size",
-    "2",
-    "--hidden-sizes",
-    "16",
-    "16",
-    "--model-max-epochs",
-    "3",
-    "--no-progress",
-]
+
+
+def cli_args(config) -> list[str]:
+    """The command-line flags that give `config` (the fields that differ from the defaults)."""
+    args = []
+    for field in dataclasses.fields(config):
+        value, default = getattr(config, field.name), getattr(pets.Config(), field.name)
+        if value != default:
+            values = value if isinstance(value, tuple) else (value,)
+            args += [f"--{field.name.replace('_', '-')}", *map(str, values)]
+    return args
+
+
+TINY_ARGS = cli_args(TINY) + ["--no-progress"]
 
 
 def hparams_for(config, runs: int | None = None):
