@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from mbrlax import buffer as replay
 from mbrlax import ensemble, envs, runner
-from mbrlax.training import ConfigError, Trainer, make_schedule
+from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
 
 PLANNERS = ("cem", "icem", "random")
 
@@ -362,31 +362,19 @@ def make_train(config: Config) -> Trainer:
 
     # ACT in the real environment
 
-    def transition(env_state, action, next_state):
-        terminated = next_state.done * (1.0 - next_state.info["truncation"])
-        return {
-            "obs": env_state.obs,
-            "action": action,
-            "reward": next_state.reward,
-            "next_obs": next_state.info["final_obs"],
-            "terminated": terminated,
-        }
-
     def env_step(state: PETSState, action):
         next_env_state = env.step(state.env_state, action)
         buffer = replay.add(state.buffer, transition(state.env_state, action, next_env_state))
         done = next_env_state.done
-        episode_return = state.episode_return + next_env_state.reward
-        ended = done.sum()
-        last_return = jnp.where(
-            ended > 0, (episode_return * done).sum() / jnp.maximum(ended, 1.0), state.last_episode_return
+        episode_return, last_return = track_returns(
+            state.episode_return, state.last_episode_return, next_env_state.reward, done
         )
         plan = jnp.where(done[:, None, None] > 0, middle, state.plan)
         return state._replace(
             env_state=next_env_state,
             buffer=buffer,
             plan=plan,
-            episode_return=episode_return * (1.0 - done),
+            episode_return=episode_return,
             last_episode_return=last_return,
         )
 
@@ -418,7 +406,7 @@ def make_train(config: Config) -> Trainer:
         state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, initial_steps // num_envs))
         return state
 
-    def update(state: PETSState, hparams):
+    def update(state: PETSState, hparams, update_index):
         key, train_key, act_key = jax.random.split(state.key, 3)
 
         # TRAIN MODEL on everything stored so far.
@@ -445,20 +433,13 @@ def make_train(config: Config) -> Trainer:
 
     def evaluate(state: PETSState, key, hparams):
         """Return of `eval_episodes` fresh episodes, planned for all at once with the current model."""
-        reset_key, key = jax.random.split(key)
-        env_state = eval_env.reset(reset_key)
+
+        def plan_action(plan, obs, step_key):
+            action, plan = act(state.model, obs, plan, step_key, hparams)
+            return action, plan
+
         plan = jnp.broadcast_to(middle, (config.eval_episodes, H, action_size))
-
-        def step(carry, step_key):
-            env_state, plan, total, alive = carry
-            action, plan = act(state.model, env_state.obs, plan, step_key, hparams)
-            env_state = eval_env.step(env_state, action)
-            total = total + alive * env_state.reward
-            return (env_state, plan, total, alive * (1.0 - env_state.done)), None
-
-        carry = (env_state, plan, jnp.zeros(config.eval_episodes), jnp.ones(config.eval_episodes))
-        (_, _, total, _), _ = jax.lax.scan(step, carry, jax.random.split(key, spec.episode_length))
-        return {"eval_return": total.mean(), "eval_return_std": total.std()}
+        return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plan)
 
     return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
 

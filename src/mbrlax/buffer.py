@@ -37,26 +37,41 @@ def init(example: Any, capacity: int) -> ReplayBuffer:
     return ReplayBuffer(data=data, position=jnp.int32(0), count=jnp.int32(0))
 
 
-def add(buffer: ReplayBuffer, batch: Any) -> ReplayBuffer:
-    """Append a batch of transitions (every leaf has a leading batch axis of the same size)."""
+def add(buffer: ReplayBuffer, batch: Any, mask: jax.Array | None = None) -> ReplayBuffer:
+    """Append a batch of transitions (every leaf has a leading batch axis of the same size). With a
+    boolean `mask` [batch] only the rows where it is true are written, packed one after another, so a
+    variable number of rows goes in without a shape that depends on it."""
     batch_size = jax.tree_util.tree_leaves(batch)[0].shape[0]
     capacity = buffer.capacity
     if batch_size > capacity:
         raise ValueError(f"cannot add {batch_size} transitions to a buffer of capacity {capacity}")
     chex.assert_trees_all_equal_structs(buffer.data, batch)
-    indices = (buffer.position + jnp.arange(batch_size)) % capacity
-    data = jax.tree_util.tree_map(lambda store, x: store.at[indices].set(x), buffer.data, batch)
+    if mask is None:
+        offsets, num_added = jnp.arange(batch_size), batch_size
+        indices = (buffer.position + offsets) % capacity
+    else:
+        offsets = jnp.cumsum(mask) - 1
+        num_added = mask.sum().astype(jnp.int32)
+        # Rows left out point past the end and are dropped by the scatter.
+        indices = jnp.where(mask, (buffer.position + offsets) % capacity, capacity)
+    data = jax.tree_util.tree_map(lambda store, x: store.at[indices].set(x, mode="drop"), buffer.data, batch)
     return buffer.replace(
         data=data,
-        position=(buffer.position + batch_size) % capacity,
-        count=jnp.minimum(buffer.count + batch_size, capacity),
+        position=(buffer.position + num_added) % capacity,
+        count=jnp.minimum(buffer.count + num_added, capacity),
     )
 
 
-def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int) -> Any:
-    """Uniform sample with replacement from the valid entries (the buffer must not be empty)."""
-    indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.count, 1))
-    # Valid entries are always the first `count` slots: writing starts at 0 and only wraps once full.
+def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, newest: jax.Array | int | None = None) -> Any:
+    """Uniform sample with replacement from the valid entries (the buffer must not be empty), or with
+    `newest` (may be traced) from the `newest` most recently added entries only."""
+    if newest is None:
+        # Valid entries are always the first `count` slots: writing starts at 0 and only wraps once full.
+        indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.count, 1))
+    else:
+        available = jnp.maximum(jnp.minimum(buffer.count, newest), 1)
+        age = jax.random.randint(key, (batch_size,), 0, available)
+        indices = (buffer.position - 1 - age) % buffer.capacity
     return jax.tree_util.tree_map(lambda store: store[indices], buffer.data)
 
 

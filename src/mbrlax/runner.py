@@ -329,14 +329,14 @@ def execute(
     start = time.perf_counter()
 
     init = jax.jit(jax.vmap(trainer.init))
-    update = jax.jit(jax.vmap(trainer.update), donate_argnums=0)
+    update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None)), donate_argnums=0)
     evaluate = jax.jit(jax.vmap(trainer.evaluate))
     finite = jax.jit(all_finite)
 
     compile_start = time.perf_counter()
     init_c = init.lower(init_keys, hparams).compile()
     state_shape = jax.eval_shape(init, init_keys, hparams)
-    update_c = update.lower(state_shape, hparams).compile()
+    update_c = update.lower(state_shape, hparams, jax.ShapeDtypeStruct((), jnp.int32)).compile()
     eval_c = evaluate.lower(state_shape, eval_keys, hparams).compile()
     compile_s = time.perf_counter() - compile_start
 
@@ -365,7 +365,7 @@ def execute(
     last_eval = next((r["eval_return"] for r in reversed(history) if "eval_return" in r), None)
     try:
         for u in range(first_update, schedule.num_updates):
-            state, metrics = update_c(state, hparams)
+            state, metrics = update_c(state, hparams, jnp.int32(u))
             env_steps = schedule.env_steps_after(u + 1)
             rows = metric_rows(runs, metrics, env_steps, u + 1)
             bad = _first_non_finite(metrics)

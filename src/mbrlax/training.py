@@ -5,6 +5,11 @@ fused program: the whole run as one pure function that `jax.jit` compiles and `j
 over seeds and traced hyperparameters. The runner calls the same pieces chunk by chunk instead
 (`init`, then `update` again and again, `evaluate` every `updates_per_eval` updates), so the chunked
 and the fused mode compute the same thing.
+
+`update` also receives its own index (0, 1, 2, ...) as an int32 scalar that is the same for every
+run in a vmapped batch. A schedule that depends only on progress (MBPO's rollout length) is computed
+from it, so a loop whose length it sets stays one loop under `vmap` instead of becoming a masked
+loop over every run's own counter (DESIGN.md: schedules in the loop's structure).
 """
 
 from __future__ import annotations
@@ -62,9 +67,9 @@ class Trainer:
 
     init: Callable[[jax.Array, dict], Any]
     """(key, hparams) -> state, including any initial exploration."""
-    update: Callable[[Any, dict], tuple[Any, dict]]
-    """(state, hparams) -> (state, metrics): `schedule.steps_per_update` environment steps and the
-    learning that goes with them. Metrics are scalars (reduced over the update)."""
+    update: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+    """(state, hparams, update_index) -> (state, metrics): `schedule.steps_per_update` environment
+    steps and the learning that goes with them. Metrics are scalars (reduced over the update)."""
     evaluate: Callable[[Any, jax.Array, dict], dict]
     """(state, key, hparams) -> metrics with at least "eval_return"; must not change the state."""
     schedule: Schedule
@@ -74,15 +79,19 @@ class Trainer:
         init_key, eval_key = split_keys(key)
         state = self.init(init_key, hparams)
 
-        def update_step(state, _):
-            return self.update(state, hparams)
+        def update_step(state, update_index):
+            return self.update(state, hparams, update_index)
 
         def eval_period(state, eval_index):
-            state, train_metrics = jax.lax.scan(update_step, state, None, length=self.schedule.updates_per_eval)
+            per_eval = self.schedule.updates_per_eval
+            indices = eval_index * per_eval + jnp.arange(per_eval, dtype=jnp.int32)
+            state, train_metrics = jax.lax.scan(update_step, state, indices)
             eval_metrics = self.evaluate(state, jax.random.fold_in(eval_key, eval_index), hparams)
             return state, (train_metrics, eval_metrics)
 
-        state, (train_metrics, eval_metrics) = jax.lax.scan(eval_period, state, jnp.arange(self.schedule.num_evals))
+        state, (train_metrics, eval_metrics) = jax.lax.scan(
+            eval_period, state, jnp.arange(self.schedule.num_evals, dtype=jnp.int32)
+        )
         # Train metrics per update, [num_updates]; eval metrics per evaluation, [num_evals].
         train_metrics = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), train_metrics)
         return state, {"train": train_metrics, "eval": eval_metrics}
@@ -92,3 +101,49 @@ def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The (init, eval) keys a run derives from its seed key; the runner and `Trainer` agree on it."""
     init_key, eval_key = jax.random.split(key)
     return init_key, eval_key
+
+
+# SHARED PIECES OF THE ENVIRONMENT LOOP
+
+
+def transition(env_state, action: jax.Array, next_env_state) -> dict:
+    """The replay entry of one batched environment step. `next_obs` is the true next observation even
+    when the episode ended and the environment reset (`final_obs`); `terminated` excludes time-limit
+    truncation, so value targets bootstrap on truncation and never on termination."""
+    terminated = next_env_state.done * (1.0 - next_env_state.info["truncation"])
+    return {
+        "obs": env_state.obs,
+        "action": action,
+        "reward": next_env_state.reward,
+        "next_obs": next_env_state.info["final_obs"],
+        "terminated": terminated,
+    }
+
+
+def track_returns(episode_return, last_episode_return, reward, done):
+    """Running return of each environment's episode, and the mean return of those that just ended
+    (the previous value when none did). Returns (episode_return, last_episode_return)."""
+    episode_return = episode_return + reward
+    ended = done.sum()
+    finished = (episode_return * done).sum() / jnp.maximum(ended, 1.0)
+    last_episode_return = jnp.where(ended > 0, finished, last_episode_return)
+    return episode_return * (1.0 - done), last_episode_return
+
+
+def evaluate_episodes(env, key, num_episodes: int, episode_length: int, act, carry=None) -> dict:
+    """Run `num_episodes` fresh episodes of a batched `env` in parallel, each until it ends or for
+    `episode_length` steps. `act(carry, obs [n, ...], key) -> (action [n, ...], carry)` chooses the
+    actions; a policy without memory ignores the carry. Returns the mean and spread of the returns."""
+    reset_key, key = jax.random.split(key)
+    env_state = env.reset(reset_key)
+
+    def step(loop, step_key):
+        env_state, carry, total, alive = loop
+        action, carry = act(carry, env_state.obs, step_key)
+        env_state = env.step(env_state, action)
+        total = total + alive * env_state.reward
+        return (env_state, carry, total, alive * (1.0 - env_state.done)), None
+
+    loop = (env_state, carry, jnp.zeros(num_episodes), jnp.ones(num_episodes))
+    (_, _, total, _), _ = jax.lax.scan(step, loop, jax.random.split(key, episode_length))
+    return {"eval_return": total.mean(), "eval_return_std": total.std()}

@@ -1,0 +1,487 @@
+"""MBPO: model-based policy optimization (Janner, Fu, Zhang, Levine, "When to Trust Your Model:
+Model-Based Policy Optimization", NeurIPS 2019).
+
+SAC learns the policy, mostly from data a learned model makes up. Every `model_train_freq`
+environment steps a probabilistic ensemble is refitted on all real data (next state and reward),
+then short branched rollouts start from states of the real buffer: the current policy acts, a
+random elite member predicts, for k steps, and the imagined transitions go into a model buffer that
+keeps only the newest rollouts. The rollout length k grows linearly with the epoch, from k_a at
+epoch_a to k_b at epoch_b, because a better model can be trusted further. After every real step, SAC
+takes G gradient steps on batches of which a share `real_ratio` is real data and the rest model
+data; this high ratio of updates to real steps is where the sample efficiency comes from.
+
+`--sac-only` turns the model off (no refits, no rollouts, every batch real), which is SAC with the
+same number of updates per step: what the model buys at equal steps. Plain SAC is
+`--sac-only --updates-per-step 1`.
+
+What this file does differently from the paper's code, and why:
+- A "random elite per sample" is a random split of the rollout batch into equal groups, one per
+  elite, so every elite runs once on its share instead of all of them on everything.
+- The model buffer has a fixed capacity sized for the longest rollouts; the paper's code reallocates
+  it as k grows. Sampling reads only the newest rollouts_per_epoch x k x retain_epochs entries, which
+  is the paper's pool exactly, so no staler data is used than there.
+- One weight decay for every layer of the model (the paper's code ramps it from 2.5e-5 to 1e-4 over
+  the layers) and at most `model_max_epochs` epochs per fit (the paper's code has no cap but stops
+  early the same way).
+- Brax's tasks differ from the gym MuJoCo tasks of the paper: other observation layouts (ant and
+  humanoid are not truncated as the paper's were), Brax physics, and rewards learned where they
+  cannot be computed from observations. The humanoid preset's model buffer (10 M transitions of 244
+  dimensions) needs about 20 GB a seed.
+
+Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/mbpo.py --env pendulum
+and its baseline:                                     python algorithms/mbpo.py --env pendulum --sac-only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mbrlax import buffer as replay
+from mbrlax import ensemble, envs, runner, sac
+from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """MBPO settings. Traced (sweepable) fields: real_ratio, sac_lr, tau, discount, model_lr,
+    model_weight_decay."""
+
+    SWEEPABLE: ClassVar[tuple[str, ...]] = ("real_ratio", "sac_lr", "tau", "discount", "model_lr", "model_weight_decay")
+
+    # Run
+    env: str = "pendulum"
+    """Task name (see `mbrlax.envs.list_envs()`)."""
+    total_steps: int = 5000
+    """Environment steps in all, over all parallel environments, random exploration included."""
+    num_envs: int = 1
+    """Parallel environments; each of their steps counts, and earns G policy updates."""
+    episode_length: int | None = None
+    """Steps per episode (default: the task's own)."""
+    action_repeat: int = 1
+    """Repeat each action this many times."""
+    backend: str | None = None
+    """Brax physics backend for brax/* tasks (default: the task's own)."""
+    initial_steps: int = 1000
+    """Uniformly random steps before learning starts (the paper: 5000)."""
+    eval_every: int = 1000
+    """Environment steps between evaluations."""
+    eval_episodes: int = 5
+    """Evaluation episodes of the deterministic policy, run in parallel."""
+    sac_only: bool = False
+    """SAC without the model: no refits, no rollouts, every batch real (the baseline at equal steps)."""
+    # MBPO
+    epoch_length: int = 1000
+    """Environment steps per epoch, the unit of the rollout schedule."""
+    model_train_freq: int = 250
+    """Environment steps between model refits (each followed by a round of rollouts)."""
+    rollout_batch_size: int = 10_000
+    """Rollouts started at each refit, from states drawn from the real buffer (the paper: 100,000)."""
+    rollout_schedule: tuple[int, int, int, int] = (0, 2, 1, 5)
+    """[epoch_a, epoch_b, k_a, k_b]: the rollout length rises linearly from k_a to k_b over these epochs."""
+    model_retain_epochs: int = 1
+    """Epochs of rollouts the model buffer keeps."""
+    updates_per_step: int = 20
+    """G: SAC gradient steps per environment step."""
+    real_ratio: float = 0.05
+    """Share of real transitions in each SAC batch; the rest come from the model buffer."""
+    # Model
+    ensemble_size: int = 7
+    """Ensemble members."""
+    num_elites: int = 5
+    """Members with the lowest holdout error; rollouts go through these only."""
+    model_hidden_sizes: tuple[int, ...] = (64, 64, 64)
+    """Hidden widths of each member (the paper: four layers of 200)."""
+    model_lr: float = 1e-3
+    """Adam learning rate of the ensemble."""
+    model_weight_decay: float = 5e-5
+    """Weight decay of the ensemble."""
+    model_batch_size: int = 256
+    """Minibatch size of model training."""
+    model_max_epochs: int = 25
+    """Most epochs per model fit; early stopping on a 20 % holdout (at most 5000) ends most sooner."""
+    # SAC
+    sac_hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden widths of the actor and of each critic (the paper: 256, 256)."""
+    sac_batch_size: int = 256
+    """Transitions per SAC gradient step."""
+    sac_lr: float = 3e-4
+    """Adam learning rate of actor, critics and temperature."""
+    tau: float = 5e-3
+    """Polyak rate of the target critics."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    target_entropy: float | None = None
+    """Entropy the temperature steers towards (default: minus the action dimension)."""
+    buffer_capacity: int | None = None
+    """Real replay capacity (default: total_steps, so nothing is forgotten)."""
+
+    def validate(self) -> None:
+        positive = (
+            "total_steps",
+            "num_envs",
+            "action_repeat",
+            "initial_steps",
+            "eval_every",
+            "eval_episodes",
+            "epoch_length",
+            "model_train_freq",
+            "rollout_batch_size",
+            "model_retain_epochs",
+            "updates_per_step",
+            "ensemble_size",
+            "num_elites",
+            "model_batch_size",
+            "model_max_epochs",
+            "sac_batch_size",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.real_ratio <= 1.0:
+            raise ConfigError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
+        if self.num_elites > self.ensemble_size:
+            raise ConfigError(f"num_elites ({self.num_elites}) must not exceed ensemble_size ({self.ensemble_size})")
+        if len(self.rollout_schedule) != 4:
+            raise ConfigError(
+                f"rollout_schedule takes four numbers [epoch_a, epoch_b, k_a, k_b], got {self.rollout_schedule}"
+            )
+        epoch_a, epoch_b, k_a, k_b = self.rollout_schedule
+        if epoch_a < 0 or epoch_b < epoch_a:
+            raise ConfigError(
+                f"rollout_schedule goes backwards: epoch_b ({epoch_b}) must be at least epoch_a ({epoch_a}) >= 0"
+            )
+        if min(k_a, k_b) < 1:
+            raise ConfigError(f"rollout_schedule lengths k_a and k_b must be at least 1, got {k_a} and {k_b}")
+        for name in ("model_train_freq", "initial_steps"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
+        if self.buffer_capacity is not None and self.buffer_capacity < self.initial_steps:
+            raise ConfigError(
+                f"buffer_capacity ({self.buffer_capacity}) must hold the initial steps ({self.initial_steps})"
+            )
+
+
+# The paper's settings (its code's per-task configs), on Brax's versions of its tasks.
+PAPER = dict(
+    initial_steps=5000,
+    eval_every=5000,
+    epoch_length=1000,
+    model_train_freq=250,
+    rollout_batch_size=100_000,
+    model_retain_epochs=1,
+    real_ratio=0.05,
+    ensemble_size=7,
+    num_elites=5,
+    model_hidden_sizes=(200, 200, 200, 200),
+    model_lr=1e-3,
+    model_weight_decay=5e-5,
+    model_batch_size=256,
+    model_max_epochs=100,
+    sac_hidden_sizes=(256, 256),
+    sac_batch_size=256,
+    sac_lr=3e-4,
+    tau=5e-3,
+    discount=0.99,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Small enough to learn in a few minutes on a laptop CPU.
+    "pendulum": dict(env="pendulum"),
+    "brax/halfcheetah": dict(
+        PAPER,
+        env="brax/halfcheetah",
+        total_steps=400_000,
+        updates_per_step=40,
+        rollout_schedule=(20, 150, 1, 1),
+        target_entropy=-3.0,
+    ),
+    "brax/hopper": dict(
+        PAPER,
+        env="brax/hopper",
+        total_steps=125_000,
+        updates_per_step=20,
+        rollout_schedule=(20, 150, 1, 15),
+        target_entropy=-1.0,
+    ),
+    "brax/walker2d": dict(
+        PAPER,
+        env="brax/walker2d",
+        total_steps=300_000,
+        updates_per_step=20,
+        rollout_schedule=(20, 150, 1, 1),
+        target_entropy=-3.0,
+    ),
+    "brax/ant": dict(
+        PAPER,
+        env="brax/ant",
+        total_steps=300_000,
+        updates_per_step=20,
+        rollout_schedule=(20, 100, 1, 25),
+        target_entropy=-4.0,
+    ),
+    "brax/humanoid": dict(
+        PAPER,
+        env="brax/humanoid",
+        total_steps=300_000,
+        updates_per_step=20,
+        model_train_freq=1000,
+        model_retain_epochs=5,
+        rollout_schedule=(20, 300, 1, 20),
+        model_hidden_sizes=(400, 400, 400, 400),
+        target_entropy=-2.0,
+    ),
+    "brax/inverted_pendulum": dict(
+        PAPER,
+        env="brax/inverted_pendulum",
+        total_steps=20_000,
+        initial_steps=500,
+        eval_every=1000,
+        epoch_length=250,
+        updates_per_step=10,
+        rollout_schedule=(1, 15, 1, 1),
+        target_entropy=-0.05,
+    ),
+}
+
+
+class MBPOState(NamedTuple):
+    env_state: Any
+    buffer: replay.ReplayBuffer
+    """Real transitions."""
+    model_buffer: replay.ReplayBuffer | None
+    """Imagined transitions from branched rollouts (None with sac_only)."""
+    model: ensemble.EnsembleState | None
+    agent: sac.SACState
+    key: jax.Array
+    episode_return: jax.Array
+    """[num_envs] return of each environment's current episode so far."""
+    last_episode_return: jax.Array
+    """Mean return of the episodes that ended most recently."""
+
+
+def make_env(config: Config, **kwargs):
+    options = {} if config.backend is None else {"backend": config.backend}
+    return envs.make(
+        config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs
+    )
+
+
+def rollout_length(config: Config, update_index: jax.Array) -> jax.Array:
+    """k at this refit: linear in the epoch from k_a (until epoch_a) to k_b (from epoch_b on), floored."""
+    epoch_a, epoch_b, k_a, k_b = config.rollout_schedule
+    epoch = (update_index * config.model_train_freq) // config.epoch_length
+    progress = jnp.clip((epoch - epoch_a) / max(epoch_b - epoch_a, 1), 0.0, 1.0)
+    return jnp.floor(k_a + progress * (k_b - k_a)).astype(jnp.int32)
+
+
+def make_train(config: Config) -> Trainer:
+    config.validate()
+    try:
+        env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
+        eval_env, _ = make_env(config, num_envs=config.eval_episodes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if spec.discrete:
+        raise ConfigError(f"MBPO's SAC takes continuous actions; {config.env} has a discrete action space")
+    if not config.sac_only and spec.termination_fn is None:
+        raise ConfigError(
+            f"{config.env} can terminate but has no termination function, which model rollouts need; "
+            "use --sac-only or a task with one"
+        )
+
+    obs_size, action_size = spec.observation_size, spec.action_size
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    num_envs = config.num_envs
+    schedule = make_schedule(config.total_steps, config.initial_steps, config.model_train_freq, config.eval_every)
+    steps_per_update = config.model_train_freq // num_envs
+    updates_per_vector_step = config.updates_per_step * num_envs
+    B = config.sac_batch_size
+    target_entropy = -float(action_size) if config.target_entropy is None else config.target_entropy
+
+    agent_config = sac.SACConfig(action_size=action_size, hidden_sizes=config.sac_hidden_sizes, batch_size=B)
+    model_config = ensemble.EnsembleConfig(
+        num_members=config.ensemble_size,
+        num_elites=config.num_elites,
+        hidden_sizes=config.model_hidden_sizes,
+        learn_reward=True,
+        batch_size=config.model_batch_size,
+        max_epochs=config.model_max_epochs,
+        holdout_ratio=0.2,
+        max_holdout=5000,
+    )
+    # The model buffer: the paper's pool holds rollouts_per_epoch x k x retain_epochs transitions.
+    rollouts_per_epoch = config.rollout_batch_size * config.epoch_length // config.model_train_freq
+    k_max = max(config.rollout_schedule[2:])
+    model_capacity = rollouts_per_epoch * k_max * config.model_retain_epochs
+
+    def to_env_action(action):
+        """Policy actions live in [-1, 1]; the task's bounds may be wider."""
+        return low + (action + 1.0) * 0.5 * (high - low)
+
+    def sac_hparams(hparams):
+        return {
+            "learning_rate": hparams["sac_lr"],
+            "discount": hparams["discount"],
+            "tau": hparams["tau"],
+            "target_entropy": jnp.float32(target_entropy),
+        }
+
+    # BRANCHED ROLLOUTS: k steps of the current policy through random elites, from real states.
+
+    def branched_rollouts(model, actor, buffer, model_buffer, k, key):
+        start_key, key = jax.random.split(key)
+        obs = replay.sample(buffer, start_key, config.rollout_batch_size)["obs"]
+
+        def model_step(t, carry):
+            obs, alive, model_buffer = carry
+            act_key, model_key = jax.random.split(jax.random.fold_in(key, t))
+            action, _ = sac.sample_action(agent_config, actor, obs, act_key)
+            next_obs, reward = ensemble.propagate(
+                model_config, model, obs, action, model_key, mode="ts1", elites_only=True
+            )
+            terminated = spec.termination_fn(obs, to_env_action(action), next_obs)
+            imagined = {
+                "obs": obs,
+                "action": action,
+                "reward": reward,
+                "next_obs": next_obs,
+                "terminated": terminated.astype(jnp.float32),
+            }
+            # A rollout stops at its first predicted termination, which is stored; nothing after it.
+            model_buffer = replay.add(model_buffer, imagined, mask=alive)
+            return next_obs, alive & ~terminated, model_buffer
+
+        alive = jnp.ones(config.rollout_batch_size, bool)
+        # k is the same for every run of a vmapped batch (it comes from the update index), so this
+        # stays a loop of k model steps, not a masked loop of k_max.
+        _, alive, model_buffer = jax.lax.fori_loop(0, k, model_step, (obs, alive, model_buffer))
+        return model_buffer, alive.mean()
+
+    # UPDATE POLICY on batches mixing real and imagined transitions.
+
+    def training_batch(state: MBPOState, key, real_ratio, retained):
+        real_key, model_key = jax.random.split(key)
+        real = replay.sample(state.buffer, real_key, B)
+        if config.sac_only:
+            return real
+        imagined = replay.sample(state.model_buffer, model_key, B, newest=retained)
+        # Both halves are drawn at full size and mixed row by row, so real_ratio can be a traced value.
+        use_real = jnp.arange(B) < jnp.floor(real_ratio * B)
+        return jax.tree_util.tree_map(
+            lambda r, m: jnp.where(use_real.reshape((B,) + (1,) * (r.ndim - 1)), r, m), real, imagined
+        )
+
+    def policy_updates(state: MBPOState, key, hparams, retained):
+        def gradient_step(agent, step_key):
+            batch_key, update_key = jax.random.split(step_key)
+            batch = training_batch(state, batch_key, hparams["real_ratio"], retained)
+            return sac.update(agent_config, agent, batch, update_key, sac_hparams(hparams))
+
+        agent, metrics = jax.lax.scan(gradient_step, state.agent, jax.random.split(key, updates_per_vector_step))
+        return agent, jax.tree_util.tree_map(jnp.mean, metrics)
+
+    # ACT in the real environment
+
+    def env_step(state: MBPOState, action):
+        next_env_state = env.step(state.env_state, to_env_action(action))
+        buffer = replay.add(state.buffer, transition(state.env_state, action, next_env_state))
+        episode_return, last_return = track_returns(
+            state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
+        )
+        return state._replace(
+            env_state=next_env_state, buffer=buffer, episode_return=episode_return, last_episode_return=last_return
+        )
+
+    def init(key, hparams):
+        env_key, model_key, agent_key, explore_key, key = jax.random.split(key, 5)
+        env_state = env.reset(env_key)
+        example = {
+            "obs": env_state.obs[0],
+            "action": jnp.zeros(action_size),
+            "reward": jnp.float32(0.0),
+            "next_obs": env_state.obs[0],
+            "terminated": jnp.float32(0.0),
+        }
+        state = MBPOState(
+            env_state=env_state,
+            buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
+            model_buffer=None if config.sac_only else replay.init(example, model_capacity),
+            model=None if config.sac_only else ensemble.init(model_key, model_config, obs_size, action_size),
+            agent=sac.init(agent_key, agent_config, obs_size),
+            key=key,
+            episode_return=jnp.zeros(num_envs),
+            last_episode_return=jnp.float32(0.0),
+        )
+
+        # EXPLORE with uniformly random actions.
+        def random_step(state, step_key):
+            return env_step(state, jax.random.uniform(step_key, (num_envs, action_size), minval=-1.0, maxval=1.0)), None
+
+        state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, config.initial_steps // num_envs))
+        return state
+
+    def update(state: MBPOState, hparams, update_index):
+        """One model period: refit, roll out, then model_train_freq real steps of G updates each."""
+        key, train_key, rollout_key, steps_key = jax.random.split(state.key, 4)
+        state = state._replace(key=key)
+        metrics = {}
+        retained = None
+        if not config.sac_only:
+            # TRAIN MODEL on all real data.
+            model, model_metrics = ensemble.train(
+                model_config,
+                state.model,
+                state.buffer.data,
+                state.buffer.count,
+                train_key,
+                hparams["model_lr"],
+                hparams["model_weight_decay"],
+            )
+            # ROLLOUT from real states; the model buffer keeps the newest `retained` transitions.
+            k = rollout_length(config, update_index)
+            model_buffer, still_alive = branched_rollouts(
+                model, state.agent.actor, state.buffer, state.model_buffer, k, rollout_key
+            )
+            retained = rollouts_per_epoch * k * config.model_retain_epochs
+            state = state._replace(model=model, model_buffer=model_buffer)
+            metrics = dict(model_metrics, rollout_length=k, rollouts_alive=still_alive)
+
+        # ACT, then UPDATE POLICY G times, for every real step of the period.
+        def real_step(state, step_key):
+            act_key, learn_key = jax.random.split(step_key)
+            action, _ = sac.sample_action(agent_config, state.agent.actor, state.env_state.obs, act_key)
+            state = env_step(state, action)
+            agent, agent_metrics = policy_updates(state, learn_key, hparams, retained)
+            return state._replace(agent=agent), dict(agent_metrics, train_reward=state.env_state.reward.mean())
+
+        state, step_metrics = jax.lax.scan(real_step, state, jax.random.split(steps_key, steps_per_update))
+        metrics.update(jax.tree_util.tree_map(jnp.mean, step_metrics))
+        metrics["train_episode_return"] = state.last_episode_return
+        return state, metrics
+
+    def evaluate(state: MBPOState, key, hparams):
+        """Return of `eval_episodes` fresh episodes of the deterministic policy, run in parallel."""
+
+        def greedy(carry, obs, step_key):
+            return to_env_action(sac.greedy_action(agent_config, state.agent.actor, obs)), carry
+
+        return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, greedy)
+
+    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+
+
+def main(argv=None) -> int:
+    return runner.main("mbpo", Config, PRESETS, make_train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

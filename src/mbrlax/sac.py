@@ -1,0 +1,154 @@
+"""Soft actor-critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications"), the
+policy learner under MBPO and MAAC.
+
+A tanh-Gaussian actor, twin Q-critics with Polyak-averaged targets (clipped double Q), and a
+temperature tuned towards a target entropy. As in the authors' softlearning code that MBPO runs on:
+critic, actor and temperature each take one Adam step per update, in that order, and the targets
+move by `tau` after every update. Actions live in [-1, 1]; the algorithm scales them to the task's
+bounds.
+
+The learning rate, discount, `tau` and target entropy are arguments (traced values), so a sweep over
+them is a `vmap`; the optimisers are built inside the update for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbrlax.networks import GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+    """Static settings of SAC (they fix shapes)."""
+
+    action_size: int
+    """Dimension of the action."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor and of each critic."""
+    activation: str = "relu"
+    """Hidden activation of actor and critics."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+
+
+@struct.dataclass
+class SACState:
+    actor: Any
+    critic: Any
+    target_critic: Any
+    log_alpha: jax.Array
+    actor_opt: Any
+    critic_opt: Any
+    alpha_opt: Any
+
+
+def _actor(cfg: SACConfig) -> GaussianHead:
+    return GaussianHead(cfg.hidden_sizes, cfg.action_size, cfg.activation)
+
+
+def _critic(cfg: SACConfig) -> TwinQ:
+    return TwinQ(cfg.hidden_sizes, cfg.activation)
+
+
+def _adam(learning_rate) -> optax.GradientTransformation:
+    # Built inside the traced program so that the learning rate can be a swept, traced value.
+    return optax.chain(optax.scale_by_adam(), optax.scale(-learning_rate))
+
+
+def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
+    actor_key, critic_key = jax.random.split(key)
+    obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, cfg.action_size))
+    actor = _actor(cfg).init(actor_key, obs)
+    critic = _critic(cfg).init(critic_key, obs, action)
+    log_alpha = jnp.float32(0.0)  # initial temperature 1, as softlearning
+    adam = _adam(0.0)
+    return SACState(
+        actor=actor,
+        critic=critic,
+        target_critic=critic,
+        log_alpha=log_alpha,
+        actor_opt=adam.init(actor),
+        critic_opt=adam.init(critic),
+        alpha_opt=adam.init(log_alpha),
+    )
+
+
+def sample_action(cfg: SACConfig, actor_params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Stochastic action in [-1, 1] and its log-density, for exploration, targets and rollouts."""
+    mean, log_std = _actor(cfg).apply(actor_params, obs)
+    return tanh_gaussian_sample(mean, log_std, key)
+
+
+def greedy_action(cfg: SACConfig, actor_params, obs: jax.Array) -> jax.Array:
+    """Deterministic action in [-1, 1] (evaluation)."""
+    mean, _ = _actor(cfg).apply(actor_params, obs)
+    return tanh_gaussian_mode(mean)
+
+
+def update(cfg: SACConfig, state: SACState, batch: dict, key: jax.Array, hp: dict) -> tuple[SACState, dict]:
+    """One gradient step of critic, actor and temperature on `batch` (obs, action, reward, next_obs,
+    terminated, each [B, ...]). `hp` holds traced scalars: learning_rate, discount, tau,
+    target_entropy."""
+    target_key, actor_key = jax.random.split(key)
+    adam = _adam(hp["learning_rate"])
+    actor, critic = _actor(cfg), _critic(cfg)
+    alpha = jnp.exp(state.log_alpha)
+
+    # CRITIC: soft Bellman target from the min of the target twins; no bootstrap after termination.
+    next_action, next_log_prob = sample_action(cfg, state.actor, batch["next_obs"], target_key)
+    next_q = critic.apply(state.target_critic, batch["next_obs"], next_action).min(axis=0)
+    soft_value = next_q - alpha * next_log_prob
+    target = batch["reward"] + hp["discount"] * (1.0 - batch["terminated"]) * soft_value
+    target = jax.lax.stop_gradient(target)
+
+    def critic_loss(params):
+        q = critic.apply(params, batch["obs"], batch["action"])
+        return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
+
+    (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic)
+    updates, critic_opt = adam.update(grads, state.critic_opt)
+    critic_params = optax.apply_updates(state.critic, updates)
+
+    # ACTOR: maximise min-twin Q of a reparameterised action minus alpha times its log-density.
+    def actor_loss(params):
+        mean, log_std = actor.apply(params, batch["obs"])
+        action, log_prob = tanh_gaussian_sample(mean, log_std, actor_key)
+        q_new = critic.apply(critic_params, batch["obs"], action).min(axis=0)
+        return (alpha * log_prob - q_new).mean(), log_prob
+
+    (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor)
+    updates, actor_opt = adam.update(grads, state.actor_opt)
+    actor_params = optax.apply_updates(state.actor, updates)
+
+    # TEMPERATURE: move the policy's entropy towards the target.
+    entropy_gap = jax.lax.stop_gradient(log_prob + hp["target_entropy"]).mean()
+    alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * (log_prob + target_entropy)
+    updates, alpha_opt = adam.update(alpha_grad, state.alpha_opt)
+    log_alpha = optax.apply_updates(state.log_alpha, updates)
+
+    # TARGETS: Polyak averaging.
+    target_critic = optax.incremental_update(critic_params, state.target_critic, hp["tau"])
+    new_state = SACState(
+        actor=actor_params,
+        critic=critic_params,
+        target_critic=target_critic,
+        log_alpha=log_alpha,
+        actor_opt=actor_opt,
+        critic_opt=critic_opt,
+        alpha_opt=alpha_opt,
+    )
+    metrics = {
+        "critic_loss": q_loss,
+        "actor_loss": pi_loss,
+        "alpha": jnp.exp(log_alpha),
+        "entropy": -log_prob.mean(),
+        "q_mean": q.mean(),
+    }
+    return new_state, metrics
