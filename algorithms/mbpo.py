@@ -157,6 +157,11 @@ class Config:
             )
         if min(k_a, k_b) < 1:
             raise ConfigError(f"rollout_schedule lengths k_a and k_b must be at least 1, got {k_a} and {k_b}")
+        if self.model_train_freq > self.epoch_length:
+            raise ConfigError(
+                f"model_train_freq ({self.model_train_freq}) must not exceed epoch_length ({self.epoch_length}): "
+                "the model buffer keeps whole epochs of rollouts"
+            )
         for name in ("model_train_freq", "initial_steps"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")

@@ -7,6 +7,14 @@ Writes benchmarks/results/throughput-<algorithm>-<platform>.json and prints Mark
 benchmarks/RESULTS.md. Compile time is reported apart from run time. Each algorithm adds one
 function to BENCHMARKS that returns rows (dicts); the rest is shared.
 
+MBPO: environment steps per second of the whole loop (model refit, branched rollouts, real steps,
+G SAC updates per step) at the paper's HalfCheetah setting: 400 rollouts and 40 SAC updates per real
+step, 7 members of 4 x 200, SAC 2 x 256, batch 256, on brax/halfcheetah after the 5,000 random
+steps. One `update` of the training program (one model period) is timed for 1 and for N seeds
+vmapped. `--period` shortens the model period from the paper's 250 steps (keeping 400 rollouts and
+40 updates per step) so a CPU finishes; the refit then counts more often per step, so the figure is
+a lower bound of the full-period rate.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -139,19 +147,76 @@ def bench_pets(args) -> list[dict]:
     return rows
 
 
-BENCHMARKS = {"pets": bench_pets}
+def pets_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_envs']} envs | {r['actions_per_s']:.2f} actions/s "
+        f"({r['ms_per_action_step']:.0f} ms per planning step) | {r['member_evals_per_s']:.3g} member evals/s | "
+        f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_fp32_peak']:.0f} % of FP32 peak ({r['peak_source']}) "
+        f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = []
-    for r in rows:
-        lines.append(
-            f"| {r['algorithm']} | {r['setting']} | {r['num_envs']} envs | {r['actions_per_s']:.2f} actions/s "
-            f"({r['ms_per_action_step']:.0f} ms per planning step) | {r['member_evals_per_s']:.3g} member evals/s | "
-            f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_fp32_peak']:.0f} % of FP32 peak ({r['peak_source']}) "
-            f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+# MBPO
+
+
+def bench_mbpo(args) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "algorithms"))
+    import mbpo
+
+    preset = mbpo.PRESETS["brax/halfcheetah"]
+    period = args.period
+    config = mbpo.Config(
+        **dict(
+            preset,
+            model_train_freq=period,
+            epoch_length=max(period, 1000),
+            rollout_batch_size=400 * period,
+            total_steps=preset["initial_steps"] + 2 * period,
+            eval_every=2 * period,
+            eval_episodes=1,
+            backend=args.backend,
         )
-    return "\n".join(lines)
+    )
+    trainer = mbpo.make_train(config)
+    rows = []
+    for num_seeds in args.num_seeds:
+        keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+        hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in mbpo.Config.SWEEPABLE}
+        start = time.perf_counter()
+        init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
+        state = init(keys, hparams)
+        update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None))).lower(state, hparams, jnp.int32(0)).compile()
+        compile_s = time.perf_counter() - start
+        seconds = timed(update, state, hparams, jnp.int32(0), repeats=args.repeats)
+        steps = num_seeds * period
+        rows.append(
+            {
+                "algorithm": "mbpo",
+                "setting": f"paper HalfCheetah: 400 rollouts and 40 SAC updates per step, model period {period} steps",
+                "num_seeds": num_seeds,
+                "env_steps_per_s": steps / seconds,
+                "env_steps_per_s_per_seed": period / seconds,
+                "sac_updates_per_s": steps * config.updates_per_step / seconds,
+                "seconds_per_period": seconds,
+                "period": period,
+                "real_steps_in_buffer": config.initial_steps,
+                "backend": args.backend or "task default",
+                "compile_s": compile_s,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def mbpo_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.2f} env steps/s "
+        f"({r['env_steps_per_s_per_seed']:.2f} per seed) | {r['sac_updates_per_s']:.0f} SAC updates/s "
+        f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
+BENCHMARKS = {"pets": (bench_pets, pets_markdown), "mbpo": (bench_mbpo, mbpo_markdown)}
 
 
 def main() -> int:
@@ -160,6 +225,9 @@ def main() -> int:
     parser.add_argument("--num-envs", default="1,16", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--steps", type=int, default=3, help="planning steps timed per call")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--num-seeds", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--period", type=int, default=250, help="MBPO: environment steps per model period")
+    parser.add_argument("--backend", default=None, help="Brax backend for MBPO (default: the task's own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     unknown = [a for a in args.algorithms if a not in BENCHMARKS]
@@ -175,10 +243,11 @@ def main() -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.algorithms:
-        rows = BENCHMARKS[name](args)
+        bench, row_markdown = BENCHMARKS[name]
+        rows = bench(args)
         path = out / f"throughput-{name}-{info['platform']}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        print(markdown(rows, meta))
+        print("\n".join(row_markdown(r, meta) for r in rows))
         print(f"wrote {path}")
     return 0
 

@@ -183,3 +183,85 @@ class BufferTest(chex.TestCase):
     def test_nonpositive_capacity_raises(self):
         with pytest.raises(ValueError, match="capacity"):
             rb.init(_example(), capacity=0)
+
+
+# MASKED ADD AND SAMPLING THE NEWEST ENTRIES
+
+_masked_add = jax.jit(rb.add)
+_sample_newest = jax.jit(rb.sample, static_argnums=2)
+
+
+def _stored_ids(buf):
+    return np.asarray(buf.data["obs"][:, 0]).astype(int)
+
+
+def test_masked_add_writes_only_masked_rows_packed_in_order():
+    buf = rb.init(_example(), capacity=8)
+    mask = jnp.array([True, False, True, True, False, True])
+    buf = _masked_add(buf, _batch([1, 2, 3, 4, 5, 6]), mask)
+    assert int(buf.count) == 4 and int(buf.position) == 4
+    # Rows 1, 3, 4, 6 fill slots 0..3 in order, every leaf alike; the rest stay empty (id 0).
+    assert _stored_ids(buf).tolist() == [1, 3, 4, 6, 0, 0, 0, 0]
+    _assert_rows_consistent(jax.tree_util.tree_map(lambda x: x[:4], buf.data))
+    assert not np.asarray(buf.data["reward"][4:]).any()
+    # An all-false mask writes nothing and moves nothing.
+    same = _masked_add(buf, _batch([7, 8, 9, 10, 11, 12]), jnp.zeros(6, bool))
+    chex.assert_trees_all_equal(jax.device_get(same), jax.device_get(buf))
+    # An all-true mask is the same as no mask.
+    ids = _batch([7, 8, 9, 10, 11, 12])
+    chex.assert_trees_all_equal(
+        jax.device_get(_masked_add(buf, ids, jnp.ones(6, bool))), jax.device_get(rb.add(buf, ids))
+    )
+
+
+def test_masked_add_wraparound_matches_deque_reference():
+    capacity = 10
+    rng = np.random.default_rng(3)
+    buf = rb.init(_example(), capacity=capacity)
+    ref = collections.deque(maxlen=capacity)
+    next_id, written = 1, 0
+    for _ in range(30):
+        size = int(rng.choice([4, 7, 10]))  # each size compiles once
+        ids = np.arange(next_id, next_id + size)
+        next_id += size
+        mask = rng.random(size) < 0.6
+        buf = _masked_add(buf, _batch(ids), jnp.asarray(mask))
+        ref.extend(ids[mask].tolist())
+        written += int(mask.sum())
+        assert int(buf.count) == len(ref) == min(written, capacity)
+        assert int(buf.position) == written % capacity
+        valid = np.asarray(rb.valid_mask(buf))
+        assert sorted(_stored_ids(buf)[valid].tolist()) == sorted(ref)
+        # Packed in order across the wrap: the newest entries, oldest first, are the reference's tail.
+        if ref:
+            assert _assert_rows_consistent(rb.newest(buf, len(ref))).astype(int).tolist() == list(ref)
+
+
+@pytest.mark.parametrize("newest", [1, 3, 7, 10])
+def test_sample_newest_draws_only_the_newest_entries(newest):
+    capacity = 10
+    buf = rb.init(_example(), capacity=capacity)
+    ref = collections.deque(maxlen=capacity)
+    next_id = 1
+    for size in (4, 7, 6, 3):  # 20 ids: the buffer wraps twice; position ends at 0
+        ids = list(range(next_id, next_id + size))
+        next_id += size
+        buf = rb.add(buf, _batch(ids))
+        ref.extend(ids)
+        drawn = _assert_rows_consistent(_sample_newest(buf, jax.random.key(next_id), 400, newest)).astype(int)
+        expected = set(list(ref)[-newest:])
+        assert set(drawn.tolist()) == expected  # only the newest ones, and (400 draws) all of them
+
+
+def test_sample_newest_more_than_stored_draws_all_valid_entries():
+    buf = rb.add(rb.init(_example(), capacity=16), _batch([1, 2, 3, 4, 5]))
+    for newest in (5, 6, 100):
+        drawn = _assert_rows_consistent(_sample_newest(buf, jax.random.key(newest), 400, newest)).astype(int)
+        assert set(drawn.tolist()) == {1, 2, 3, 4, 5}  # never an empty slot (id 0)
+    # `newest` may be a traced value, per run of a vmap.
+    counts = jnp.array([1, 2, 50])
+    drawn = jax.jit(jax.vmap(rb.sample, in_axes=(None, 0, None, 0)), static_argnums=2)(
+        buf, jax.random.split(jax.random.key(0), 3), 300, counts
+    )
+    ids = np.asarray(drawn["obs"][..., 0]).astype(int)
+    assert [set(row.tolist()) for row in ids] == [{5}, {4, 5}, {1, 2, 3, 4, 5}]

@@ -1,0 +1,36 @@
+"""MBPO learns pendulum on a CPU, and beats SAC without the model at the same number of steps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrlax.algorithms import mbpo
+
+
+def eval_returns(config: mbpo.Config, seed: int = 0) -> np.ndarray:
+    trainer = mbpo.make_train(config)
+    hparams = {k: jnp.float32(getattr(config, k)) for k in mbpo.Config.SWEEPABLE}
+    _, metrics = jax.jit(trainer)(jax.random.PRNGKey(seed), hparams)
+    return np.asarray(metrics["eval"]["eval_return"])
+
+
+@pytest.mark.slow
+def test_mbpo_learns_pendulum_and_beats_sac():
+    """The issue's bar: -250 or better within 5,000 steps (a random policy scores about -1200).
+    The default pendulum settings, 4,000 steps (1,000 of them random), evaluated by five episodes of
+    the deterministic policy after 2,000, 3,000 and 4,000 steps. The baseline is the paper's: SAC
+    with one update per step, the same networks, the same random steps and the same budget."""
+    config = dataclasses.replace(mbpo.Config(), total_steps=4000)
+    mbpo_returns = eval_returns(config)
+    sac_returns = eval_returns(dataclasses.replace(config, sac_only=True, updates_per_step=1))
+    print(f"MBPO {mbpo_returns.round(1)}, SAC {sac_returns.round(1)}")
+    assert len(mbpo_returns) == 3
+    assert mbpo_returns[-1] >= -250.0, mbpo_returns
+    # A clear margin: the two differ by several hundred here, while seeds of one method differ by
+    # tens once pendulum is swung up.
+    assert mbpo_returns[-1] > sac_returns[-1] + 300.0, (mbpo_returns, sac_returns)
