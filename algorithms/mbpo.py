@@ -35,8 +35,9 @@ and its baseline:                                     python algorithms/mbpo.py 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ class Config:
     model_train_freq: int = 250
     """Environment steps between model refits (each followed by a round of rollouts)."""
     rollout_batch_size: int = 10_000
-    """Rollouts started at each refit, from states drawn from the real buffer (the paper: 100,000)."""
+    """Rollouts started at each refit from states of the real buffer (the paper: 100,000); 0: none, all batches real."""
     rollout_schedule: tuple[int, int, int, int] = (0, 2, 1, 5)
     """[epoch_a, epoch_b, k_a, k_b]: the rollout length rises linearly from k_a to k_b over these epochs."""
     model_retain_epochs: int = 1
@@ -117,6 +118,8 @@ class Config:
     """Discount factor gamma."""
     target_entropy: float | None = None
     """Entropy the temperature steers towards (default: minus the action dimension)."""
+    max_grad_norm: float | None = None
+    """Clip actor and critic gradients to this global norm (the paper: no clipping)."""
     buffer_capacity: int | None = None
     """Real replay capacity (default: total_steps, so nothing is forgotten)."""
 
@@ -130,7 +133,6 @@ class Config:
             "eval_episodes",
             "epoch_length",
             "model_train_freq",
-            "rollout_batch_size",
             "model_retain_epochs",
             "updates_per_step",
             "ensemble_size",
@@ -142,6 +144,12 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.rollout_batch_size < 0:
+            raise ConfigError(
+                f"rollout_batch_size must be 0 (no model data) or positive, got {self.rollout_batch_size}"
+            )
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
         if not 0.0 <= self.real_ratio <= 1.0:
             raise ConfigError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
         if self.num_elites > self.ensemble_size:
@@ -263,7 +271,7 @@ class MBPOState(NamedTuple):
     buffer: replay.ReplayBuffer
     """Real transitions."""
     model_buffer: replay.ReplayBuffer | None
-    """Imagined transitions from branched rollouts (None with sac_only)."""
+    """Imagined transitions from branched rollouts (None with sac_only or no rollouts)."""
     model: ensemble.EnsembleState | None
     agent: sac.SACState
     key: jax.Array
@@ -288,7 +296,10 @@ def rollout_length(config: Config, update_index: jax.Array) -> jax.Array:
     return jnp.floor(k_a + progress * (k_b - k_a)).astype(jnp.int32)
 
 
-def make_train(config: Config) -> Trainer:
+def make_train(config: Config, make_actor_objective: Callable | None = None) -> Trainer:
+    """The training program. `make_actor_objective(spec, model_config, agent_config)`, where given,
+    returns `objective(model, hparams, actor, critic, alpha, obs, key) -> (loss, log_prob)`, which
+    replaces SAC's actor loss: MAAC (maac.py) shares this loop and changes only that."""
     config.validate()
     try:
         env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
@@ -305,6 +316,8 @@ def make_train(config: Config) -> Trainer:
 
     obs_size, action_size = spec.observation_size, spec.action_size
     low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    # Imagined data for SAC's batches: with the model, unless no rollouts are asked for.
+    model_data = not config.sac_only and config.rollout_batch_size > 0
     num_envs = config.num_envs
     schedule = make_schedule(config.total_steps, config.initial_steps, config.model_train_freq, config.eval_every)
     steps_per_update = config.model_train_freq // num_envs
@@ -312,7 +325,9 @@ def make_train(config: Config) -> Trainer:
     B = config.sac_batch_size
     target_entropy = -float(action_size) if config.target_entropy is None else config.target_entropy
 
-    agent_config = sac.SACConfig(action_size=action_size, hidden_sizes=config.sac_hidden_sizes, batch_size=B)
+    agent_config = sac.SACConfig(
+        action_size=action_size, hidden_sizes=config.sac_hidden_sizes, batch_size=B, max_grad_norm=config.max_grad_norm
+    )
     model_config = ensemble.EnsembleConfig(
         num_members=config.ensemble_size,
         num_elites=config.num_elites,
@@ -328,9 +343,10 @@ def make_train(config: Config) -> Trainer:
     k_max = max(config.rollout_schedule[2:])
     model_capacity = rollouts_per_epoch * k_max * config.model_retain_epochs
 
+    actor_objective = None if make_actor_objective is None else make_actor_objective(spec, model_config, agent_config)
+
     def to_env_action(action):
-        """Policy actions live in [-1, 1]; the task's bounds may be wider."""
-        return low + (action + 1.0) * 0.5 * (high - low)
+        return sac.scale_action(action, low, high)
 
     def sac_hparams(hparams):
         return {
@@ -376,7 +392,7 @@ def make_train(config: Config) -> Trainer:
     def training_batch(state: MBPOState, key, real_ratio, retained):
         real_key, model_key = jax.random.split(key)
         real = replay.sample(state.buffer, real_key, B)
-        if config.sac_only:
+        if not model_data:
             return real
         imagined = replay.sample(state.model_buffer, model_key, B, newest=retained)
         # Both halves are drawn at full size and mixed row by row, so real_ratio can be a traced value.
@@ -389,7 +405,8 @@ def make_train(config: Config) -> Trainer:
         def gradient_step(agent, step_key):
             batch_key, update_key = jax.random.split(step_key)
             batch = training_batch(state, batch_key, hparams["real_ratio"], retained)
-            return sac.update(agent_config, agent, batch, update_key, sac_hparams(hparams))
+            objective = None if actor_objective is None else functools.partial(actor_objective, state.model, hparams)
+            return sac.update(agent_config, agent, batch, update_key, sac_hparams(hparams), objective)
 
         agent, metrics = jax.lax.scan(gradient_step, state.agent, jax.random.split(key, updates_per_vector_step))
         return agent, jax.tree_util.tree_map(jnp.mean, metrics)
@@ -419,7 +436,7 @@ def make_train(config: Config) -> Trainer:
         state = MBPOState(
             env_state=env_state,
             buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
-            model_buffer=None if config.sac_only else replay.init(example, model_capacity),
+            model_buffer=replay.init(example, model_capacity) if model_data else None,
             model=None if config.sac_only else ensemble.init(model_key, model_config, obs_size, action_size),
             agent=sac.init(agent_key, agent_config, obs_size),
             key=key,
@@ -451,14 +468,17 @@ def make_train(config: Config) -> Trainer:
                 hparams["model_lr"],
                 hparams["model_weight_decay"],
             )
+            state = state._replace(model=model)
+            metrics = dict(model_metrics)
+        if model_data:
             # ROLLOUT from real states; the model buffer keeps the newest `retained` transitions.
             k = rollout_length(config, update_index)
             model_buffer, still_alive = branched_rollouts(
-                model, state.agent.actor, state.buffer, state.model_buffer, k, rollout_key
+                state.model, state.agent.actor, state.buffer, state.model_buffer, k, rollout_key
             )
             retained = rollouts_per_epoch * k * config.model_retain_epochs
-            state = state._replace(model=model, model_buffer=model_buffer)
-            metrics = dict(model_metrics, rollout_length=k, rollouts_alive=still_alive)
+            state = state._replace(model_buffer=model_buffer)
+            metrics.update(rollout_length=k, rollouts_alive=still_alive)
 
         # ACT, then UPDATE POLICY G times, for every real step of the period.
         def real_step(state, step_key):

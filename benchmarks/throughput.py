@@ -15,6 +15,10 @@ vmapped. `--period` shortens the model period from the paper's 250 steps (keepin
 40 updates per step) so a CPU finishes; the refit then counts more often per step, so the figure is
 a lower bound of the full-period rate.
 
+MAAC: the same loop and measure at the MAAC authors' HalfCheetah setting: MBPO's 400 rollouts per
+real step for the critic's model data, 8 members of 4 x 200, 8 updates per real step, each with an
+actor gradient through 3 model steps.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -97,8 +101,7 @@ def mlp_flops(sizes: list[int]) -> int:
 
 
 def bench_pets(args) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "algorithms"))
-    import pets
+    from mbrlax.algorithms import pets
 
     rows = []
     peak, peak_source = fp32_peak()
@@ -156,16 +159,13 @@ def pets_markdown(r: dict, meta: dict) -> str:
     )
 
 
-# MBPO
+# MBPO AND MAAC: one model period (refit, branched rollouts, real steps with G updates each)
 
 
-def bench_mbpo(args) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "algorithms"))
-    import mbpo
-
-    preset = mbpo.PRESETS["brax/halfcheetah"]
+def _period_config(Config, preset: dict, args):
+    """The preset with a model period of `args.period` steps, keeping 400 rollouts per real step."""
     period = args.period
-    config = mbpo.Config(
+    return Config(
         **dict(
             preset,
             model_train_freq=period,
@@ -177,11 +177,16 @@ def bench_mbpo(args) -> list[dict]:
             backend=args.backend,
         )
     )
-    trainer = mbpo.make_train(config)
+
+
+def _time_model_periods(name: str, module, config, setting: str, args) -> list[dict]:
+    """Time one `update` (one model period) of the training program for 1 and N vmapped seeds."""
+    trainer = module.make_train(config)
+    period = config.model_train_freq
     rows = []
     for num_seeds in args.num_seeds:
         keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-        hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in mbpo.Config.SWEEPABLE}
+        hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
         start = time.perf_counter()
         init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
         state = init(keys, hparams)
@@ -191,8 +196,8 @@ def bench_mbpo(args) -> list[dict]:
         steps = num_seeds * period
         rows.append(
             {
-                "algorithm": "mbpo",
-                "setting": f"paper HalfCheetah: 400 rollouts and 40 SAC updates per step, model period {period} steps",
+                "algorithm": name,
+                "setting": f"{setting}, model period {period} steps",
                 "num_seeds": num_seeds,
                 "env_steps_per_s": steps / seconds,
                 "env_steps_per_s_per_seed": period / seconds,
@@ -208,7 +213,23 @@ def bench_mbpo(args) -> list[dict]:
     return rows
 
 
-def mbpo_markdown(r: dict, meta: dict) -> str:
+def bench_mbpo(args) -> list[dict]:
+    from mbrlax.algorithms import mbpo
+
+    config = _period_config(mbpo.Config, mbpo.PRESETS["brax/halfcheetah"], args)
+    setting = "paper HalfCheetah: 400 rollouts and 40 SAC updates per step"
+    return _time_model_periods("mbpo", mbpo, config, setting, args)
+
+
+def bench_maac(args) -> list[dict]:
+    from mbrlax.algorithms import maac
+
+    config = _period_config(maac.Config, maac.PRESETS["brax/halfcheetah"], args)
+    setting = "authors' HalfCheetah: H = 3, 8 members, 400 rollouts and 8 updates per step"
+    return _time_model_periods("maac", maac, config, setting, args)
+
+
+def model_period_markdown(r: dict, meta: dict) -> str:
     return (
         f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.2f} env steps/s "
         f"({r['env_steps_per_s_per_seed']:.2f} per seed) | {r['sac_updates_per_s']:.0f} SAC updates/s "
@@ -216,7 +237,11 @@ def mbpo_markdown(r: dict, meta: dict) -> str:
     )
 
 
-BENCHMARKS = {"pets": (bench_pets, pets_markdown), "mbpo": (bench_mbpo, mbpo_markdown)}
+BENCHMARKS = {
+    "pets": (bench_pets, pets_markdown),
+    "mbpo": (bench_mbpo, model_period_markdown),
+    "maac": (bench_maac, model_period_markdown),
+}
 
 
 def main() -> int:
@@ -226,8 +251,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="planning steps timed per call")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--num-seeds", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--period", type=int, default=250, help="MBPO: environment steps per model period")
-    parser.add_argument("--backend", default=None, help="Brax backend for MBPO (default: the task's own)")
+    parser.add_argument("--period", type=int, default=250, help="MBPO, MAAC: environment steps per model period")
+    parser.add_argument("--backend", default=None, help="Brax backend for MBPO and MAAC (default: the task's own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     unknown = [a for a in args.algorithms if a not in BENCHMARKS]

@@ -42,7 +42,8 @@ class RunOptions:
     """Options of the run itself, common to every algorithm."""
 
     preset: str | None = None
-    """Named settings to start from (default: the preset named like --env, if there is one)."""
+    """Named settings to start from (default: the preset named like --env, if there is one); a preset
+    that names no task, a variant of the method, applies on top of the preset of --env."""
     seed: int = 0
     """Seed of the first run; run i uses seed + i."""
     num_seeds: int = 1
@@ -458,6 +459,10 @@ def _preset_config(Config, presets: dict, env: str | None, preset: str | None):
         raise ConfigError(f"--preset {preset!r} is unknown{hint}; presets are {', '.join(sorted(presets))}")
     name = preset if preset is not None else env
     overrides = dict(presets.get(name, {}))
+    if preset is not None and "env" not in overrides:
+        # A preset that names no task is a variant of the method (maac.py's svg1, say): it goes on
+        # top of the preset of the task it runs on.
+        overrides = {**presets.get(env or Config().env, {}), **overrides}
     if env is not None:
         overrides["env"] = env
     return dataclasses.replace(Config(), **overrides)

@@ -9,12 +9,16 @@ bounds.
 
 The learning rate, discount, `tau` and target entropy are arguments (traced values), so a sweep over
 them is a `vmap`; the optimisers are built inside the update for the same reason.
+
+The actor's objective can be replaced (`update(..., actor_objective=...)`): MAAC and SAC-SVG keep
+SAC's critic and temperature but differentiate the actor through a learned model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +40,8 @@ class SACConfig:
     """Hidden activation of actor and critics."""
     batch_size: int = 256
     """Transitions per gradient step."""
+    max_grad_norm: float | None = None
+    """Clip the actor's and the critics' gradients to this global norm (None: no clipping, as SAC)."""
 
 
 @struct.dataclass
@@ -57,9 +63,10 @@ def _critic(cfg: SACConfig) -> TwinQ:
     return TwinQ(cfg.hidden_sizes, cfg.activation)
 
 
-def _adam(learning_rate) -> optax.GradientTransformation:
+def _adam(learning_rate, max_grad_norm: float | None = None) -> optax.GradientTransformation:
     # Built inside the traced program so that the learning rate can be a swept, traced value.
-    return optax.chain(optax.scale_by_adam(), optax.scale(-learning_rate))
+    clip = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
+    return optax.chain(*clip, optax.scale_by_adam(), optax.scale(-learning_rate))
 
 
 def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
@@ -68,7 +75,7 @@ def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
     actor = _actor(cfg).init(actor_key, obs)
     critic = _critic(cfg).init(critic_key, obs, action)
     log_alpha = jnp.float32(0.0)  # initial temperature 1, as softlearning
-    adam = _adam(0.0)
+    adam = _adam(0.0, cfg.max_grad_norm)
     return SACState(
         actor=actor,
         critic=critic,
@@ -76,8 +83,13 @@ def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
         log_alpha=log_alpha,
         actor_opt=adam.init(actor),
         critic_opt=adam.init(critic),
-        alpha_opt=adam.init(log_alpha),
+        alpha_opt=_adam(0.0).init(log_alpha),
     )
+
+
+def scale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """Policy actions live in [-1, 1]; a task's bounds may be wider."""
+    return low + (action + 1.0) * 0.5 * (high - low)
 
 
 def sample_action(cfg: SACConfig, actor_params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -92,18 +104,40 @@ def greedy_action(cfg: SACConfig, actor_params, obs: jax.Array) -> jax.Array:
     return tanh_gaussian_mode(mean)
 
 
-def update(cfg: SACConfig, state: SACState, batch: dict, key: jax.Array, hp: dict) -> tuple[SACState, dict]:
+def soft_q(cfg: SACConfig, critic_params, obs: jax.Array, action: jax.Array) -> jax.Array:
+    """min(Q1, Q2)(obs, action): the clipped double-Q value, [n]."""
+    return _critic(cfg).apply(critic_params, obs, action).min(axis=0)
+
+
+def soft_actor_objective(cfg: SACConfig, actor_params, critic_params, alpha, obs: jax.Array, key: jax.Array):
+    """SAC's actor loss, E[alpha log pi(a|s) - min Q(s, a)] with a ~ pi reparameterised. Returns the
+    loss and the log-densities of the sampled actions [n], which tune the temperature."""
+    action, log_prob = sample_action(cfg, actor_params, obs, key)
+    return (alpha * log_prob - soft_q(cfg, critic_params, obs, action)).mean(), log_prob
+
+
+def update(
+    cfg: SACConfig,
+    state: SACState,
+    batch: dict,
+    key: jax.Array,
+    hp: dict,
+    actor_objective: Callable | None = None,
+) -> tuple[SACState, dict]:
     """One gradient step of critic, actor and temperature on `batch` (obs, action, reward, next_obs,
     terminated, each [B, ...]). `hp` holds traced scalars: learning_rate, discount, tau,
-    target_entropy."""
+    target_entropy. `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss,
+    log_prob)` replaces SAC's own actor loss (`soft_actor_objective`); it sees the updated critic."""
     target_key, actor_key = jax.random.split(key)
-    adam = _adam(hp["learning_rate"])
-    actor, critic = _actor(cfg), _critic(cfg)
+    adam = _adam(hp["learning_rate"], cfg.max_grad_norm)
+    critic = _critic(cfg)
     alpha = jnp.exp(state.log_alpha)
+    if actor_objective is None:
+        actor_objective = functools.partial(soft_actor_objective, cfg)
 
     # CRITIC: soft Bellman target from the min of the target twins; no bootstrap after termination.
     next_action, next_log_prob = sample_action(cfg, state.actor, batch["next_obs"], target_key)
-    next_q = critic.apply(state.target_critic, batch["next_obs"], next_action).min(axis=0)
+    next_q = soft_q(cfg, state.target_critic, batch["next_obs"], next_action)
     soft_value = next_q - alpha * next_log_prob
     target = batch["reward"] + hp["discount"] * (1.0 - batch["terminated"]) * soft_value
     target = jax.lax.stop_gradient(target)
@@ -116,12 +150,9 @@ def update(cfg: SACConfig, state: SACState, batch: dict, key: jax.Array, hp: dic
     updates, critic_opt = adam.update(grads, state.critic_opt)
     critic_params = optax.apply_updates(state.critic, updates)
 
-    # ACTOR: maximise min-twin Q of a reparameterised action minus alpha times its log-density.
+    # ACTOR: SAC's objective (min-twin Q of a reparameterised action, minus alpha log pi) or the one given.
     def actor_loss(params):
-        mean, log_std = actor.apply(params, batch["obs"])
-        action, log_prob = tanh_gaussian_sample(mean, log_std, actor_key)
-        q_new = critic.apply(critic_params, batch["obs"], action).min(axis=0)
-        return (alpha * log_prob - q_new).mean(), log_prob
+        return actor_objective(params, critic_params, alpha, batch["obs"], actor_key)
 
     (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor)
     updates, actor_opt = adam.update(grads, state.actor_opt)
@@ -130,7 +161,7 @@ def update(cfg: SACConfig, state: SACState, batch: dict, key: jax.Array, hp: dic
     # TEMPERATURE: move the policy's entropy towards the target.
     entropy_gap = jax.lax.stop_gradient(log_prob + hp["target_entropy"]).mean()
     alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * (log_prob + target_entropy)
-    updates, alpha_opt = adam.update(alpha_grad, state.alpha_opt)
+    updates, alpha_opt = _adam(hp["learning_rate"]).update(alpha_grad, state.alpha_opt)
     log_alpha = optax.apply_updates(state.log_alpha, updates)
 
     # TARGETS: Polyak averaging.
