@@ -19,6 +19,13 @@ MAAC: the same loop and measure at the MAAC authors' HalfCheetah setting: MBPO's
 real step for the critic's model data, 8 members of 4 x 200, 8 updates per real step, each with an
 actor gradient through 3 model steps.
 
+MB-MPO: seconds per iteration and imagined transitions per second at the paper's HalfCheetah setting
+(20 tasks on 5 models of 512 x 512, 50 imagined trajectories of 200 steps before and after each
+task's adaptation, 30 meta-steps: 12 M model steps), one `update` of the training program, which also
+refits the models on the 5,000 random steps and collects 4,000 real steps with the adapted policies.
+`--meta-steps` shortens the iteration for a CPU; the refit and the real steps then weigh more, so
+the imagined rate is a lower bound.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -237,10 +244,60 @@ def model_period_markdown(r: dict, meta: dict) -> str:
     )
 
 
+# MB-MPO: one iteration (model refit, meta-steps in imagination, real data with adapted policies)
+
+
+def bench_mbmpo(args) -> list[dict]:
+    from mbrlax.algorithms import mbmpo
+
+    preset = dict(mbmpo.PRESETS["brax/halfcheetah"], meta_steps=args.meta_steps, backend=args.backend)
+    preset.update(total_steps=preset["initial_steps"] + preset["real_steps_per_iteration"])
+    config = mbmpo.Config(**preset)
+    trainer = mbmpo.make_train(config)
+    imagined = config.meta_steps * 2 * config.num_tasks * config.imagined_trajectories * config.imagined_horizon
+    rows = []
+    for num_seeds in args.num_seeds:
+        keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+        hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in mbmpo.Config.SWEEPABLE}
+        start = time.perf_counter()
+        init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
+        state = init(keys, hparams)
+        update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None))).lower(state, hparams, jnp.int32(0)).compile()
+        compile_s = time.perf_counter() - start
+        seconds = timed(update, state, hparams, jnp.int32(0), repeats=args.repeats)
+        rows.append(
+            {
+                "algorithm": "mbmpo",
+                "setting": (
+                    f"paper HalfCheetah: {config.num_tasks} tasks, {config.imagined_trajectories} imagined "
+                    f"trajectories of {config.imagined_horizon} steps, {config.meta_steps} meta-steps, "
+                    f"{config.real_steps_per_iteration} real steps"
+                ),
+                "num_seeds": num_seeds,
+                "seconds_per_iteration": seconds,
+                "imagined_transitions_per_s": num_seeds * imagined / seconds,
+                "imagined_transitions_per_iteration": imagined,
+                "backend": args.backend or "task default",
+                "compile_s": compile_s,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def mbmpo_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['seconds_per_iteration']:.1f} s per "
+        f"iteration | {r['imagined_transitions_per_s']:.3g} imagined transitions/s | compile {r['compile_s']:.0f} s "
+        f"| {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 BENCHMARKS = {
     "pets": (bench_pets, pets_markdown),
     "mbpo": (bench_mbpo, model_period_markdown),
     "maac": (bench_maac, model_period_markdown),
+    "mbmpo": (bench_mbmpo, mbmpo_markdown),
 }
 
 
@@ -252,6 +309,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--num-seeds", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--period", type=int, default=250, help="MBPO, MAAC: environment steps per model period")
+    parser.add_argument("--meta-steps", type=int, default=30, help="MB-MPO: meta-steps per iteration (the paper: 30)")
     parser.add_argument("--backend", default=None, help="Brax backend for MBPO and MAAC (default: the task's own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()

@@ -228,6 +228,17 @@ def propagate(
     return next_obs, reward
 
 
+def member_mean(cfg: EnsembleConfig, state: EnsembleState, member: jax.Array, obs: jax.Array, action: jax.Array):
+    """The mean prediction of one member (an int32 index, may be traced) for [n, ...] inputs ->
+    (next_obs [n, obs], reward [n] or None): a deterministic model, as MB-MPO gives each task."""
+    output_size = state.target_mean.shape[0]
+    params = dict(state.params, net=jax.tree_util.tree_map(lambda p: p[member][None], state.params["net"]))
+    mean, _ = _apply_members(cfg, params, _normalise_inputs(state, obs, action)[None], output_size)
+    out = mean[0] * state.target_std + state.target_mean
+    obs_size = obs.shape[-1]
+    return obs + out[:, :obs_size], (out[:, obs_size] if cfg.learn_reward else None)
+
+
 # TRAIN
 
 

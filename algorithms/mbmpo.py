@@ -1,0 +1,579 @@
+"""MB-MPO: model-based meta-policy optimization (Clavera, Rothfuss, Schulman, Fujita, Asfour,
+Abbeel, "Model-Based Reinforcement Learning via Meta-Policy Optimization", CoRL 2018).
+
+An ensemble of K deterministic dynamics models is read as K tasks: the real world is probably
+close to one of them, and a policy that adapts quickly to whichever model it faces should adapt
+quickly to the world too. So the method meta-learns an initialisation theta with MAML: for task i
+(model k = i // (M / K), M tasks in all) it imagines trajectories under theta with that model alone,
+takes one vanilla policy-gradient step
+
+    theta'_i = theta + alpha * grad_theta J_i(theta)
+
+imagines again under theta'_i, and improves theta on the mean over tasks of the post-adaptation
+objective J_i(theta'_i(theta)), differentiating through the inner step (second order). The real
+environment is only ever run by the adapted policies theta'_i, which collect the data the models
+are refitted on. `inner_lr = 0` removes the adaptation: every task is the same objective under its
+own model, which is ME-TRPO's averaged objective (the paper's no-adaptation ablation).
+
+One iteration (one `update` of the training program): refit the models on all real data, take
+`meta_steps` meta-steps, then collect `real_steps_per_iteration` real steps with the policies
+adapted from the new theta, one per parallel environment in turn.
+
+What this file does differently from the paper, and why:
+- The outer step is PPO's clipped surrogate, `outer_steps` Adam steps per meta-step, the paper's
+  practical variant; TRPO (its main results) is not offered. The KL between the sampling and the
+  updated adapted policies is reported.
+- The inner objective is the likelihood-ratio surrogate on the pre-update samples, whose gradient at
+  theta is the policy gradient; its dependence on theta through the sampling distribution is left
+  out, as in MAML's estimator (ProMP's low-variance curvature is not used).
+- The K models share one 80/20 split of the real data (each member sees its own bootstrap of the 80
+  %), with early stopping per member on the 20 %; the paper gives each model its own split.
+- Imagined trajectories start from fresh initial states of the task (its `reset`), as the authors'
+  model sampler does; they stop at a predicted termination (the task's function).
+- Advantages: GAE with rllab's linear feature baseline (observation, its square, time and powers of
+  time), fitted per task by ridge regression, then normalised per task.
+
+Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/mbmpo.py --env pendulum
+The no-adaptation ablation at equal steps:             python algorithms/mbmpo.py --env pendulum --inner-lr 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, ClassVar, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbrlax import buffer as replay
+from mbrlax import ensemble, envs, runner
+from mbrlax.networks import MLP
+from mbrlax.sac import scale_action
+from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """MB-MPO settings. Traced (sweepable) fields: inner_lr, outer_lr, clip_eps, discount, gae_lambda,
+    model_lr, model_weight_decay."""
+
+    SWEEPABLE: ClassVar[tuple[str, ...]] = (
+        "inner_lr",
+        "outer_lr",
+        "clip_eps",
+        "discount",
+        "gae_lambda",
+        "model_lr",
+        "model_weight_decay",
+    )
+
+    # Run
+    env: str = "pendulum"
+    """Task name (see `mbrlax.envs.list_envs()`)."""
+    total_steps: int = 7400
+    """Real environment steps in all, random exploration included."""
+    num_envs: int = 4
+    """Parallel real environments; environment j runs adapted policy j mod (number of tasks)."""
+    episode_length: int | None = None
+    """Steps per episode (default: the task's own; the paper: 200)."""
+    action_repeat: int = 1
+    """Repeat each action this many times."""
+    backend: str | None = None
+    """Brax physics backend for brax/* tasks (default: the task's own)."""
+    initial_steps: int = 1000
+    """Uniformly random real steps before the first iteration (the paper: 5000)."""
+    real_steps_per_iteration: int = 800
+    """Real steps collected by the adapted policies per iteration (the paper: 4000)."""
+    eval_every: int = 1600
+    """Real steps between evaluations."""
+    eval_episodes: int = 6
+    """Evaluation episodes (deterministic policies), run in parallel; each adapted policy in turn."""
+    # Meta-learning
+    num_models: int = 3
+    """K: dynamics models, each a task's world (the paper: 5)."""
+    tasks_per_model: int = 2
+    """Adapted policies per model, M / K (the paper: 4, so 20 tasks)."""
+    imagined_trajectories: int = 20
+    """Trajectories imagined per task, before and after adaptation (the paper: 50)."""
+    imagined_horizon: int | None = None
+    """Length of an imagined trajectory (default: the episode length; the paper: 200)."""
+    meta_steps: int = 15
+    """Meta-steps per iteration, each with fresh imagined data (the paper: 30)."""
+    outer_steps: int = 5
+    """Adam steps on the clipped surrogate per meta-step."""
+    inner_lr: float = 0.02
+    """alpha: step size of the inner policy-gradient step (the paper: 0.001; 0 for no adaptation)."""
+    outer_lr: float = 1e-3
+    """Adam learning rate of the meta-policy theta."""
+    clip_eps: float = 0.2
+    """PPO clipping range of the outer step."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    gae_lambda: float = 1.0
+    """GAE lambda (the paper: 1, returns minus the baseline)."""
+    policy_hidden_sizes: tuple[int, ...] = (32, 32)
+    """Hidden widths of the Gaussian policy's mean (tanh)."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the policy, the same in every state."""
+    # Models
+    model_hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden widths of each model (the paper: 512, 512)."""
+    model_lr: float = 1e-3
+    """Adam learning rate of the models."""
+    model_weight_decay: float = 0.0
+    """Weight decay of the models."""
+    model_batch_size: int = 256
+    """Minibatch size of model training."""
+    model_max_epochs: int = 50
+    """Most epochs per model fit; early stopping on the 20 % holdout ends most sooner."""
+
+    @property
+    def num_tasks(self) -> int:
+        return self.num_models * self.tasks_per_model
+
+    def validate(self) -> None:
+        positive = (
+            "total_steps",
+            "num_envs",
+            "action_repeat",
+            "initial_steps",
+            "real_steps_per_iteration",
+            "eval_every",
+            "eval_episodes",
+            "num_models",
+            "tasks_per_model",
+            "imagined_trajectories",
+            "meta_steps",
+            "outer_steps",
+            "model_batch_size",
+            "model_max_epochs",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.imagined_horizon is not None and self.imagined_horizon <= 0:
+            raise ConfigError(f"imagined_horizon must be positive, got {self.imagined_horizon}")
+        for name in ("real_steps_per_iteration", "initial_steps"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+        if self.inner_lr < 0:
+            raise ConfigError(f"inner_lr must be 0 (no adaptation) or positive, got {self.inner_lr}")
+        if not 0.0 < self.clip_eps < 1.0:
+            raise ConfigError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
+        for name in ("discount", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+# The paper's settings (its code's defaults), with 200-step episodes as there.
+PAPER = dict(
+    episode_length=200,
+    initial_steps=5000,
+    real_steps_per_iteration=4000,
+    num_envs=20,
+    eval_every=4000,
+    eval_episodes=20,
+    num_models=5,
+    tasks_per_model=4,
+    imagined_trajectories=50,
+    imagined_horizon=200,
+    meta_steps=30,
+    inner_lr=0.001,
+    model_hidden_sizes=(512, 512),
+    total_steps=105_000,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Small enough to learn in a few minutes on a laptop CPU.
+    "pendulum": dict(env="pendulum"),
+    "brax/halfcheetah": dict(PAPER, env="brax/halfcheetah"),
+    "brax/hopper": dict(PAPER, env="brax/hopper"),
+}
+
+
+class MBMPOState(NamedTuple):
+    env_state: Any
+    buffer: replay.ReplayBuffer
+    model: ensemble.EnsembleState
+    policy: Any
+    """theta, the meta-policy's parameters."""
+    policy_opt: Any
+    key: jax.Array
+    episode_return: jax.Array
+    last_episode_return: jax.Array
+
+
+# POLICY: a Gaussian whose mean is an MLP and whose log standard deviation is one vector.
+
+
+class GaussianPolicy(nn.Module):
+    hidden_sizes: tuple[int, ...]
+    action_size: int
+    init_log_std: float
+
+    @nn.compact
+    def __call__(self, obs):
+        mean = MLP(self.hidden_sizes, self.action_size, "tanh")(obs)
+        log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.action_size,))
+        return mean, jnp.broadcast_to(log_std, mean.shape)
+
+
+def gaussian_log_prob(mean, log_std, action):
+    return (-0.5 * ((action - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q):
+    """KL(p || q) of diagonal Gaussians, summed over the last axis."""
+    var_p, var_q = jnp.exp(2.0 * log_std_p), jnp.exp(2.0 * log_std_q)
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2.0 * var_q) - 0.5).sum(-1)
+
+
+# ADVANTAGES: discounted returns, rllab's linear feature baseline, GAE.
+
+
+def linear_baseline(obs, returns, alive, reg=1e-5):
+    """Fit b(s_t, t) = w . [o, o^2, t, t^2, t^3, 1] (o clipped to [-10, 10], t in hundreds of steps)
+    to the returns of one task's trajectories [T, N, ...] by ridge regression on the live steps."""
+    T, N = returns.shape
+    o = jnp.clip(obs, -10.0, 10.0)
+    t = jnp.broadcast_to((jnp.arange(T) / 100.0)[:, None, None], (T, N, 1))
+    features = jnp.concatenate([o, o**2, t, t**2, t**3, jnp.ones_like(t)], axis=-1) * alive[..., None]
+    flat = features.reshape(T * N, -1)
+    gram = flat.T @ flat + reg * jnp.eye(flat.shape[1])
+    weights = jnp.linalg.solve(gram, flat.T @ (returns * alive).reshape(-1))
+    return (features @ weights) * alive
+
+
+def advantages(rewards, baseline, alive, discount, gae_lambda):
+    """GAE over [T, N] trajectories that stop where `alive` turns 0 (no value after the last step),
+    normalised over the live steps."""
+    next_value = jnp.concatenate([baseline[1:], jnp.zeros_like(baseline[:1])]) * jnp.concatenate(
+        [alive[1:], jnp.zeros_like(alive[:1])]
+    )
+    deltas = (rewards + discount * next_value - baseline) * alive
+
+    def backwards(carry, delta):
+        carry = delta + discount * gae_lambda * carry
+        return carry, carry
+
+    _, adv = jax.lax.scan(backwards, jnp.zeros_like(rewards[0]), deltas, reverse=True)
+    count = jnp.maximum(alive.sum(), 1.0)
+    mean = (adv * alive).sum() / count
+    std = jnp.sqrt((((adv - mean) * alive) ** 2).sum() / count)
+    return (adv - mean) / (std + 1e-8) * alive
+
+
+# OBJECTIVES: the inner policy-gradient step and the outer clipped surrogate. `apply(params, obs)`
+# gives the policy's mean and log standard deviation; a path holds obs, action, log_prob (of the
+# policy that sampled it), advantage and alive, each [T, N, ...].
+
+
+def surrogate(apply, params, path):
+    """Likelihood-ratio surrogate: its gradient at the sampling policy is the policy gradient."""
+    mean, log_std = apply(params, path["obs"])
+    ratio = jnp.exp(gaussian_log_prob(mean, log_std, path["action"]) - path["log_prob"])
+    return (ratio * path["advantage"] * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+
+
+def adapt(apply, params, path, inner_lr):
+    """theta' = theta + alpha grad J(theta): one policy-gradient step on the task's own paths."""
+    grads = jax.grad(surrogate, argnums=1)(apply, params, path)
+    return jax.tree_util.tree_map(lambda p, g: p + inner_lr * g, params, grads)
+
+
+def clipped_surrogate(apply, params, path, clip_eps):
+    """PPO's objective: min(r A, clip(r, 1 - eps, 1 + eps) A) over the live steps."""
+    mean, log_std = apply(params, path["obs"])
+    ratio = jnp.exp(gaussian_log_prob(mean, log_std, path["action"]) - path["log_prob"])
+    gain = jnp.minimum(ratio * path["advantage"], jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * path["advantage"])
+    return (gain * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+
+
+def post_adaptation_objective(apply, theta, pre_paths, post_paths, inner_lr, clip_eps):
+    """The meta-objective: mean over tasks of the clipped surrogate of theta'_i(theta) on the task's
+    post-update paths, where theta'_i(theta) adapts theta on the task's pre-update paths. Its
+    gradient in theta goes through the inner step (second order)."""
+
+    def per_task(pre, post):
+        return clipped_surrogate(apply, adapt(apply, theta, pre, inner_lr), post, clip_eps)
+
+    return jax.vmap(per_task)(pre_paths, post_paths).mean()
+
+
+def discounted_returns(rewards, discount):
+    def backwards(carry, reward):
+        carry = reward + discount * carry
+        return carry, carry
+
+    _, returns = jax.lax.scan(backwards, jnp.zeros_like(rewards[0]), rewards, reverse=True)
+    return returns
+
+
+def make_env(config: Config, **kwargs):
+    options = {} if config.backend is None else {"backend": config.backend}
+    return envs.make(
+        config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs
+    )
+
+
+def make_train(config: Config) -> Trainer:
+    config.validate()
+    try:
+        env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
+        start_env, _ = make_env(config, num_envs=config.imagined_trajectories)
+        eval_env, _ = make_env(config, num_envs=config.eval_episodes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if spec.discrete:
+        raise ConfigError(
+            f"MB-MPO's Gaussian policy takes continuous actions; {config.env} has a discrete action space"
+        )
+    if spec.termination_fn is None:
+        raise ConfigError(
+            f"{config.env} can terminate but has no termination function, which imagined trajectories need"
+        )
+
+    obs_size, action_size = spec.observation_size, spec.action_size
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    M, N, num_envs = config.num_tasks, config.imagined_trajectories, config.num_envs
+    T = config.imagined_horizon or spec.episode_length
+    schedule = make_schedule(
+        config.total_steps, config.initial_steps, config.real_steps_per_iteration, config.eval_every
+    )
+    learn_reward = spec.reward_fn is None
+    model_config = ensemble.EnsembleConfig(
+        num_members=config.num_models,
+        num_elites=config.num_models,
+        hidden_sizes=config.model_hidden_sizes,
+        activation="relu",
+        probabilistic=False,
+        learn_reward=learn_reward,
+        batch_size=config.model_batch_size,
+        max_epochs=config.model_max_epochs,
+        holdout_ratio=0.2,
+    )
+    policy_net = GaussianPolicy(config.policy_hidden_sizes, action_size, config.init_log_std)
+    # Task i imagines with model i // tasks_per_model: each adapted policy sees its own model only.
+    task_model = jnp.arange(M) // config.tasks_per_model
+
+    def to_env_action(action):
+        """Gaussian samples are unbounded; the task gets them clipped to [-1, 1] and scaled."""
+        return scale_action(jnp.clip(action, -1.0, 1.0), low, high)
+
+    def adam(learning_rate):
+        # Built inside the traced program so that the learning rate can be a swept, traced value.
+        return optax.chain(optax.scale_by_adam(), optax.scale(-learning_rate))
+
+    # IMAGINE: trajectories under a policy through one deterministic model.
+
+    def imagine(policy, model, member, key):
+        """[T, N] trajectories from fresh initial states: obs, action, reward, alive, log_prob."""
+        reset_key, key = jax.random.split(key)
+        start = start_env.reset(reset_key).obs
+
+        def model_step(carry, step_key):
+            obs, alive = carry
+            mean, log_std = policy_net.apply(policy, obs)
+            action = mean + jnp.exp(log_std) * jax.random.normal(step_key, mean.shape)
+            next_obs, learned_reward = ensemble.member_mean(
+                model_config, model, member, obs, jnp.clip(action, -1.0, 1.0)
+            )
+            # The authors' code clips predicted observations to [-100, 100] against runaway models.
+            next_obs = jnp.clip(next_obs, -100.0, 100.0)
+            env_action = to_env_action(action)
+            reward = learned_reward if learn_reward else spec.reward_fn(obs, env_action, next_obs)
+            ended = spec.termination_fn(obs, env_action, next_obs).astype(jnp.float32)
+            step = {
+                "obs": obs,
+                "action": action,
+                "reward": reward * alive,
+                "alive": alive,
+                "log_prob": gaussian_log_prob(mean, log_std, action),
+            }
+            return (next_obs, alive * (1.0 - ended)), step
+
+        _, path = jax.lax.scan(model_step, (start, jnp.ones(N)), jax.random.split(key, T))
+        return jax.tree_util.tree_map(jax.lax.stop_gradient, path)
+
+    def with_advantages(path, hparams):
+        returns = discounted_returns(path["reward"], hparams["discount"])
+        baseline = linear_baseline(path["obs"], returns, path["alive"])
+        adv = advantages(path["reward"], baseline, path["alive"], hparams["discount"], hparams["gae_lambda"])
+        return dict(path, advantage=adv, path_return=path["reward"].sum(0).mean())
+
+    def adapt_all(policy, paths, inner_lr):
+        """ADAPT: every task's step from theta on its own paths -> parameters [M, ...]."""
+        return jax.vmap(adapt, in_axes=(None, None, 0, None))(policy_net.apply, policy, paths, inner_lr)
+
+    def imagine_and_adapt(policy, model, key, hparams):
+        """For every task: pre-update trajectories under theta and the adapted parameters [M, ...]."""
+        keys = jax.random.split(key, M)  # task i's paths come from keys[i]; `evaluate` relies on it
+        pre = jax.vmap(lambda member, k: with_advantages(imagine(policy, model, member, k), hparams))(task_model, keys)
+        return pre, adapt_all(policy, pre, hparams["inner_lr"])
+
+    # META-STEP: the post-adaptation objective, differentiated through the inner step.
+
+    def meta_step(carry, key, model, hparams):
+        policy, opt_state = carry
+        pre_key, post_key = jax.random.split(key)
+        pre, adapted = imagine_and_adapt(policy, model, pre_key, hparams)
+        post_keys = jax.random.split(post_key, M)
+        post = jax.vmap(lambda params, member, k: with_advantages(imagine(params, model, member, k), hparams))(
+            adapted, task_model, post_keys
+        )
+
+        def outer_step(carry, _):
+            theta, opt_state = carry
+            objective, grads = jax.value_and_grad(post_adaptation_objective, argnums=1)(
+                policy_net.apply, theta, pre, post, hparams["inner_lr"], hparams["clip_eps"]
+            )
+            # Ascent on the objective: Adam on its negative.
+            updates, opt_state = adam(hparams["outer_lr"]).update(
+                jax.tree_util.tree_map(jnp.negative, grads), opt_state
+            )
+            return (optax.apply_updates(theta, updates), opt_state), objective
+
+        (policy, opt_state), objectives = jax.lax.scan(outer_step, (policy, opt_state), None, config.outer_steps)
+
+        # How far the outer step moved the adapted policies from the ones that sampled `post`.
+        def kl_to_sampling(old, new, path):
+            old_mean, old_log_std = policy_net.apply(old, path["obs"])
+            new_mean, new_log_std = policy_net.apply(new, path["obs"])
+            kl = gaussian_kl(old_mean, old_log_std, new_mean, new_log_std)
+            return (kl * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+
+        new_adapted = adapt_all(policy, pre, hparams["inner_lr"])
+        metrics = {
+            "imagined_return_pre": pre["path_return"].mean(),
+            "imagined_return_post": post["path_return"].mean(),
+            "outer_objective": objectives[-1],
+            "outer_kl": jax.vmap(kl_to_sampling)(adapted, new_adapted, post).mean(),
+        }
+        return (policy, opt_state), metrics
+
+    # ACT in the real environment.
+
+    def env_step(state: MBMPOState, action):
+        next_env_state = env.step(state.env_state, to_env_action(action))
+        stored = jnp.clip(action, -1.0, 1.0)  # what the task received, in [-1, 1]: the model's input
+        buffer = replay.add(state.buffer, transition(state.env_state, stored, next_env_state))
+        episode_return, last_return = track_returns(
+            state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
+        )
+        return state._replace(
+            env_state=next_env_state, buffer=buffer, episode_return=episode_return, last_episode_return=last_return
+        )
+
+    def per_env(adapted, count):
+        """Adapted parameters for `count` environments: environment j runs task j mod M's policy."""
+        return jax.tree_util.tree_map(lambda p: p[jnp.arange(count) % M], adapted)
+
+    def init(key, hparams):
+        env_key, model_key, policy_key, explore_key, key = jax.random.split(key, 5)
+        env_state = env.reset(env_key)
+        example = {
+            "obs": env_state.obs[0],
+            "action": jnp.zeros(action_size),
+            "reward": jnp.float32(0.0),
+            "next_obs": env_state.obs[0],
+            "terminated": jnp.float32(0.0),
+        }
+        policy = policy_net.init(policy_key, jnp.zeros((1, obs_size)))
+        state = MBMPOState(
+            env_state=env_state,
+            buffer=replay.init(example, schedule.total_steps),
+            model=ensemble.init(model_key, model_config, obs_size, action_size),
+            policy=policy,
+            policy_opt=adam(0.0).init(policy),
+            key=key,
+            episode_return=jnp.zeros(num_envs),
+            last_episode_return=jnp.float32(0.0),
+        )
+
+        # EXPLORE with uniformly random actions.
+        def random_step(state, step_key):
+            return env_step(state, jax.random.uniform(step_key, (num_envs, action_size), minval=-1.0, maxval=1.0)), None
+
+        state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, config.initial_steps // num_envs))
+        return state
+
+    def update(state: MBMPOState, hparams, update_index):
+        """One iteration: refit the models, meta-learn in imagination, collect real data adapted."""
+        del update_index
+        key, train_key, meta_key, adapt_key, collect_key = jax.random.split(state.key, 5)
+
+        # TRAIN MODELS on all real data.
+        model, model_metrics = ensemble.train(
+            model_config,
+            state.model,
+            state.buffer.data,
+            state.buffer.count,
+            train_key,
+            hparams["model_lr"],
+            hparams["model_weight_decay"],
+        )
+
+        # META-LEARN in imagination.
+        (policy, policy_opt), meta_metrics = jax.lax.scan(
+            lambda carry, k: meta_step(carry, k, model, hparams),
+            (state.policy, state.policy_opt),
+            jax.random.split(meta_key, config.meta_steps),
+        )
+
+        # COLLECT real data with the policies adapted from the new theta.
+        _, adapted = imagine_and_adapt(policy, model, adapt_key, hparams)
+        env_params = per_env(adapted, num_envs)
+
+        def real_step(state, step_key):
+            mean, log_std = jax.vmap(policy_net.apply)(env_params, state.env_state.obs[:, None])
+            action = (mean + jnp.exp(log_std) * jax.random.normal(step_key, mean.shape))[:, 0]
+            return env_step(state, action), state.env_state.reward.mean()
+
+        state = state._replace(model=model, policy=policy, policy_opt=policy_opt, key=key)
+        state, _ = jax.lax.scan(
+            real_step, state, jax.random.split(collect_key, config.real_steps_per_iteration // num_envs)
+        )
+        metrics = dict(model_metrics, **jax.tree_util.tree_map(jnp.mean, meta_metrics))
+        _, log_std = policy_net.apply(policy, jnp.zeros((1, obs_size)))
+        metrics.update(policy_std=jnp.exp(log_std).mean(), train_episode_return=state.last_episode_return)
+        return state, metrics
+
+    def evaluate(state: MBMPOState, key, hparams):
+        """Deterministic returns of the adapted policies (each in turn over `eval_episodes`) and of
+        the pre-update policy theta, on the same initial states; and what the inner step gains in
+        imagination, each adapted policy run on its own model from the same start states with the
+        same noise as the pre-update paths it adapted on (common random numbers)."""
+        adapt_key, episodes_key = jax.random.split(key)
+        pre, adapted = imagine_and_adapt(state.policy, state.model, adapt_key, hparams)
+        same_keys = jax.random.split(adapt_key, M)
+        post = jax.vmap(lambda params, member, k: imagine(params, state.model, member, k))(
+            adapted, task_model, same_keys
+        )
+        gain = post["reward"].sum(1).mean() - pre["path_return"].mean()
+        eval_params = per_env(adapted, config.eval_episodes)
+
+        def adapted_mean(carry, obs, step_key):
+            mean, _ = jax.vmap(policy_net.apply)(eval_params, obs[:, None])
+            return to_env_action(mean[:, 0]), carry
+
+        def pre_update_mean(carry, obs, step_key):
+            mean, _ = policy_net.apply(state.policy, obs)
+            return to_env_action(mean), carry
+
+        length = spec.episode_length
+        adapted_returns = evaluate_episodes(eval_env, episodes_key, config.eval_episodes, length, adapted_mean)
+        pre_returns = evaluate_episodes(eval_env, episodes_key, config.eval_episodes, length, pre_update_mean)
+        return dict(adapted_returns, eval_return_pre_update=pre_returns["eval_return"], imagined_adaptation_gain=gain)
+
+    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+
+
+def main(argv=None) -> int:
+    return runner.main("mbmpo", Config, PRESETS, make_train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
