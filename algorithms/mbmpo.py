@@ -566,7 +566,9 @@ def make_train(config: Config) -> Trainer:
         length = spec.episode_length
         adapted_returns = evaluate_episodes(eval_env, episodes_key, config.eval_episodes, length, adapted_mean)
         pre_returns = evaluate_episodes(eval_env, episodes_key, config.eval_episodes, length, pre_update_mean)
-        return dict(adapted_returns, eval_return_pre_update=pre_returns["eval_return"], imagined_adaptation_gain=gain)
+        return dict(
+            adapted_returns, eval_return_pre_update=pre_returns["eval_return"], eval_imagined_adaptation_gain=gain
+        )
 
     return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
 

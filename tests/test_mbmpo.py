@@ -193,8 +193,8 @@ def test_vmap_equals_single_runs_and_no_adaptation_at_zero_inner_lr():
     evals = runs["eval"]
     # inner_lr = 0: theta' = theta, up to the rounding of evaluating it as a batch of task policies.
     np.testing.assert_allclose(evals["eval_return"][0], evals["eval_return_pre_update"][0], atol=1e-2)
-    assert np.abs(evals["imagined_adaptation_gain"][0]).max() < 1e-3
-    assert np.abs(evals["imagined_adaptation_gain"][1]).min() > 2e-2
+    assert np.abs(evals["eval_imagined_adaptation_gain"][0]).max() < 1e-3
+    assert np.abs(evals["eval_imagined_adaptation_gain"][1]).min() > 2e-2
     for name, value in {**runs["train"], **evals}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     assert runs["train"]["outer_kl"].shape == (2, 2) and evals["eval_return"].shape == (2, 2)
@@ -219,7 +219,7 @@ def test_cli_run_folder(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] == 600 and np.isfinite(summary["final_eval_return"])
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    for column in ("eval_return_pre_update", "imagined_adaptation_gain", "outer_kl", "model_holdout_mse"):
+    for column in ("eval_return_pre_update", "eval_imagined_adaptation_gain", "outer_kl", "model_holdout_mse"):
         assert column in header, column
 
 
@@ -254,4 +254,4 @@ def test_mbmpo_learns_pendulum_and_adaptation_helps_in_imagination():
     evals = jax.tree_util.tree_map(np.asarray, metrics["eval"])
     print({k: v.round(1) for k, v in evals.items()})
     assert evals["eval_return"][-1] >= -400.0, evals["eval_return"]
-    assert evals["imagined_adaptation_gain"].mean() > 0.0, evals["imagined_adaptation_gain"]
+    assert evals["eval_imagined_adaptation_gain"].mean() > 0.0, evals["eval_imagined_adaptation_gain"]
