@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 from brax import envs as brax_envs
 
-from . import brax_tasks, classic
+from . import brax_tasks, classic, goals
 from .wrappers import ActionRepeat, AutoReset, Batch, TimeLimit
 
 
@@ -32,6 +32,12 @@ class EnvSpec:
     termination_fn: Callable | None
     discrete: bool = False
     notes: str = ""
+    goal_slice: tuple[int, int] | None = None
+    """Goal tasks: obs[start:stop] is the commanded goal (None: not a goal task)."""
+    achieved_slice: tuple[int, int] | None = None
+    """Goal tasks: obs[start:stop] is what the goal is compared with (the achieved goal)."""
+    success_radius: float | None = None
+    """Goal tasks: success is an achieved goal within this distance of the commanded one."""
 
     @property
     def reward_learned(self) -> bool:
@@ -92,6 +98,50 @@ def _brax(task):
     return build
 
 
+def _goal_spec(name, env, episode_length, termination_fn, notes, backend=None):
+    act = env.action_size
+    low, high = (-1.0,) * act, (1.0,) * act
+    return EnvSpec(
+        name,
+        env.observation_size,
+        act,
+        low,
+        high,
+        episode_length,
+        goals.goal_reward(env.achieved_slice, env.goal_slice, env.success_radius),
+        termination_fn,
+        notes=(f"backend={backend}. " if backend else "") + notes,
+        goal_slice=env.goal_slice,
+        achieved_slice=env.achieved_slice,
+        success_radius=env.success_radius,
+    )
+
+
+def _point_maze(name, layout, episode_length):
+    def build(**options):
+        _reject(name, options, ())
+        env = goals.PointMaze(layout)
+        notes = "Goal task (goals.py); reward 1 within the success radius; never terminates."
+        return env, _goal_spec(name, env, episode_length, classic.never_terminates, notes)
+
+    return build
+
+
+def _brax_goal(task, wrapper, episode_length, termination_fn):
+    name = f"brax/{task}_goal"
+
+    def build(**options):
+        _reject(name, options, ("backend", "goal_radius") if task == "ant" else ("backend",))
+        backend = options.pop("backend", "generalized")
+        if backend not in brax_tasks.BACKENDS:
+            raise ValueError(f"Option backend={backend!r} for {name} is not one of {', '.join(brax_tasks.BACKENDS)}.")
+        env = wrapper(brax_envs.get_environment(task, backend=backend), **options)
+        notes = "Goal task (goals.py); reward 1 within the success radius."
+        return env, _goal_spec(name, env, episode_length, termination_fn, notes, backend)
+
+    return build
+
+
 _REGISTRY = {
     "pendulum": _classic(
         "pendulum",
@@ -108,6 +158,10 @@ _REGISTRY = {
         "Reward exact from (action, next_obs). Never terminates; the cart is unbounded.",
     ),
     **{f"brax/{task}": _brax(task) for task in brax_tasks.TASKS},
+    "point_maze_open": _point_maze("point_maze_open", goals.OPEN, 50),
+    "point_maze_u": _point_maze("point_maze_u", goals.U_MAZE, 75),
+    "brax/reacher_goal": _brax_goal("reacher", goals.ReacherGoal, 50, classic.never_terminates),
+    "brax/ant_goal": _brax_goal("ant", goals.AntGoal, 1000, brax_tasks.TASKS["ant"][1]),
 }
 
 

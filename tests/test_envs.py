@@ -19,7 +19,12 @@ BRAX_STEPS = 200
 # Spring compiles fastest on CPU (about 25% below generalized, Brax's default); ant and walker2d
 # rarely fall under spring with random actions, and the inverted double pendulum's functions need
 # exact joint kinematics, so those three keep the default.
-BACKEND = {"brax/ant": "generalized", "brax/walker2d": "generalized", "brax/inverted_double_pendulum": "generalized"}
+BACKEND = {
+    "brax/ant": "generalized",
+    "brax/ant_goal": "generalized",
+    "brax/walker2d": "generalized",
+    "brax/inverted_double_pendulum": "generalized",
+}
 
 
 def random_rollout(env, spec, key, steps):

@@ -84,3 +84,66 @@ def newest(buffer: ReplayBuffer, num: int) -> Any:
     """The `num` most recently added entries, oldest first (static size; garbage if fewer stored)."""
     indices = (buffer.position - num + jnp.arange(num)) % buffer.capacity
     return jax.tree_util.tree_map(lambda store: store[indices], buffer.data)
+
+
+# TRAJECTORIES: the same fixed-capacity store, time-major per environment, for learners that draw
+# goals from the future of a transition inside its own episode (goal relabelling).
+
+
+@struct.dataclass
+class TrajectoryBuffer:
+    data: Any
+    """Pytree of arrays, each [capacity, num_envs, ...]: row t holds every environment's step t."""
+    episode: jax.Array
+    """[capacity, num_envs] int32: which episode of its environment each stored step belongs to."""
+    position: jax.Array
+    count: jax.Array
+
+
+def init_trajectories(example: Any, capacity: int, num_envs: int) -> TrajectoryBuffer:
+    """An empty store of `capacity` steps of `num_envs` environments; `example` is one step of one env."""
+    if capacity <= 0:
+        raise ValueError(f"buffer capacity must be positive, got {capacity}")
+    data = jax.tree_util.tree_map(
+        lambda x: jnp.zeros((capacity, num_envs) + jnp.shape(x), jnp.asarray(x).dtype), example
+    )
+    episode = jnp.full((capacity, num_envs), -1, jnp.int32)
+    return TrajectoryBuffer(data=data, episode=episode, position=jnp.int32(0), count=jnp.int32(0))
+
+
+def add_step(buffer: TrajectoryBuffer, step: Any, episode: jax.Array) -> TrajectoryBuffer:
+    """Write one step of every environment ([num_envs, ...] leaves) and their episode numbers."""
+    capacity = buffer.episode.shape[0]
+    data = jax.tree_util.tree_map(lambda store, x: store.at[buffer.position].set(x), buffer.data, step)
+    return buffer.replace(
+        data=data,
+        episode=buffer.episode.at[buffer.position].set(episode),
+        position=(buffer.position + 1) % capacity,
+        count=jnp.minimum(buffer.count + 1, capacity),
+    )
+
+
+def sample_with_future(buffer: TrajectoryBuffer, key: jax.Array, batch_size: int, discount, max_offset: int):
+    """Uniform steps, each with a step of its own future: offset k >= 1 drawn from the geometric
+    distribution P(k) = (1 - discount) discount^(k - 1), cut at the episode's last stored step.
+    Returns (steps, future_steps); a future step's `next_obs` is the state k steps after the step's
+    `obs`, so the last step of an episode still has one (its own next observation). `max_offset`
+    (static) bounds the search for the episode's end: the longest episode."""
+    capacity = buffer.episode.shape[0]
+    num_envs = buffer.episode.shape[1]
+    time_key, env_key, offset_key = jax.random.split(key, 3)
+    # Once full, the oldest row is the one about to be overwritten; before that, row 0.
+    oldest = jnp.where(buffer.count < capacity, 0, buffer.position)
+    t = (oldest + jax.random.randint(time_key, (batch_size,), 0, jnp.maximum(buffer.count, 1))) % capacity
+    e = jax.random.randint(env_key, (batch_size,), 0, num_envs)
+    # Steps after t in the same episode and already written: the leading run of matches.
+    later = (t[:, None] + 1 + jnp.arange(max_offset)[None, :]) % capacity
+    stored_after = jnp.arange(max_offset)[None, :] < ((buffer.position - 1 - t) % capacity)[:, None]
+    same = (buffer.episode[later, e[:, None]] == buffer.episode[t, e][:, None]) & stored_after
+    remaining = jnp.cumprod(same, axis=1).sum(axis=1)
+    uniform = jax.random.uniform(offset_key, (batch_size,), minval=1e-6, maxval=1.0)
+    offset = 1 + jnp.floor(jnp.log(uniform) / jnp.log(jnp.maximum(discount, 1e-6))).astype(jnp.int32)
+    offset = jnp.minimum(offset, remaining + 1)
+    future_t = (t + offset - 1) % capacity
+    take = lambda rows: jax.tree_util.tree_map(lambda store: store[rows, e], buffer.data)  # noqa: E731
+    return take(t), take(future_t)

@@ -133,17 +133,27 @@ def track_returns(episode_return, last_episode_return, reward, done):
 def evaluate_episodes(env, key, num_episodes: int, episode_length: int, act, carry=None) -> dict:
     """Run `num_episodes` fresh episodes of a batched `env` in parallel, each until it ends or for
     `episode_length` steps. `act(carry, obs [n, ...], key) -> (action [n, ...], carry)` chooses the
-    actions; a policy without memory ignores the carry. Returns the mean and spread of the returns."""
+    actions; a policy without memory ignores the carry. Returns the mean and spread of the returns,
+    and for goal tasks (which report `metrics["success"]` and `metrics["distance"]`) the share of
+    episodes that reached the goal at some step and the mean distance at the episode's last step."""
     reset_key, key = jax.random.split(key)
     env_state = env.reset(reset_key)
+    goal_task = "success" in env_state.metrics
 
     def step(loop, step_key):
-        env_state, carry, total, alive = loop
+        env_state, carry, total, alive, reached, distance = loop
         action, carry = act(carry, env_state.obs, step_key)
         env_state = env.step(env_state, action)
         total = total + alive * env_state.reward
-        return (env_state, carry, total, alive * (1.0 - env_state.done)), None
+        if goal_task:
+            reached = jnp.maximum(reached, alive * env_state.metrics["success"])
+            distance = jnp.where(alive > 0, env_state.metrics["distance"], distance)
+        return (env_state, carry, total, alive * (1.0 - env_state.done), reached, distance), None
 
-    loop = (env_state, carry, jnp.zeros(num_episodes), jnp.ones(num_episodes))
-    (_, _, total, _), _ = jax.lax.scan(step, loop, jax.random.split(key, episode_length))
-    return {"eval_return": total.mean(), "eval_return_std": total.std()}
+    zeros = jnp.zeros(num_episodes)
+    loop = (env_state, carry, zeros, jnp.ones(num_episodes), zeros, zeros)
+    (_, _, total, _, reached, distance), _ = jax.lax.scan(step, loop, jax.random.split(key, episode_length))
+    metrics = {"eval_return": total.mean(), "eval_return_std": total.std()}
+    if goal_task:
+        metrics.update(eval_success=reached.mean(), eval_final_distance=distance.mean())
+    return metrics
