@@ -26,6 +26,11 @@ refits the models on the 5,000 random steps and collects 4,000 real steps with t
 `--meta-steps` shortens the iteration for a CPU; the refit and the real steps then weigh more, so
 the imagined rate is a lower bound.
 
+C-learning: environment steps per second including learning (each vector step of all environments
+followed by its gradient steps) on the open point maze (its defaults: 32 environments, 4 steps of
+batch 256 per vector step) and on brax/ant_goal (its preset: 256 environments, 8 steps per vector
+step, 256 x 256 networks). The goal on one H100 is 1 M environment steps a minute on ant.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -293,11 +298,63 @@ def mbmpo_markdown(r: dict, meta: dict) -> str:
     )
 
 
+# C-LEARNING: environment steps per second including learning, on the goal tasks
+
+
+def bench_clearning(args) -> list[dict]:
+    from mbrlax.algorithms import clearning
+
+    rows = []
+    for task in args.goal_tasks:
+        preset = dict(clearning.PRESETS[task], backend=args.backend)
+        num_envs = preset.get("num_envs", clearning.Config.num_envs)
+        chunk = num_envs * args.vector_steps
+        preset.update(steps_per_update=chunk, initial_steps=chunk, total_steps=2 * chunk, eval_every=chunk)
+        config = clearning.Config(**preset)
+        trainer = clearning.make_train(config)
+        for num_seeds in args.num_seeds:
+            keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+            hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in clearning.Config.SWEEPABLE}
+            start = time.perf_counter()
+            init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
+            state = init(keys, hparams)
+            update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None)))
+            update = update.lower(state, hparams, jnp.int32(0)).compile()
+            compile_s = time.perf_counter() - start
+            seconds = timed(update, state, hparams, jnp.int32(0), repeats=args.repeats)
+            rows.append(
+                {
+                    "algorithm": "clearning",
+                    "setting": (
+                        f"{task}: {num_envs} envs, {config.updates_per_step} gradient steps of batch "
+                        f"{config.batch_size} per vector step, networks {config.hidden_sizes}"
+                    ),
+                    "num_seeds": num_seeds,
+                    "env_steps_per_s": num_seeds * chunk / seconds,
+                    "env_steps_per_minute": 60 * num_seeds * chunk / seconds,
+                    "gradient_steps_per_s": num_seeds * args.vector_steps * config.updates_per_step / seconds,
+                    "backend": args.backend or "task default",
+                    "compile_s": compile_s,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def clearning_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.0f} env steps/s "
+        f"({r['env_steps_per_minute']:.3g} a minute) | {r['gradient_steps_per_s']:.0f} gradient steps/s "
+        f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 BENCHMARKS = {
     "pets": (bench_pets, pets_markdown),
     "mbpo": (bench_mbpo, model_period_markdown),
     "maac": (bench_maac, model_period_markdown),
     "mbmpo": (bench_mbmpo, mbmpo_markdown),
+    "clearning": (bench_clearning, clearning_markdown),
 }
 
 
@@ -310,7 +367,14 @@ def main() -> int:
     parser.add_argument("--num-seeds", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--period", type=int, default=250, help="MBPO, MAAC: environment steps per model period")
     parser.add_argument("--meta-steps", type=int, default=30, help="MB-MPO: meta-steps per iteration (the paper: 30)")
-    parser.add_argument("--backend", default=None, help="Brax backend for MBPO and MAAC (default: the task's own)")
+    parser.add_argument(
+        "--goal-tasks",
+        default="point_maze_open,brax/ant_goal",
+        type=lambda s: s.split(","),
+        help="C-learning: goal tasks to time",
+    )
+    parser.add_argument("--vector-steps", type=int, default=20, help="C-learning: vector steps timed per call")
+    parser.add_argument("--backend", default=None, help="Brax backend for the Brax tasks (default: the task's own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     unknown = [a for a in args.algorithms if a not in BENCHMARKS]

@@ -585,8 +585,9 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     per_run = summary["final_eval_return_per_run"]
     spread = f" (runs: {', '.join(f'{r:.1f}' for r in per_run)})" if len(per_run) > 1 else ""
+    success = f", success {summary['final_eval_success']:.2f}" if "final_eval_success" in summary else ""
     print(
-        f"final evaluation return {summary['final_eval_return']:.1f}{spread} after "
+        f"final evaluation return {summary['final_eval_return']:.1f}{spread}{success} after "
         f"{summary['env_steps']} environment steps; {summary['wall_time_s']:.0f} s "
         f"({summary['compile_time_s']:.0f} s compiling). Run folder: {run_dir}"
     )
