@@ -50,7 +50,18 @@ from mbrlax import buffer as replay
 from mbrlax import envs, runner
 from mbrlax.networks import MLP, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
 from mbrlax.sac import scale_action
-from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
+from mbrlax.training import (
+    ConfigError,
+    Trainer,
+    evaluate_episodes,
+    explore_uniformly,
+    make_env,
+    make_schedule,
+    require_positive,
+    track_returns,
+    transition,
+    transition_example,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,20 +114,20 @@ class Config:
     """Steps of each environment kept (default: all of the run's)."""
 
     def validate(self) -> None:
-        positive = (
-            "total_steps",
-            "num_envs",
-            "initial_steps",
-            "steps_per_update",
-            "eval_every",
-            "eval_episodes",
-            "updates_per_step",
-            "batch_size",
-            "repr_size",
+        require_positive(
+            self,
+            (
+                "total_steps",
+                "num_envs",
+                "initial_steps",
+                "steps_per_update",
+                "eval_every",
+                "eval_episodes",
+                "updates_per_step",
+                "batch_size",
+                "repr_size",
+            ),
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("initial_steps", "steps_per_update"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
@@ -183,11 +194,6 @@ class ContrastiveCritic(nn.Module):
         phi = MLP(self.hidden_sizes, self.repr_size, "relu")(jnp.concatenate([state, action], -1))
         psi = MLP(self.hidden_sizes, self.repr_size, "relu")(goal)
         return phi @ psi.T
-
-
-def make_env(config: Config, **kwargs):
-    options = {} if config.backend is None else {"backend": config.backend}
-    return envs.make(config.env, episode_length=config.episode_length, **options, **kwargs)
 
 
 def make_train(config: Config) -> Trainer:
@@ -332,13 +338,7 @@ def make_train(config: Config) -> Trainer:
     def init(key, hparams):
         env_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 5)
         env_state = env.reset(env_key)
-        example = {
-            "obs": env_state.obs[0],
-            "action": jnp.zeros(action_size),
-            "reward": jnp.float32(0.0),
-            "next_obs": env_state.obs[0],
-            "terminated": jnp.float32(0.0),
-        }
+        example = transition_example(env_state.obs[0], action_size)
         obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, action_size))
         actor = actor_net.init(actor_key, obs)
         if contrastive:
@@ -360,11 +360,9 @@ def make_train(config: Config) -> Trainer:
         )
 
         # EXPLORE with uniformly random actions.
-        def random_step(state, step_key):
-            return env_step(state, jax.random.uniform(step_key, (num_envs, action_size), minval=-1.0, maxval=1.0)), None
-
-        state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, config.initial_steps // num_envs))
-        return state
+        return explore_uniformly(
+            env_step, state, explore_key, config.initial_steps // num_envs, (num_envs, action_size)
+        )
 
     def update(state: CState, hparams, update_index):
         """steps_per_update environment steps, each vector step followed by updates_per_step gradient steps."""

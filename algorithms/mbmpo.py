@@ -49,10 +49,21 @@ import jax.numpy as jnp
 import optax
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, envs, runner
+from mbrlax import ensemble, runner
 from mbrlax.networks import MLP
 from mbrlax.sac import scale_action
-from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
+from mbrlax.training import (
+    ConfigError,
+    Trainer,
+    evaluate_episodes,
+    explore_uniformly,
+    make_env,
+    make_schedule,
+    require_positive,
+    track_returns,
+    transition,
+    transition_example,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,25 +146,25 @@ class Config:
         return self.num_models * self.tasks_per_model
 
     def validate(self) -> None:
-        positive = (
-            "total_steps",
-            "num_envs",
-            "action_repeat",
-            "initial_steps",
-            "real_steps_per_iteration",
-            "eval_every",
-            "eval_episodes",
-            "num_models",
-            "tasks_per_model",
-            "imagined_trajectories",
-            "meta_steps",
-            "outer_steps",
-            "model_batch_size",
-            "model_max_epochs",
+        require_positive(
+            self,
+            (
+                "total_steps",
+                "num_envs",
+                "action_repeat",
+                "initial_steps",
+                "real_steps_per_iteration",
+                "eval_every",
+                "eval_episodes",
+                "num_models",
+                "tasks_per_model",
+                "imagined_trajectories",
+                "meta_steps",
+                "outer_steps",
+                "model_batch_size",
+                "model_max_epochs",
+            ),
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.imagined_horizon is not None and self.imagined_horizon <= 0:
             raise ConfigError(f"imagined_horizon must be positive, got {self.imagined_horizon}")
         for name in ("real_steps_per_iteration", "initial_steps"):
@@ -312,13 +323,6 @@ def discounted_returns(rewards, discount):
     return returns
 
 
-def make_env(config: Config, **kwargs):
-    options = {} if config.backend is None else {"backend": config.backend}
-    return envs.make(
-        config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs
-    )
-
-
 def make_train(config: Config) -> Trainer:
     config.validate()
     try:
@@ -474,13 +478,7 @@ def make_train(config: Config) -> Trainer:
     def init(key, hparams):
         env_key, model_key, policy_key, explore_key, key = jax.random.split(key, 5)
         env_state = env.reset(env_key)
-        example = {
-            "obs": env_state.obs[0],
-            "action": jnp.zeros(action_size),
-            "reward": jnp.float32(0.0),
-            "next_obs": env_state.obs[0],
-            "terminated": jnp.float32(0.0),
-        }
+        example = transition_example(env_state.obs[0], action_size)
         policy = policy_net.init(policy_key, jnp.zeros((1, obs_size)))
         state = MBMPOState(
             env_state=env_state,
@@ -494,11 +492,9 @@ def make_train(config: Config) -> Trainer:
         )
 
         # EXPLORE with uniformly random actions.
-        def random_step(state, step_key):
-            return env_step(state, jax.random.uniform(step_key, (num_envs, action_size), minval=-1.0, maxval=1.0)), None
-
-        state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, config.initial_steps // num_envs))
-        return state
+        return explore_uniformly(
+            env_step, state, explore_key, config.initial_steps // num_envs, (num_envs, action_size)
+        )
 
     def update(state: MBMPOState, hparams, update_index):
         """One iteration: refit the models, meta-learn in imagination, collect real data adapted."""

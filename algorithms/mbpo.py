@@ -43,8 +43,19 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, envs, runner, sac
-from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
+from mbrlax import ensemble, runner, sac
+from mbrlax.training import (
+    ConfigError,
+    Trainer,
+    evaluate_episodes,
+    explore_uniformly,
+    make_env,
+    make_schedule,
+    require_positive,
+    track_returns,
+    transition,
+    transition_example,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,26 +135,26 @@ class Config:
     """Real replay capacity (default: total_steps, so nothing is forgotten)."""
 
     def validate(self) -> None:
-        positive = (
-            "total_steps",
-            "num_envs",
-            "action_repeat",
-            "initial_steps",
-            "eval_every",
-            "eval_episodes",
-            "epoch_length",
-            "model_train_freq",
-            "model_retain_epochs",
-            "updates_per_step",
-            "ensemble_size",
-            "num_elites",
-            "model_batch_size",
-            "model_max_epochs",
-            "sac_batch_size",
+        require_positive(
+            self,
+            (
+                "total_steps",
+                "num_envs",
+                "action_repeat",
+                "initial_steps",
+                "eval_every",
+                "eval_episodes",
+                "epoch_length",
+                "model_train_freq",
+                "model_retain_epochs",
+                "updates_per_step",
+                "ensemble_size",
+                "num_elites",
+                "model_batch_size",
+                "model_max_epochs",
+                "sac_batch_size",
+            ),
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.rollout_batch_size < 0:
             raise ConfigError(
                 f"rollout_batch_size must be 0 (no model data) or positive, got {self.rollout_batch_size}"
@@ -279,13 +290,6 @@ class MBPOState(NamedTuple):
     """[num_envs] return of each environment's current episode so far."""
     last_episode_return: jax.Array
     """Mean return of the episodes that ended most recently."""
-
-
-def make_env(config: Config, **kwargs):
-    options = {} if config.backend is None else {"backend": config.backend}
-    return envs.make(
-        config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs
-    )
 
 
 def rollout_length(config: Config, update_index: jax.Array) -> jax.Array:
@@ -426,13 +430,7 @@ def make_train(config: Config, make_actor_objective: Callable | None = None) -> 
     def init(key, hparams):
         env_key, model_key, agent_key, explore_key, key = jax.random.split(key, 5)
         env_state = env.reset(env_key)
-        example = {
-            "obs": env_state.obs[0],
-            "action": jnp.zeros(action_size),
-            "reward": jnp.float32(0.0),
-            "next_obs": env_state.obs[0],
-            "terminated": jnp.float32(0.0),
-        }
+        example = transition_example(env_state.obs[0], action_size)
         state = MBPOState(
             env_state=env_state,
             buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
@@ -445,11 +443,9 @@ def make_train(config: Config, make_actor_objective: Callable | None = None) -> 
         )
 
         # EXPLORE with uniformly random actions.
-        def random_step(state, step_key):
-            return env_step(state, jax.random.uniform(step_key, (num_envs, action_size), minval=-1.0, maxval=1.0)), None
-
-        state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, config.initial_steps // num_envs))
-        return state
+        return explore_uniformly(
+            env_step, state, explore_key, config.initial_steps // num_envs, (num_envs, action_size)
+        )
 
     def update(state: MBPOState, hparams, update_index):
         """One model period: refit, roll out, then model_train_freq real steps of G updates each."""

@@ -33,8 +33,19 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, envs, runner
-from mbrlax.training import ConfigError, Trainer, evaluate_episodes, make_schedule, track_returns, transition
+from mbrlax import ensemble, runner
+from mbrlax.training import (
+    ConfigError,
+    Trainer,
+    evaluate_episodes,
+    explore_uniformly,
+    make_env,
+    make_schedule,
+    require_positive,
+    track_returns,
+    transition,
+    transition_example,
+)
 
 PLANNERS = ("cem", "icem", "random")
 
@@ -110,25 +121,25 @@ class Config:
     """iCEM: share of the elites carried into the next iteration's population."""
 
     def validate(self) -> None:
-        positive = (
-            "total_steps",
-            "num_envs",
-            "action_repeat",
-            "eval_every",
-            "eval_episodes",
-            "ensemble_size",
-            "retrain_every",
-            "model_batch_size",
-            "model_max_epochs",
-            "horizon",
-            "population",
-            "num_elites",
-            "cem_iterations",
-            "particles",
+        require_positive(
+            self,
+            (
+                "total_steps",
+                "num_envs",
+                "action_repeat",
+                "eval_every",
+                "eval_episodes",
+                "ensemble_size",
+                "retrain_every",
+                "model_batch_size",
+                "model_max_epochs",
+                "horizon",
+                "population",
+                "num_elites",
+                "cem_iterations",
+                "particles",
+            ),
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_elites > self.population:
             raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
         if self.planner not in PLANNERS:
@@ -215,13 +226,6 @@ class PETSState(NamedTuple):
     """[num_envs] return of each environment's current episode so far."""
     last_episode_return: jax.Array
     """Mean return of the episodes that ended most recently."""
-
-
-def make_env(config: Config, **kwargs):
-    options = {} if config.backend is None else {"backend": config.backend}
-    return envs.make(
-        config.env, episode_length=config.episode_length, action_repeat=config.action_repeat, **options, **kwargs
-    )
 
 
 def make_train(config: Config) -> Trainer:
@@ -381,13 +385,7 @@ def make_train(config: Config) -> Trainer:
     def init(key, hparams):
         env_key, model_key, explore_key, key = jax.random.split(key, 4)
         env_state = env.reset(env_key)
-        example = {
-            "obs": env_state.obs[0],
-            "action": jnp.zeros(action_size),
-            "reward": jnp.float32(0.0),
-            "next_obs": env_state.obs[0],
-            "terminated": jnp.float32(0.0),
-        }
+        example = transition_example(env_state.obs[0], action_size)
         state = PETSState(
             env_state=env_state,
             buffer=replay.init(example, capacity),
@@ -399,12 +397,9 @@ def make_train(config: Config) -> Trainer:
         )
 
         # EXPLORE with uniformly random actions.
-        def random_step(state, step_key):
-            action = jax.random.uniform(step_key, (num_envs, action_size), minval=low, maxval=high)
-            return env_step(state, action), None
-
-        state, _ = jax.lax.scan(random_step, state, jax.random.split(explore_key, initial_steps // num_envs))
-        return state
+        return explore_uniformly(
+            env_step, state, explore_key, initial_steps // num_envs, (num_envs, action_size), low, high
+        )
 
     def update(state: PETSState, hparams, update_index):
         key, train_key, act_key = jax.random.split(state.key, 3)

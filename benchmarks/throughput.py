@@ -171,6 +171,19 @@ def pets_markdown(r: dict, meta: dict) -> str:
     )
 
 
+def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[float, float]:
+    """Seconds of one `update` of `num_seeds` vmapped runs of a training program (after its `init`),
+    and the seconds spent compiling both."""
+    keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+    hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
+    start = time.perf_counter()
+    init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
+    state = init(keys, hparams)
+    update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None))).lower(state, hparams, jnp.int32(0)).compile()
+    compile_s = time.perf_counter() - start
+    return timed(update, state, hparams, jnp.int32(0), repeats=repeats), compile_s
+
+
 # MBPO AND MAAC: one model period (refit, branched rollouts, real steps with G updates each)
 
 
@@ -197,14 +210,7 @@ def _time_model_periods(name: str, module, config, setting: str, args) -> list[d
     period = config.model_train_freq
     rows = []
     for num_seeds in args.num_seeds:
-        keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-        hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
-        start = time.perf_counter()
-        init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
-        state = init(keys, hparams)
-        update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None))).lower(state, hparams, jnp.int32(0)).compile()
-        compile_s = time.perf_counter() - start
-        seconds = timed(update, state, hparams, jnp.int32(0), repeats=args.repeats)
+        seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
         steps = num_seeds * period
         rows.append(
             {
@@ -262,14 +268,7 @@ def bench_mbmpo(args) -> list[dict]:
     imagined = config.meta_steps * 2 * config.num_tasks * config.imagined_trajectories * config.imagined_horizon
     rows = []
     for num_seeds in args.num_seeds:
-        keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-        hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in mbmpo.Config.SWEEPABLE}
-        start = time.perf_counter()
-        init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
-        state = init(keys, hparams)
-        update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None))).lower(state, hparams, jnp.int32(0)).compile()
-        compile_s = time.perf_counter() - start
-        seconds = timed(update, state, hparams, jnp.int32(0), repeats=args.repeats)
+        seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
         rows.append(
             {
                 "algorithm": "mbmpo",
@@ -313,15 +312,7 @@ def bench_clearning(args) -> list[dict]:
         config = clearning.Config(**preset)
         trainer = clearning.make_train(config)
         for num_seeds in args.num_seeds:
-            keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-            hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in clearning.Config.SWEEPABLE}
-            start = time.perf_counter()
-            init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
-            state = init(keys, hparams)
-            update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None)))
-            update = update.lower(state, hparams, jnp.int32(0)).compile()
-            compile_s = time.perf_counter() - start
-            seconds = timed(update, state, hparams, jnp.int32(0), repeats=args.repeats)
+            seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
             rows.append(
                 {
                     "algorithm": "clearning",

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mbrlax.algorithms import clearning
 
 from mbrlax import buffer as replay
 from mbrlax import envs, runner
-from mbrlax.algorithms import clearning
 from mbrlax.training import evaluate_episodes
 
 

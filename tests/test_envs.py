@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from brax.envs.base import Env, State
-
 from mbrlax.envs import list_envs, make, wrappers
 
 NUM_ENVS = 4

@@ -10,12 +10,13 @@ import json
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
+from helpers import cli_args
+from jax.flatten_util import ravel_pytree
+from mbrlax.algorithms import maac, svg
 
 from mbrlax import runner, sac
-from mbrlax.algorithms import maac, svg
 from mbrlax.networks import tanh_gaussian_sample
 from mbrlax.training import ConfigError
 
@@ -179,16 +180,6 @@ TINY = maac.Config(
     eval_episodes=2,
     episode_length=50,
 )
-
-
-def cli_args(config) -> list[str]:
-    args = []
-    for field in dataclasses.fields(config):
-        value, default = getattr(config, field.name), getattr(maac.Config(), field.name)
-        if value != default:
-            values = value if isinstance(value, tuple) else (value,)
-            args += [f"--{field.name.replace('_', '-')}", *map(str, values)]
-    return args
 
 
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]

@@ -4,7 +4,6 @@ bad input, and the pendulum learning bar."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 
@@ -12,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import cli_args
 from jax.flatten_util import ravel_pytree
+from mbrlax.algorithms import mbmpo
 
 from mbrlax import runner
-from mbrlax.algorithms import mbmpo
 
 
 def linear_gaussian(params, obs):
@@ -198,16 +198,6 @@ def test_vmap_equals_single_runs_and_no_adaptation_at_zero_inner_lr():
     for name, value in {**runs["train"], **evals}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     assert runs["train"]["outer_kl"].shape == (2, 2) and evals["eval_return"].shape == (2, 2)
-
-
-def cli_args(config) -> list[str]:
-    args = []
-    for field in dataclasses.fields(config):
-        value, default = getattr(config, field.name), getattr(mbmpo.Config(), field.name)
-        if value != default:
-            values = value if isinstance(value, tuple) else (value,)
-            args += [f"--{field.name.replace('_', '-')}", *map(str, values)]
-    return args
 
 
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]

@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
+from helpers import cli_args
 from mbrlax.algorithms import mbpo
+
 from mbrlax.training import ConfigError
 
 # A tiny configuration: 4 updates of 100 steps after 200 random ones, 2 evaluations. Compiles in ~20 s.
@@ -37,17 +38,6 @@ TINY = mbpo.Config(
     eval_episodes=2,
     episode_length=50,
 )
-
-
-def cli_args(config) -> list[str]:
-    """The command-line flags that give `config` (the fields that differ from the defaults)."""
-    args = []
-    for field in dataclasses.fields(config):
-        value, default = getattr(config, field.name), getattr(mbpo.Config(), field.name)
-        if value != default:
-            values = value if isinstance(value, tuple) else (value,)
-            args += [f"--{field.name.replace('_', '-')}", *map(str, values)]
-    return args
 
 
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]

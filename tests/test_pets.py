@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
+from helpers import cli_args
 from mbrlax.algorithms import pets
 
 # A tiny configuration: short episodes, a small planner and model. Compiles in tens of seconds.
@@ -30,17 +30,6 @@ TINY = pets.Config(
     hidden_sizes=(16, 16),
     model_max_epochs=3,
 )
-
-
-def cli_args(config) -> list[str]:
-    """The command-line flags that give `config` (the fields that differ from the defaults)."""
-    args = []
-    for field in dataclasses.fields(config):
-        value, default = getattr(config, field.name), getattr(pets.Config(), field.name)
-        if value != default:
-            values = value if isinstance(value, tuple) else (value,)
-            args += [f"--{field.name.replace('_', '-')}", *map(str, values)]
-    return args
 
 
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]

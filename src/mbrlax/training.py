@@ -21,6 +21,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mbrlax import envs
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; raised before anything compiles. The CLI exits with 2."""
@@ -103,7 +105,50 @@ def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, eval_key
 
 
+def require_positive(config, names) -> None:
+    """A ConfigError naming the first of `names` whose value in `config` is not positive."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+
+
 # SHARED PIECES OF THE ENVIRONMENT LOOP
+
+
+def make_env(config, **kwargs):
+    """The task a Config names, with its `episode_length`, `action_repeat` and `backend` fields
+    where it has them; `kwargs` go to `mbrlax.envs.make` (num_envs, auto_reset)."""
+    backend = getattr(config, "backend", None)
+    options = {} if backend is None else {"backend": backend}
+    return envs.make(
+        config.env,
+        episode_length=config.episode_length,
+        action_repeat=getattr(config, "action_repeat", 1),
+        **options,
+        **kwargs,
+    )
+
+
+def transition_example(obs: jax.Array, action_size: int) -> dict:
+    """One replay entry's structure (see `transition`), for sizing a buffer from one observation."""
+    return {
+        "obs": obs,
+        "action": jnp.zeros(action_size),
+        "reward": jnp.float32(0.0),
+        "next_obs": obs,
+        "terminated": jnp.float32(0.0),
+    }
+
+
+def explore_uniformly(env_step, state, key: jax.Array, num_steps: int, action_shape, low=-1.0, high=1.0):
+    """`num_steps` steps of `env_step(state, action) -> state` with uniformly random actions."""
+
+    def random_step(state, step_key):
+        action = jax.random.uniform(step_key, action_shape, minval=low, maxval=high)
+        return env_step(state, action), None
+
+    state, _ = jax.lax.scan(random_step, state, jax.random.split(key, num_steps))
+    return state
 
 
 def transition(env_state, action: jax.Array, next_env_state) -> dict:
