@@ -26,10 +26,10 @@ What this file does differently from the paper, and why:
 - The inner objective is the likelihood-ratio surrogate on the pre-update samples, whose gradient at
   theta is the policy gradient; its dependence on theta through the sampling distribution is left
   out, as in MAML's estimator (ProMP's low-variance curvature is not used).
-- The K models share one 80/20 split of the real data (each member sees its own bootstrap of the 80
-  %), with early stopping per member on the 20 %; the paper gives each model its own split.
-- Imagined trajectories start from fresh initial states of the task (its `reset`), as the authors'
-  model sampler does; they stop at a predicted termination (the task's function).
+- The K models share one 80/20 split of the real data (each trains on its own bootstrap of the 80
+  per cent and keeps its best snapshot on the 20); the paper gives each model its own split.
+- Imagined trajectories start from fresh initial states of the task (its `reset`), so each covers a
+  whole episode from the start distribution; they stop at a predicted termination (the task's function).
 - Advantages: GAE with rllab's linear feature baseline (observation, its square, time and powers of
   time), fitted per task by ridge regression, then normalised per task.
 
