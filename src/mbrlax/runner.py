@@ -112,6 +112,11 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     return runs
 
 
+def swept_names(runs: list[dict], sweepable: tuple[str, ...]) -> list[str]:
+    """The traced hyperparameters whose value differs between runs."""
+    return [name for name in sweepable if len({r[name] for r in runs}) > 1]
+
+
 def batch_inputs(runs: list[dict], sweepable: tuple[str, ...]):
     keys = jnp.stack([jax.random.PRNGKey(r["seed"]) for r in runs])
     hparams = {name: jnp.asarray([r[name] for r in runs], jnp.float32) for name in sweepable}
@@ -220,7 +225,17 @@ def metric_rows(runs, metrics: dict, env_steps: int, update: int) -> list[dict]:
     return rows
 
 
-def plot_curves(rows: list[dict], path: pathlib.Path, title: str):
+def settings_of(rows: list[dict], swept: list[str]) -> dict[str, set[int]]:
+    """The runs of each swept setting, keyed by a label such as "alpha=0.1, model_lr=0.001" ("" when
+    nothing is swept)."""
+    groups: dict[str, set[int]] = {}
+    for r in rows:
+        label = ", ".join(f"{name}={r[name]:g}" for name in swept)
+        groups.setdefault(label, set()).add(r["run"])
+    return groups
+
+
+def plot_curves(rows: list[dict], path: pathlib.Path, title: str, swept: list[str] = ()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,9 +257,16 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str):
                 ax.legend()
     if len(runs) > 1:
         steps = sorted({r["env_steps"] for r in eval_rows})
-        mean = [np.mean([r["eval_return"] for r in eval_rows if r["env_steps"] == s]) for s in steps]
-        ax.plot(steps, mean, color="black", lw=2, label=f"mean of {len(runs)} runs")
-        ax.legend()
+        groups = settings_of(eval_rows, swept)
+        for label, members in groups.items():
+            returns = np.array(
+                [[r["eval_return"] for r in eval_rows if r["env_steps"] == s and r["run"] in members] for s in steps]
+            )
+            mean, spread = returns.mean(1), returns.std(1)
+            name = f"{label}: " if label else ""
+            line = ax.plot(steps, mean, lw=2, label=f"{name}mean of {len(members)} runs")[0]
+            ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.15)
+        ax.legend(fontsize=7 if len(groups) > 3 else None)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
     ax.set_title(title)
@@ -399,13 +421,16 @@ def execute(
             progress.close()
         checkpoints.close()
         log.close()
-        plot_curves(log.rows, run_dir / "curve.png", title)
+        plot_curves(log.rows, run_dir / "curve.png", title, swept_names(runs, sweepable))
 
-    return summarise(log.rows, len(runs), schedule, time.perf_counter() - start, compile_s)
+    return summarise(
+        log.rows, len(runs), schedule, time.perf_counter() - start, compile_s, swept_names(runs, sweepable)
+    )
 
 
-def summarise(rows: list[dict], num_runs: int, schedule, wall: float, compile_s: float) -> dict:
-    """The run's summary.json: final evaluation, steps, wall time with and without compiling, device."""
+def summarise(rows: list[dict], num_runs: int, schedule, wall: float, compile_s: float, swept=()) -> dict:
+    """The run's summary.json: final evaluation, steps, wall time with and without compiling, device;
+    with a sweep, every setting's final mean and spread over its seeds, best first."""
     final = [r for r in rows if "eval_return" in r][-num_runs:]
     summary = {
         "final_eval_return": float(np.mean([r["eval_return"] for r in final])),
@@ -421,6 +446,23 @@ def summarise(rows: list[dict], num_runs: int, schedule, wall: float, compile_s:
     }
     if "eval_success" in final[0]:
         summary["final_eval_success"] = float(np.mean([r["eval_success"] for r in final]))
+    if swept:
+        settings = []
+        for label, members in settings_of(final, list(swept)).items():
+            returns = [r["eval_return"] for r in final if r["run"] in members]
+            first = next(r for r in final if r["run"] in members)
+            setting = {name: first[name] for name in swept}
+            setting.update(
+                runs=sorted(members),
+                final_eval_return_mean=float(np.mean(returns)),
+                final_eval_return_std=float(np.std(returns)),
+            )
+            if "eval_success" in first:
+                setting["final_eval_success_mean"] = float(
+                    np.mean([r["eval_success"] for r in final if r["run"] in members])
+                )
+            settings.append(setting)
+        summary["settings_ranked"] = sorted(settings, key=lambda s: -s["final_eval_return_mean"])
     return summary
 
 
@@ -445,8 +487,9 @@ def execute_fused(
             for row, erow in zip(rows, evals):
                 row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
         log.add(rows)
-    plot_curves(log.rows, run_dir / "curve.png", title)
-    return summarise(log.rows, len(runs), schedule, time.perf_counter() - start, compile_s)
+    swept = swept_names(runs, sweepable)
+    plot_curves(log.rows, run_dir / "curve.png", title, swept)
+    return summarise(log.rows, len(runs), schedule, time.perf_counter() - start, compile_s, swept)
 
 
 # CLI
