@@ -49,15 +49,16 @@ import optax
 from mbrlax import buffer as replay
 from mbrlax import envs, runner
 from mbrlax.networks import MLP, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
-from mbrlax.sac import scale_action
 from mbrlax.training import (
     ConfigError,
+    adam,
     Trainer,
     evaluate_episodes,
     explore_uniformly,
     make_env,
     make_schedule,
     require_positive,
+    scale_action,
     track_returns,
     transition,
     transition_example,
@@ -237,9 +238,6 @@ def make_train(config: Config) -> Trainer:
         if contrastive:
             return jnp.diagonal(critic_net.apply(critic, obs[..., state_mask], action, goal))[None]
         return critic_net.apply(critic, with_goal(obs, goal), action)
-
-    def adam(learning_rate):
-        return optax.chain(optax.scale_by_adam(), optax.scale(-learning_rate))
 
     # CLASSIFIER LOSS
 

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 
 from mbrlax import ensemble, runner, sac
 from mbrlax.algorithms import mbpo
-from mbrlax.training import ConfigError, Trainer
+from mbrlax.training import ConfigError, Trainer, scale_action
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +184,10 @@ def make_train(config: Config) -> Trainer:
                 )
                 if known_reward is None:
                     return next_obs, learned_reward
-                return next_obs, known_reward(obs, sac.scale_action(action, low, high), next_obs)
+                return next_obs, known_reward(obs, scale_action(action, low, high), next_obs)
 
             def termination(obs, action, next_obs):
-                return spec.termination_fn(obs, sac.scale_action(action, low, high), next_obs)
+                return spec.termination_fn(obs, scale_action(action, low, high), next_obs)
 
             value, log_prob = pathwise_objective(
                 policy,

@@ -51,15 +51,16 @@ import optax
 from mbrlax import buffer as replay
 from mbrlax import ensemble, runner
 from mbrlax.networks import MLP
-from mbrlax.sac import scale_action
 from mbrlax.training import (
     ConfigError,
+    adam,
     Trainer,
     evaluate_episodes,
     explore_uniformly,
     make_env,
     make_schedule,
     require_positive,
+    scale_action,
     track_returns,
     transition,
     transition_example,
@@ -367,10 +368,6 @@ def make_train(config: Config) -> Trainer:
         """Gaussian samples are unbounded; the task gets them clipped to [-1, 1] and scaled."""
         return scale_action(jnp.clip(action, -1.0, 1.0), low, high)
 
-    def adam(learning_rate):
-        # Built inside the traced program so that the learning rate can be a swept, traced value.
-        return optax.chain(optax.scale_by_adam(), optax.scale(-learning_rate))
-
     # IMAGINE: trajectories under a policy through one deterministic model.
 
     def imagine(policy, model, member, key):
@@ -412,10 +409,18 @@ def make_train(config: Config) -> Trainer:
         """ADAPT: every task's step from theta on its own paths -> parameters [M, ...]."""
         return jax.vmap(adapt, in_axes=(None, None, 0, None))(policy_net.apply, policy, paths, inner_lr)
 
-    def imagine_and_adapt(policy, model, key, hparams):
-        """For every task: pre-update trajectories under theta and the adapted parameters [M, ...]."""
-        keys = jax.random.split(key, M)  # task i's paths come from keys[i]; `evaluate` relies on it
-        pre = jax.vmap(lambda member, k: with_advantages(imagine(policy, model, member, k), hparams))(task_model, keys)
+    def imagine_tasks(policy, model, keys, hparams, one_per_task=False):
+        """Every task's paths [M, T, N, ...] through its own model, from its own key, with advantages:
+        under `policy`, or with `one_per_task` under policy[i] for task i."""
+
+        def run(params, member, key):
+            return with_advantages(imagine(params, model, member, key), hparams)
+
+        return jax.vmap(run, in_axes=(0 if one_per_task else None, 0, 0))(policy, task_model, keys)
+
+    def imagine_and_adapt(policy, model, keys, hparams):
+        """For every task: pre-update paths under theta and the adapted parameters [M, ...]."""
+        pre = imagine_tasks(policy, model, keys, hparams)
         return pre, adapt_all(policy, pre, hparams["inner_lr"])
 
     # META-STEP: the post-adaptation objective, differentiated through the inner step.
@@ -423,11 +428,8 @@ def make_train(config: Config) -> Trainer:
     def meta_step(carry, key, model, hparams):
         policy, opt_state = carry
         pre_key, post_key = jax.random.split(key)
-        pre, adapted = imagine_and_adapt(policy, model, pre_key, hparams)
-        post_keys = jax.random.split(post_key, M)
-        post = jax.vmap(lambda params, member, k: with_advantages(imagine(params, model, member, k), hparams))(
-            adapted, task_model, post_keys
-        )
+        pre, adapted = imagine_and_adapt(policy, model, jax.random.split(pre_key, M), hparams)
+        post = imagine_tasks(adapted, model, jax.random.split(post_key, M), hparams, one_per_task=True)
 
         def outer_step(carry, _):
             theta, opt_state = carry
@@ -520,13 +522,13 @@ def make_train(config: Config) -> Trainer:
         )
 
         # COLLECT real data with the policies adapted from the new theta.
-        _, adapted = imagine_and_adapt(policy, model, adapt_key, hparams)
+        _, adapted = imagine_and_adapt(policy, model, jax.random.split(adapt_key, M), hparams)
         env_params = per_env(adapted, num_envs)
 
         def real_step(state, step_key):
             mean, log_std = jax.vmap(policy_net.apply)(env_params, state.env_state.obs[:, None])
             action = (mean + jnp.exp(log_std) * jax.random.normal(step_key, mean.shape))[:, 0]
-            return env_step(state, action), state.env_state.reward.mean()
+            return env_step(state, action), None
 
         state = state._replace(model=model, policy=policy, policy_opt=policy_opt, key=key)
         state, _ = jax.lax.scan(
@@ -543,12 +545,10 @@ def make_train(config: Config) -> Trainer:
         imagination, each adapted policy run on its own model from the same start states with the
         same noise as the pre-update paths it adapted on (common random numbers)."""
         adapt_key, episodes_key = jax.random.split(key)
-        pre, adapted = imagine_and_adapt(state.policy, state.model, adapt_key, hparams)
-        same_keys = jax.random.split(adapt_key, M)
-        post = jax.vmap(lambda params, member, k: imagine(params, state.model, member, k))(
-            adapted, task_model, same_keys
-        )
-        gain = post["reward"].sum(1).mean() - pre["path_return"].mean()
+        task_keys = jax.random.split(adapt_key, M)
+        pre, adapted = imagine_and_adapt(state.policy, state.model, task_keys, hparams)
+        post = imagine_tasks(adapted, state.model, task_keys, hparams, one_per_task=True)
+        gain = post["path_return"].mean() - pre["path_return"].mean()
         eval_params = per_env(adapted, config.eval_episodes)
 
         def adapted_mean(carry, obs, step_key):

@@ -52,6 +52,7 @@ from mbrlax.training import (
     make_env,
     make_schedule,
     require_positive,
+    scale_action,
     track_returns,
     transition,
     transition_example,
@@ -350,7 +351,7 @@ def make_train(config: Config, make_actor_objective: Callable | None = None) -> 
     actor_objective = None if make_actor_objective is None else make_actor_objective(spec, model_config, agent_config)
 
     def to_env_action(action):
-        return sac.scale_action(action, low, high)
+        return scale_action(action, low, high)
 
     def sac_hparams(hparams):
         return {

@@ -26,6 +26,7 @@ import optax
 from flax import struct
 
 from mbrlax.networks import GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
+from mbrlax.training import adam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,33 +64,22 @@ def _critic(cfg: SACConfig) -> TwinQ:
     return TwinQ(cfg.hidden_sizes, cfg.activation)
 
 
-def _adam(learning_rate, max_grad_norm: float | None = None) -> optax.GradientTransformation:
-    # Built inside the traced program so that the learning rate can be a swept, traced value.
-    clip = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
-    return optax.chain(*clip, optax.scale_by_adam(), optax.scale(-learning_rate))
-
-
 def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
     actor_key, critic_key = jax.random.split(key)
     obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, cfg.action_size))
     actor = _actor(cfg).init(actor_key, obs)
     critic = _critic(cfg).init(critic_key, obs, action)
     log_alpha = jnp.float32(0.0)  # initial temperature 1, as softlearning
-    adam = _adam(0.0, cfg.max_grad_norm)
+    clipped_adam = adam(0.0, cfg.max_grad_norm)
     return SACState(
         actor=actor,
         critic=critic,
         target_critic=critic,
         log_alpha=log_alpha,
-        actor_opt=adam.init(actor),
-        critic_opt=adam.init(critic),
-        alpha_opt=_adam(0.0).init(log_alpha),
+        actor_opt=clipped_adam.init(actor),
+        critic_opt=clipped_adam.init(critic),
+        alpha_opt=adam(0.0).init(log_alpha),
     )
-
-
-def scale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
-    """Policy actions live in [-1, 1]; a task's bounds may be wider."""
-    return low + (action + 1.0) * 0.5 * (high - low)
 
 
 def sample_action(cfg: SACConfig, actor_params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -129,7 +119,7 @@ def update(
     target_entropy. `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss,
     log_prob)` replaces SAC's own actor loss (`soft_actor_objective`); it sees the updated critic."""
     target_key, actor_key = jax.random.split(key)
-    adam = _adam(hp["learning_rate"], cfg.max_grad_norm)
+    clipped_adam = adam(hp["learning_rate"], cfg.max_grad_norm)
     critic = _critic(cfg)
     alpha = jnp.exp(state.log_alpha)
     if actor_objective is None:
@@ -147,7 +137,7 @@ def update(
         return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
 
     (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic)
-    updates, critic_opt = adam.update(grads, state.critic_opt)
+    updates, critic_opt = clipped_adam.update(grads, state.critic_opt)
     critic_params = optax.apply_updates(state.critic, updates)
 
     # ACTOR: SAC's objective (min-twin Q of a reparameterised action, minus alpha log pi) or the one given.
@@ -155,13 +145,13 @@ def update(
         return actor_objective(params, critic_params, alpha, batch["obs"], actor_key)
 
     (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor)
-    updates, actor_opt = adam.update(grads, state.actor_opt)
+    updates, actor_opt = clipped_adam.update(grads, state.actor_opt)
     actor_params = optax.apply_updates(state.actor, updates)
 
     # TEMPERATURE: move the policy's entropy towards the target.
     entropy_gap = jax.lax.stop_gradient(log_prob + hp["target_entropy"]).mean()
     alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * (log_prob + target_entropy)
-    updates, alpha_opt = _adam(hp["learning_rate"]).update(alpha_grad, state.alpha_opt)
+    updates, alpha_opt = adam(hp["learning_rate"]).update(alpha_grad, state.alpha_opt)
     log_alpha = optax.apply_updates(state.log_alpha, updates)
 
     # TARGETS: Polyak averaging.

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mbrlax import envs
 
@@ -112,7 +113,19 @@ def require_positive(config, names) -> None:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
 
 
+def adam(learning_rate, max_grad_norm: float | None = None) -> optax.GradientTransformation:
+    """Adam whose learning rate may be a traced value (built inside the training program, so a sweep
+    over it is a vmap), optionally after clipping the gradients to a global norm."""
+    clip = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
+    return optax.chain(*clip, optax.scale_by_adam(), optax.scale(-learning_rate))
+
+
 # SHARED PIECES OF THE ENVIRONMENT LOOP
+
+
+def scale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """Policies act in [-1, 1]; a task's bounds may be wider."""
+    return low + (action + 1.0) * 0.5 * (high - low)
 
 
 def make_env(config, **kwargs):
