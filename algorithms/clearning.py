@@ -57,6 +57,7 @@ from mbrlax.training import (
     explore_uniformly,
     make_env,
     make_schedule,
+    require_continuous_vector_task,
     require_positive,
     scale_action,
     track_returns,
@@ -209,8 +210,7 @@ def make_train(config: Config) -> Trainer:
         raise ConfigError(
             f"C-learning needs a goal task, and {config.env} is not one; goal tasks: {', '.join(goal_tasks)}"
         )
-    if spec.discrete:
-        raise ConfigError(f"this C-learning's actor takes continuous actions; {config.env} has a discrete action space")
+    require_continuous_vector_task(spec, "C-learning")
 
     obs_size, action_size = spec.observation_size, spec.action_size
     low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)

@@ -59,6 +59,7 @@ from mbrlax.training import (
     explore_uniformly,
     make_env,
     make_schedule,
+    require_continuous_vector_task,
     require_positive,
     scale_action,
     track_returns,
@@ -332,10 +333,7 @@ def make_train(config: Config) -> Trainer:
         eval_env, _ = make_env(config, num_envs=config.eval_episodes)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if spec.discrete:
-        raise ConfigError(
-            f"MB-MPO's Gaussian policy takes continuous actions; {config.env} has a discrete action space"
-        )
+    require_continuous_vector_task(spec, "MB-MPO")
     if spec.termination_fn is None:
         raise ConfigError(
             f"{config.env} can terminate but has no termination function, which imagined trajectories need"

@@ -51,6 +51,7 @@ from mbrlax.training import (
     explore_uniformly,
     make_env,
     make_schedule,
+    require_continuous_vector_task,
     require_positive,
     scale_action,
     track_returns,
@@ -311,8 +312,7 @@ def make_train(config: Config, make_actor_objective: Callable | None = None) -> 
         eval_env, _ = make_env(config, num_envs=config.eval_episodes)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if spec.discrete:
-        raise ConfigError(f"MBPO's SAC takes continuous actions; {config.env} has a discrete action space")
+    require_continuous_vector_task(spec, "MBPO")
     if not config.sac_only and spec.termination_fn is None:
         raise ConfigError(
             f"{config.env} can terminate but has no termination function, which model rollouts need; "

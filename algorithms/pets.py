@@ -41,6 +41,7 @@ from mbrlax.training import (
     explore_uniformly,
     make_env,
     make_schedule,
+    require_continuous_vector_task,
     require_positive,
     track_returns,
     transition,
@@ -235,8 +236,7 @@ def make_train(config: Config) -> Trainer:
         eval_env, _ = make_env(config, num_envs=config.eval_episodes)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if spec.discrete:
-        raise ConfigError(f"PETS plans continuous actions; {config.env} has a discrete action space")
+    require_continuous_vector_task(spec, "PETS")
     if spec.can_terminate and spec.termination_fn is None:
         raise ConfigError(f"{config.env} can terminate but has no termination function for the model")
 

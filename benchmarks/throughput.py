@@ -31,6 +31,12 @@ followed by its gradient steps) on the open point maze (its defaults: 32 environ
 batch 256 per vector step) and on brax/ant_goal (its preset: 256 environments, 8 steps per vector
 step, 256 x 256 networks). The goal on one H100 is 1 M environment steps a minute on ant.
 
+Dreamer: environment steps per second at train ratio 512 (one environment, an update of B x T =
+16 x 64 replayed steps every second step, acting included), and the replayed steps per second that
+makes, for each size preset, from state (pendulum) and from 64 x 64 pixels (pendulum_pixels), for
+1 to 32 seeds vmapped. The goal on one H100 with the 12m preset: 50,000 replayed steps a second,
+and 32 seeds at 10x or more the aggregate throughput of one.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -51,6 +57,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+from mbrlax.runner import over_runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -173,13 +181,14 @@ def pets_markdown(r: dict, meta: dict) -> str:
 
 def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[float, float]:
     """Seconds of one `update` of `num_seeds` vmapped runs of a training program (after its `init`),
-    and the seconds spent compiling both."""
+    and the seconds spent compiling both. One seed runs unbatched, as the runner runs it."""
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
     hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
     start = time.perf_counter()
-    init = jax.jit(jax.vmap(trainer.init)).lower(keys, hparams).compile()
+    init = jax.jit(over_runs(trainer.init, num_seeds)).lower(keys, hparams).compile()
     state = init(keys, hparams)
-    update = jax.jit(jax.vmap(trainer.update, in_axes=(0, 0, None))).lower(state, hparams, jnp.int32(0)).compile()
+    update = over_runs(trainer.update, num_seeds, in_axes=(0, 0, None))
+    update = jax.jit(update).lower(state, hparams, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
     return timed(update, state, hparams, jnp.int32(0), repeats=repeats), compile_s
 
@@ -340,12 +349,72 @@ def clearning_markdown(r: dict, meta: dict) -> str:
     )
 
 
+# DREAMER: environment steps at train ratio 512 (one env, updates of 16 x 64 replayed steps)
+
+
+def parameter_count(params) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def bench_dreamer(args) -> list[dict]:
+    from mbrlax.algorithms import dreamer
+
+    rows = []
+    for task in args.dreamer_tasks:
+        for size in args.dreamer_sizes:
+            # One update: `dreamer_env_steps` steps of one environment, an update every second step.
+            steps = args.dreamer_env_steps
+            config = dataclasses.replace(
+                dreamer.Config(),
+                **dreamer.SIZES[size],
+                env=task,
+                train_ratio=512,
+                initial_steps=1024,
+                steps_per_update=steps,
+                total_steps=1024 + 2 * steps,
+                eval_every=steps,
+            )
+            trainer = dreamer.make_train(config)
+            hparams = {k: jnp.float32(getattr(config, k)) for k in dreamer.Config.SWEEPABLE}
+            shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), hparams)
+            params = parameter_count((shapes.world_model, shapes.actor, shapes.critic))
+            updates = steps * config.train_ratio // (config.batch_size * config.sequence_length)
+            for num_seeds in args.dreamer_seeds.get(size, args.num_seeds):
+                seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
+                rows.append(
+                    {
+                        "algorithm": "dreamer",
+                        "setting": (
+                            f"{task}, {size} ({params / 1e6:.2f} M parameters): batch 16 x 64, train ratio 512, "
+                            f"1 env, horizon 15"
+                        ),
+                        "num_seeds": num_seeds,
+                        "env_steps_per_s": num_seeds * steps / seconds,
+                        "replayed_per_s": num_seeds * updates * config.batch_size * config.sequence_length / seconds,
+                        "ms_per_update": 1e3 * seconds / updates,
+                        "parameters": params,
+                        "compile_s": compile_s,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def dreamer_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.2f} env steps/s "
+        f"| {r['replayed_per_s']:.0f} replayed steps/s ({r['ms_per_update']:.0f} ms per update of one seed's "
+        f"batch) | compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 BENCHMARKS = {
     "pets": (bench_pets, pets_markdown),
     "mbpo": (bench_mbpo, model_period_markdown),
     "maac": (bench_maac, model_period_markdown),
     "mbmpo": (bench_mbmpo, mbmpo_markdown),
     "clearning": (bench_clearning, clearning_markdown),
+    "dreamer": (bench_dreamer, dreamer_markdown),
 }
 
 
@@ -365,6 +434,19 @@ def main() -> int:
         help="C-learning: goal tasks to time",
     )
     parser.add_argument("--vector-steps", type=int, default=20, help="C-learning: vector steps timed per call")
+    parser.add_argument(
+        "--dreamer-tasks", default="pendulum,pendulum_pixels", type=lambda s: s.split(","), help="Dreamer: tasks"
+    )
+    parser.add_argument(
+        "--dreamer-sizes", default="tiny,small,12m", type=lambda s: s.split(","), help="Dreamer: size presets"
+    )
+    parser.add_argument(
+        "--dreamer-seeds",
+        default="",
+        type=lambda s: {k: [int(x) for x in v.split("+")] for k, v in (p.split(":") for p in s.split(",") if p)},
+        help="Dreamer: seeds per size, e.g. tiny:1+8+32,12m:1 (default: --num-seeds for every size)",
+    )
+    parser.add_argument("--dreamer-env-steps", type=int, default=16, help="Dreamer: environment steps timed per call")
     parser.add_argument("--backend", default=None, help="Brax backend for the Brax tasks (default: the task's own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()

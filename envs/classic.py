@@ -1,8 +1,10 @@
 """Pure-JAX classic control tasks on Brax's env protocol; they compile in seconds on a CPU.
 
-`pipeline_state` holds the physical state as a flat array; both tasks never terminate, so `done`
-only ever comes from the time limit.
+`pipeline_state` holds the physical state as a flat array. The swing-up tasks never terminate, so
+their `done` only ever comes from the time limit; the balancing cart-pole terminates when it falls.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,8 @@ def never_terminates(obs, action, next_obs):
 
 
 class _Classic(Env):
-    """Shared plumbing: subclasses define `_init(key)`, `_obs(x)` and `_step(x, a) -> (x, r)`."""
+    """Shared plumbing: subclasses define `_init(key)`, `_obs(x)` and `_step(x, a) -> (x, r)`, and
+    `_terminated(x)` (of the state after the step) if the task has terminal states."""
 
     obs_size: int
     act_size: int = 1
@@ -29,7 +32,11 @@ class _Classic(Env):
 
     def step(self, state: State, action: jax.Array) -> State:
         x, reward = self._step(state.pipeline_state, action)
-        return state.replace(pipeline_state=x, obs=self._obs(x), reward=reward, done=jnp.zeros((), jnp.float32))
+        done = jnp.asarray(self._terminated(x), jnp.float32)
+        return state.replace(pipeline_state=x, obs=self._obs(x), reward=reward, done=done)
+
+    def _terminated(self, x):
+        return False
 
     @property
     def observation_size(self) -> int:
@@ -127,3 +134,53 @@ def cartpole_reward(obs, action, next_obs):
     centred = (1.0 + jnp.exp(-(next_obs[..., 0] ** 2))) / 2.0
     control = 1.0 - 0.1 * jnp.clip(action[..., 0], -1.0, 1.0) ** 2
     return upright * centred * control
+
+
+class CartpoleBalance(_Classic):
+    """Gymnasium's CartPole-v1, step for step, with a discrete action given as a one-hot vector.
+
+    The action is a float vector of size 2 and the task pushes in the direction of its argmax
+    (0: left, 1: right) with 10 N, so every task's action stays a float vector of shape
+    [action_size] for buffers and wrappers. Explicit Euler with a 0.02 s step; reward 1 on every
+    step, the terminating one included; terminates when |x| > 2.4 m or |theta| > 12 degrees.
+
+    state = obs = (x, x_dot, theta, theta_dot), gymnasium's order (not CartpoleSwingup's).
+    """
+
+    obs_size, act_size = 4, 2
+    gravity, cart_mass, pole_mass, half_length, force_mag, tau = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+    x_threshold, theta_threshold = 2.4, 12 * 2 * math.pi / 360
+
+    def _init(self, key):
+        return jax.random.uniform(key, (4,), minval=-0.05, maxval=0.05)
+
+    def _obs(self, x):
+        return x
+
+    def _step(self, x, action):
+        pos, vel, th, thdot = x[0], x[1], x[2], x[3]
+        force = jnp.where(jnp.argmax(action) == 1, self.force_mag, -self.force_mag)
+        total = self.cart_mass + self.pole_mass
+        cos, sin = jnp.cos(th), jnp.sin(th)
+        temp = (force + self.pole_mass * self.half_length * thdot**2 * sin) / total
+        thacc = (self.gravity * sin - cos * temp) / (self.half_length * (4.0 / 3.0 - self.pole_mass * cos**2 / total))
+        xacc = temp - self.pole_mass * self.half_length * thacc * cos / total
+        # Explicit Euler: positions move with the old velocities, as gymnasium's default does.
+        nxt = jnp.stack([pos + self.tau * vel, vel + self.tau * xacc, th + self.tau * thdot, thdot + self.tau * thacc])
+        return nxt, jnp.ones((), jnp.float32)
+
+    def _terminated(self, x):
+        return cartpole_balance_termination(None, None, x)
+
+
+def cartpole_balance_reward(obs, action, next_obs):
+    """CartpoleBalance's reward: 1 on every step, batch-shaped."""
+    del obs, action
+    return jnp.ones(jnp.shape(next_obs)[:-1], jnp.float32)
+
+
+def cartpole_balance_termination(obs, action, next_obs):
+    """CartpoleBalance ends when the cart leaves the track or the pole leans past 12 degrees."""
+    del obs, action
+    x, theta = next_obs[..., 0], next_obs[..., 2]
+    return (jnp.abs(x) > CartpoleBalance.x_threshold) | (jnp.abs(theta) > CartpoleBalance.theta_threshold)

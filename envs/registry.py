@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 from brax import envs as brax_envs
 
-from . import brax_tasks, classic, goals
+from . import brax_tasks, classic, goals, pixels
 from .wrappers import ActionRepeat, AutoReset, Batch, TimeLimit
 
 
@@ -20,6 +20,7 @@ class EnvSpec:
     the last axis and broadcast over leading axes. `reward_fn` None: the reward must be learned
     (`notes` says why). `termination_fn` None: the task terminates by a rule obs cannot express.
     `episode_length` counts `env.step` calls, i.e. agent steps after action repeat.
+    Image tasks (`image_shape` set) observe uint8 images; their functions take obs of that shape.
     """
 
     name: str
@@ -31,6 +32,8 @@ class EnvSpec:
     reward_fn: Callable | None
     termination_fn: Callable | None
     discrete: bool = False
+    """Discrete actions are one-hot float vectors of size `action_size` (bounds 0 and 1); the task
+    acts on their argmax, so buffers and wrappers see a float vector like any other action."""
     notes: str = ""
     goal_slice: tuple[int, int] | None = None
     """Goal tasks: obs[start:stop] is the commanded goal (None: not a goal task)."""
@@ -38,6 +41,9 @@ class EnvSpec:
     """Goal tasks: obs[start:stop] is what the goal is compared with (the achieved goal)."""
     success_radius: float | None = None
     """Goal tasks: success is an achieved goal within this distance of the commanded one."""
+    image_shape: tuple[int, int, int] | None = None
+    """Image tasks: obs is a uint8 image of this (height, width, channels) shape, and
+    `observation_size` its number of elements (None: obs is a float vector)."""
 
     @property
     def reward_learned(self) -> bool:
@@ -45,7 +51,7 @@ class EnvSpec:
 
     @property
     def can_terminate(self) -> bool:
-        return self.termination_fn is not classic.never_terminates
+        return self.termination_fn not in (classic.never_terminates, pixels.never_terminates_image)
 
 
 def _classic(name, cls, reward_fn, episode_length, notes):
@@ -65,6 +71,46 @@ def _classic(name, cls, reward_fn, episode_length, notes):
         )
 
     return build
+
+
+def _pixels(name, cls, render, episode_length, notes):
+    def build(**options):
+        _reject(name, options, ())
+        env = pixels.Pixels(cls(), render)
+        return env, EnvSpec(
+            name,
+            env.observation_size,
+            env.action_size,
+            (-cls.max_action,),
+            (cls.max_action,),
+            episode_length,
+            None,
+            # Kept rather than None: it says the task never terminates, so a continuation
+            # predictor is not needed, and it broadcasts over image obs like the vector one.
+            pixels.never_terminates_image,
+            notes=notes,
+            image_shape=env.image_shape,
+        )
+
+    return build
+
+
+def _cartpole_discrete(**options):
+    _reject("cartpole_discrete", options, ())
+    env = classic.CartpoleBalance()
+    return env, EnvSpec(
+        "cartpole_discrete",
+        env.observation_size,
+        env.action_size,
+        (0.0, 0.0),
+        (1.0, 1.0),
+        500,
+        classic.cartpole_balance_reward,
+        classic.cartpole_balance_termination,
+        discrete=True,
+        notes="Gymnasium CartPole-v1; one-hot action of size 2 (argmax 0: left, 1: right); reward 1 "
+        "per step; terminates when |x| > 2.4 or |theta| > 12 degrees.",
+    )
 
 
 def _brax(task):
@@ -157,6 +203,23 @@ _REGISTRY = {
         1000,
         "Reward exact from (action, next_obs). Never terminates; the cart is unbounded.",
     ),
+    "pendulum_pixels": _pixels(
+        "pendulum_pixels",
+        classic.Pendulum,
+        pixels.render_pendulum,
+        200,
+        "Pendulum observed as 64x64 RGB uint8 images (pixels.py); the reward must be learned from "
+        "images (the velocity it costs is not in one frame). Never terminates.",
+    ),
+    "cartpole_swingup_pixels": _pixels(
+        "cartpole_swingup_pixels",
+        classic.CartpoleSwingup,
+        pixels.render_cartpole,
+        1000,
+        "Cart-pole swing-up observed as 64x64 RGB uint8 images (pixels.py); the reward must be "
+        "learned from images. Never terminates; the cart is drawn clipped to the view x in [-2, 2].",
+    ),
+    "cartpole_discrete": _cartpole_discrete,
     **{f"brax/{task}": _brax(task) for task in brax_tasks.TASKS},
     "point_maze_open": _point_maze("point_maze_open", goals.OPEN, 50),
     "point_maze_u": _point_maze("point_maze_u", goals.U_MAZE, 75),

@@ -265,3 +265,28 @@ def test_sample_newest_more_than_stored_draws_all_valid_entries():
     )
     ids = np.asarray(drawn["obs"][..., 0]).astype(int)
     assert [set(row.tolist()) for row in ids] == [{5}, {4, 5}, {1, 2, 3, 4, 5}]
+
+
+@pytest.mark.parametrize("written", [9, 30])  # partly filled, and wrapped around (capacity 12)
+def test_sample_sequences_are_consecutive_stored_steps_of_one_env(written):
+    """Each window is `length` consecutive steps of one environment, all written, in order, never
+    across the write head; every possible window start comes up."""
+    capacity, num_envs, length = 12, 3, 4
+    buffer = rb.init_trajectories({"t": jnp.int32(0), "env": jnp.int32(0)}, capacity, num_envs)
+    for t in range(written):
+        step = {"t": jnp.full(num_envs, t + 1, jnp.int32), "env": jnp.arange(num_envs, dtype=jnp.int32)}
+        buffer = rb.add_step(buffer, step, jnp.zeros(num_envs, jnp.int32))
+    windows = jax.jit(rb.sample_sequences, static_argnums=(2, 3))(buffer, jax.random.PRNGKey(0), 2000, length)
+    times, envs = np.asarray(windows["t"]), np.asarray(windows["env"])
+    assert times.shape == (2000, length)
+    oldest = max(1, written - capacity + 1)
+    assert (np.diff(times, axis=1) == 1).all()
+    assert times.min() == oldest and times.max() == written
+    assert set(times[:, 0]) == set(range(oldest, written - length + 2))
+    assert (envs == envs[:, :1]).all() and set(envs[:, 0]) == set(range(num_envs))
+
+
+def test_sequence_longer_than_capacity_is_refused():
+    buffer = rb.init_trajectories({"t": jnp.int32(0)}, 8, 2)
+    with pytest.raises(ValueError, match="longer than the buffer"):
+        rb.sample_sequences(buffer, jax.random.PRNGKey(0), 4, 9)

@@ -1,6 +1,8 @@
 """Tests of mbrlax.envs: the protocol, the wrappers, and each declared reward/termination function
 against the rewards and terminations the environments themselves produce."""
 
+import math
+
 import chex
 import gymnasium
 import jax
@@ -8,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from brax.envs.base import Env, State
-from mbrlax.envs import list_envs, make, wrappers
+from mbrlax.envs import list_envs, make, pixels, wrappers
 
 NUM_ENVS = 4
 # Classic runs outlast pendulum's 200-step limit so AutoReset's truncation path runs; 200 Brax steps
 # of random actions end the first episode of hopper, walker2d, ant and both inverted pendulums.
-STEPS = {"pendulum": 300, "cartpole_swingup": 300}
+STEPS = {"pendulum": 300, "cartpole_swingup": 300, "pendulum_pixels": 300}
 BRAX_STEPS = 200
 # Spring compiles fastest on CPU (about 25% below generalized, Brax's default); ant and walker2d
 # rarely fall under spring with random actions, and the inverted double pendulum's functions need
@@ -35,7 +37,7 @@ def random_rollout(env, spec, key, steps):
         first = env.reset(k_reset)
 
         def body(state, k):
-            action = jax.random.uniform(k, state.obs.shape[:-1] + low.shape, minval=low, maxval=high)
+            action = jax.random.uniform(k, state.reward.shape + low.shape, minval=low, maxval=high)
             nxt = env.step(state, action)
             return nxt, dict(
                 obs=state.obs,
@@ -65,12 +67,15 @@ def test_env_contract(name):
     assert env.observation_size == spec.observation_size and env.action_size == spec.action_size
     steps = STEPS.get(name, BRAX_STEPS)
     first, traj = random_rollout(env, spec, jax.random.PRNGKey(0), steps)
-    chex.assert_shape(first.obs, (NUM_ENVS, spec.observation_size))
+    obs_shape = spec.image_shape or (spec.observation_size,)
+    assert math.prod(obs_shape) == spec.observation_size
+    chex.assert_shape(first.obs, (NUM_ENVS, *obs_shape))
     chex.assert_shape([first.reward, first.done, first.info["truncation"]], (NUM_ENVS,))
-    chex.assert_shape([traj["obs"], traj["next_obs"], traj["reset_obs"]], (steps, NUM_ENVS, spec.observation_size))
+    chex.assert_shape([traj["obs"], traj["next_obs"], traj["reset_obs"]], (steps, NUM_ENVS, *obs_shape))
     chex.assert_shape(traj["action"], (steps, NUM_ENVS, spec.action_size))
     chex.assert_shape([traj["reward"], traj["done"], traj["truncation"]], (steps, NUM_ENVS))
-    chex.assert_type([traj["obs"], traj["reward"], traj["done"], traj["truncation"]], jnp.float32)
+    chex.assert_type([traj["obs"], traj["next_obs"]], jnp.uint8 if spec.image_shape else jnp.float32)
+    chex.assert_type([traj["reward"], traj["done"], traj["truncation"]], jnp.float32)
     chex.assert_tree_all_finite(traj)
     done = np.asarray(traj["done"]) > 0
     # Untouched by AutoReset unless the step ended an episode.
@@ -220,3 +225,113 @@ def test_unknown_names_and_options():
     with pytest.raises(ValueError, match="backend"):
         make("brax/reacher", backend="bullet")
     assert list_envs() == sorted(list_envs()) and "brax/ant" in list_envs()
+
+
+# PIXEL TASKS AND THE DISCRETE CART-POLE
+
+
+def _rod_rows(image):
+    """Rows of the pendulum's red rod pixels (red well above green; white and dark are grey)."""
+    image = np.asarray(image, int)
+    return np.nonzero(image[..., 0] - image[..., 1] > 60)[0]
+
+
+def test_rendered_images():
+    render_pendulum = jax.jit(pixels.render_pendulum)
+    render_cartpole = jax.jit(pixels.render_cartpole)
+    up = render_pendulum(jnp.array([0.0, 0.0]))
+    chex.assert_shape(up, (64, 64, 3))
+    chex.assert_type(up, jnp.uint8)
+    np.testing.assert_array_equal(up, render_pendulum(jnp.array([0.0, 0.0])))
+    np.testing.assert_array_equal(up, render_pendulum(jnp.array([0.0, 5.0])))  # velocity is not drawn
+    assert _rod_rows(up).max() < 36 and _rod_rows(up).min() < 16  # above the pivot (row 32)
+    down = render_pendulum(jnp.array([jnp.pi, 0.0]))
+    assert _rod_rows(down).min() > 28 and _rod_rows(down).max() > 48
+    # A tenth of a degree moves the tip by ~0.04 px: anti-aliasing makes even that visible.
+    assert not np.array_equal(up, render_pendulum(jnp.array([0.002, 0.0])))
+
+    # The cart's row (just above the 1 px track at row 40): its dark pixels move right with x.
+    def cart_column(x):
+        image = render_cartpole(jnp.array([x, 0.0, 0.0, 0.0]))
+        chex.assert_shape(image, (64, 64, 3))
+        chex.assert_type(image, jnp.uint8)
+        darkness = 255.0 - np.asarray(image[39], float).mean(-1)
+        return (darkness * np.arange(64)).sum() / darkness.sum()
+
+    columns = [cart_column(x) for x in (-1.5, -0.5, 0.0, 0.03, 0.5, 1.5, 10.0)]
+    assert np.all(np.diff(columns[:-1]) > 0), columns
+    np.testing.assert_allclose(columns[2], 32.0, atol=0.5)  # x = 0 at the centre
+    assert 56 < columns[-1] < 64  # an off-view cart is drawn at the edge
+    hanging = np.asarray(render_cartpole(jnp.array([0.0, jnp.pi, 0.0, 0.0])))
+    assert not np.array_equal(hanging, render_cartpole(jnp.array([0.0, 0.0, 0.0, 0.0])))
+    # batched rendering equals one by one
+    states = jnp.array([[0.3, 0.1, 0.0, 0.0], [-0.7, 2.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(jax.vmap(pixels.render_cartpole)(states)[1], render_cartpole(states[1]))
+
+
+@pytest.mark.parametrize("name, render", [("pendulum_pixels", "pendulum"), ("cartpole_swingup_pixels", "cartpole")])
+def test_pixel_tasks(name, render):
+    env, spec = make(name, num_envs=3, auto_reset=True, episode_length=2)
+    assert spec.image_shape == (64, 64, 3) and spec.observation_size == 64 * 64 * 3
+    assert spec.reward_fn is None and "learned" in spec.notes and not spec.can_terminate
+    render = getattr(pixels, f"render_{render}")
+
+    state = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
+    for expect_done in (0.0, 1.0):
+        nxt = step(state, jnp.full((3, 1), 0.5))
+        for obs in (nxt.obs, nxt.info["final_obs"]):
+            chex.assert_shape(obs, (3, 64, 64, 3))
+            chex.assert_type(obs, jnp.uint8)
+        np.testing.assert_array_equal(nxt.obs, jax.vmap(render)(nxt.pipeline_state))
+        np.testing.assert_array_equal(nxt.done, expect_done)
+        assert not np.array_equal(nxt.obs, state.obs)
+        state = nxt
+    # The episode ended: obs is the fresh episode's first image, final_obs the last step's.
+    assert not np.array_equal(state.obs, state.info["final_obs"])
+    chex.assert_shape(spec.termination_fn(state.obs, jnp.zeros((3, 1)), state.info["final_obs"]), (3,))
+
+
+def test_cartpole_discrete_matches_gymnasium():
+    env, spec = make("cartpole_discrete")
+    assert spec.discrete and spec.action_size == 2 and spec.episode_length == 500
+    assert spec.action_low == (0.0, 0.0) and spec.action_high == (1.0, 1.0) and spec.can_terminate
+    gym_env = gymnasium.make("CartPole-v1").unwrapped
+    gym_env.reset(seed=0)
+    state = jax.jit(env.reset)(jax.random.PRNGKey(4))
+    assert np.all(np.abs(np.asarray(state.obs)) <= 0.05)
+    gym_env.state = np.asarray(state.pipeline_state, np.float64)
+    step = jax.jit(env.step)
+    # Mostly pushing right, so the pole falls within the compared steps.
+    choices = np.random.default_rng(0).random(60) < 0.8
+    for t, right in enumerate(choices):
+        action = jnp.array([0.2, 0.9]) if right else jnp.array([0.6, 0.1])  # argmax decides
+        nxt = step(state, action)
+        obs, reward, terminated, *_ = gym_env.step(int(right))
+        np.testing.assert_allclose(nxt.obs, obs, atol=1e-5, rtol=1e-5)
+        assert float(nxt.reward) == reward and float(nxt.done) == float(terminated)
+        assert bool(spec.termination_fn(state.obs, action, nxt.obs)) == terminated
+        assert float(spec.reward_fn(state.obs, action, nxt.obs)) == reward
+        state = nxt
+        if terminated:
+            break
+    assert terminated and 5 < t < 50 and float(state.info["truncation"]) == 0.0
+
+
+def test_cartpole_discrete_random_episodes_end_early():
+    env, spec = make("cartpole_discrete", num_envs=8, auto_reset=True)
+
+    def run(key):
+        def body(state, k):
+            action = jax.nn.one_hot(jax.random.randint(k, (8,), 0, 2), 2)
+            nxt = env.step(state, action)
+            terminated = spec.termination_fn(state.obs, action, nxt.info["final_obs"])
+            return nxt, (nxt.done, nxt.info["truncation"], terminated)
+
+        return jax.lax.scan(body, env.reset(key), jax.random.split(key, 200))[1]
+
+    done, truncation, terminated = jax.jit(run)(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(terminated), np.asarray(done) > 0)
+    assert float(truncation.sum()) == 0.0
+    # A random policy balances for ~20 steps (gymnasium's figure); 8 x 200 steps end dozens of episodes.
+    assert 30 < float(done.sum()) < 200

@@ -194,18 +194,17 @@ def test_model_period_longer_than_an_epoch_is_a_config_error():
         mbpo.make_train(config)
 
 
-def test_discrete_task_is_refused(monkeypatch, capsys, tmp_path):
-    """No registered task is discrete, so the spec of one is faked."""
-    make_env = mbpo.make_env
-
-    def discrete_env(config, **kwargs):
-        env, spec = make_env(config, **kwargs)
-        return env, dataclasses.replace(spec, discrete=True)
-
-    monkeypatch.setattr(mbpo, "make_env", discrete_env)
-    assert mbpo.main(TINY_ARGS + ["--run-dir", str(tmp_path / "r")]) == 2
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ("cartpole_discrete", "MBPO takes continuous actions; cartpole_discrete has a discrete action space"),
+        ("pendulum_pixels", "MBPO takes vector observations; pendulum_pixels's observations are images"),
+    ],
+)
+def test_discrete_or_image_task_is_refused(env, message, capsys, tmp_path):
+    assert mbpo.main(TINY_ARGS + ["--env", env, "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "discrete" in err and len(err.strip().splitlines()) == 1
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_run_folder_seeds_and_resume(tmp_path):

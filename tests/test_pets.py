@@ -115,6 +115,8 @@ def test_cli_run_folder_seeds_and_resume(tmp_path):
         (["--sweep", "alpha=a,b"], "numbers"),
         (["--planner", "mppi"], "planner"),
         (["--retrain-every", "50", "--num-envs", "3"], "num_envs"),
+        (["--env", "cartpole_discrete"], "discrete action space"),
+        (["--env", "pendulum_pixels"], "observations are images"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):

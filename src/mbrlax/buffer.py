@@ -147,3 +147,20 @@ def sample_with_future(buffer: TrajectoryBuffer, key: jax.Array, batch_size: int
     future_t = (t + offset - 1) % capacity
     take = lambda rows: jax.tree_util.tree_map(lambda store: store[rows, e], buffer.data)  # noqa: E731
     return take(t), take(future_t)
+
+
+def sample_sequences(buffer: TrajectoryBuffer, key: jax.Array, batch_size: int, length: int) -> Any:
+    """`batch_size` windows of `length` consecutive stored steps, each from one environment, uniform
+    over every window that lies inside the stored data (a window never wraps past the newest step).
+    Leaves come back batch-major, [batch_size, length, ...]. Windows may cross episode boundaries; the
+    data marks them (Dreamer stores an `is_first` flag). The buffer must hold at least `length` steps."""
+    capacity, num_envs = buffer.episode.shape
+    if length > capacity:
+        raise ValueError(f"sequence length {length} is longer than the buffer's capacity of {capacity} steps")
+    start_key, env_key = jax.random.split(key)
+    oldest = jnp.where(buffer.count < capacity, 0, buffer.position)
+    num_starts = jnp.maximum(buffer.count - length + 1, 1)
+    start = oldest + jax.random.randint(start_key, (batch_size,), 0, num_starts)
+    rows = (start[:, None] + jnp.arange(length)[None, :]) % capacity
+    env = jax.random.randint(env_key, (batch_size, 1), 0, num_envs)
+    return jax.tree_util.tree_map(lambda store: store[rows, env], buffer.data)

@@ -113,6 +113,17 @@ def require_positive(config, names) -> None:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
 
 
+def require_continuous_vector_task(spec: envs.EnvSpec, algorithm: str) -> None:
+    """A ConfigError unless the task has continuous actions and vector observations, which every
+    algorithm but Dreamer assumes (its networks are MLPs over obs, its policies Gaussian)."""
+    if spec.discrete:
+        raise ConfigError(f"{algorithm} takes continuous actions; {spec.name} has a discrete action space")
+    if spec.image_shape is not None:
+        raise ConfigError(
+            f"{algorithm} takes vector observations; {spec.name}'s observations are images (Dreamer learns from pixels)"
+        )
+
+
 def adam(learning_rate, max_grad_norm: float | None = None) -> optax.GradientTransformation:
     """Adam whose learning rate may be a traced value (built inside the training program, so a sweep
     over it is a vmap), optionally after clipping the gradients to a global norm."""
