@@ -45,9 +45,15 @@ What this file does differently from the papers, and why:
   no per-sequence storage and cost a few steps of context at the start of each sequence.
 - Adam with gradient clipping (model 1000, actor and critic 100), as in the 2023 preprint; the
   Nature version uses LaProp with adaptive clipping. No replayed-value loss of the later versions.
-- The actor uses REINFORCE for continuous and discrete actions alike (DreamerV3) by default;
-  `--actor-gradient dynamics` backpropagates the normalised lambda-return through the imagined
-  dynamics instead, as DreamerV1 (and V2 for continuous control) did.
+- The actor uses REINFORCE for continuous and discrete actions alike by default, as the Nature
+  version of DreamerV3 does; the 2023 preprint's code, whose optimiser this file follows,
+  backpropagated through the dynamics for continuous actions. `--actor-gradient dynamics` does
+  that (as DreamerV1 and V2 did): the normalised lambda-return is differentiated back through the
+  imagined path. On pendulum it learns in fewer steps (benchmarks/RESULTS.md).
+- A new episode's state starts at zero (DreamerV2), not at a learned initial state; Adam's epsilon
+  is optax's 1e-8 (the preprint: 1e-5); evaluation takes the actor's mode, where DreamerV3 samples.
+- Steps are agent steps: with `action_repeat` 2 a run of 500k steps simulates 1M frames, and the
+  train ratio counts agent steps too; the published DMC budgets count frames.
 - Model sizes are our own presets (tiny, small, 12m; the parameter counts are printed in
   benchmarks/RESULTS.md), not the paper's table.
 
@@ -104,7 +110,8 @@ class Config:
     env: str = "pendulum"
     """Task name (see `mbrlax.envs.list_envs()`); image tasks such as pendulum_pixels train from pixels."""
     total_steps: int = 20_000
-    """Environment steps in all, over all parallel environments, the random prefill and resets included."""
+    """Agent steps in all (an action repeated counts once), over all parallel environments, the
+    random prefill and resets included."""
     num_envs: int = 1
     """Parallel environments."""
     episode_length: int | None = None
@@ -225,9 +232,12 @@ class Config:
             )
         if not 0.0 < self.discount <= 1.0:
             raise ConfigError(f"discount must be in (0, 1], got {self.discount}")
-        for name in ("return_lambda", "unimix", "slow_critic_rate"):
+        for name in ("return_lambda", "slow_critic_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.unimix <= 1.0:
+            # Without it a class's probability can underflow to 0 and its log-probability to -inf.
+            raise ConfigError(f"unimix must be in (0, 1], got {self.unimix}")
 
     @property
     def cycle(self) -> tuple[int, int]:
@@ -524,8 +534,12 @@ class PolicyDistribution(NamedTuple):
         return (jnp.log(b) + 0.5 * jnp.log(2 * jnp.pi * jnp.e)).sum(-1)
 
     def executed(self, action):
-        """What the environment and the model receive: a normal sample clipped to the action box."""
-        return action if self.discrete else jnp.clip(action, -1.0, 1.0)
+        """What the environment and the model receive: a normal sample clipped to the action box.
+        The clip passes gradients straight through, so that `actor_gradient="dynamics"` still
+        reaches the actor from an action sampled outside the box."""
+        if self.discrete:
+            return action
+        return action + jax.lax.stop_gradient(jnp.clip(action, -1.0, 1.0) - action)
 
 
 # RETURNS

@@ -403,8 +403,8 @@ def bench_dreamer(args) -> list[dict]:
 def dreamer_markdown(r: dict, meta: dict) -> str:
     return (
         f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.2f} env steps/s "
-        f"| {r['replayed_per_s']:.0f} replayed steps/s ({r['ms_per_update']:.0f} ms per update of one seed's "
-        f"batch) | compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+        f"| {r['replayed_per_s']:.0f} replayed steps/s ({r['ms_per_update']:.0f} ms per update of all seeds) "
+        f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
     )
 
 
