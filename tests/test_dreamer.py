@@ -69,7 +69,7 @@ TINY = dict(
     eval_episodes=2,
     batch_size=4,
     sequence_length=16,
-    train_ratio=32,
+    train_ratio=8,
     horizon=5,
     episode_length=60,
 )
@@ -110,7 +110,7 @@ def test_cli_run_folder(tmp_path):
     run = tmp_path / "run"
     args = ["--preset", "tiny", "--total-steps", "384", "--initial-steps", "128", "--steps-per-update", "64"]
     args += ["--eval-every", "128", "--eval-episodes", "2", "--batch-size", "4", "--sequence-length", "16"]
-    args += ["--train-ratio", "32", "--horizon", "3", "--no-progress", "--run-dir", str(run)]
+    args += ["--train-ratio", "8", "--horizon", "3", "--no-progress", "--run-dir", str(run)]
     assert dreamer.main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert np.isfinite(summary["final_eval_return"]) and summary["env_steps"] == 384
