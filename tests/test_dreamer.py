@@ -110,13 +110,14 @@ def test_cli_run_folder(tmp_path):
     run = tmp_path / "run"
     args = ["--preset", "tiny", "--total-steps", "384", "--initial-steps", "128", "--steps-per-update", "64"]
     args += ["--eval-every", "128", "--eval-episodes", "2", "--batch-size", "4", "--sequence-length", "16"]
-    args += ["--train-ratio", "8", "--horizon", "3", "--no-progress", "--run-dir", str(run)]
+    args += ["--train-ratio", "8", "--horizon", "3", "--num-seeds", "2", "--no-progress", "--run-dir", str(run)]
     assert dreamer.main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert np.isfinite(summary["final_eval_return"]) and summary["env_steps"] == 384
     assert (run / "curve.png").exists()
-    header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert "dynamics_kl" in header and "actor_entropy" in header
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert "dynamics_kl" in lines[0] and "actor_entropy" in lines[0]
+    assert {line.split(",")[0] for line in lines[1:]} == {"0", "1"}  # both seeds, one vmapped program
 
 
 BASE_ARGS = ["--preset", "tiny", "--total-steps", "320", "--initial-steps", "128", "--steps-per-update", "64"]
