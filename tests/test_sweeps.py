@@ -59,3 +59,36 @@ def test_runs_sharded_over_devices_equal_the_runs_on_one(tmp_path):
         sharded["final_eval_return_per_run"], single["final_eval_return_per_run"], rtol=1e-4, atol=1e-3
     )
     assert len(set(np.round(single["final_eval_return_per_run"], 3))) > 1  # four different runs
+
+
+def tiny_overrides():
+    defaults = pets.Config()
+    return {f: getattr(TINY, f) for f in TINY.__dataclass_fields__ if getattr(TINY, f) != getattr(defaults, f)}
+
+
+def test_python_api_sweeps_traced_and_static_fields():
+    """mbrlax.sweep: 2 traced values x 2 static values x 2 seeds = 8 runs in two programs; a run of
+    the sweep equals the same run alone."""
+    import mbrlax
+
+    overrides = {k: v for k, v in tiny_overrides().items() if k not in ("env", "horizon")}
+    result = mbrlax.sweep("pets", "pendulum", {"alpha": [0.1, 0.5], "horizon": [4, 6]}, seeds=2, **overrides)
+    assert len(result["runs"]) == 8
+    assert [(r["horizon"], r["alpha"], r["seed"]) for r in result["runs"]] == [
+        (h, a, s) for h in (4, 6) for a in (0.1, 0.5) for s in (0, 1)
+    ]
+    returns = result["eval"]["eval_return"]
+    assert returns.shape == (8, len(result["env_steps"])) and np.isfinite(returns).all()
+    alone = mbrlax.sweep("pets", "pendulum", {"alpha": [0.5]}, seeds=1, seed=1, horizon=6, **overrides)
+    np.testing.assert_allclose(alone["eval"]["eval_return"][0], returns[7], rtol=1e-4, atol=1e-3)
+
+
+def test_runs_that_do_not_fit_in_memory_are_refused_before_compiling(monkeypatch, capsys, tmp_path):
+    from mbrlax import runner
+
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda: (200_000, "a tiny device"))
+    code = pets.main(TINY_ARGS + ["--num-seeds", "64", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "more than a tiny device has" in err and "run at most" in err
+    assert not (tmp_path / "r").exists()

@@ -153,6 +153,37 @@ def over_runs(fn, num_runs: int, in_axes=0):
 # CHECKS
 
 
+def device_memory_bytes() -> tuple[int, str]:
+    """Memory of one local device and its name: the accelerator's limit, or a CPU's physical memory."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"one {device.device_kind}"
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+
+
+def check_memory(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...]) -> None:
+    """Refuse, before compiling, runs whose state (replay buffers, parameters, optimiser state) alone
+    does not fit in the devices' memory; a ConfigError names the sizes and what to lower. The state
+    is a lower bound of what a run needs: the training step's activations come on top."""
+    keys, hparams = batch_inputs(runs[:1], sweepable)
+    shapes = jax.eval_shape(trainer.init, keys[0], {k: v[0] for k, v in hparams.items()})
+    per_run = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
+    devices = jax.local_device_count()
+    per_device = per_run * -(-len(runs) // devices)
+    available, name = device_memory_bytes()
+    if per_device > 0.9 * available:
+        fit = max(int(0.9 * available // per_run), 0) * devices
+        raise ConfigError(
+            f"{len(runs)} run(s) need {per_device / 2**30:.1f} GiB of state per device (replay buffers, parameters "
+            f"and optimiser state: {per_run / 2**30:.2f} GiB a run), more than {name} has "
+            f"({available / 2**30:.1f} GiB); run at most {fit} at once (fewer --num-seeds or sweep values), "
+            "or lower the buffer capacity or total steps"
+        )
+
+
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -592,6 +623,7 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
         config.validate()
         runs = expand_runs(config, options)
         trainer = make_train(config)
+        check_memory(trainer, runs, type(config).SWEEPABLE)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
