@@ -179,6 +179,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         **MBRL_LIB_MODEL,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
+    # mbrl-lib's PETS example itself (pets_cartpole): its continuous balancing cart-pole, one random
+    # episode, then a refit every 50 steps (25 epochs at most) and TS1, its "random_model".
+    "cartpole_continuous": dict(
+        env="cartpole_continuous",
+        total_steps=5000,
+        eval_every=1000,
+        initial_random_steps=200,
+        retrain_every=50,
+        model_max_epochs=25,
+        propagation="ts1",
+        **MBRL_LIB_MODEL,
+        **MBRL_LIB_CARTPOLE_PLANNER,
+    ),
     "brax/inverted_pendulum": dict(
         env="brax/inverted_pendulum",
         total_steps=5000,

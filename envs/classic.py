@@ -159,7 +159,7 @@ class CartpoleBalance(_Classic):
 
     def _step(self, x, action):
         pos, vel, th, thdot = x[0], x[1], x[2], x[3]
-        force = jnp.where(jnp.argmax(action) == 1, self.force_mag, -self.force_mag)
+        force = self._force(action)
         total = self.cart_mass + self.pole_mass
         cos, sin = jnp.cos(th), jnp.sin(th)
         temp = (force + self.pole_mass * self.half_length * thdot**2 * sin) / total
@@ -171,6 +171,19 @@ class CartpoleBalance(_Classic):
 
     def _terminated(self, x):
         return cartpole_balance_termination(None, None, x)
+
+    def _force(self, action):
+        return jnp.where(jnp.argmax(action) == 1, self.force_mag, -self.force_mag)
+
+
+class CartpoleContinuous(CartpoleBalance):
+    """mbrl-lib's `cartpole_continuous`: CartPole-v1's dynamics, reward and termination with a force
+    of 10 N x the action in [-1, 1] (the benchmark task of its PETS and MBPO examples, 200 steps)."""
+
+    act_size = 1
+
+    def _force(self, action):
+        return self.force_mag * jnp.clip(action[0], -1.0, 1.0)
 
 
 def cartpole_balance_reward(obs, action, next_obs):

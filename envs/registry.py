@@ -113,6 +113,23 @@ def _cartpole_discrete(**options):
     )
 
 
+def _cartpole_continuous(**options):
+    _reject("cartpole_continuous", options, ())
+    env = classic.CartpoleContinuous()
+    return env, EnvSpec(
+        "cartpole_continuous",
+        env.observation_size,
+        env.action_size,
+        (-1.0,),
+        (1.0,),
+        200,
+        classic.cartpole_balance_reward,
+        classic.cartpole_balance_termination,
+        notes="mbrl-lib's continuous cart-pole: CartPole-v1 with a force of 10 N x action in [-1, 1]; "
+        "reward 1 per step; terminates when |x| > 2.4 or |theta| > 12 degrees; 200 steps.",
+    )
+
+
 def _brax(task):
     def build(**options):
         _reject(f"brax/{task}", options, ("backend",))
@@ -220,6 +237,7 @@ _REGISTRY = {
         "learned from images. Never terminates; the cart is drawn clipped to the view x in [-2, 2].",
     ),
     "cartpole_discrete": _cartpole_discrete,
+    "cartpole_continuous": _cartpole_continuous,
     **{f"brax/{task}": _brax(task) for task in brax_tasks.TASKS},
     "point_maze_open": _point_maze("point_maze_open", goals.OPEN, 50),
     "point_maze_u": _point_maze("point_maze_u", goals.U_MAZE, 75),

@@ -318,6 +318,29 @@ def test_cartpole_discrete_matches_gymnasium():
     assert terminated and 5 < t < 50 and float(state.info["truncation"]) == 0.0
 
 
+def test_cartpole_continuous_is_cartpole_with_a_scaled_force():
+    """mbrl-lib's continuous cart-pole: gymnasium's CartPole-v1 pushed with 10 N x the action."""
+    env, spec = make("cartpole_continuous")
+    assert spec.action_size == 1 and spec.episode_length == 200 and spec.can_terminate and not spec.discrete
+    gym_env = gymnasium.make("CartPole-v1").unwrapped
+    gym_env.reset(seed=0)
+    state = jax.jit(env.reset)(jax.random.PRNGKey(1))
+    gym_env.state = np.asarray(state.pipeline_state, np.float64)
+    step = jax.jit(env.step)
+    actions = np.random.default_rng(1).uniform(-0.3, 1.5, 80)  # mostly right; past 1 is clipped
+    for t, a in enumerate(actions):
+        nxt = step(state, jnp.array([a], jnp.float32))
+        gym_env.force_mag = 10.0 * min(abs(a), 1.0)
+        obs, reward, terminated, *_ = gym_env.step(int(a > 0))
+        np.testing.assert_allclose(nxt.obs, obs, atol=1e-5, rtol=1e-5)
+        assert float(nxt.reward) == reward and float(nxt.done) == float(terminated)
+        assert bool(spec.termination_fn(state.obs, jnp.array([a]), nxt.obs)) == terminated
+        state = nxt
+        if terminated:
+            break
+    assert terminated and t > 5
+
+
 def test_cartpole_discrete_random_episodes_end_early():
     env, spec = make("cartpole_discrete", num_envs=8, auto_reset=True)
 

@@ -222,7 +222,7 @@ def test_cli_run_folder(tmp_path):
         (["--tasks-per-model", "0"], "tasks_per_model"),
         (["--imagined-horizon", "0"], "imagined_horizon"),
         (["--env", "brax/inverted_double_pendulum", "--backend", "spring"], "termination function"),
-        (["--sweep", "meta_steps=1,2"], "static"),
+        (["--sweep", "env=pendulum,x"], "one command per task"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):

@@ -175,7 +175,7 @@ def test_model_buffer_holds_only_the_alive_imagined_steps():
         (["--env", "pendulm"], "pendulum"),
         # Under the spring backend this task has no termination function (its kinematics are inexact).
         (["--env", "brax/inverted_double_pendulum", "--backend", "spring"], "termination function"),
-        (["--sweep", "updates_per_step=1,2"], "static"),
+        (["--sweep", "updates_per_step=1,x"], "type int"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):

@@ -111,7 +111,7 @@ def test_cli_run_folder_seeds_and_resume(tmp_path):
         (["--num-elites", "32"], "num_elites"),
         (["--horizon", "0"], "horizon"),
         (["--preset", "halfcheeta"], "brax/halfcheetah"),
-        (["--sweep", "horizon=5,10"], "static"),
+        (["--sweep", "horizon=5,0"], "horizon must be positive"),
         (["--sweep", "alpha=a,b"], "numbers"),
         (["--planner", "mppi"], "planner"),
         (["--retrain-every", "50", "--num-envs", "3"], "num_envs"),

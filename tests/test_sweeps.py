@@ -3,8 +3,10 @@ and runs sharded over several devices give what the same runs give on one."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,15 +18,23 @@ from test_pets import TINY
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]
 
 
-def test_sweep_summary_ranks_the_settings(tmp_path):
+def test_sweep_of_traced_and_static_fields_ranks_every_setting(tmp_path):
+    """alpha is traced (one program for its values and the seeds), horizon static (a program each)."""
     run = tmp_path / "sweep"
-    args = TINY_ARGS + ["--num-seeds", "2", "--sweep", "alpha=0.1,0.5", "--sweep", "model_lr=0.001,0.003"]
+    args = TINY_ARGS + ["--num-seeds", "2", "--sweep", "alpha=0.1,0.5", "--sweep", "horizon=4,6"]
     assert pets.main(args + ["--fused", "--run-dir", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_runs"] == 8 and (run / "curve.png").exists()
+    for i, horizon in enumerate((4, 6)):
+        assert json.loads((run / f"setting-{i}" / "setting.json").read_text()) == {"horizon": horizon}
+        assert json.loads((run / f"setting-{i}" / "summary.json").read_text())["num_runs"] == 4
+    with open(run / "metrics.csv") as f:
+        assert {(row["run"], row["horizon"]) for row in csv.DictReader(f)} == {
+            (str(i), str(4 if i < 4 else 6)) for i in range(8)
+        }
     settings = summary["settings_ranked"]
     assert len(settings) == 4
-    assert {(s["alpha"], s["model_lr"]) for s in settings} == {(a, m) for a in (0.1, 0.5) for m in (0.001, 0.003)}
+    assert {(s["alpha"], s["horizon"]) for s in settings} == {(a, h) for a in (0.1, 0.5) for h in (4, 6)}
     per_run = summary["final_eval_return_per_run"]
     for setting in settings:
         assert len(setting["runs"]) == 2
@@ -92,3 +102,57 @@ def test_runs_that_do_not_fit_in_memory_are_refused_before_compiling(monkeypatch
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "more than a tiny device has" in err and "run at most" in err
     assert not (tmp_path / "r").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(args: list[str]) -> None:
+    """PETS in two processes joined by jax.distributed over localhost."""
+    command = [sys.executable, "-m", "mbrlax.algorithms.pets", *args, "--coordinator", f"localhost:{_free_port()}"]
+    command += ["--num-processes", "2"]
+    processes = [
+        subprocess.Popen(
+            command + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+
+
+def test_two_processes_give_the_runs_of_one_and_resume(tmp_path):
+    """A multi-host run on this machine: two processes run two seeds each, checkpointing their own
+    share; process 0 gathers all four. The same as one process's; and a run killed after its second
+    evaluation resumes, in both processes, to the same rows."""
+    run = tmp_path / "hosts"
+    _two_processes(TINY_ARGS + ["--num-seeds", "4", "--run-dir", str(run)])
+    hosts = json.loads((run / "summary.json").read_text())
+    assert hosts["device"].startswith("2 processes x")
+
+    single = tmp_path / "single"
+    assert pets.main(TINY_ARGS + ["--num-seeds", "4", "--run-dir", str(single)]) == 0
+    one = json.loads((single / "summary.json").read_text())
+    np.testing.assert_allclose(
+        hosts["final_eval_return_per_run"], one["final_eval_return_per_run"], rtol=1e-4, atol=1e-3
+    )
+    with open(run / "metrics.csv") as f, open(single / "metrics.csv") as g:
+        gathered, alone = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert [(r["run"], r["seed"], r["env_steps"]) for r in gathered] == [
+        (r["run"], r["seed"], r["env_steps"]) for r in alone
+    ]
+
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    (killed / "summary.json").unlink()
+    for i in range(2):
+        checkpoints = sorted((killed / f"process-{i}" / "checkpoints").glob("*.npz"), key=lambda p: int(p.stem))
+        assert len(checkpoints) == 2
+        checkpoints[-1].unlink()
+    _two_processes(["--resume", str(killed), "--no-progress"])
+    assert (killed / "metrics.csv").read_text() == (run / "metrics.csv").read_text()

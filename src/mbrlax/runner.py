@@ -62,6 +62,16 @@ class RunOptions:
     """Checkpoint after every this many evaluations (chunked mode)."""
     progress: bool = True
     """Show a progress bar."""
+    distributed: bool = False
+    """Join a multi-host run (jax.distributed): every process runs its share of the runs on its own
+    devices and process 0 gathers the results into the run folder. Without --coordinator, JAX reads
+    the coordinator and the process's place from the cluster (SLURM, Open MPI, ...)."""
+    coordinator: str | None = None
+    """host:port of process 0 in a multi-host run (implies --distributed)."""
+    num_processes: int | None = None
+    """Processes in a multi-host run (with --coordinator)."""
+    process_id: int | None = None
+    """This process's index in a multi-host run, 0 to num_processes - 1 (with --coordinator)."""
 
 
 class NonFiniteError(RuntimeError):
@@ -75,34 +85,59 @@ def hparams_of(config) -> dict[str, float]:
     return {name: float(getattr(config, name)) for name in type(config).SWEEPABLE}
 
 
-def parse_sweep(config, sweep: tuple[str, ...]) -> dict[str, list[float]]:
-    """'--sweep alpha=0.1,0.2' -> {"alpha": [0.1, 0.2]}, checked against the Config's traced fields."""
+def _parse_static(config, name: str, values: str) -> list:
+    """Values of a static field, read as the type of its current value."""
+    current = getattr(config, name)
+    if name == "env":
+        raise ConfigError("--sweep env: run one command per task")
+    if isinstance(current, tuple):
+        raise ConfigError(f"--sweep {name}: a tuple field cannot be swept from the command line; use mbrlax.sweep()")
+    parse = type(current)
+    if isinstance(current, bool):
+        parse = lambda v: {"true": True, "false": False}[v.strip().lower()]  # noqa: E731
+    try:
+        return [parse(v.strip()) for v in values.split(",")]
+    except (ValueError, KeyError):
+        raise ConfigError(f"--sweep {name}: values must be of type {type(current).__name__}, got {values!r}") from None
+
+
+def parse_sweep(config, sweep: tuple[str, ...]) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """'--sweep alpha=0.1,0.2 --sweep horizon=15,30' -> ({"alpha": [0.1, 0.2]}, {"horizon": [15, 30]}):
+    the traced fields (one vmapped program) and the static ones (one program per value)."""
     sweepable = type(config).SWEEPABLE
-    grid: dict[str, list[float]] = {}
+    traced: dict[str, list[float]] = {}
+    static: dict[str, list] = {}
     for item in sweep:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not values:
             raise ConfigError(f"--sweep takes name=v1,v2,...; got {item!r}")
-        if name not in sweepable:
-            static = (
-                "a static field (it changes shapes, so it cannot be one vmapped program)"
-                if hasattr(config, name)
-                else "not a field"
-            )
-            raise ConfigError(f"--sweep {name}: {static}; sweepable fields are {', '.join(sweepable)}")
-        try:
-            grid[name] = [float(v) for v in values.split(",")]
-        except ValueError:
-            raise ConfigError(f"--sweep {name}: values must be numbers, got {values!r}") from None
-    return grid
+        if name in traced or name in static:
+            raise ConfigError(f"--sweep {name} is given twice")
+        if name in sweepable:
+            try:
+                traced[name] = [float(v) for v in values.split(",")]
+            except ValueError:
+                raise ConfigError(f"--sweep {name}: values must be numbers, got {values!r}") from None
+        elif hasattr(config, name) and not name.startswith("_"):
+            static[name] = _parse_static(config, name, values)
+        else:
+            close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(config)], n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"--sweep {name}: not a field of the Config{hint}")
+    return traced, static
+
+
+def static_settings(static: dict[str, list]) -> list[dict]:
+    """Every combination of the static fields' values ([{}] without any)."""
+    return [dict(zip(static, values)) for values in itertools.product(*static.values())]
 
 
 def expand_runs(config, options: RunOptions) -> list[dict]:
     """One dict per run: its seed and its value of every traced hyperparameter."""
     if options.num_seeds < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {options.num_seeds}")
-    grid = parse_sweep(config, options.sweep)
+    grid, _ = parse_sweep(config, options.sweep)
     base = hparams_of(config)
     runs = []
     for values in itertools.product(*grid.values()) if grid else [()]:
@@ -112,9 +147,9 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     return runs
 
 
-def swept_names(runs: list[dict], sweepable: tuple[str, ...]) -> list[str]:
-    """The traced hyperparameters whose value differs between runs."""
-    return [name for name in sweepable if len({r[name] for r in runs}) > 1]
+def swept_names(runs: list[dict], names) -> list[str]:
+    """Those of `names` (hyperparameters, static or traced) whose value differs between runs."""
+    return [name for name in names if len({r[name] for r in runs}) > 1]
 
 
 def batch_inputs(runs: list[dict], sweepable: tuple[str, ...]):
@@ -148,6 +183,54 @@ def over_runs(fn, num_runs: int, in_axes=0):
         return jax.tree_util.tree_map(lambda x: x[None], fn(*args))
 
     return single
+
+
+# MULTI-HOST: each process runs a contiguous share of the runs; process 0 gathers the rows
+
+
+def start_distributed(options: RunOptions) -> None:
+    if not (options.distributed or options.coordinator):
+        return
+    try:
+        jax.distributed.initialize(options.coordinator, options.num_processes, options.process_id)
+    except (RuntimeError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"--distributed: could not join the multi-host run: {message}") from None
+
+
+def share_of_runs(runs: list[dict]) -> list[dict]:
+    """This process's contiguous share of `runs` (all of them on a single host)."""
+    count, index = jax.process_count(), jax.process_index()
+    if len(runs) % count:
+        raise ConfigError(
+            f"{len(runs)} runs do not divide among {count} processes; make seeds x sweep values a multiple of {count}"
+        )
+    share = len(runs) // count
+    return runs[index * share : (index + 1) * share]
+
+
+def gather_rows(rows: list[dict], shares: list[int], every_run: list[dict]) -> list[dict]:
+    """Every process's metric rows, on every process, with global run indices, in the order a single
+    host writes them. Each process ran `shares[g]` runs of static program g, so all hold rows of the
+    same layout: only the metrics travel (one float table); the runs' seeds and settings are known
+    everywhere (`every_run`), and the steps are the same for every process's j-th row."""
+    from jax.experimental import multihost_utils
+
+    known = {"run", "update", "env_steps", *every_run[0]}
+    metrics = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in known]
+    table = np.array([[r.get(k, np.nan) for k in metrics] for r in rows], np.float32).reshape(len(rows), len(metrics))
+    tables = np.asarray(multihost_utils.process_allgather(table))
+    starts = np.cumsum([0, *shares])  # where each static program's runs start, locally
+    count = jax.process_count()
+    gathered = []
+    for process in range(count):
+        for row, values in zip(rows, tables[process]):
+            program = int(np.searchsorted(starts, row["run"], side="right")) - 1
+            run = int(count * starts[program] + process * shares[program] + row["run"] - starts[program])
+            new = {"run": run, **every_run[run], "update": row["update"], "env_steps": row["env_steps"]}
+            new.update({k: float(v) for k, v in zip(metrics, values) if k in row})
+            gathered.append((program, row["update"], run, new))
+    return [new for *_, new in sorted(gathered, key=lambda item: item[:3])]
 
 
 # CHECKS
@@ -272,12 +355,21 @@ def metric_rows(runs, metrics: dict, env_steps: int, update: int) -> list[dict]:
     return rows
 
 
+def setting_label(values: dict) -> str:
+    """{"alpha": 0.1, "horizon": 15} -> "alpha=0.1, horizon=15"."""
+
+    def show(value) -> str:
+        return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+    return ", ".join(f"{name}={show(value)}" for name, value in values.items())
+
+
 def settings_of(rows: list[dict], swept: list[str]) -> dict[str, set[int]]:
     """The runs of each swept setting, keyed by a label such as "alpha=0.1, model_lr=0.001" ("" when
     nothing is swept)."""
     groups: dict[str, set[int]] = {}
     for r in rows:
-        label = ", ".join(f"{name}={r[name]:g}" for name in swept)
+        label = setting_label({name: r[name] for name in swept})
         groups.setdefault(label, set()).add(r["run"])
     return groups
 
@@ -303,9 +395,10 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str, swept: list[st
                 ax.plot(*zip(*train), ls=":", color=lines[0].get_color(), label="last training episode")
                 ax.legend()
     if len(runs) > 1:
-        steps = sorted({r["env_steps"] for r in eval_rows})
         groups = settings_of(eval_rows, swept)
         for label, members in groups.items():
+            # Per setting: a static sweep of total_steps gives settings different evaluation steps.
+            steps = sorted({r["env_steps"] for r in eval_rows if r["run"] in members})
             returns = np.array(
                 [[r["eval_return"] for r in eval_rows if r["env_steps"] == s and r["run"] in members] for s in steps]
             )
@@ -325,7 +418,8 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str, swept: list[st
 
 def device_description() -> str:
     devices = jax.local_devices()
-    return f"{len(devices)} x {devices[0].platform}:{devices[0].device_kind}"
+    hosts = f"{jax.process_count()} processes x " if jax.process_count() > 1 else ""
+    return f"{hosts}{len(devices)} x {devices[0].platform}:{devices[0].device_kind}"
 
 
 def git_commit() -> str | None:
@@ -379,6 +473,40 @@ class Checkpoints:
         self.manager.close()
 
 
+class ProcessCheckpoints:
+    """The same for one process of a multi-host run, whose share of the runs lives on its own devices
+    only: orbax saves arrays that span the processes, so here each process writes its leaves to an
+    .npz of its own (written aside, then renamed, so a kill never leaves half a checkpoint)."""
+
+    def __init__(self, directory: pathlib.Path, keep: int = 2):
+        self.directory, self.keep = directory, keep
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _updates(self) -> list[int]:
+        return sorted(int(path.stem) for path in self.directory.glob("*.npz"))
+
+    def latest(self) -> int | None:
+        updates = self._updates()
+        return updates[-1] if updates else None
+
+    def save(self, update: int, state, meta: dict):
+        leaves = {f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
+        partial = self.directory / f"{update}.partial.npz"
+        np.savez(partial, meta=np.array(json.dumps(meta)), **leaves)
+        partial.replace(self.directory / f"{update}.npz")
+        for old in self._updates()[: -self.keep]:
+            (self.directory / f"{old}.npz").unlink()
+
+    def restore(self, update: int, like):
+        with np.load(self.directory / f"{update}.npz") as saved:
+            leaves, treedef = jax.tree_util.tree_flatten(like)
+            state = [jax.device_put(saved[f"leaf{i}"], x.sharding) for i, x in enumerate(leaves)]
+            return jax.tree_util.tree_unflatten(treedef, state), json.loads(str(saved["meta"]))
+
+    def close(self):
+        pass
+
+
 # THE CHUNKED LOOP
 
 
@@ -410,7 +538,7 @@ def execute(
     eval_c = evaluate.lower(state_shape, eval_keys, hparams).compile()
     compile_s = time.perf_counter() - compile_start
 
-    checkpoints = Checkpoints(run_dir / "checkpoints")
+    checkpoints = (ProcessCheckpoints if jax.process_count() > 1 else Checkpoints)(run_dir / "checkpoints")
     history: list[dict] = []
     first_update = 0
     state = init_c(init_keys, hparams)
@@ -468,22 +596,22 @@ def execute(
             progress.close()
         checkpoints.close()
         log.close()
-        plot_curves(log.rows, run_dir / "curve.png", title, swept_names(runs, sweepable))
+        swept = swept_names(runs, [k for k in runs[0] if k != "seed"])
+        plot_curves(log.rows, run_dir / "curve.png", title, swept)
 
-    return summarise(
-        log.rows, len(runs), schedule, time.perf_counter() - start, compile_s, swept_names(runs, sweepable)
-    )
+    return log.rows, summarise(log.rows, time.perf_counter() - start, compile_s, swept)
 
 
-def summarise(rows: list[dict], num_runs: int, schedule, wall: float, compile_s: float, swept=()) -> dict:
+def summarise(rows: list[dict], wall: float, compile_s: float, swept=()) -> dict:
     """The run's summary.json: final evaluation, steps, wall time with and without compiling, device;
     with a sweep, every setting's final mean and spread over its seeds, best first."""
-    final = [r for r in rows if "eval_return" in r][-num_runs:]
+    last = {r["run"]: r for r in rows if "eval_return" in r}
+    final = [last[run] for run in sorted(last)]
     summary = {
         "final_eval_return": float(np.mean([r["eval_return"] for r in final])),
         "final_eval_return_per_run": [r["eval_return"] for r in final],
-        "env_steps": schedule.total_steps,
-        "num_runs": num_runs,
+        "env_steps": max(r["env_steps"] for r in final),
+        "num_runs": len(final),
         "wall_time_s": wall,
         "compile_time_s": compile_s,
         "wall_time_excl_compile_s": wall - compile_s,
@@ -534,9 +662,44 @@ def execute_fused(
             for row, erow in zip(rows, evals):
                 row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
         log.add(rows)
-    swept = swept_names(runs, sweepable)
+    swept = swept_names(runs, [k for k in runs[0] if k != "seed"])
     plot_curves(log.rows, run_dir / "curve.png", title, swept)
-    return summarise(log.rows, len(runs), schedule, time.perf_counter() - start, compile_s, swept)
+    return log.rows, summarise(log.rows, time.perf_counter() - start, compile_s, swept)
+
+
+def run_programs(programs: list, sweepable: tuple[str, ...], run_dir: pathlib.Path, options: RunOptions, title: str):
+    """Run each (setting, config, runs, trainer) in turn. With one program its files go straight into
+    `run_dir`; with a static sweep each setting gets a folder of its own (setting-<i>, resumable on
+    its own) and `run_dir` collects every run's rows, the curves and one summary ranking them all."""
+
+    def one(runs, trainer, config, folder, label):
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{title} ({label})" if label else title
+        if options.fused:
+            return execute_fused(trainer, runs, sweepable, folder, name)
+        return execute(trainer, runs, sweepable, folder, options, _jsonable(config), name, resume=bool(options.resume))
+
+    if len(programs) == 1:
+        _, config, runs, trainer = programs[0]
+        return one(runs, trainer, config, run_dir, "")
+    rows, wall, compile_s, offset = [], 0.0, 0.0, 0
+    for i, (setting, config, runs, trainer) in enumerate(programs):
+        label = setting_label(setting)
+        print(f"setting {i + 1} of {len(programs)}: {label}", flush=True)
+        folder = run_dir / f"setting-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "setting.json").write_text(json.dumps(setting))
+        setting_rows, summary = one(runs, trainer, config, folder, label)
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        rows += [dict(row, run=row["run"] + offset) for row in setting_rows]
+        wall += summary["wall_time_s"]
+        compile_s += summary["compile_time_s"]
+        offset += len(runs)
+    every_run = [run for _, _, runs, _ in programs for run in runs]
+    swept = swept_names(every_run, [k for k in every_run[0] if k != "seed"])
+    MetricsLog(run_dir, "none", {}, rows).close()
+    plot_curves(rows, run_dir / "curve.png", title, swept)
+    return rows, summarise(rows, wall, compile_s, swept)
 
 
 # CLI
@@ -620,10 +783,22 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             diff += _differences(saved["run"], {k: v for k, v in _jsonable(options).items() if k in saved["run"]})
             if diff:
                 raise ConfigError(f"--resume: the checkpoint is from another config: {'; '.join(diff)}")
+        start_distributed(options)
+        if jax.process_count() > 1 and not (options.run_dir or options.resume):
+            raise ConfigError("a multi-host run needs --run-dir, the same folder name on every process")
         config.validate()
-        runs = expand_runs(config, options)
-        trainer = make_train(config)
-        check_memory(trainer, runs, type(config).SWEEPABLE)
+        _, static = parse_sweep(config, options.sweep)
+        # One program per combination of static values; each is built and checked before any runs.
+        programs, every_run = [], []
+        for setting in static_settings(static):
+            setting_config = dataclasses.replace(config, **setting)
+            setting_config.validate()
+            runs = [dict(run, **setting) for run in expand_runs(setting_config, options)]
+            every_run += runs
+            runs = share_of_runs(runs)
+            trainer = make_train(setting_config)
+            check_memory(trainer, runs, type(config).SWEEPABLE)
+            programs.append((setting, setting_config, runs, trainer))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -647,25 +822,28 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             )
         )
     title = f"{algorithm} on {config.env}"
+    compiled = f" in {len(programs)} programs" if len(programs) > 1 else ""
+    hosts = jax.process_count() > 1
+    here = f", {sum(len(runs) for _, _, runs, _ in programs)} of them here" if hosts else ""
     print(
-        f"{title}: {len(runs)} run(s), {trainer.schedule.total_steps} environment steps each, "
-        f"on {device_description()}; run folder {run_dir}",
+        f"{title}: {len(every_run)} run(s){compiled}{here}, {programs[0][3].schedule.total_steps} environment "
+        f"steps each, on {device_description()}; run folder {run_dir}",
         flush=True,
     )
     try:
-        if options.fused:
-            summary = execute_fused(trainer, runs, type(config).SWEEPABLE, run_dir, title)
-        else:
-            summary = execute(
-                trainer,
-                runs,
-                type(config).SWEEPABLE,
-                run_dir,
-                options,
-                _jsonable(config),
-                title,
-                resume=bool(options.resume),
-            )
+        # In a multi-host run each process keeps its own share (checkpoints included) in a folder of
+        # its own, and process 0 gathers every run into the run folder.
+        local_dir = run_dir / f"process-{jax.process_index()}" if hosts else run_dir
+        rows, summary = run_programs(programs, type(config).SWEEPABLE, local_dir, options, title)
+        if hosts:
+            rows = gather_rows(rows, [len(runs) for _, _, runs, _ in programs], every_run)
+            if jax.process_index() != 0:
+                print(f"process {jax.process_index()}: done; process 0 writes the results to {run_dir}")
+                return 0
+            swept = swept_names(every_run, [k for k in every_run[0] if k != "seed"])
+            MetricsLog(run_dir, "none", {}, rows).close()
+            plot_curves(rows, run_dir / "curve.png", title, swept)
+            summary = summarise(rows, summary["wall_time_s"], summary["compile_time_s"], swept)
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

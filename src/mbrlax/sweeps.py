@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import itertools
 from typing import Any
 
 import jax
@@ -54,8 +53,7 @@ def sweep(
     traced = tuple(f"{name}={','.join(map(str, values))}" for name, values in grid.items() if name in Config.SWEEPABLE)
 
     all_runs, train, evals, env_steps = [], [], [], None
-    for values in itertools.product(*static.values()) if static else [()]:
-        setting = dict(zip(static, values))
+    for setting in runner.static_settings(static):
         run_config = dataclasses.replace(config, **setting)
         run_config.validate()
         runs = runner.expand_runs(run_config, runner.RunOptions(seed=seed, num_seeds=seeds, sweep=traced))
