@@ -329,7 +329,9 @@ def make_train(config: Config) -> Trainer:
     config.validate()
     try:
         env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
-        start_env, _ = make_env(config, num_envs=config.imagined_trajectories)
+        # Every task's imagined starts come from one reset of M x N environments, outside the vmap
+        # over tasks, so that a task stepping on the host (gym/) is reset once, not under vmap.
+        start_env, _ = make_env(config, num_envs=config.imagined_trajectories * config.num_tasks)
         eval_env, _ = make_env(config, num_envs=config.eval_episodes)
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -368,10 +370,8 @@ def make_train(config: Config) -> Trainer:
 
     # IMAGINE: trajectories under a policy through one deterministic model.
 
-    def imagine(policy, model, member, key):
-        """[T, N] trajectories from fresh initial states: obs, action, reward, alive, log_prob."""
-        reset_key, key = jax.random.split(key)
-        start = start_env.reset(reset_key).obs
+    def imagine(policy, model, member, start, key):
+        """[T, N] trajectories from the initial states `start` [N, O]: obs, action, reward, alive, log_prob."""
 
         def model_step(carry, step_key):
             obs, alive = carry
@@ -411,10 +411,11 @@ def make_train(config: Config) -> Trainer:
         """Every task's paths [M, T, N, ...] through its own model, from its own key, with advantages:
         under `policy`, or with `one_per_task` under policy[i] for task i."""
 
-        def run(params, member, key):
-            return with_advantages(imagine(params, model, member, key), hparams)
+        def run(params, member, start, key):
+            return with_advantages(imagine(params, model, member, start, key), hparams)
 
-        return jax.vmap(run, in_axes=(0 if one_per_task else None, 0, 0))(policy, task_model, keys)
+        starts = start_env.reset(jax.random.fold_in(keys[0], M)).obs.reshape(M, N, -1)
+        return jax.vmap(run, in_axes=(0 if one_per_task else None, 0, 0, 0))(policy, task_model, starts, keys)
 
     def imagine_and_adapt(policy, model, keys, hparams):
         """For every task: pre-update paths under theta and the adapted parameters [M, ...]."""

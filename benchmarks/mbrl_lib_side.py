@@ -72,36 +72,40 @@ def cartpole(seed: int):
 
 
 class Timer:
-    """Wraps `owner.name` to add its wall time and calls to this timer."""
+    """Wraps `owner.name` to add its wall time and calls to this timer (`active` while it runs)."""
 
     def __init__(self, owner, name: str):
-        self.seconds, self.calls = 0.0, 0
+        self.seconds, self.calls, self.active = 0.0, 0, False
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, self.active = time.perf_counter(), True
             try:
                 return original(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
                 self.calls += 1
+                self.active = False
 
         setattr(owner, name, timed)
 
 
-def run_pets(steps: int, seed: int) -> dict:
+def run_pets(steps: int, seed: int, device: str) -> dict:
     """mbrl-lib's PETS example (overrides=pets_cartpole): one random episode, then `steps` planned ones."""
-    cfg = compose("pets", "pets_cartpole", ["device=cpu", f"seed={seed}", f"overrides.num_steps={steps}"])
+    cfg = compose("pets", "pets_cartpole", [f"device={device}", f"seed={seed}", f"overrides.num_steps={steps}"])
     cfg.algorithm.agent["_recursive_"] = False
     torch.manual_seed(seed)
     env = cartpole(seed)
     act = Timer(mbrl.planning.TrajectoryOptimizerAgent, "act")
     explore = Timer(mbrl.util.common, "rollout_agent_trajectories")
+    # The returns of the planned episodes, in order (the random first episode steps elsewhere).
     returns, episode = [], [0.0]
     step_env = mbrl.util.common.step_env_and_add_to_buffer
 
     def counting_step(*args, **kwargs):
         out = step_env(*args, **kwargs)
+        if explore.active:
+            return out
         episode[0] += float(out[1])
         if out[2] or out[3]:
             returns.append(episode[0])
@@ -110,10 +114,18 @@ def run_pets(steps: int, seed: int) -> dict:
 
     mbrl.util.common.step_env_and_add_to_buffer = counting_step
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as work_dir:
-        mbrl.algorithms.pets.train(
-            env, mbrl.env.termination_fns.cartpole, mbrl.env.reward_fns.cartpole, cfg, silent=True, work_dir=work_dir
-        )
+    try:
+        with tempfile.TemporaryDirectory() as work_dir:
+            mbrl.algorithms.pets.train(
+                env,
+                mbrl.env.termination_fns.cartpole,
+                mbrl.env.reward_fns.cartpole,
+                cfg,
+                silent=True,
+                work_dir=work_dir,
+            )
+    finally:
+        mbrl.util.common.step_env_and_add_to_buffer = step_env
     loop = time.perf_counter() - start - explore.seconds
     return {
         "planned_steps": act.calls,
@@ -125,14 +137,14 @@ def run_pets(steps: int, seed: int) -> dict:
     }
 
 
-def run_mbpo(exploration_steps: int, steps: int, seed: int) -> dict:
+def run_mbpo(exploration_steps: int, steps: int, seed: int, device: str) -> dict:
     """mbrl-lib's MBPO example on the same cart-pole (overrides=mbpo_cartpole), `exploration_steps`
     with the untrained agent, then `steps` timed steps; its evaluation episodes are not counted."""
     cfg = compose(
         "mbpo",
         "mbpo_cartpole",
         [
-            "device=cpu",
+            f"device={device}",
             f"seed={seed}",
             f"overrides.num_steps={steps}",
             f"algorithm.initial_exploration_steps={exploration_steps}",
@@ -152,7 +164,9 @@ def run_mbpo(exploration_steps: int, steps: int, seed: int) -> dict:
     evaluation = Timer(mbrl.algorithms.mbpo, "evaluate")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work_dir:
-        mbrl.algorithms.mbpo.train(env, test_env, mbrl.env.termination_fns.cartpole, cfg, silent=True, work_dir=work_dir)
+        mbrl.algorithms.mbpo.train(
+            env, test_env, mbrl.env.termination_fns.cartpole, cfg, silent=True, work_dir=work_dir
+        )
     loop = time.perf_counter() - start - explore.seconds - evaluation.seconds
     o = cfg.overrides
     return {
@@ -173,11 +187,12 @@ def main():
     parser.add_argument("--mbpo-exploration-steps", type=int, default=200)
     parser.add_argument("--mbpo-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda:0")
     args = parser.parse_args()
     result = {"library": f"mbrl-lib {mbrl.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"}
-    result["pets"] = run_pets(args.pets_steps, args.seed)
+    result["pets"] = run_pets(args.pets_steps, args.seed, args.device)
     print("mbrl-lib PETS:", json.dumps(result["pets"], default=float), file=sys.stderr, flush=True)
-    result["mbpo"] = run_mbpo(args.mbpo_exploration_steps, args.mbpo_steps, args.seed)
+    result["mbpo"] = run_mbpo(args.mbpo_exploration_steps, args.mbpo_steps, args.seed, args.device)
     print("RESULT " + json.dumps(result, default=float), flush=True)
 
 

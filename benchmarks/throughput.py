@@ -112,6 +112,26 @@ def timed(compiled, *args, repeats: int) -> float:
     return best
 
 
+def memory_mb(compiled) -> dict:
+    """Device memory of one call of a compiled program, from XLA's analysis (its arguments, outputs
+    and temporaries, less the outputs that reuse donated arguments); on a GPU also the allocator's
+    peak so far in this process (`memory_stats`, which a CPU does not keep)."""
+    analysis = compiled.memory_analysis()
+    out = {}
+    if analysis is not None:
+        need = (
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes
+        )
+        out["program_memory_mb"] = need / 2**20
+    stats = jax.local_devices()[0].memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        out["device_peak_memory_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return out
+
+
 def mlp_flops(sizes: list[int]) -> int:
     """Multiply-adds x 2 of one forward pass through dense layers of these widths."""
     return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -163,6 +183,7 @@ def bench_pets(args) -> list[dict]:
                 "fp32_peak_gflop_per_s": peak / 1e9,
                 "peak_source": peak_source,
                 "compile_s": compile_s,
+                **memory_mb(evaluate),
                 "steps_timed": args.steps,
             }
         )
@@ -179,9 +200,10 @@ def pets_markdown(r: dict, meta: dict) -> str:
     )
 
 
-def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[float, float]:
+def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[float, float, dict]:
     """Seconds of one `update` of `num_seeds` vmapped runs of a training program (after its `init`),
-    and the seconds spent compiling both. One seed runs unbatched, as the runner runs it."""
+    the seconds spent compiling both, and the update's memory (`memory_mb`). One seed runs
+    unbatched, as the runner runs it."""
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
     hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
     start = time.perf_counter()
@@ -190,7 +212,8 @@ def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[floa
     update = over_runs(trainer.update, num_seeds, in_axes=(0, 0, None))
     update = jax.jit(update).lower(state, hparams, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
-    return timed(update, state, hparams, jnp.int32(0), repeats=repeats), compile_s
+    seconds = timed(update, state, hparams, jnp.int32(0), repeats=repeats)
+    return seconds, compile_s, memory_mb(update)
 
 
 # MBPO AND MAAC: one model period (refit, branched rollouts, real steps with G updates each)
@@ -219,7 +242,7 @@ def _time_model_periods(name: str, module, config, setting: str, args) -> list[d
     period = config.model_train_freq
     rows = []
     for num_seeds in args.num_seeds:
-        seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
+        seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
         steps = num_seeds * period
         rows.append(
             {
@@ -234,6 +257,7 @@ def _time_model_periods(name: str, module, config, setting: str, args) -> list[d
                 "real_steps_in_buffer": config.initial_steps,
                 "backend": args.backend or "task default",
                 "compile_s": compile_s,
+                **memory,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -277,7 +301,7 @@ def bench_mbmpo(args) -> list[dict]:
     imagined = config.meta_steps * 2 * config.num_tasks * config.imagined_trajectories * config.imagined_horizon
     rows = []
     for num_seeds in args.num_seeds:
-        seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
+        seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
         rows.append(
             {
                 "algorithm": "mbmpo",
@@ -292,6 +316,7 @@ def bench_mbmpo(args) -> list[dict]:
                 "imagined_transitions_per_iteration": imagined,
                 "backend": args.backend or "task default",
                 "compile_s": compile_s,
+                **memory,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -321,7 +346,7 @@ def bench_clearning(args) -> list[dict]:
         config = clearning.Config(**preset)
         trainer = clearning.make_train(config)
         for num_seeds in args.num_seeds:
-            seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
+            seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
             rows.append(
                 {
                     "algorithm": "clearning",
@@ -335,6 +360,7 @@ def bench_clearning(args) -> list[dict]:
                     "gradient_steps_per_s": num_seeds * args.vector_steps * config.updates_per_step / seconds,
                     "backend": args.backend or "task default",
                     "compile_s": compile_s,
+                    **memory,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -380,7 +406,7 @@ def bench_dreamer(args) -> list[dict]:
             params = parameter_count((shapes.world_model, shapes.actor, shapes.critic))
             updates = steps * config.train_ratio // (config.batch_size * config.sequence_length)
             for num_seeds in args.dreamer_seeds.get(size, args.num_seeds):
-                seconds, compile_s = time_one_update(trainer, config, num_seeds, args.repeats)
+                seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
                 rows.append(
                     {
                         "algorithm": "dreamer",
@@ -394,6 +420,7 @@ def bench_dreamer(args) -> list[dict]:
                         "ms_per_update": 1e3 * seconds / updates,
                         "parameters": params,
                         "compile_s": compile_s,
+                        **memory,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)

@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 from brax import envs as brax_envs
 
-from . import brax_tasks, classic, goals, pixels
+from . import brax_tasks, classic, dmc, goals, gym_bridge, pixels
 from .wrappers import ActionRepeat, AutoReset, Batch, TimeLimit
 
 
@@ -271,11 +271,6 @@ def make(
     `episode_length` counts task steps (default: the task's own); with action repeat the episode
     has ceil(episode_length / action_repeat) agent steps, which is what the spec reports.
     """
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        close += [n for n in _REGISTRY if n.endswith("/" + name) and n not in close]
-        hint = f" (close matches: {', '.join(map(repr, close))})" if close else ""
-        raise ValueError(f"Unknown environment {name!r}{hint}; see mbrlax.envs.list_envs() for all.")
     for option, value, least in (
         ("episode_length", episode_length, 1),
         ("action_repeat", action_repeat, 1),
@@ -283,7 +278,25 @@ def make(
     ):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
             raise ValueError(f"Option {option}={value!r} must be a positive integer.")
-    env, spec = _REGISTRY[name](**task_options)
+    if gym_bridge.is_gym(name):
+        return gym_bridge.make(
+            name,
+            EnvSpec,
+            episode_length=episode_length,
+            action_repeat=action_repeat,
+            num_envs=num_envs,
+            auto_reset=auto_reset,
+            **task_options,
+        )
+    if dmc.is_dmc(name):
+        env, spec = dmc.make(name, EnvSpec, **task_options)
+    elif name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        close += [n for n in _REGISTRY if n.endswith("/" + name) and n not in close]
+        hint = f" (close matches: {', '.join(map(repr, close))})" if close else ""
+        raise ValueError(f"Unknown environment {name!r}{hint}; see mbrlax.envs.list_envs() for all.")
+    else:
+        env, spec = _REGISTRY[name](**task_options)
 
     length = episode_length or spec.episode_length
     env = TimeLimit(env, length)

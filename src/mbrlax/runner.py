@@ -267,6 +267,15 @@ def check_memory(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...])
         )
 
 
+def check_host_task(config, runs: list[dict]) -> None:
+    """gym/ tasks step on the host through a callback, which cannot be vmapped: one run a process."""
+    if config.env.startswith("gym/") and len(runs) > 1:
+        raise ConfigError(
+            f"{config.env} steps on the host, so a process runs one run of it, not {len(runs)}; "
+            "run the seeds or sweep values as separate processes (--num-processes)"
+        )
+
+
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -454,20 +463,26 @@ class Checkpoints:
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
+    # The leaves are saved by their index in the flattened state; orbax refuses empty arrays (MJX's
+    # data has some), which come back from the state being restored into instead.
+
     def save(self, update: int, state, meta: dict):
         ocp = self.ocp
+        leaves = {str(i): x for i, x in enumerate(jax.tree_util.tree_leaves(state)) if x.size}
         self.manager.save(
-            update, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            update, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
         )
         self.manager.wait_until_finished()
 
     def restore(self, update: int, like):
         ocp = self.ocp
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        like_leaves, treedef = jax.tree_util.tree_flatten(like)
+        abstract = {str(i): ocp.utils.to_shape_dtype_struct(x) for i, x in enumerate(like_leaves) if x.size}
         restored = self.manager.restore(
             update, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
-        return restored["state"], restored["meta"]
+        leaves = [restored["state"][str(i)] if x.size else x for i, x in enumerate(like_leaves)]
+        return jax.tree_util.tree_unflatten(treedef, leaves), restored["meta"]
 
     def close(self):
         self.manager.close()
@@ -796,6 +811,7 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             runs = [dict(run, **setting) for run in expand_runs(setting_config, options)]
             every_run += runs
             runs = share_of_runs(runs)
+            check_host_task(setting_config, runs)
             trainer = make_train(setting_config)
             check_memory(trainer, runs, type(config).SWEEPABLE)
             programs.append((setting, setting_config, runs, trainer))

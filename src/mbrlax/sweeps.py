@@ -57,6 +57,7 @@ def sweep(
         run_config = dataclasses.replace(config, **setting)
         run_config.validate()
         runs = runner.expand_runs(run_config, runner.RunOptions(seed=seed, num_seeds=seeds, sweep=traced))
+        runner.check_host_task(run_config, runs)
         trainer = module.make_train(run_config)
         runner.check_memory(trainer, runs, Config.SWEEPABLE)
         keys, hparams = runner.shard_runs(runner.batch_inputs(runs, Config.SWEEPABLE))
