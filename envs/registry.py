@@ -270,6 +270,8 @@ def make(
 
     `episode_length` counts task steps (default: the task's own); with action repeat the episode
     has ceil(episode_length / action_repeat) agent steps, which is what the spec reports.
+    `gym/<id>` names a gymnasium environment (gym_bridge.py: batched and auto-resetting on the host
+    already), `dmc/<domain>_<task>` a DeepMind Control Suite task (dmc.py, wrapped like the others).
     """
     for option, value, least in (
         ("episode_length", episode_length, 1),
@@ -294,7 +296,10 @@ def make(
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         close += [n for n in _REGISTRY if n.endswith("/" + name) and n not in close]
         hint = f" (close matches: {', '.join(map(repr, close))})" if close else ""
-        raise ValueError(f"Unknown environment {name!r}{hint}; see mbrlax.envs.list_envs() for all.")
+        raise ValueError(
+            f"Unknown environment {name!r}{hint}; see mbrlax.envs.list_envs() for all, besides gymnasium's "
+            "as gym/<id> and the DeepMind Control Suite as dmc/<domain>_<task>."
+        )
     else:
         env, spec = _REGISTRY[name](**task_options)
 
