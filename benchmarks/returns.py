@@ -129,6 +129,13 @@ FULL = [
 def run_entry(entry: Entry, folder: pathlib.Path, seeds: int) -> dict:
     """Run (or resume, or keep) one entry; its summary."""
     module = importlib.import_module(f"mbrlax.algorithms.{entry.algorithm}")
+    if (folder / "config.json").exists():
+        earlier = json.loads((folder / "config.json").read_text())["run"]["num_seeds"]
+        if earlier != seeds:
+            raise SystemExit(
+                f"{folder} holds a run with {earlier} seeds, not {seeds}; pass --seeds {earlier} to keep it, "
+                "or delete the folder to start that entry again"
+            )
     if (folder / "summary.json").exists():
         print(f"{folder.name}: done before, kept", flush=True)
     else:
