@@ -75,6 +75,7 @@ import optax
 
 from mbrlax import buffer as replay
 from mbrlax import runner
+from mbrlax.envs import restart_or_step
 from mbrlax.training import (
     ConfigError,
     Trainer,
@@ -583,13 +584,6 @@ class DreamerState(NamedTuple):
     last_episode_return: jax.Array
 
 
-def _per_env(mask, on_true, on_false):
-    """Pytree `where` with one predicate per environment (the leading axis)."""
-    return jax.tree_util.tree_map(
-        lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), on_true, on_false
-    )
-
-
 def make_train(config: Config) -> Trainer:
     config.validate()
     try:
@@ -835,7 +829,7 @@ def make_train(config: Config) -> Trainer:
         buffer = replay.add_step(state.buffer, entry, state.episode)
         # An environment whose episode ended has had its last observation stored; it resets now.
         ended = env_state.done > 0
-        next_env_state = _per_env(ended, env.reset(reset_key), env.step(env_state, env_action(action)))
+        next_env_state = restart_or_step(env, env_state, env_action(action), reset_key)
         episode_return, last_return = track_returns(
             state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
         )

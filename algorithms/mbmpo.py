@@ -408,14 +408,16 @@ def make_train(config: Config) -> Trainer:
         return jax.vmap(adapt, in_axes=(None, None, 0, None))(policy_net.apply, policy, paths, inner_lr)
 
     def imagine_tasks(policy, model, keys, hparams, one_per_task=False):
-        """Every task's paths [M, T, N, ...] through its own model, from its own key, with advantages:
-        under `policy`, or with `one_per_task` under policy[i] for task i."""
+        """Every task's paths [M, T, N, ...] through its own model, with advantages: under `policy`, or
+        with `one_per_task` under policy[i] for task i. `keys` [M + 1]: one per task, then the key of
+        the start states."""
 
         def run(params, member, start, key):
             return with_advantages(imagine(params, model, member, start, key), hparams)
 
-        starts = start_env.reset(jax.random.fold_in(keys[0], M)).obs.reshape(M, N, -1)
-        return jax.vmap(run, in_axes=(0 if one_per_task else None, 0, 0, 0))(policy, task_model, starts, keys)
+        task_keys, start_key = keys[:M], keys[M]
+        starts = start_env.reset(start_key).obs.reshape(M, N, -1)
+        return jax.vmap(run, in_axes=(0 if one_per_task else None, 0, 0, 0))(policy, task_model, starts, task_keys)
 
     def imagine_and_adapt(policy, model, keys, hparams):
         """For every task: pre-update paths under theta and the adapted parameters [M, ...]."""
@@ -427,8 +429,8 @@ def make_train(config: Config) -> Trainer:
     def meta_step(carry, key, model, hparams):
         policy, opt_state = carry
         pre_key, post_key = jax.random.split(key)
-        pre, adapted = imagine_and_adapt(policy, model, jax.random.split(pre_key, M), hparams)
-        post = imagine_tasks(adapted, model, jax.random.split(post_key, M), hparams, one_per_task=True)
+        pre, adapted = imagine_and_adapt(policy, model, jax.random.split(pre_key, M + 1), hparams)
+        post = imagine_tasks(adapted, model, jax.random.split(post_key, M + 1), hparams, one_per_task=True)
 
         def outer_step(carry, _):
             theta, opt_state = carry
@@ -521,7 +523,7 @@ def make_train(config: Config) -> Trainer:
         )
 
         # COLLECT real data with the policies adapted from the new theta.
-        _, adapted = imagine_and_adapt(policy, model, jax.random.split(adapt_key, M), hparams)
+        _, adapted = imagine_and_adapt(policy, model, jax.random.split(adapt_key, M + 1), hparams)
         env_params = per_env(adapted, num_envs)
 
         def real_step(state, step_key):
@@ -544,7 +546,7 @@ def make_train(config: Config) -> Trainer:
         imagination, each adapted policy run on its own model from the same start states with the
         same noise as the pre-update paths it adapted on (common random numbers)."""
         adapt_key, episodes_key = jax.random.split(key)
-        task_keys = jax.random.split(adapt_key, M)
+        task_keys = jax.random.split(adapt_key, M + 1)
         pre, adapted = imagine_and_adapt(state.policy, state.model, task_keys, hparams)
         post = imagine_tasks(adapted, state.model, task_keys, hparams, one_per_task=True)
         gain = post["path_return"].mean() - pre["path_return"].mean()

@@ -126,8 +126,12 @@ FULL = [
 ]
 
 
-def run_entry(entry: Entry, folder: pathlib.Path, seeds: int) -> dict:
-    """Run (or resume, or keep) one entry; its summary."""
+def folder_name(entry: Entry) -> str:
+    return f"{entry.algorithm}-{entry.task.replace('/', '_')}"
+
+
+def run_entry(entry: Entry, folder: pathlib.Path, seeds: int):
+    """Run (or resume, or keep) one entry."""
     module = importlib.import_module(f"mbrlax.algorithms.{entry.algorithm}")
     if (folder / "config.json").exists():
         earlier = json.loads((folder / "config.json").read_text())["run"]["num_seeds"]
@@ -146,7 +150,6 @@ def run_entry(entry: Entry, folder: pathlib.Path, seeds: int) -> dict:
         code = module.main(argv)
         if code != 0:
             raise SystemExit(f"{entry.algorithm} on {entry.task} failed (exit {code}); run again to resume")
-    return json.loads((folder / "summary.json").read_text())
 
 
 def read_curves(entry: Entry, folder: pathlib.Path) -> list[dict]:
@@ -219,10 +222,16 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
+    for entry in entries:
+        run_entry(entry, out / folder_name(entry), seeds)
+
+    # The table and plots cover every entry of this mode that has finished, run now or before, so a
+    # run with --only updates its rows without dropping the others.
+    entries = [e for e in (QUICK if args.quick else FULL) if (out / folder_name(e) / "summary.json").exists()]
     curves, table = [], []
     for entry in entries:
-        folder = out / f"{entry.algorithm}-{entry.task.replace('/', '_')}"
-        summary = run_entry(entry, folder, seeds)
+        folder = out / folder_name(entry)
+        summary = json.loads((folder / "summary.json").read_text())
         curves += read_curves(entry, folder)
         rows = [c for c in curves if c["algorithm"] == entry.algorithm and c["task"] == entry.task]
         last_step = max(r["env_steps"] for r in rows)

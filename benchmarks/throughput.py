@@ -115,7 +115,9 @@ def timed(compiled, *args, repeats: int) -> float:
 def memory_mb(compiled) -> dict:
     """Device memory of one call of a compiled program, from XLA's analysis (its arguments, outputs
     and temporaries, less the outputs that reuse donated arguments); on a GPU also the allocator's
-    peak so far in this process (`memory_stats`, which a CPU does not keep)."""
+    peak so far in this process (`memory_stats`, which a CPU does not keep). The timed updates here
+    are called again on the same state, so they do not donate it: their figure counts the state twice,
+    where the runner's update, which donates it, needs it about once."""
     analysis = compiled.memory_analysis()
     out = {}
     if analysis is not None:

@@ -21,9 +21,9 @@ MBPO, at mbrl-lib's `mbpo_cartpole` setting on the same task: 400 model rollouts
 environment step, 20 SAC updates per step (256 x 256 networks, batch 256), a refit of 7 members of
 4 x 200 every 200 steps, all model data for SAC (real ratio 0). Measured: seconds per environment step
 for `--mbpo-steps` steps after `--mbpo-exploration-steps`, evaluations excluded. What still differs:
-mbrl-lib learns the reward (here it is known), early-stops its refits on a 20 % validation split with
-patience 5 (here at most 25 epochs on a 10 % holdout), and moves its SAC target every 4 updates
-(here every update).
+mbrl-lib learns the reward (here it is known), its refits early-stop on a 20 % validation split with
+patience 5 and no cap on the epochs (here the same early stopping, capped at 25 epochs a refit), and
+it moves its SAC target every 4 updates (here every update).
 
 Writes benchmarks/results/vs-mbrl-lib-<platform>.json and prints Markdown rows for RESULTS.md.
 """

@@ -1,9 +1,12 @@
 """Gymnasium tasks as mbrlax tasks: `gym/<id>`, such as gym/Pendulum-v1, gym/InvertedPendulum-v5,
 gym/HalfCheetah-v5 or gym/CartPole-v1, for any environment with a Box or a Discrete action space.
 
-The environments step on the host. `num_envs` copies sit in one gymnasium vector env (synchronous,
-resetting an ended copy in the same step, so its final observation comes back beside the new
-episode's first one). That vector env is put behind Brax's reset/step protocol: `reset` and `step`
+The environments step on the host. `num_envs` copies sit in one gymnasium vector env (synchronous).
+Made with `auto_reset=True` it resets an ended copy in the same step, so the final observation comes
+back in `info["final_obs"]` beside the new episode's first one, as Brax's AutoReset does; made with
+`auto_reset=False` an ended copy restarts on the next step instead, ignoring that step's action, which
+is what `mbrlax.envs.restart_or_step` does for a JAX task (Dreamer stores the last observation, then
+the first). That vector env is put behind Brax's reset/step protocol: `reset` and `step`
 call it from inside the compiled program through `jax.experimental.io_callback`, in program order.
 So an algorithm's training program is the same program as on a JAX task, fused or chunked; only
 each environment step leaves the accelerator, and acting and learning stay compiled.
@@ -46,10 +49,11 @@ def _hopper_termination(obs, action, next_obs):
     return ~(healthy & _finite(next_obs))
 
 
-def _z_range(low, high):
+def _z_range(low, high, inclusive: bool):
     def termination_fn(obs, action, next_obs):
         z = next_obs[..., 0]  # obs[0] is the torso's height (qpos[2])
-        return ~((z >= low) & (z <= high) & _finite(next_obs))
+        inside = ((z >= low) & (z <= high)) if inclusive else ((z > low) & (z < high))
+        return ~(inside & _finite(next_obs))
 
     return termination_fn
 
@@ -69,7 +73,12 @@ def _survival_reward(termination_fn):
 
 _LOCOMOTION = "the reward depends on the torso's x position, which the observation leaves out, so it is learned"
 
-# id without version -> (reward_fn or None, termination_fn or None, notes)
+
+def _one_a_step(obs, action, next_obs):
+    return jnp.ones(next_obs.shape[:-1])
+
+
+# id, or id without its version -> (reward_fn or None, termination_fn or None, notes)
 KNOWN: dict[str, tuple[Callable | None, Callable | None, str]] = {
     "Pendulum": (classic.pendulum_reward, classic.never_terminates, "Reward exact; never terminates."),
     "InvertedPendulum": (
@@ -82,6 +91,11 @@ KNOWN: dict[str, tuple[Callable | None, Callable | None, str]] = {
         classic.cartpole_balance_termination,
         "Reward 1 a step; terminates when |x| > 2.4 or |theta| > 12 degrees.",
     ),
+    "InvertedPendulum-v4": (
+        _one_a_step,
+        _inverted_pendulum_termination,
+        "Reward 1 a step, the falling step included; terminates when |obs[1]| > 0.2.",
+    ),
     "HalfCheetah": (None, classic.never_terminates, f"Never terminates; {_LOCOMOTION}."),
     "Swimmer": (None, classic.never_terminates, f"Never terminates; {_LOCOMOTION}."),
     "Hopper": (None, _hopper_termination, f"Terminates unless z > 0.7, |angle| < 0.2, |obs[1:]| < 100; {_LOCOMOTION}."),
@@ -90,8 +104,8 @@ KNOWN: dict[str, tuple[Callable | None, Callable | None, str]] = {
         lambda o, a, n: brax_tasks.walker2d_termination(o, a, n) | ~_finite(n),
         f"Terminates unless 0.8 < z < 2 and |angle| < 1; {_LOCOMOTION}.",
     ),
-    "Ant": (None, _z_range(0.2, 1.0), f"Terminates unless 0.2 <= z <= 1; {_LOCOMOTION}."),
-    "Humanoid": (None, _z_range(1.0, 2.0), f"Terminates unless 1 <= z <= 2; {_LOCOMOTION}."),
+    "Ant": (None, _z_range(0.2, 1.0, inclusive=True), f"Terminates unless 0.2 <= z <= 1; {_LOCOMOTION}."),
+    "Humanoid": (None, _z_range(1.0, 2.0, inclusive=False), f"Terminates unless 1 < z < 2; {_LOCOMOTION}."),
 }
 
 
@@ -100,13 +114,15 @@ class HostEnvs(Env):
     shape [num_envs, O] (or [O] when `single`), step takes actions [num_envs, A]. Auto-resetting, with
     the wrappers' `info` (steps, truncation, final_obs), so it stands in for Batch(AutoReset(TimeLimit(task)))."""
 
-    def __init__(self, env_id: str, num_envs: int, episode_length: int, discrete: bool, single: bool):
+    def __init__(self, env_id: str, num_envs: int, episode_length: int, discrete: bool, single: bool, auto_reset: bool):
         import gymnasium as gym
 
         self.env_id, self.num_envs, self.discrete, self.single = env_id, num_envs, discrete, single
+        self.auto_reset = auto_reset
+        mode = gym.vector.AutoresetMode.SAME_STEP if auto_reset else gym.vector.AutoresetMode.NEXT_STEP
         self.vec = gym.vector.SyncVectorEnv(
             [lambda: gym.make(env_id, max_episode_steps=episode_length) for _ in range(num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            autoreset_mode=mode,
         )
         space = self.vec.single_observation_space
         self.obs_size = int(np.prod(space.shape))
@@ -156,7 +172,10 @@ class HostEnvs(Env):
             self._shape, io_callback(self._host_step, shapes, action, ordered=True)
         )
         done = jnp.maximum(terminated, truncation)
-        steps = jnp.where(done > 0, 0, state.info["steps"] + 1)
+        # Counted from each episode's first observation: the ended copies' new episodes begin on this
+        # step (auto_reset) or began on this step because they had ended on the last one.
+        restarted = done if self.auto_reset else state.done
+        steps = jnp.where(restarted > 0, 0, state.info["steps"] + 1)
         info = {**state.info, "steps": steps, "truncation": truncation, "final_obs": final}
         return state.replace(obs=obs, reward=reward, done=done, info=info)
 
@@ -200,16 +219,15 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
         raise ValueError(f"{name}'s action space is {type(action_space).__name__}; mbrlax takes Box or Discrete.")
     if not isinstance(obs_space, gym.spaces.Box):
         raise ValueError(f"{name}'s observation space is {type(obs_space).__name__}; mbrlax takes Box.")
-    reward_fn, termination_fn, notes = KNOWN.get(
-        env_id.split("-v")[0], (None, None, "Reward learned; no termination function known.")
-    )
+    unknown = (None, None, "Reward learned; no termination function known.")
+    reward_fn, termination_fn, notes = KNOWN.get(env_id, KNOWN.get(env_id.split("-v")[0], unknown))
     if discrete:
         size = int(action_space.n)
         low, high = (0.0,) * size, (1.0,) * size
     else:
         low = tuple(float(x) for x in np.ravel(action_space.low))
         high = tuple(float(x) for x in np.ravel(action_space.high))
-    env = HostEnvs(env_id, num_envs or 1, length, discrete, single=num_envs is None)
+    env = HostEnvs(env_id, num_envs or 1, length, discrete, single=num_envs is None, auto_reset=auto_reset)
     spec = spec_class(
         name,
         env.observation_size,
@@ -222,7 +240,6 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
         discrete=discrete,
         notes=f"gymnasium's {env_id}, stepping on the host. {notes}",
     )
-    del auto_reset  # always: a vector env resets an ended copy itself (evaluations stop at the first end)
     return env, spec
 
 

@@ -6,6 +6,7 @@ import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from brax import envs as brax_envs
 
 from . import brax_tasks, classic, dmc, goals, gym_bridge, pixels
@@ -270,8 +271,8 @@ def make(
 
     `episode_length` counts task steps (default: the task's own); with action repeat the episode
     has ceil(episode_length / action_repeat) agent steps, which is what the spec reports.
-    `gym/<id>` names a gymnasium environment (gym_bridge.py: batched and auto-resetting on the host
-    already), `dmc/<domain>_<task>` a DeepMind Control Suite task (dmc.py, wrapped like the others).
+    `gym/<id>` names a gymnasium environment (gym_bridge.py: batched on the host already, and
+    resetting as `auto_reset` asks), `dmc/<domain>_<task>` a DeepMind Control Suite task (dmc.py, wrapped like the others).
     """
     for option, value, least in (
         ("episode_length", episode_length, 1),
@@ -319,3 +320,16 @@ def make(
     if num_envs is not None:
         env = Batch(env, num_envs)
     return env, spec
+
+
+def restart_or_step(env, state, action: jax.Array, key: jax.Array):
+    """One step of a batched environment made without auto-reset: a copy whose episode ended on the
+    last step (`state.done`) starts a new one, the others step with `action`. A host (gym/) env does
+    this itself on the step after an end; a JAX env resets every copy and keeps the ended ones'."""
+    if isinstance(env, gym_bridge.HostEnvs):
+        return env.step(state, action)
+    ended = state.done > 0
+    restarted, stepped = env.reset(key), env.step(state, action)
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(ended.reshape(ended.shape + (1,) * (a.ndim - 1)), a, b), restarted, stepped
+    )

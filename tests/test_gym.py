@@ -4,6 +4,7 @@ model-side functions agree with gymnasium's own steps, and every landed algorith
 from __future__ import annotations
 
 import json
+import shutil
 
 import gymnasium
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import cli_args
 from mbrlax.algorithms import clearning, dreamer, maac, mbmpo, mbpo, pets, svg
-from mbrlax.envs import make
+from mbrlax.envs import make, restart_or_step
 
 import test_maac
 import test_mbmpo
@@ -56,6 +57,56 @@ def test_host_steps_match_gymnasium_and_the_model_side_functions(name):
         assert ends > 0  # random actions topple the poles
 
 
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5", "InvertedPendulum-v4"])
+def test_mujoco_termination_functions_match_gymnasium(env_id):
+    """Declared from observations, each termination rule (and v4's reward) agrees with gymnasium's
+    own `terminated` on every step of random play, episodes that end included."""
+    _, spec = make(f"gym/{env_id}", num_envs=1)
+    env = gymnasium.make(env_id)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    ends = 0
+    for _ in range(400):
+        action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        args = (jnp.asarray(obs, jnp.float32), jnp.asarray(action), jnp.asarray(next_obs, jnp.float32))
+        assert bool(spec.termination_fn(*args)) == terminated
+        if spec.reward_fn is not None:
+            np.testing.assert_allclose(spec.reward_fn(*args), reward)
+        ends += int(terminated)
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset(seed=int(rng.integers(1 << 30)))
+    if env_id != "Ant-v5":  # random play rarely flips the ant; the others fall
+        assert ends > 0
+
+
+def test_host_env_without_auto_reset_restarts_an_ended_copy_on_the_next_step():
+    """Made without auto-reset (as Dreamer makes it), an ended copy's last observation comes back with
+    `done`, and the next step begins its new episode; within an episode the cart moves by gymnasium's
+    Euler step x' = x + 0.02 x_dot, so no step restarts a running episode."""
+    env, _ = make("gym/CartPole-v1", num_envs=2)
+    state = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, a, k: restart_or_step(env, s, a, k))
+    rng = np.random.default_rng(0)
+    ends = longest = 0
+    length = np.zeros(2, int)
+    for t in range(150):
+        action = jax.nn.one_hot(rng.integers(0, 2, 2), 2)
+        nxt = step(state, action, jax.random.PRNGKey(t))
+        obs, new_obs = np.asarray(state.obs), np.asarray(nxt.obs)
+        for i in range(2):
+            if state.done[i] > 0:  # restarted: a fresh state near zero, nothing gained
+                assert np.all(np.abs(new_obs[i]) <= 0.05) and nxt.reward[i] == 0 and nxt.done[i] == 0
+                ends, length[i] = ends + 1, 0
+            else:
+                np.testing.assert_allclose(new_obs[i, 0], obs[i, 0] + 0.02 * obs[i, 1], rtol=1e-5, atol=1e-6)
+                length[i] += 1
+                longest = max(longest, length[i])
+        state = nxt
+    assert ends > 2 and longest >= 8
+
+
 def _summary(main, args, tmp_path) -> dict:
     run = tmp_path / "run"
     assert main(args + ["--no-progress", "--run-dir", str(run)]) == 0
@@ -92,6 +143,11 @@ def test_every_algorithm_runs_on_gymnasium_tasks(algorithm, task, tmp_path):
     assert np.isfinite(summary["final_eval_return"])
     if task == "gym/InvertedPendulum-v5":
         assert 0 < summary["final_eval_return"] <= 1000
+        # Training episodes end (random play topples the pole within tens of steps) and have lasted
+        # more than one step, so the training loop steps its environments rather than restarting them.
+        rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+        column = rows[0].split(",").index("train_episode_return")
+        assert float(rows[-1].split(",")[column]) > 1
 
 
 @pytest.mark.parametrize(
@@ -109,3 +165,24 @@ def test_bad_input_exits_2_with_one_sentence(main, extra, message, capsys, tmp_p
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("algorithm", ["mbpo", "dreamer"])
+def test_a_killed_gym_run_resumes_in_fresh_episodes(algorithm, tmp_path):
+    """The simulators' state is not in a checkpoint: a resumed gym/ run takes new environments and
+    new episodes (for Dreamer, a new first step of its memory) and runs to the end."""
+    main, args = ALGORITHMS[algorithm]
+    args = ["--env", "gym/Pendulum-v1", *args, "--no-progress"]
+    if algorithm == "dreamer":
+        args += ["--total-steps", "384"]  # two evaluations, so a checkpoint is left after removing one
+    run = tmp_path / "run"
+    assert main(args + ["--run-dir", str(run)]) == 0
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    shutil.rmtree(run / "checkpoints" / str(steps[-1]))
+    first = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert np.isfinite(summary["final_eval_return"]) and summary["env_steps"] == first["env_steps"]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2

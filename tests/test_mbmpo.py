@@ -4,6 +4,7 @@ bad input, and the pendulum learning bar."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 
@@ -234,14 +235,18 @@ def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_mbmpo_learns_pendulum_and_adaptation_helps_in_imagination():
+def test_mbmpo_learns_pendulum_and_adaptation_helps_in_imagination(tmp_path):
     """The default pendulum settings (7,400 real steps, 1,000 of them random; evaluations after
-    2,600, 4,200, 5,800 and 7,400). A random policy scores about -1200; the bar is -400. The inner
-    step must improve each task's own imagined return on average over the evaluations (the same
-    start states and noise before and after the step)."""
-    config = mbmpo.Config()
-    _, metrics = jax.jit(mbmpo.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
-    evals = jax.tree_util.tree_map(np.asarray, metrics["eval"])
-    print({k: v.round(1) for k, v in evals.items()})
-    assert evals["eval_return"][-1] >= -400.0, evals["eval_return"]
-    assert evals["eval_imagined_adaptation_gain"].mean() > 0.0, evals["eval_imagined_adaptation_gain"]
+    2,600, 4,200, 5,800 and 7,400), 4 seeds vmapped. A random policy scores about -1200; the bar is
+    -400 for every seed. The inner step must improve each task's own imagined return on average over
+    the seeds and evaluations (the same start states and noise before and after the step); one
+    evaluation of one seed is a single noisy sample of that gain, often of either sign late in
+    training, when theta is already good."""
+    run = tmp_path / "run"
+    assert mbmpo.main(["--env", "pendulum", "--num-seeds", "4", "--no-progress", "--run-dir", str(run)]) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    final = [float(r["eval_return"]) for r in rows if r["env_steps"] == "7400"]
+    gains = [float(r["eval_imagined_adaptation_gain"]) for r in rows]
+    print({"final": np.round(final, 1), "gains": np.round(gains, 1)})
+    assert len(final) == 4 and min(final) >= -400.0, final
+    assert len(gains) == 16 and np.mean(gains) > 0.0, gains

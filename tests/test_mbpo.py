@@ -232,6 +232,9 @@ def test_cli_run_folder_seeds_and_resume(tmp_path):
     resumed = json.loads((second / "summary.json").read_text())
     assert resumed["final_eval_return_per_run"] == summary["final_eval_return_per_run"]
     assert (second / "metrics.csv").read_text() == (first / "metrics.csv").read_text()
+    # The time spent before the kill counts: both compiles, and the wall time up to the checkpoint.
+    assert resumed["compile_time_s"] > summary["compile_time_s"]
+    assert resumed["wall_time_s"] > resumed["compile_time_s"]
 
 
 @pytest.mark.slow

@@ -156,3 +156,38 @@ def test_two_processes_give_the_runs_of_one_and_resume(tmp_path):
         checkpoints[-1].unlink()
     _two_processes(["--resume", str(killed), "--no-progress"])
     assert (killed / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
+
+
+def test_static_fields_that_default_to_none_sweep_by_their_annotation():
+    from mbrlax import runner
+    from mbrlax.algorithms import mbpo
+
+    config = mbpo.Config()
+    assert config.episode_length is None
+    assert runner.parse_sweep(config, ("episode_length=100,none",)) == ({}, {"episode_length": [100, None]})
+    try:
+        runner.parse_sweep(config, ("episode_length=long",))
+    except runner.ConfigError as error:
+        assert "must be of type int" in str(error)
+    else:
+        raise AssertionError("a non-integer episode_length was accepted")
+
+
+def test_process_flags_without_a_coordinator_are_refused(capsys, tmp_path):
+    code = pets.main(cli_args(TINY) + ["--num-processes", "2", "--process-id", "1", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--coordinator" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_half_written_process_checkpoint_is_ignored(tmp_path):
+    """A kill while a process writes its checkpoint leaves a partial file, which resume skips."""
+    import jax.numpy as jnp
+    from mbrlax.runner import ProcessCheckpoints
+
+    checkpoints = ProcessCheckpoints(tmp_path)
+    checkpoints.save(3, {"w": jnp.ones(2)}, {"history": []})
+    (tmp_path / "5.npz.partial").write_bytes(b"cut short")
+    assert checkpoints.latest() == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["3.npz", "5.npz.partial"]
+    state, meta = checkpoints.restore(3, {"w": jnp.zeros(2)})
+    np.testing.assert_array_equal(state["w"], np.ones(2))
+    assert meta == {"history": []}

@@ -8,8 +8,8 @@ and a `validate()` that raises `ConfigError`), a dict of presets, and `make_trai
 
     python algorithms/pets.py --env pendulum --num-seeds 4 --sweep alpha=0.1,0.2
 
-Runs (seeds x sweep values) are one `vmap`ped program, sharded over the local devices when they
-divide evenly. The chunked loop calls the jitted `update` and `evaluate` of the Trainer, writes a
+Runs (seeds x traced sweep values) are one `vmap`ped program, sharded over the local devices when
+they divide evenly; each value of a swept static field is a program of its own. The chunked loop calls the jitted `update` and `evaluate` of the Trainer, writes a
 row per run per evaluation, checkpoints the whole batched state with orbax, and `--resume DIR`
 continues from the last checkpoint to the same result as an uninterrupted run.
 """
@@ -27,6 +27,7 @@ import pathlib
 import subprocess
 import sys
 import time
+import typing
 from typing import Annotated, Any, Callable, Literal
 
 import jax
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import tyro
 
+from mbrlax.envs import gym_bridge
 from mbrlax.training import ConfigError, Trainer, split_keys
 
 
@@ -49,7 +51,8 @@ class RunOptions:
     num_seeds: int = 1
     """Independent seeds, run together as one vmapped program."""
     sweep: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """A traced hyperparameter to sweep, as name=v1,v2,...; repeat the flag for a grid."""
+    """A field to sweep, as name=v1,v2,...; repeat the flag for a grid. A traced hyperparameter's values
+    share one vmapped program; a static field (a size, a horizon) compiles one program per value."""
     run_dir: str | None = None
     """Folder of this run (default: runs/<algorithm>-<env>-<time>)."""
     resume: str | None = None
@@ -85,20 +88,48 @@ def hparams_of(config) -> dict[str, float]:
     return {name: float(getattr(config, name)) for name in type(config).SWEEPABLE}
 
 
+def _field_kind(config, name: str):
+    """The type a static field's values are read as: its current value's, or for a field that is None
+    now (an optional size, a default chosen later) the first type its annotation allows."""
+    current = getattr(config, name)
+    if current is not None:
+        return type(current)
+    try:
+        hint = typing.get_type_hints(type(config))[name]
+    except Exception:  # an annotation that does not resolve: read the values as text
+        return str
+    allowed = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return allowed[0]
+
+
 def _parse_static(config, name: str, values: str) -> list:
-    """Values of a static field, read as the type of its current value."""
+    """Values of a static field, read as its type; "none" sets an optional field to None."""
     current = getattr(config, name)
     if name == "env":
         raise ConfigError("--sweep env: run one command per task")
     if isinstance(current, tuple):
         raise ConfigError(f"--sweep {name}: a tuple field cannot be swept from the command line; use mbrlax.sweep()")
-    parse = type(current)
-    if isinstance(current, bool):
-        parse = lambda v: {"true": True, "false": False}[v.strip().lower()]  # noqa: E731
+    kind = _field_kind(config, name)
+    choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+    def parse(text: str):
+        if text.lower() == "none" and current is None:
+            return None
+        if kind is bool:
+            return {"true": True, "false": False}[text.lower()]
+        if choices is not None:
+            if text not in choices:
+                raise ValueError(text)
+            return text
+        return kind(text)
+
     try:
         return [parse(v.strip()) for v in values.split(",")]
-    except (ValueError, KeyError):
-        raise ConfigError(f"--sweep {name}: values must be of type {type(current).__name__}, got {values!r}") from None
+    except (ValueError, KeyError, TypeError):
+        expected = (
+            "one of " + ", ".join(map(repr, choices)) if choices else f"of type {getattr(kind, '__name__', kind)}"
+        )
+        raise ConfigError(f"--sweep {name}: values must be {expected}, got {values!r}") from None
 
 
 def parse_sweep(config, sweep: tuple[str, ...]) -> tuple[dict[str, list[float]], dict[str, list]]:
@@ -147,9 +178,9 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     return runs
 
 
-def swept_names(runs: list[dict], names) -> list[str]:
-    """Those of `names` (hyperparameters, static or traced) whose value differs between runs."""
-    return [name for name in names if len({r[name] for r in runs}) > 1]
+def swept_names(runs: list[dict]) -> list[str]:
+    """The hyperparameters (static or traced) whose value differs between runs."""
+    return [name for name in runs[0] if name != "seed" and len({r[name] for r in runs}) > 1]
 
 
 def batch_inputs(runs: list[dict], sweepable: tuple[str, ...]):
@@ -190,6 +221,11 @@ def over_runs(fn, num_runs: int, in_axes=0):
 
 def start_distributed(options: RunOptions) -> None:
     if not (options.distributed or options.coordinator):
+        if options.num_processes is not None or options.process_id is not None:
+            raise ConfigError(
+                "--num-processes and --process-id join a multi-host run only with --coordinator host:port "
+                "(or --distributed under a cluster's launcher); alone they would run every run in every process"
+            )
         return
     try:
         jax.distributed.initialize(options.coordinator, options.num_processes, options.process_id)
@@ -269,10 +305,10 @@ def check_memory(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...])
 
 def check_host_task(config, runs: list[dict]) -> None:
     """gym/ tasks step on the host through a callback, which cannot be vmapped: one run a process."""
-    if config.env.startswith("gym/") and len(runs) > 1:
+    if gym_bridge.is_gym(config.env) and len(runs) > 1:
         raise ConfigError(
-            f"{config.env} steps on the host, so a process runs one run of it, not {len(runs)}; "
-            "run the seeds or sweep values as separate processes (--num-processes)"
+            f"{config.env} steps on the host, so a process runs one run of it, not {len(runs)}; run the seeds "
+            "or sweep values as separate processes (--coordinator host:port --num-processes N --process-id i)"
         )
 
 
@@ -498,7 +534,7 @@ class ProcessCheckpoints:
         directory.mkdir(parents=True, exist_ok=True)
 
     def _updates(self) -> list[int]:
-        return sorted(int(path.stem) for path in self.directory.glob("*.npz"))
+        return sorted(int(path.stem) for path in self.directory.glob("*.npz") if path.stem.isdigit())
 
     def latest(self) -> int | None:
         updates = self._updates()
@@ -506,8 +542,9 @@ class ProcessCheckpoints:
 
     def save(self, update: int, state, meta: dict):
         leaves = {f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
-        partial = self.directory / f"{update}.partial.npz"
-        np.savez(partial, meta=np.array(json.dumps(meta)), **leaves)
+        partial = self.directory / f"{update}.npz.partial"
+        with open(partial, "wb") as file:  # a file object, so numpy keeps the name as given
+            np.savez(file, meta=np.array(json.dumps(meta)), **leaves)
         partial.replace(self.directory / f"{update}.npz")
         for old in self._updates()[: -self.keep]:
             (self.directory / f"{old}.npz").unlink()
@@ -525,6 +562,18 @@ class ProcessCheckpoints:
 # THE CHUNKED LOOP
 
 
+def fresh_episodes(restored, fresh):
+    """A host (gym/) simulator's state is not in a checkpoint, and the simulators of a resumed process
+    are new: the restored run takes the environments `init` just made and starts new episodes there,
+    keeping everything it learned (a recurrent agent's memory and first-step flags start afresh, and
+    the new episodes get new ids)."""
+    names = ("env_state", "is_first", "latent", "prev_action", "episode_return")
+    fields = {name: getattr(fresh, name) for name in names if name in restored._fields}
+    if "episode" in restored._fields:
+        fields["episode"] = restored.episode + 1
+    return restored._replace(**fields)
+
+
 def execute(
     trainer: Trainer,
     runs: list[dict],
@@ -534,7 +583,7 @@ def execute(
     config_dict: dict,
     title: str,
     resume: bool = False,
-) -> dict:
+) -> tuple[list[dict], dict]:
     """Run `trainer` for every run at once, chunk by chunk, with logs and checkpoints in `run_dir`."""
     schedule = trainer.schedule
     keys, hparams = shard_runs(batch_inputs(runs, sweepable))
@@ -556,11 +605,23 @@ def execute(
     checkpoints = (ProcessCheckpoints if jax.process_count() > 1 else Checkpoints)(run_dir / "checkpoints")
     history: list[dict] = []
     first_update = 0
+    # Time spent before a kill, up to the checkpoint resumed from, so a resumed run's summary counts it.
+    earlier_wall, earlier_compile = 0.0, 0.0
     state = init_c(init_keys, hparams)
     if resume and checkpoints.latest() is not None:
         first_update = checkpoints.latest()
-        state, meta = checkpoints.restore(first_update, state)
+        fresh = state
+        try:
+            state, meta = checkpoints.restore(first_update, fresh)
+        except Exception as error:  # orbax and numpy raise many kinds; the cause goes in the message
+            raise ConfigError(
+                f"--resume: the checkpoint after update {first_update} in {run_dir} does not fit this run's state "
+                f"({type(error).__name__}); was it written by another version of mbrlax?"
+            ) from None
         history = meta["history"]
+        if gym_bridge.is_gym(config_dict.get("env", "")):
+            state = fresh_episodes(state, fresh)
+        earlier_wall, earlier_compile = meta.get("wall_time_s", 0.0), meta.get("compile_time_s", 0.0)
     log = MetricsLog(run_dir, options.track, config_dict, history)
 
     progress = None
@@ -601,7 +662,11 @@ def execute(
             log.add(rows)
             eval_count = (u + 1) // schedule.updates_per_eval
             if evaluated and (eval_count % options.checkpoint_every == 0 or u + 1 == schedule.num_updates):
-                checkpoints.save(u + 1, state, {"history": log.rows})
+                spent = {
+                    "wall_time_s": earlier_wall + time.perf_counter() - start,
+                    "compile_time_s": earlier_compile + compile_s,
+                }
+                checkpoints.save(u + 1, state, {"history": log.rows, **spent})
             if progress is not None:
                 progress.update(schedule.steps_per_update)
                 if last_eval is not None:
@@ -611,10 +676,11 @@ def execute(
             progress.close()
         checkpoints.close()
         log.close()
-        swept = swept_names(runs, [k for k in runs[0] if k != "seed"])
+        swept = swept_names(runs)
         plot_curves(log.rows, run_dir / "curve.png", title, swept)
 
-    return log.rows, summarise(log.rows, time.perf_counter() - start, compile_s, swept)
+    wall = earlier_wall + time.perf_counter() - start
+    return log.rows, summarise(log.rows, wall, earlier_compile + compile_s, swept)
 
 
 def summarise(rows: list[dict], wall: float, compile_s: float, swept=()) -> dict:
@@ -658,7 +724,7 @@ def summarise(rows: list[dict], wall: float, compile_s: float, swept=()) -> dict
 
 def execute_fused(
     trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...], run_dir: pathlib.Path, title: str
-) -> dict:
+) -> tuple[list[dict], dict]:
     """The whole run as one compiled program for every run at once; rows written when it ends."""
     schedule = trainer.schedule
     keys, hparams = shard_runs(batch_inputs(runs, sweepable))
@@ -677,7 +743,7 @@ def execute_fused(
             for row, erow in zip(rows, evals):
                 row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
         log.add(rows)
-    swept = swept_names(runs, [k for k in runs[0] if k != "seed"])
+    swept = swept_names(runs)
     plot_curves(log.rows, run_dir / "curve.png", title, swept)
     return log.rows, summarise(log.rows, time.perf_counter() - start, compile_s, swept)
 
@@ -711,10 +777,16 @@ def run_programs(programs: list, sweepable: tuple[str, ...], run_dir: pathlib.Pa
         compile_s += summary["compile_time_s"]
         offset += len(runs)
     every_run = [run for _, _, runs, _ in programs for run in runs]
-    swept = swept_names(every_run, [k for k in every_run[0] if k != "seed"])
+    return rows, write_collected(rows, every_run, run_dir, title, wall, compile_s)
+
+
+def write_collected(rows: list[dict], every_run: list[dict], run_dir: pathlib.Path, title: str, wall, compile_s):
+    """Rows collected from several programs or processes, written into `run_dir` as one run's are:
+    metrics files and curve; returns their summary."""
+    swept = swept_names(every_run)
     MetricsLog(run_dir, "none", {}, rows).close()
     plot_curves(rows, run_dir / "curve.png", title, swept)
-    return rows, summarise(rows, wall, compile_s, swept)
+    return summarise(rows, wall, compile_s, swept)
 
 
 # CLI
@@ -841,25 +913,40 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
     compiled = f" in {len(programs)} programs" if len(programs) > 1 else ""
     hosts = jax.process_count() > 1
     here = f", {sum(len(runs) for _, _, runs, _ in programs)} of them here" if hosts else ""
+    steps = " or ".join(str(n) for n in sorted({trainer.schedule.total_steps for *_, trainer in programs}))
     print(
-        f"{title}: {len(every_run)} run(s){compiled}{here}, {programs[0][3].schedule.total_steps} environment "
-        f"steps each, on {device_description()}; run folder {run_dir}",
+        f"{title}: {len(every_run)} run(s){compiled}{here}, {steps} environment steps each, on "
+        f"{device_description()}; run folder {run_dir}",
         flush=True,
     )
     try:
         # In a multi-host run each process keeps its own share (checkpoints included) in a folder of
         # its own, and process 0 gathers every run into the run folder.
         local_dir = run_dir / f"process-{jax.process_index()}" if hosts else run_dir
-        rows, summary = run_programs(programs, type(config).SWEEPABLE, local_dir, options, title)
+        failure = None
+        try:
+            rows, summary = run_programs(programs, type(config).SWEEPABLE, local_dir, options, title)
+        except (NonFiniteError, ConfigError) as error:
+            failure = error
+        if hosts:
+            # Every process learns whether any failed before the gathering, which would wait forever
+            # for a process that has stopped.
+            from jax.experimental import multihost_utils
+
+            failed = np.asarray(multihost_utils.process_allgather(np.int32(failure is not None))).ravel()
+            if failure is None and failed.any():
+                others = ", ".join(str(i) for i in np.flatnonzero(failed))
+                failure = NonFiniteError(f"process(es) {others} of the multi-host run failed; see their output")
+        if failure is not None:
+            raise failure
         if hosts:
             rows = gather_rows(rows, [len(runs) for _, _, runs, _ in programs], every_run)
             if jax.process_index() != 0:
                 print(f"process {jax.process_index()}: done; process 0 writes the results to {run_dir}")
                 return 0
-            swept = swept_names(every_run, [k for k in every_run[0] if k != "seed"])
-            MetricsLog(run_dir, "none", {}, rows).close()
-            plot_curves(rows, run_dir / "curve.png", title, swept)
-            summary = summarise(rows, summary["wall_time_s"], summary["compile_time_s"], swept)
+            summary = write_collected(
+                rows, every_run, run_dir, title, summary["wall_time_s"], summary["compile_time_s"]
+            )
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
