@@ -16,6 +16,9 @@ vmapped over seeds, so `--num-seeds` above 1 is refused; sweep with several proc
 resumed run starts fresh episodes (the simulators' state is not in the checkpoint), and action repeat
 is the simulator's own frame skip.
 
+`gym/AntTruncatedObs-v5` and `gym/HumanoidTruncatedObs-v5` are the MBPO paper's ant and humanoid
+observations (joint positions and velocities only, 27 and 45 numbers) on gymnasium's v5 tasks.
+
 Model-side functions: the MuJoCo tasks' termination rules are written from observations as
 gymnasium's v5 environments apply them (hopper, walker2d, ant, humanoid, inverted pendulum), the
 pendulum's and the pole-balancing tasks' rewards exactly; the locomotion rewards depend on the
@@ -109,19 +112,61 @@ KNOWN: dict[str, tuple[Callable | None, Callable | None, str]] = {
 }
 
 
+# The MBPO paper's AntTruncatedObs-v2 and HumanoidTruncatedObs-v2 kept the joint positions (without
+# the root's x, y) and velocities only: 27 and 45 numbers. Gymnasium's v5 tasks drop the rest by
+# these options.
+TRUNCATED_OBS = {
+    "AntTruncatedObs": ("Ant", {"include_cfrc_ext_in_observation": False}),
+    "HumanoidTruncatedObs": (
+        "Humanoid",
+        {
+            "include_cinert_in_observation": False,
+            "include_cvel_in_observation": False,
+            "include_qfrc_actuator_in_observation": False,
+            "include_cfrc_ext_in_observation": False,
+        },
+    ),
+}
+
+
+def _resolve(env_id: str) -> tuple[str, dict]:
+    """gymnasium's id and options for an id of ours: AntTruncatedObs-v5 -> ("Ant-v5", {...})."""
+    base, _, version = env_id.rpartition("-v")
+    if base not in TRUNCATED_OBS:
+        return env_id, {}
+    if version != "5":
+        raise ValueError(f"gym/{env_id}: the truncated observations are defined on the v5 task; use gym/{base}-v5.")
+    task, options = TRUNCATED_OBS[base]
+    return f"{task}-v5", options
+
+
 class HostEnvs(Env):
     """`num_envs` gymnasium environments behind Brax's protocol, batched already: reset gives obs of
-    shape [num_envs, O] (or [O] when `single`), step takes actions [num_envs, A]. Auto-resetting, with
-    the wrappers' `info` (steps, truncation, final_obs), so it stands in for Batch(AutoReset(TimeLimit(task)))."""
+    shape [num_envs, O] (or [O] when `single`), step takes actions [num_envs, A], with the wrappers'
+    `info` (steps, truncation, final_obs). With `auto_reset` it stands in for
+    Batch(AutoReset(TimeLimit(task))); without, an ended copy restarts on the step after its end (see
+    `mbrlax.envs.restart_or_step`)."""
 
-    def __init__(self, env_id: str, num_envs: int, episode_length: int, discrete: bool, single: bool, auto_reset: bool):
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        episode_length: int,
+        discrete: bool,
+        single: bool,
+        auto_reset: bool,
+        make_kwargs: dict | None = None,
+    ):
         import gymnasium as gym
 
         self.env_id, self.num_envs, self.discrete, self.single = env_id, num_envs, discrete, single
         self.auto_reset = auto_reset
         mode = gym.vector.AutoresetMode.SAME_STEP if auto_reset else gym.vector.AutoresetMode.NEXT_STEP
         self.vec = gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id, max_episode_steps=episode_length) for _ in range(num_envs)],
+            [
+                lambda: gym.make(env_id, max_episode_steps=episode_length, **(make_kwargs or {}))
+                for _ in range(num_envs)
+            ],
             autoreset_mode=mode,
         )
         space = self.vec.single_observation_space
@@ -198,13 +243,13 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
         import gymnasium as gym
     except ImportError:  # pragma: no cover - gymnasium is a dependency
         raise ValueError("gym/ tasks need gymnasium") from None
-    env_id = name[len(PREFIX) :]
+    env_id, make_kwargs = _resolve(name[len(PREFIX) :])
     if options:
         raise ValueError(f"Unknown option {next(iter(options))!r} for {name} (gym/ tasks take none).")
     if action_repeat != 1:
         raise ValueError(f"{name} steps on the host; action_repeat is the simulator's own frame skip there.")
     try:
-        probe = gym.make(env_id)
+        probe = gym.make(env_id, **make_kwargs)
     except gym.error.Error as error:
         raise ValueError(f"Unknown environment {name!r}: gymnasium says {error}") from None
     except ImportError as error:
@@ -227,7 +272,7 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
     else:
         low = tuple(float(x) for x in np.ravel(action_space.low))
         high = tuple(float(x) for x in np.ravel(action_space.high))
-    env = HostEnvs(env_id, num_envs or 1, length, discrete, single=num_envs is None, auto_reset=auto_reset)
+    env = HostEnvs(env_id, num_envs or 1, length, discrete, num_envs is None, auto_reset, make_kwargs)
     spec = spec_class(
         name,
         env.observation_size,
@@ -238,7 +283,7 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
         reward_fn,
         termination_fn,
         discrete=discrete,
-        notes=f"gymnasium's {env_id}, stepping on the host. {notes}",
+        notes=f"gymnasium's {env_id}{' with ' + str(make_kwargs) if make_kwargs else ''}, stepping on the host. {notes}",
     )
     return env, spec
 

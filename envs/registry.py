@@ -272,7 +272,8 @@ def make(
     `episode_length` counts task steps (default: the task's own); with action repeat the episode
     has ceil(episode_length / action_repeat) agent steps, which is what the spec reports.
     `gym/<id>` names a gymnasium environment (gym_bridge.py: batched on the host already, and
-    resetting as `auto_reset` asks), `dmc/<domain>_<task>` a DeepMind Control Suite task (dmc.py, wrapped like the others).
+    resetting as `auto_reset` asks), `dmc/<domain>_<task>` a DeepMind Control Suite task (dmc.py,
+    wrapped like the others).
     """
     for option, value, least in (
         ("episode_length", episode_length, 1),

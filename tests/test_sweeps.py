@@ -112,9 +112,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(args: list[str]) -> None:
-    """PETS in two processes joined by jax.distributed over localhost."""
-    command = [sys.executable, "-m", "mbrlax.algorithms.pets", *args, "--coordinator", f"localhost:{_free_port()}"]
+def _two_processes(args: list[str], algorithm: str = "pets") -> None:
+    """An algorithm (PETS by default) in two processes joined by jax.distributed over localhost."""
+    module = f"mbrlax.algorithms.{algorithm}"
+    command = [sys.executable, "-m", module, *args, "--coordinator", f"localhost:{_free_port()}"]
     command += ["--num-processes", "2"]
     processes = [
         subprocess.Popen(
@@ -191,3 +192,18 @@ def test_a_half_written_process_checkpoint_is_ignored(tmp_path):
     state, meta = checkpoints.restore(3, {"w": jnp.zeros(2)})
     np.testing.assert_array_equal(state["w"], np.ones(2))
     assert meta == {"history": []}
+
+
+def test_seeds_of_a_gym_task_run_as_processes(tmp_path):
+    """A gym/ task steps on the host, one run a process: two seeds run as two processes on this
+    machine, and process 0 gathers both."""
+    from test_mbpo import TINY as MBPO_TINY
+
+    run = tmp_path / "gym"  # the tiny config's task is the default, pendulum, so it names none
+    _two_processes(
+        cli_args(MBPO_TINY) + ["--env", "gym/Pendulum-v1", "--num-seeds", "2", "--run-dir", str(run)], "mbpo"
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_runs"] == 2 and np.isfinite(summary["final_eval_return_per_run"]).all()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert sorted({(r["run"], r["seed"]) for r in rows}) == [("0", "0"), ("1", "1")]
