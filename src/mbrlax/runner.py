@@ -621,6 +621,7 @@ def execute(
         history = meta["history"]
         if gym_bridge.is_gym(config_dict.get("env", "")):
             state = fresh_episodes(state, fresh)
+        del fresh  # the initial state (replay buffers included) is not held beside the run's for its length
         earlier_wall, earlier_compile = meta.get("wall_time_s", 0.0), meta.get("compile_time_s", 0.0)
     log = MetricsLog(run_dir, options.track, config_dict, history)
 
