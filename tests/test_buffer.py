@@ -290,3 +290,37 @@ def test_sequence_longer_than_capacity_is_refused():
     buffer = rb.init_trajectories({"t": jnp.int32(0)}, 8, 2)
     with pytest.raises(ValueError, match="longer than the buffer"):
         rb.sample_sequences(buffer, jax.random.PRNGKey(0), 4, 9)
+
+
+def test_truncated_geometric_matches_its_distribution():
+    for n, discount in [(5, 0.5), (50, 0.99), (3, 1.0)]:
+        draws = np.asarray(rb.truncated_geometric(jax.random.PRNGKey(n), jnp.full(100_000, n), discount))
+        expected = discount ** np.arange(n)
+        expected /= expected.sum()
+        assert draws.min() >= 1 and draws.max() <= n
+        np.testing.assert_allclose(np.bincount(draws, minlength=n + 1)[1:] / draws.size, expected, atol=0.006)
+
+
+def test_future_goals_are_renormalised_within_the_episode_not_clamped_to_its_end():
+    """Whole 50-step episodes at discount 0.99: a step i steps before the end has N = 50 - i offsets left,
+    and the final state is its goal with probability d^(N-1) (1-d) / (1-d^N): 8.6 % averaged over the
+    episode. Clamping an untruncated geometric draw to the end gives d^(N-1), 79 % on average."""
+    episode_length, episodes, num_envs, discount = 50, 4, 2, 0.99
+    buffer = rb.init_trajectories({"obs": jnp.zeros(2), "next_obs": jnp.zeros(2)}, episode_length * episodes, num_envs)
+    add = jax.jit(rb.add_step)
+    for t in range(episode_length * episodes):
+        step_in_episode = jnp.full((num_envs, 1), t % episode_length, jnp.float32)
+        obs = jnp.concatenate([step_in_episode, jnp.full((num_envs, 1), t // episode_length, jnp.float32)], 1)
+        next_obs = obs.at[:, 0].add(1.0)
+        buffer = add(buffer, {"obs": obs, "next_obs": next_obs}, jnp.full(num_envs, t // episode_length, jnp.int32))
+    steps, future = rb.sample_with_future(buffer, jax.random.PRNGKey(0), 40_000, discount, episode_length)
+    steps, future = np.asarray(steps["obs"]), np.asarray(future["next_obs"])
+    np.testing.assert_array_equal(future[:, 1], steps[:, 1])  # the same episode
+    final = future[:, 0] == episode_length
+    left = episode_length - np.arange(episode_length)
+    expected = np.mean(discount ** (left - 1) * (1 - discount) / (1 - discount**left))
+    assert abs(final.mean() - expected) < 0.01, (final.mean(), expected)
+    # Steps 30 before the end: the offsets follow the renormalised law over 1..30.
+    offsets = (future[:, 0] - steps[:, 0])[steps[:, 0] == episode_length - 30]
+    law = discount ** np.arange(30) / np.sum(discount ** np.arange(30))
+    assert abs(offsets.mean() - np.sum(np.arange(1, 31) * law)) < 0.6
