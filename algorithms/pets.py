@@ -9,16 +9,23 @@ control), the plan is shifted by one step to warm-start the next search, and the
 on all data every `retrain_every` steps.
 
 What this file does differently from the paper, and why:
-- CEM returns the mean of the last iteration's elites (mbrl-lib's `return_mean_elites`, which its
-  authors report helps HalfCheetah; the paper returns the final distribution mean).
-- A member count that does not divide the particle batch is handled by padding the batch, where
-  the authors' code and mbrl-lib require divisibility.
 - Planning is batched over every parallel environment (and over seeds under `vmap`); the paper and
   mbrl-lib plan for one state at a time.
+- CEM returns the momentum-smoothed mean of the last iteration, as both references do
+  (handful-of-trials `dmbrl/misc/optimizers/cem.py` returns `mean`; mbrl-lib
+  `mbrl/planning/trajectory_opt.py` returns `mu` when `return_mean_elites`, although its docstring
+  says "the mean of the elites"); it always runs `cem_iterations` iterations (the original also stops
+  when the largest variance falls below 0.001).
+- TSinf with a particle count P that the number of members G does not divide: the authors' code
+  (`dmbrl/controllers/MPC.py`) and mbrl-lib refuse it; here every sequence's particle j keeps member
+  j mod G, so each member carries floor or ceil of P / G particles of every sequence, the same for all
+  sequences (computed as ceil(P / G) * G particles, of which the first P are averaged).
 - iCEM (Pinneri et al. 2020) is offered with coloured noise, a decaying population and elites kept
   between iterations; its shifting of elites to the next time step is not done.
 - Brax locomotion rewards cannot be computed from observations, so there the ensemble learns the
-  reward as an extra output (the paper used hand-written rewards for its own MuJoCo tasks).
+  reward as an extra output (the paper and mbrl-lib use known rewards on their own MuJoCo cheetah,
+  with a preprocessed observation and the first observation predicted absolutely, not as a delta).
+- Each preset that names a source says where it still differs (see PRESETS).
 
 Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/pets.py --env pendulum
 """
@@ -88,7 +95,21 @@ class Config:
     model_batch_size: int = 32
     """Minibatch size of model training."""
     model_max_epochs: int = 25
-    """Most epochs per model fit (early stopping on a 10 % holdout ends most fits sooner)."""
+    """Most epochs per model fit (early stopping on the holdout ends most fits sooner)."""
+    model_holdout_ratio: float = 0.1
+    """Share of the data held out for early stopping and elites; 0: no split, model_max_epochs a fit."""
+    model_elites: int | None = None
+    """Members the planner uses, the best by holdout error (by training error without one); None: all."""
+    model_learn_logvar_bounds: bool = False
+    """Learn the log-variance bounds with the penalty 0.01 * (sum max - sum min), as the original."""
+    model_normalize_targets: bool = True
+    """Standardise the model's targets too (the authors' code and mbrl-lib normalise inputs only)."""
+    model_layer_decay_scale: tuple[float, ...] | None = None
+    """Multiplier of model_weight_decay per layer, hidden layers then output (None: 1 everywhere)."""
+    model_decay_biases: bool = True
+    """Weight decay on the biases too (mbrl-lib: yes; the original: weights only)."""
+    model_authors_init: bool = False
+    """Weights ~ truncated normal with std 1 / (2 sqrt(fan_in)) as both references (else LeCun normal)."""
     model_lr: float = 1e-3
     """Adam learning rate of the ensemble."""
     model_weight_decay: float = 5e-5
@@ -153,78 +174,137 @@ class Config:
             raise ConfigError(f"sampling must be 'truncated' or 'clipped', got {self.sampling!r}")
         if self.retrain_every % self.num_envs:
             raise ConfigError(f"retrain_every ({self.retrain_every}) must divide by num_envs ({self.num_envs})")
+        if not 0.0 <= self.model_holdout_ratio < 1.0:
+            raise ConfigError(f"model_holdout_ratio must be in [0, 1), got {self.model_holdout_ratio}")
+        if self.model_elites is not None and not 1 <= self.model_elites <= self.ensemble_size:
+            raise ConfigError(
+                f"model_elites must be between 1 and ensemble_size ({self.ensemble_size}), got {self.model_elites}"
+            )
+        if self.model_layer_decay_scale is not None and len(self.model_layer_decay_scale) != len(self.hidden_sizes) + 1:
+            raise ConfigError(
+                f"model_layer_decay_scale needs one value per layer ({len(self.hidden_sizes) + 1}), "
+                f"got {len(self.model_layer_decay_scale)}"
+            )
         if not 0.0 <= self.alpha < 1.0:
             raise ConfigError(f"alpha must be in [0, 1), got {self.alpha}")
         if self.planner == "icem" and self.icem_population_decay < 1.0:
             raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")
 
 
-# mbrl-lib's ensemble (7 members of 4 x 200) and its continuous-cartpole planner.
-MBRL_LIB_MODEL = dict(
-    ensemble_size=7, hidden_sizes=(200, 200, 200, 200), model_lr=7.5e-4, model_weight_decay=3e-5, model_batch_size=256
+# mbrl-lib's PETS model (mbrl/examples/conf/dynamics_model/gaussian_mlp_ensemble.yaml: 7 members of
+# 4 x 200, SiLU, fixed log-variance bounds; mbrl/models/util.py `truncated_normal_init`; inputs
+# normalised, targets not; torch Adam decays every parameter) and its elites (`num_elites: 5` in the
+# overrides), which every propagation uses; with `validation_ratio: 0` each fit runs its epochs on all
+# data and the elites are ranked on the training data (mbrl/models/model_trainer.py).
+MBRL_LIB_ENSEMBLE = dict(
+    ensemble_size=7,
+    model_elites=5,
+    hidden_sizes=(200, 200, 200, 200),
+    model_normalize_targets=False,
+    model_authors_init=True,
+    propagation="ts1",  # "random_model"
+    particles=20,  # mbrl/examples/conf/algorithm/pets.yaml `num_particles`
 )
-MBRL_LIB_CARTPOLE_PLANNER = dict(horizon=15, population=350, num_elites=35, alpha=0.1, particles=20)
+# mbrl-lib's pets_cartpole fit (mbrl/examples/conf/overrides/pets_cartpole.yaml) and planner.
+MBRL_LIB_CARTPOLE_FIT = dict(
+    model_lr=7.5e-4, model_weight_decay=3e-5, model_batch_size=256, model_holdout_ratio=0.0, model_max_epochs=25
+)
+MBRL_LIB_CARTPOLE_PLANNER = dict(horizon=15, population=350, num_elites=35, alpha=0.1, cem_iterations=5)
 HALFCHEETAH = dict(env="brax/halfcheetah", total_steps=200_000, eval_every=10_000, retrain_every=1000)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU.
     "pendulum": dict(env="pendulum"),
-    # mbrl-lib's continuous cartpole settings, on the swing-up task.
+    # mbrl-lib's pets_cartpole model, fit and planner, on the swing-up task (200-step episodes, a refit
+    # every 200 steps). Differs from mbrl-lib, as in every preset naming it: each fit keeps the last
+    # epoch's parameters (mbrl-lib keeps the snapshot of the last epoch in which some member improved
+    # its training error by 1 %), and its CEM's elite variance is torch's unbiased one.
     "cartpole_swingup": dict(
         env="cartpole_swingup",
         episode_length=200,
         total_steps=4000,
         eval_every=1000,
         retrain_every=200,
-        **MBRL_LIB_MODEL,
+        **MBRL_LIB_ENSEMBLE,
+        **MBRL_LIB_CARTPOLE_FIT,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
     # mbrl-lib's PETS example itself (pets_cartpole): its continuous balancing cart-pole, one random
-    # episode, then a refit every 50 steps (25 epochs at most) and TS1, its "random_model".
+    # episode, then a refit every 50 steps of 25 epochs on all data, TS1 over the 5 elites.
     "cartpole_continuous": dict(
         env="cartpole_continuous",
         total_steps=5000,
         eval_every=1000,
         initial_random_steps=200,
         retrain_every=50,
-        model_max_epochs=25,
-        propagation="ts1",
-        **MBRL_LIB_MODEL,
+        **MBRL_LIB_ENSEMBLE,
+        **MBRL_LIB_CARTPOLE_FIT,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
+    # mbrl-lib's cartpole model and planner sizes with this file's own fit (10 % holdout, early
+    # stopping, normalised targets) and TSinf over all 7 members: 20 particles split 3, 3, 3, 3, 3, 3, 2.
     "brax/inverted_pendulum": dict(
         env="brax/inverted_pendulum",
         total_steps=5000,
         eval_every=1000,
         retrain_every=250,
-        **MBRL_LIB_MODEL,
+        ensemble_size=7,
+        hidden_sizes=(200, 200, 200, 200),
+        model_lr=7.5e-4,
+        model_weight_decay=3e-5,
+        model_batch_size=256,
+        particles=20,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
-    # mbrl-lib's HalfCheetah settings: population 400, elite ratio 0.16.
+    # mbrl-lib's pets_halfcheetah (mbrl/examples/conf/overrides/pets_halfcheetah.yaml): model lr
+    # 2.8e-4, weight decay 1e-4, batch 32, no validation split, 12 epochs a fit, a refit every 1000
+    # steps, CEM with population 400, elite ratio 0.16 (64), alpha 0.12, 5 iterations, truncated normal,
+    # horizon 30, 20 particles, TS1 over 5 elites of 7. Differs: the reward is learned (mbrl-lib's is
+    # known on its own cheetah), 200k steps (mbrl-lib runs 300k), and as for cartpole_swingup.
     "brax/halfcheetah": dict(
         **HALFCHEETAH,
-        **dict(MBRL_LIB_MODEL, model_lr=2e-4),
+        **MBRL_LIB_ENSEMBLE,
+        model_lr=2.8e-4,
+        model_weight_decay=1e-4,
+        model_batch_size=32,
+        model_holdout_ratio=0.0,
+        model_max_epochs=12,
         horizon=30,
         population=400,
         num_elites=64,
         alpha=0.12,
-        particles=20,
-        model_max_epochs=50,
+        cem_iterations=5,
     ),
-    # The original paper's HalfCheetah settings: 5 members, population 500, 50 elites.
+    # The original code's HalfCheetah (kchua/handful-of-trials dmbrl/config/halfcheetah.py, with
+    # dmbrl/config/default.py, dmbrl/modeling/models/BNN.py and dmbrl/modeling/layers/FC.py): 5 members
+    # of 4 x 200, Adam lr 1e-3, weight decay 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on the weights of the
+    # five layers (not the biases), learned log-variance bounds with their 0.01 penalty, truncated
+    # normal initialisation, inputs normalised and targets not; 5 epochs a fit on all data in batches of
+    # 32 (BNN.train's defaults: no holdout); one random episode, a refit after every 1000-step episode;
+    # CEM with population 500, 50 elites, alpha 0.1, 5 iterations; horizon 30; 20 particles, TSinf.
+    # Differs: the reward is learned (the original's cost is known on its own cheetah), and CEM does
+    # not stop early when its variance falls below 0.001.
     "brax/halfcheetah-original": dict(
         **HALFCHEETAH,
         ensemble_size=5,
         hidden_sizes=(200, 200, 200, 200),
         model_lr=1e-3,
-        model_weight_decay=5e-5,
-        model_batch_size=256,
-        model_max_epochs=50,
+        model_weight_decay=1e-4,
+        model_layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
+        model_decay_biases=False,
+        model_learn_logvar_bounds=True,
+        model_normalize_targets=False,
+        model_authors_init=True,
+        model_batch_size=32,
+        model_holdout_ratio=0.0,
+        model_max_epochs=5,
         horizon=30,
         population=500,
         num_elites=50,
         alpha=0.1,
+        cem_iterations=5,
         particles=20,
+        propagation="tsinf",
     ),
 }
 
@@ -256,13 +336,21 @@ def make_train(config: Config) -> Trainer:
     learn_reward = config.learn_reward or spec.reward_learned
     model_config = ensemble.EnsembleConfig(
         num_members=config.ensemble_size,
-        num_elites=config.ensemble_size,
+        num_elites=config.model_elites or config.ensemble_size,
         hidden_sizes=config.hidden_sizes,
         learn_reward=learn_reward,
+        learn_logvar_bounds=config.model_learn_logvar_bounds,
+        normalize_targets=config.model_normalize_targets,
+        layer_decay_scale=config.model_layer_decay_scale,
+        decay_biases=config.model_decay_biases,
+        authors_init=config.model_authors_init,
         batch_size=config.model_batch_size,
         max_epochs=config.model_max_epochs,
-        holdout_ratio=0.1,
+        holdout_ratio=config.model_holdout_ratio,
     )
+    # The planner propagates through the elites only when fewer than all members are elites.
+    elites_only = model_config.num_elites < model_config.num_members
+    num_used = model_config.num_elites
     obs_size, action_size = spec.observation_size, spec.action_size
     low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
     H, N, E = config.horizon, config.population, config.num_elites
@@ -281,19 +369,21 @@ def make_train(config: Config) -> Trainer:
         reward = model_reward if learn_reward else spec.reward_fn(obs, action, next_obs)
         return reward, spec.termination_fn(obs, action, next_obs)
 
+    P = config.particles
+    P_run = particles_per_sequence(P, num_used, config.propagation)
+
     def sequence_returns(model, obs, sequences, key):
         """Mean predicted return over P particles of each sequence [n, H, A] from `obs` -> [n]."""
         n = sequences.shape[0]
-        P = config.particles
-        # Particle i = sequence i // P; under TSinf it keeps member i mod K for the whole horizon.
-        states = jnp.broadcast_to(obs, (n * P, obs_size))
-        actions = jnp.repeat(sequences, P, axis=0)
+        # Row i = particle i % P_run of sequence i // P_run; under TSinf it keeps member i mod G.
+        states = jnp.broadcast_to(obs, (n * P_run, obs_size))
+        actions = jnp.repeat(sequences, P_run, axis=0)
 
         def model_step(carry, inputs):
             states, alive, total = carry
             action, step_key = inputs
             next_states, model_reward = ensemble.propagate(
-                model_config, model, states, action, step_key, mode=config.propagation
+                model_config, model, states, action, step_key, mode=config.propagation, elites_only=elites_only
             )
             reward, done = reward_and_done(states, action, next_states, model_reward)
             # No reward after a predicted termination.
@@ -302,9 +392,9 @@ def make_train(config: Config) -> Trainer:
             return (next_states, alive, total), None
 
         keys = jax.random.split(key, H)
-        carry = (states, jnp.ones(n * P), jnp.zeros(n * P))
+        carry = (states, jnp.ones(n * P_run), jnp.zeros(n * P_run))
         (_, _, totals), _ = jax.lax.scan(model_step, carry, (actions.swapaxes(0, 1), keys))
-        returns = totals.reshape(n, P).mean(axis=1)
+        returns = totals.reshape(n, P_run)[:, :P].mean(axis=1)
         return jnp.where(jnp.isfinite(returns), returns, -1e10)
 
     # PLAN: cross-entropy method over action sequences
@@ -322,26 +412,16 @@ def make_train(config: Config) -> Trainer:
             return mean + std * jax.random.truncated_normal(key, -2.0, 2.0, noise_shape)
         return jnp.clip(mean + std * jax.random.normal(key, noise_shape), low, high)
 
-    def refit(mean, std, population, returns, alpha):
-        top_returns, top = jax.lax.top_k(returns, E)
-        elites = population[top]
-        elite_mean, elite_std = elites.mean(axis=0), elites.std(axis=0)
-        mean = alpha * mean + (1.0 - alpha) * elite_mean
-        std = jnp.sqrt(alpha * std**2 + (1.0 - alpha) * elite_std**2)
-        return mean, std, elites, elite_mean
-
     def plan_cem(model, obs, warm_start, key, alpha):
-        def iteration(carry, key):
-            mean, std, _ = carry
-            sample_key, return_key = jax.random.split(key)
-            population = sample_sequences(sample_key, mean, std, N)
-            returns = sequence_returns(model, obs, population, return_key)
-            mean, std, _, elite_mean = refit(mean, std, population, returns, alpha)
-            return (mean, std, elite_mean), None
+        def score(population, key):
+            return sequence_returns(model, obs, population, key)
 
-        carry = (warm_start, initial_std, warm_start)
-        (_, _, elite_mean), _ = jax.lax.scan(iteration, carry, jax.random.split(key, config.cem_iterations))
-        return elite_mean
+        def sample(key, mean, std):
+            return sample_sequences(key, mean, std, N)
+
+        iterations = config.cem_iterations
+        mean, _ = cem(score, sample, warm_start, initial_std, key, iterations=iterations, elites=E, alpha=alpha)
+        return mean
 
     def plan_icem(model, obs, warm_start, key, alpha):
         # Iterations have different population sizes, so they are unrolled (static shapes each).
@@ -357,9 +437,10 @@ def make_train(config: Config) -> Trainer:
             if i == config.cem_iterations - 1:
                 population = jnp.concatenate([population, mean[None]])  # the mean itself is a candidate
             returns = sequence_returns(model, obs, population, return_key)
-            mean, std, elites, elite_mean = refit(mean, std, population, returns, alpha)
+            mean, std, elites = cem_refit(mean, std, population, returns, E, alpha)
             kept = elites[:num_kept]
-        return elite_mean
+        # The smoothed mean, as mbrl-lib's ICEMOptimizer with its `return_mean_elites: true`.
+        return mean
 
     def plan_random(model, obs, warm_start, key, alpha):
         sample_key, return_key = jax.random.split(key)
@@ -450,6 +531,44 @@ def make_train(config: Config) -> Trainer:
         return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plan)
 
     return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+
+
+def particles_per_sequence(particles: int, members: int, propagation: str) -> int:
+    """Particles computed per action sequence. Under TSinf, row i of the particle batch keeps member
+    i mod G (`ensemble.propagate`); with ceil(P / G) * G rows per sequence, particle j of every
+    sequence keeps member j mod G, so the first P particles, the ones averaged, give each member
+    floor or ceil of P / G of them, the same for every sequence. Otherwise P."""
+    if propagation == "tsinf":
+        return -(-particles // members) * members
+    return particles
+
+
+def cem_refit(mean, std, population, returns, elites: int, alpha):
+    """One CEM update: the `elites` best sequences of `population` [n, H, A] by `returns` [n]; the new
+    mean and variance are alpha * old + (1 - alpha) * the elites' (both references smooth the variance,
+    not the standard deviation). Returns (mean, std, elites best first)."""
+    _, top = jax.lax.top_k(returns, elites)
+    best = population[top]
+    mean = alpha * mean + (1.0 - alpha) * best.mean(axis=0)
+    std = jnp.sqrt(alpha * std**2 + (1.0 - alpha) * best.var(axis=0))
+    return mean, std, best
+
+
+def cem(score_fn, sample_fn, mean, std, key, *, iterations: int, elites: int, alpha):
+    """Cross-entropy method: `iterations` rounds of sampling with `sample_fn(key, mean, std)`, scoring
+    with `score_fn(population, key)` (higher is better) and `cem_refit`. Returns the final smoothed
+    (mean, std): the mean is the plan, as handful-of-trials' CEMOptimizer (`sol = mean`) and
+    mbrl-lib's (`return mu`), not the raw mean of the last elites."""
+
+    def iteration(carry, key):
+        mean, std = carry
+        sample_key, score_key = jax.random.split(key)
+        population = sample_fn(sample_key, mean, std)
+        mean, std, _ = cem_refit(mean, std, population, score_fn(population, score_key), elites, alpha)
+        return (mean, std), None
+
+    (mean, std), _ = jax.lax.scan(iteration, (mean, std), jax.random.split(key, iterations))
+    return mean, std
 
 
 def coloured_noise(key, shape, beta):

@@ -202,6 +202,82 @@ def test_no_holdout_runs_max_epochs():
     assert int(metrics["model_epochs"]) == cfg.max_epochs
 
 
+def test_no_holdout_ranks_elites_on_training_data():
+    """With holdout_ratio 0 (the references' PETS fits): max_epochs epochs, no split, and the elites
+    ranked by their error on the training data, as mbrl-lib does without a validation set."""
+    cfg = dataclasses.replace(TINY_CFG, holdout_ratio=0.0)
+    offsets = np.array([40.0, 5.0, 15.0], np.float32)
+    state = _init(cfg)
+    last = f"Dense_{len(cfg.hidden_sizes)}"
+    out = E.target_size(cfg, OBS)
+    net = jax.tree_util.tree_map(np.array, state.params["net"])
+    net["params"][last]["bias"][:, :out] += offsets[:, None]
+    shifted = state.replace(params=dict(state.params, net=_strong(net)))
+    fitted, metrics = _fit(cfg, _linear_data(MASK_CAPACITY, seed=6), MASK_COUNT, lr=0.0, wd=0.0, state=shifted)
+    assert int(metrics["model_holdout_size"]) == 0
+    assert int(metrics["model_epochs"]) == cfg.max_epochs
+    np.testing.assert_array_equal(np.asarray(fitted.elites), [1, 2])
+
+
+def test_targets_left_unnormalised_when_asked():
+    """normalize_targets=False (the references): the target statistics stay 0 and 1, the fit still
+    learns the dynamics in raw units, and predict maps nothing back."""
+    cfg = dataclasses.replace(TINY_CFG, normalize_targets=False, hidden_sizes=(32, 32), max_epochs=40, patience=40)
+    data = _linear_data(400, seed=3)
+    state, _ = _fit(cfg, data, 400)
+    np.testing.assert_array_equal(np.asarray(state.target_mean), 0.0)
+    np.testing.assert_array_equal(np.asarray(state.target_std), 1.0)
+    test = _linear_data(200, seed=4)
+    mean, _, _, _ = _predict(cfg, state, test["obs"], test["action"])
+    # The next state's spread is about 0.6; a fit that learned the dynamics is far closer.
+    assert np.abs(np.asarray(mean).mean(0) - _clean_next(test)).mean() < 0.06
+    # With normalisation on, the statistics are those of the stored deltas.
+    normed, _ = _fit(TINY_CFG, _linear_data(MASK_CAPACITY, seed=0), MASK_COUNT)
+    deltas = (lambda d: d["next_obs"][:MASK_COUNT] - d["obs"][:MASK_COUNT])(_linear_data(MASK_CAPACITY, seed=0))
+    np.testing.assert_allclose(np.asarray(normed.target_mean), deltas.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(normed.target_std), deltas.std(0), rtol=1e-4, atol=1e-5)
+
+
+def test_decay_rates_per_layer_and_biases():
+    """The authors' decay: 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on the weights of the five layers,
+    none on the biases; the log-variance bounds are never decayed."""
+    cfg = E.EnsembleConfig(
+        num_members=2, num_elites=1, hidden_sizes=(4, 4, 4, 4), layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
+        decay_biases=False,
+    )
+    params = E.init(jax.random.key(0), cfg, OBS, ACT).params
+    rates = E._decay_rates(cfg, params, 1e-4)
+    for i, expected in enumerate([2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4]):
+        np.testing.assert_allclose(rates["net"]["params"][f"Dense_{i}"]["kernel"], expected)
+        assert rates["net"]["params"][f"Dense_{i}"]["bias"] == 0.0
+    assert rates["max_logvar"] == 0.0 and rates["min_logvar"] == 0.0
+    # The default: one traced rate on every weight and bias.
+    default = E._decay_rates(TINY_CFG, _init(TINY_CFG).params, 3e-5)
+    assert all(r == 3e-5 for r in jax.tree_util.tree_leaves(default["net"]))
+    # One Adam step from zero gradients moves only what is decayed: biases stay.
+    opt = E._optimizer(cfg, 1e-2, 1e-4)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["bias"]).max()) == 0.0
+    assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["kernel"]).max()) > 0.0
+    with pytest.raises(ValueError, match="layer_decay_scale"):
+        E.init(jax.random.key(0), dataclasses.replace(cfg, layer_decay_scale=(1.0,)), OBS, ACT)
+
+
+def test_authors_init_is_truncated_normal_with_half_lecun_std():
+    cfg = E.EnsembleConfig(num_members=4, num_elites=2, hidden_sizes=(200, 200), authors_init=True)
+    net = E.init(jax.random.key(0), cfg, 20, 4).params["net"]["params"]
+    for name, fan_in in (("Dense_0", 24), ("Dense_1", 200), ("Dense_2", 200)):
+        kernel, bias = np.asarray(net[name]["kernel"]), np.asarray(net[name]["bias"])
+        std = 1.0 / (2.0 * np.sqrt(fan_in))
+        assert np.abs(kernel).max() <= 2.0 * std + 1e-7
+        # A normal truncated at 2 std has 0.88 of its untruncated standard deviation.
+        np.testing.assert_allclose(kernel.std(), 0.8796 * std, rtol=0.05)
+        np.testing.assert_array_equal(bias, 0.0)
+    # Members differ.
+    assert not np.allclose(net["Dense_0"]["kernel"][0], net["Dense_0"]["kernel"][1])
+
+
 def test_logvar_bounds_fixed_unless_learned():
     cfg = TINY_CFG
     assert cfg.probabilistic and not cfg.learn_logvar_bounds

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import cli_args
+from mbrlax import ensemble
 from mbrlax.algorithms import pets
 
 # A tiny configuration: short episodes, a small planner and model. Compiles in tens of seconds.
@@ -117,6 +118,9 @@ def test_cli_run_folder_seeds_and_resume(tmp_path):
         (["--retrain-every", "50", "--num-envs", "3"], "num_envs"),
         (["--env", "cartpole_discrete"], "discrete action space"),
         (["--env", "pendulum_pixels"], "observations are images"),
+        (["--model-holdout-ratio", "1.0"], "model_holdout_ratio"),
+        (["--model-elites", "3"], "model_elites"),
+        (["--model-layer-decay-scale", "1", "1"], "model_layer_decay_scale"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
@@ -185,3 +189,81 @@ def test_brax_task_with_learned_reward_and_known_termination():
     # Returns are counts of steps before the pole fell: at least 1, at most the episode length.
     returns = np.asarray(metrics["eval"]["eval_return"])
     assert ((returns >= 1) & (returns <= 20)).all()
+
+
+def test_cem_returns_the_momentum_smoothed_mean():
+    """Both references return the smoothed mean (handful-of-trials cem.py: `sol = mean`; mbrl-lib
+    trajectory_opt.py: `return mu`), not the raw mean of the last elites."""
+    rng = np.random.default_rng(0)
+    population = jnp.asarray(rng.uniform(-1, 1, (32, 4, 2)), jnp.float32)
+    target = jnp.full((4, 2), 0.5)
+    mean0, std0 = jnp.zeros((4, 2)), jnp.ones((4, 2))
+
+    def score(pop, key):
+        return -((pop - target) ** 2).sum((1, 2))
+
+    def sample(key, mean, std):
+        return population  # the same candidates every iteration: the update is known in closed form
+
+    alpha, elites = 0.3, 5
+    top = population[np.argsort(-np.asarray(score(population, None)))[:elites]]
+    mean, std = pets.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=1, elites=elites, alpha=alpha)
+    np.testing.assert_allclose(mean, alpha * mean0 + (1 - alpha) * top.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std**2, alpha * std0**2 + (1 - alpha) * top.var(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mean, top.mean(0), atol=1e-3)  # the old behaviour returned this
+    # Two iterations: the smoothing compounds, the elites stay the same.
+    mean2, _ = pets.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=2, elites=elites, alpha=alpha)
+    np.testing.assert_allclose(mean2, alpha**2 * mean0 + (1 - alpha**2) * top.mean(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("particles, members", [(20, 7), (5, 3), (20, 5)])
+def test_tsinf_gives_every_sequence_the_same_even_split_of_members(particles, members):
+    """TSinf with P particles over G members: each member carries floor or ceil of P / G particles of
+    every sequence, the same members for every sequence (the original refuses G not dividing P)."""
+    P_run = pets.particles_per_sequence(particles, members, "tsinf")
+    assert P_run % members == 0 and particles <= P_run < particles + members
+    assert pets.particles_per_sequence(particles, members, "ts1") == particles
+    # Which member ensemble.propagate uses for each row, laid out as PETS lays out its particles.
+    cfg = ensemble.EnsembleConfig(num_members=members, num_elites=members, hidden_sizes=(8,))
+    state = ensemble.init(jax.random.PRNGKey(1), cfg, 2, 1)
+    sequences = 4
+    obs = jnp.asarray(np.random.default_rng(0).normal(size=(sequences * P_run, 2)), jnp.float32)
+    action = jnp.zeros((sequences * P_run, 1))
+    next_obs, _ = ensemble.propagate(cfg, state, obs, action, jax.random.PRNGKey(2), mode="tsinf", sample=False)
+    per_member, _, _, _ = ensemble.predict(cfg, state, obs, action)
+    member = np.abs(np.asarray(per_member) - np.asarray(next_obs)[None]).max(-1).argmin(0).reshape(sequences, P_run)
+    counted = member[:, :particles]
+    for s in range(sequences):
+        np.testing.assert_array_equal(counted[s], counted[0])
+    counts = np.bincount(counted[0], minlength=members)
+    assert set(counts) <= {particles // members, -(-particles // members)} and counts.sum() == particles
+
+
+def test_presets_are_valid_and_name_their_sources_values():
+    for name, preset in pets.PRESETS.items():
+        pets.Config(**preset).validate()
+    # mbrl-lib's pets_halfcheetah.yaml (with gaussian_mlp_ensemble.yaml and algorithm/pets.yaml).
+    cheetah = pets.Config(**pets.PRESETS["brax/halfcheetah"])
+    assert (cheetah.model_lr, cheetah.model_weight_decay, cheetah.model_batch_size) == (2.8e-4, 1e-4, 32)
+    assert (cheetah.model_holdout_ratio, cheetah.model_max_epochs, cheetah.retrain_every) == (0.0, 12, 1000)
+    assert (cheetah.ensemble_size, cheetah.model_elites, cheetah.propagation, cheetah.particles) == (7, 5, "ts1", 20)
+    assert (cheetah.population, cheetah.num_elites, cheetah.alpha, cheetah.horizon) == (400, 64, 0.12, 30)
+    # handful-of-trials dmbrl/config/halfcheetah.py, default.py and BNN.train's defaults.
+    original = pets.Config(**pets.PRESETS["brax/halfcheetah-original"])
+    assert (original.ensemble_size, original.model_lr, original.model_batch_size) == (5, 1e-3, 32)
+    assert (original.model_holdout_ratio, original.model_max_epochs) == (0.0, 5)
+    decays = [original.model_weight_decay * s for s in original.model_layer_decay_scale]
+    np.testing.assert_allclose(decays, [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4])
+    assert original.model_learn_logvar_bounds and not original.model_decay_biases and original.model_authors_init
+    assert (original.population, original.num_elites, original.alpha, original.particles) == (500, 50, 0.1, 20)
+    assert original.propagation == "tsinf" and not original.model_normalize_targets
+
+
+def test_no_holdout_fits_run_every_epoch_and_plan_with_elites():
+    config = dataclasses.replace(
+        TINY, total_steps=100, model_holdout_ratio=0.0, ensemble_size=3, model_elites=2, particles=4
+    )
+    _, metrics = jax.jit(pets.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    np.testing.assert_array_equal(metrics["train"]["model_holdout_size"], 0)
+    np.testing.assert_array_equal(metrics["train"]["model_epochs"], config.model_max_epochs)
+    assert np.isfinite(metrics["eval"]["eval_return"]).all()
