@@ -10,10 +10,12 @@ Every goal task reports `metrics["distance"]` (achieved to goal) and `metrics["s
   from the free cells. The U-maze is D4RL's layout: three cells across the top, a corridor down the
   right side, three across the bottom.
 - `brax/reacher_goal`: Brax's reacher with an observation that holds the goal only once: joint
-  angles (cos, sin), joint velocities, fingertip xy, goal xy (Brax's own observation also holds the
-  fingertip-to-target vector, which would leak the commanded goal past a relabelling).
+  angles (cos, sin), fingertip velocity xy, fingertip xy, goal xy (Brax's own observation also
+  holds the fingertip-to-target vector, which would leak the commanded goal past a relabelling).
 - `brax/ant_goal`: Brax's ant with a goal xy drawn uniformly in a disk of radius `goal_radius`
   around the start; its observation appends the torso xy and the goal xy to the ant's own.
+- `brax/ant_goal_jaxgcrl`: the Ant task of JaxGCRL (Bortkiewicz et al., ICLR 2025): the goal on a
+  circle of radius 10 around the origin, the observation (q, qd, goal xy) with the torso xy first.
 """
 
 from __future__ import annotations
@@ -112,13 +114,15 @@ class PointMaze(Env):
 
 
 class ReacherGoal(Wrapper):
-    """Brax reacher as a goal task: obs (cos q, sin q, qvel, fingertip xy, goal xy)."""
+    """Brax reacher as a goal task: obs (cos q, sin q, fingertip velocity xy, fingertip xy, goal xy)."""
 
     success_radius = 0.05
     achieved_slice, goal_slice = (6, 8), (8, 10)
 
     def _goal_obs(self, state: State) -> State:
-        obs = state.obs  # Brax: cos q (2), sin q (2), target xy (2), qvel (2), fingertip - target (3)
+        # Brax (reacher.py `_get_obs`): cos q (2), sin q (2), target xy (2), fingertip velocity xy
+        # (2: `tip_vel[:2]`, not the joint velocities), fingertip - target (3).
+        obs = state.obs
         target, fingertip = obs[4:6], obs[4:6] + obs[8:10]
         goal_obs = jnp.concatenate([obs[:4], obs[6:8], fingertip, target])
         distance, success = _goal_metrics(fingertip, target, self.success_radius)
@@ -175,3 +179,64 @@ class AntGoal(Wrapper):
     @property
     def observation_size(self) -> int:
         return self.base_size + 4
+
+
+def ant_jaxgcrl_termination(obs, action, next_obs):
+    """Done when the torso height leaves [0.2, 1.0]; here it is obs[2] (q[2]), after the torso xy."""
+    z = next_obs[..., 2]
+    return (z < 0.2) | (z > 1.0)
+
+
+class AntGoalJaxGCRL(Wrapper):
+    """JaxGCRL's Ant goal task, rebuilt on Brax's ant (read from MichalBortkiewicz/JaxGCRL,
+    `jaxgcrl/envs/ant.py`, `jaxgcrl/utils/env.py`, `scripts/train.sh`):
+
+    - the goal is `goal_distance` = 10 from the origin at a uniform angle (`_random_target`), so
+      about 10 from the start, whose torso xy is the origin plus uniform noise in [-0.1, 0.1];
+    - success within 0.5 of the torso xy (`goal_reach_thresh`), reward 1 on each such step
+      (`dense_reward=False`), done when the torso height leaves [0.2, 1.0];
+    - observation (31,): q (15, the torso xy first) and qd (14) of the ant, then the goal xy: their
+      `state_dim=29`, `goal_indices=[0, 1]`, the target's position last;
+    - 1000-step episodes (`--episode_length 1000` in `scripts/train.sh`; their RunConfig default is
+      1001), and the spring backend, which `create_env` picks for "ant".
+
+    What differs, and why: JaxGCRL puts the goal in the physics, as a contact-free sphere on two
+    slide joints of its own `ant.xml` whose floor is 150 x 150 instead of Brax's 40 x 40; here the
+    goal is kept in the state's `info`, which leaves the ant's physics Brax's own (the sphere
+    touches nothing, and a goal 10 away stays far inside either floor). Their `success` metric is 0
+    at reset; here it is computed at reset too, and is 0 there all the same (the goal is about 10
+    away).
+    """
+
+    success_radius = 0.5
+    achieved_slice = (0, 2)
+
+    def __init__(self, env: Env, goal_distance: float = 10.0):
+        super().__init__(env)
+        self.goal_distance = goal_distance
+        self.base_size = env.observation_size
+        self.goal_slice = (self.base_size, self.base_size + 2)
+
+    def _goal_obs(self, state: State, goal: jax.Array) -> State:
+        obs = jnp.concatenate([state.obs, goal])
+        distance, success = _goal_metrics(obs[:2], goal, self.success_radius)
+        return state.replace(
+            obs=obs,
+            reward=success,
+            metrics={**state.metrics, "distance": distance, "success": success},
+            info={**state.info, "goal": goal},
+        )
+
+    def reset(self, rng: jax.Array) -> State:
+        rng, angle_key = jax.random.split(rng)
+        angle = jax.random.uniform(angle_key, (), minval=0.0, maxval=2.0 * jnp.pi)
+        goal = self.goal_distance * jnp.array([jnp.cos(angle), jnp.sin(angle)])
+        return self._goal_obs(self.env.reset(rng), goal)
+
+    def step(self, state: State, action: jax.Array) -> State:
+        inner = state.replace(obs=state.obs[: self.base_size])
+        return self._goal_obs(self.env.step(inner, action), state.info["goal"])
+
+    @property
+    def observation_size(self) -> int:
+        return self.base_size + 2

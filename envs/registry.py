@@ -206,6 +206,21 @@ def _brax_goal(task, wrapper, episode_length, termination_fn):
     return build
 
 
+def _ant_goal_jaxgcrl(**options):
+    name = "brax/ant_goal_jaxgcrl"
+    _reject(name, options, ("backend", "goal_distance"))
+    backend = options.pop("backend", "spring")  # JaxGCRL's create_env: Ant(backend=backend or "spring")
+    if backend not in brax_tasks.BACKENDS:
+        raise ValueError(f"Option backend={backend!r} for {name} is not one of {', '.join(brax_tasks.BACKENDS)}.")
+    ant = brax_envs.get_environment("ant", backend=backend, exclude_current_positions_from_observation=False)
+    env = goals.AntGoalJaxGCRL(ant, **options)
+    notes = (
+        "Goal task (goals.py): JaxGCRL's Ant, goal 10 from the origin, success within 0.5; reward 1 "
+        "within the success radius. Terminates when torso z (obs[2]) leaves [0.2, 1.0]."
+    )
+    return env, _goal_spec(name, env, 1000, goals.ant_jaxgcrl_termination, notes, backend)
+
+
 _REGISTRY = {
     "pendulum": _classic(
         "pendulum",
@@ -244,6 +259,7 @@ _REGISTRY = {
     "point_maze_u": _point_maze("point_maze_u", goals.U_MAZE, 75),
     "brax/reacher_goal": _brax_goal("reacher", goals.ReacherGoal, 50, classic.never_terminates),
     "brax/ant_goal": _brax_goal("ant", goals.AntGoal, 1000, brax_tasks.TASKS["ant"][1]),
+    "brax/ant_goal_jaxgcrl": _ant_goal_jaxgcrl,
 }
 
 

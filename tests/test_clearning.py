@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from mbrlax.algorithms import clearning
 
+from brax.envs.base import Env, State
 from mbrlax import buffer as replay
 from mbrlax import envs, runner
 from mbrlax.training import evaluate_episodes
@@ -126,8 +128,11 @@ def test_cli_run_folder_with_success(tmp_path):
     assert clearning.main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["final_eval_success"] <= 1.0 and summary["env_steps"] == 960
-    header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert "eval_success" in header and "eval_final_distance" in header
+    assert summary["final_eval_success_any"] == summary["final_eval_success"]
+    assert 0.0 <= summary["final_eval_success_final"] <= summary["final_eval_success_any"]
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("eval_success", "eval_success_any", "eval_success_final", "eval_final_distance"):
+        assert name in header
 
 
 TINY_ARGS = ["--total-steps", "960", "--num-envs", "8", "--initial-steps", "320", "--steps-per-update", "160"]
@@ -176,3 +181,116 @@ def test_td_clearning_reaches_goals_in_the_open_maze():
     )
     print(f"random policy success {random_success:.2f}")
     assert random_success < 0.5 and success[-1] > random_success + 0.4
+
+
+# CONTRASTIVE RL: the losses against computations by hand.
+
+
+def test_contrastive_actor_loss_is_alpha_log_prob_minus_logit():
+    """contrastive_rl's actor loss: mean(alpha log pi - logit), the logit unsquashed, so its gradient
+    in the logit is -1/n however negative the logit (a sigmoid's would vanish)."""
+    log_prob, logit = jnp.array([-1.0, 2.0]), jnp.array([3.0, -12.0])
+    loss = clearning.contrastive_actor_loss(log_prob, logit, 0.2)
+    np.testing.assert_allclose(loss, ((0.2 * -1.0 - 3.0) + (0.2 * 2.0 + 12.0)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(clearning.contrastive_actor_loss, 1)(log_prob, logit, 0.2), [-0.5, -0.5])
+    np.testing.assert_allclose(jax.grad(clearning.contrastive_actor_loss, 0)(log_prob, logit, 0.2), [0.1, 0.1])
+    # alpha is a fixed weight for the actor: no gradient flows into it from this loss.
+    assert float(jax.grad(clearning.contrastive_actor_loss, 2)(log_prob, logit, 0.2)) == 0.0
+
+
+def test_temperature_loss_by_hand():
+    """alpha * mean(-log pi - target): alpha = 0.5, entropies 1 and 3 against a target of -2."""
+    log_alpha, log_prob = jnp.log(0.5), jnp.array([-1.0, -3.0])
+    np.testing.assert_allclose(clearning.temperature_loss(log_alpha, log_prob, -2.0), 0.5 * (3.0 + 5.0) / 2, rtol=1e-6)
+    # Entropy above the target: alpha falls (positive gradient in log alpha); below it, it rises.
+    assert float(jax.grad(clearning.temperature_loss)(log_alpha, log_prob, -2.0)) > 0
+    assert float(jax.grad(clearning.temperature_loss)(log_alpha, log_prob, 5.0)) < 0
+
+
+def test_distance_energy_and_infonce_with_logsumexp_penalty_by_hand():
+    """JaxGCRL's critic: energy -||phi - psi||, InfoNCE over each row, + 0.1 mean(logsumexp_row^2)."""
+    phi = jnp.array([[0.0, 0.0], [3.0, 4.0]])
+    psi = jnp.array([[0.0, 0.0], [0.0, 4.0]])
+    logits = clearning.energy(phi[:, None], psi[None], "distance")
+    eps = 1e-6  # inside the square root, as JaxGCRL writes it
+    by_hand = [[-math.sqrt(eps), -math.sqrt(16 + eps)], [-math.sqrt(25 + eps), -math.sqrt(9 + eps)]]
+    np.testing.assert_allclose(logits, by_hand, rtol=1e-6)
+    np.testing.assert_allclose(clearning.energy(phi, psi, "distance"), [by_hand[0][0], by_hand[1][1]], rtol=1e-6)
+
+    def lse(values):
+        return math.log(sum(math.exp(v) for v in values))
+
+    rows = [lse(by_hand[0]), lse(by_hand[1])]
+    cols = [lse([by_hand[0][0], by_hand[1][0]]), lse([by_hand[0][1], by_hand[1][1]])]
+    diag = [by_hand[0][0], by_hand[1][1]]
+    forward = -((diag[0] - rows[0]) + (diag[1] - rows[1])) / 2
+    backward = -((diag[0] - cols[0]) + (diag[1] - cols[1])) / 2
+    penalty = 0.1 * (rows[0] ** 2 + rows[1] ** 2) / 2
+    np.testing.assert_allclose(clearning.contrastive_critic_loss(logits, "infonce", 0.1), forward + penalty, rtol=1e-5)
+    np.testing.assert_allclose(clearning.contrastive_critic_loss(logits, "infonce_backward", 0.0), backward, rtol=1e-5)
+
+    # NCE with the dot energy: the mean over all B x B pairs of the sigmoid cross-entropy.
+    dot = clearning.energy(phi[:, None], psi[None], "dot")
+    np.testing.assert_allclose(dot, [[0.0, 0.0], [0.0, 16.0]])
+
+    def bce(x, label):
+        p = 1 / (1 + math.exp(-x))
+        return -math.log(p) if label else -math.log(1 - p)
+
+    nce = (bce(0.0, 1) + bce(0.0, 0) + bce(0.0, 0) + bce(16.0, 1)) / 4
+    np.testing.assert_allclose(clearning.contrastive_critic_loss(dot, "nce", 0.0), nce, rtol=1e-5)
+
+
+def test_contrastive_defaults_follow_contrastive_rl():
+    config = clearning.Config()
+    assert config.repr_size == 64 and config.entropy_coefficient is None and config.target_entropy_per_dim == 0.0
+    preset = clearning.PRESETS["jaxgcrl"]
+    assert preset["contrastive_loss"] == "infonce" and preset["energy"] == "distance"
+    assert preset["logsumexp_penalty"] == 0.1 and preset["target_entropy_per_dim"] == -0.5
+
+
+def test_jaxgcrl_critic_and_learned_temperature_run():
+    config = dataclasses.replace(TINY, **clearning.PRESETS["jaxgcrl"])
+    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    for name, value in {**metrics["train"], **metrics["eval"]}.items():
+        assert np.isfinite(np.asarray(value)).all(), name
+    alpha = np.asarray(metrics["train"]["alpha"])
+    assert (alpha > 0).all() and not np.allclose(alpha, 1.0)  # learned, away from its start exp(0)
+
+
+class PassThroughGoal(Env):
+    """A 1-D walk t = 0, 1, 2, ... whose goal is at t = `goal_step`: success there only."""
+
+    def __init__(self, goal_step):
+        self.goal_step = goal_step
+
+    def _state(self, t, state=None):
+        distance = jnp.abs(t - self.goal_step).astype(jnp.float32)
+        metrics = {"distance": distance, "success": (distance < 0.5).astype(jnp.float32)}
+        zero = jnp.zeros((), jnp.float32)
+        return State(pipeline_state=t, obs=jnp.array([t], jnp.float32), reward=zero, done=zero, metrics=metrics)
+
+    def reset(self, rng):
+        return self._state(jnp.int32(0))
+
+    def step(self, state, action):
+        return self._state(state.pipeline_state + 1)
+
+    observation_size = property(lambda self: 1)
+    action_size = property(lambda self: 1)
+    backend = property(lambda self: "jax")
+
+
+@pytest.mark.parametrize("goal_step, any_, final", [(2, 1.0, 0.0), (5, 1.0, 1.0), (9, 0.0, 0.0)])
+def test_success_at_any_step_and_at_the_end(goal_step, any_, final):
+    """Five steps past t = 1, ..., 5: a goal at 2 is reached and left (any 1, final 0)."""
+    env = jax.vmap(PassThroughGoal(goal_step).reset), jax.vmap(PassThroughGoal(goal_step).step)
+
+    class Batched:
+        reset = staticmethod(lambda key: env[0](jax.random.split(key, 3)))
+        step = staticmethod(env[1])
+
+    metrics = evaluate_episodes(Batched, jax.random.PRNGKey(0), 3, 5, lambda c, obs, k: (jnp.zeros((3, 1)), c))
+    assert float(metrics["eval_success"]) == float(metrics["eval_success_any"]) == any_
+    assert float(metrics["eval_success_final"]) == final
+    assert float(metrics["eval_final_distance"]) == abs(5 - goal_step)

@@ -23,6 +23,7 @@ BRAX_STEPS = 200
 BACKEND = {
     "brax/ant": "generalized",
     "brax/ant_goal": "generalized",
+    "brax/ant_goal_jaxgcrl": "generalized",
     "brax/walker2d": "generalized",
     "brax/inverted_double_pendulum": "generalized",
 }
@@ -358,3 +359,25 @@ def test_cartpole_discrete_random_episodes_end_early():
     assert float(truncation.sum()) == 0.0
     # A random policy balances for ~20 steps (gymnasium's figure); 8 x 200 steps end dozens of episodes.
     assert 30 < float(done.sum()) < 200
+
+
+def test_ant_goal_jaxgcrl_places_the_goal_at_distance_10():
+    """JaxGCRL's Ant (jaxgcrl/envs/ant.py): the goal 10 from the origin at a uniform angle, obs
+    (q with torso xy first, qd, goal xy), success within 0.5 of the torso, 1000-step episodes."""
+    env, spec = make("brax/ant_goal_jaxgcrl", num_envs=64)
+    assert spec.observation_size == 31 and spec.achieved_slice == (0, 2) and spec.goal_slice == (29, 31)
+    assert spec.success_radius == 0.5 and spec.episode_length == 1000 and "backend=spring" in spec.notes
+    state = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    goal, torso = np.asarray(state.obs[:, 29:31]), np.asarray(state.obs[:, :2])
+    np.testing.assert_allclose(np.linalg.norm(goal, axis=1), 10.0, rtol=1e-5)
+    np.testing.assert_allclose(torso, np.asarray(state.pipeline_state.x.pos[:, 0, :2]), atol=1e-6)
+    assert np.abs(torso).max() <= 0.1  # the start: the origin plus Brax's reset noise
+    angles = np.arctan2(goal[:, 1], goal[:, 0])
+    assert np.histogram(angles, bins=4, range=(-np.pi, np.pi))[0].min() >= 5  # all around the circle
+    assert float(state.metrics["success"].max()) == 0.0
+    # A goal moved onto the torso is a success after a step; the goal stays where it was put.
+    near = state.obs.at[:, 29:31].set(state.obs[:, :2] + 0.1)
+    state = state.replace(obs=near, info={**state.info, "goal": near[:, 29:31]})
+    nxt = jax.jit(env.step)(state, jnp.zeros((64, spec.action_size)))
+    np.testing.assert_array_equal(np.asarray(nxt.obs[:, 29:31]), np.asarray(near[:, 29:31]))
+    assert float(nxt.metrics["success"].min()) == 1.0 and float(nxt.reward.min()) == 1.0

@@ -701,8 +701,11 @@ def summarise(rows: list[dict], wall: float, compile_s: float, swept=()) -> dict
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if "eval_success" in final[0]:
-        summary["final_eval_success"] = float(np.mean([r["eval_success"] for r in final]))
+    # Goal tasks: success at any step of the episode (eval_success, also eval_success_any) and on
+    # its last step (eval_success_final).
+    for name in ("eval_success", "eval_success_any", "eval_success_final"):
+        if name in final[0]:
+            summary[f"final_{name}"] = float(np.mean([r[name] for r in final]))
     if swept:
         settings = []
         for label, members in settings_of(final, list(swept)).items():

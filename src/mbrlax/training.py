@@ -204,25 +204,33 @@ def evaluate_episodes(env, key, num_episodes: int, episode_length: int, act, car
     `episode_length` steps. `act(carry, obs [n, ...], key) -> (action [n, ...], carry)` chooses the
     actions; a policy without memory ignores the carry. Returns the mean and spread of the returns,
     and for goal tasks (which report `metrics["success"]` and `metrics["distance"]`) the share of
-    episodes that reached the goal at some step and the mean distance at the episode's last step."""
+    episodes that reached the goal at some step (`eval_success`, also named `eval_success_any`), the
+    share that are at the goal on their last step (`eval_success_final`; an episode that terminates
+    early counts its terminal step) and the mean distance at the last step."""
     reset_key, key = jax.random.split(key)
     env_state = env.reset(reset_key)
     goal_task = "success" in env_state.metrics
 
     def step(loop, step_key):
-        env_state, carry, total, alive, reached, distance = loop
+        env_state, carry, total, alive, reached, distance, final = loop
         action, carry = act(carry, env_state.obs, step_key)
         env_state = env.step(env_state, action)
         total = total + alive * env_state.reward
         if goal_task:
             reached = jnp.maximum(reached, alive * env_state.metrics["success"])
             distance = jnp.where(alive > 0, env_state.metrics["distance"], distance)
-        return (env_state, carry, total, alive * (1.0 - env_state.done), reached, distance), None
+            final = jnp.where(alive > 0, env_state.metrics["success"], final)
+        return (env_state, carry, total, alive * (1.0 - env_state.done), reached, distance, final), None
 
     zeros = jnp.zeros(num_episodes)
-    loop = (env_state, carry, zeros, jnp.ones(num_episodes), zeros, zeros)
-    (_, _, total, _, reached, distance), _ = jax.lax.scan(step, loop, jax.random.split(key, episode_length))
+    loop = (env_state, carry, zeros, jnp.ones(num_episodes), zeros, zeros, zeros)
+    (_, _, total, _, reached, distance, final), _ = jax.lax.scan(step, loop, jax.random.split(key, episode_length))
     metrics = {"eval_return": total.mean(), "eval_return_std": total.std()}
     if goal_task:
-        metrics.update(eval_success=reached.mean(), eval_final_distance=distance.mean())
+        metrics.update(
+            eval_success=reached.mean(),
+            eval_success_any=reached.mean(),
+            eval_success_final=final.mean(),
+            eval_final_distance=distance.mean(),
+        )
     return metrics
