@@ -19,17 +19,48 @@ Everything else is MBPO's loop (mbpo.py, which this file runs): refits of the en
 critic trained by SAC on batches that are `real_ratio` real data and the rest model data.
 
 The SVG family comes from the same code as presets (a preset that names no task applies on top of
-the task's own, `--env brax/hopper --preset sac-svg`; `algorithms/svg.py` runs SAC-SVG by default):
-- `svg0`: H = 0 and no model. The actor follows the gradient of a learned Q through the
-  reparameterised action only, which is SVG(0); with its entropy term it is exactly SAC.
+the task's own, `--env brax/hopper --preset sac-svg`; `algorithms/svg.py` runs SAC-SVG by default,
+with each task's settings from the SAC-SVG authors' code):
+- `svg0`: H = 0, no model, one update per step, no gradient clipping. The actor follows the gradient
+  of a learned Q through the reparameterised action only, which is SVG(0); with its entropy term it
+  is SAC, and the update is SAC's own (`sac.update` with no actor objective given).
 - `svg1`: H = 1, critic on real data only: one model step, then the critic. The paper's SVG(1)
   bootstraps from a state-value V and, in SVG(1)-ER, infers the noise (eta, xi) that explains each
   observed transition so that the gradient follows the real path; here the critic is the soft twin Q
   and the noise is drawn afresh. That inference is not done.
-- `sac-svg`: H = 3, critic on real data only, SAC's entropy at every step, as in SAC-SVG(H). Amos et
-  al. learn the reward and a continue head with their own model; here the model is this package's
-  ensemble, the reward is the task's own where it can be written from observations, and
-  termination is the task's function.
+- `sac-svg`: SAC-SVG(H) as its authors' code runs it (facebookresearch/svg: config/train.yaml,
+  config/env/mbpo_*.yaml, svg/agent.py, svg/temp.py). Their `horizon=3` unrolls 3 actions and 2 model
+  steps and closes with the min-twin Q at the third action (`SeqDx.unroll_policy` in svg/dx.py, and
+  `expand_Q` in svg/agent.py), so their SAC-SVG(H) is `--horizon H-1` here: the preset sets 2, which is
+  their SAC-SVG(3), the paper's choice. The rest of their regime: critic on real data only, one
+  update per environment step, 1,000 random steps, then an actor trained model-free (SAC's own loss)
+  until step 10,000 (`warmup_steps`, `model_free_steps` here), actor and critics of 4 x 512 at
+  learning rate 1e-4 (the temperature's too), batches of 1024, initial temperature 0.1, no gradient
+  clipping of actor or critics (only their dynamics model clips, at norm 1.0), the critic stepped
+  before the actor and the actor's loss on the stepped critic (`sac_update_order="sequential"`), and,
+  through `svg.py` only (it differs per task), their target-entropy schedule (svg/temp.py's
+  `LearnTemp`: target_entropy -> target_entropy_final as (1 - step/total_steps)^decay) and step
+  budget.
+  What stays different, and why:
+  - Their dynamics model is deterministic: a GRU over (obs, action) encodings trained on sequences of
+    `horizon` steps, four minibatches every environment step, with learned reward and (sigmoid)
+    continue heads. Here it is this package's probabilistic ensemble, refitted every
+    `model_train_freq` steps as in MBPO, with the task's own reward where it can be written from
+    observations (`--no-known-reward` uses the ensemble's reward head) and the task's termination
+    function as the mask. Their model is a different architecture that would live in its own file.
+  - They normalise every observation their networks see by the running mean and standard deviation
+    of the observations so far (std clamped to [0.1, 10]; `normalize_obs` in config/train.yaml,
+    svg/replay_buffer.py). Here only the ensemble normalises its inputs; the actor and critics see
+    raw observations, because a normaliser for them is state that every user of SAC (MBPO, rollouts,
+    evaluation) would have to thread through.
+  - Their actor's loss is the sum divided by the horizon, and their temperature's loss is
+    alpha (-log pi - target) where SAC here uses log alpha (svg/agent.py, svg/temp.py): constant or
+    slowly varying factors that Adam's normalisation mostly cancels. Their log-std is squashed into
+    [-5, 2]; here it is clipped to [-20, 2]. The warm-up and the entropy schedule move at the
+    granularity of a model period (`model_train_freq` steps), not of a step.
+  - On pendulum, `svg.py` keeps MAAC's small pendulum settings (G = 10, 64 x 64, learning rate 3e-4,
+    no warm-up) with SAC-SVG's method (H = 2, critic on real data, sequential order, no clipping):
+    the authors' regime is sized for a million steps; `--preset sac-svg` gives it on any task.
 
 What this file does differently from the papers, and why:
 - Termination is the task's known function of the predicted next state, used as a mask (zero weight
@@ -40,8 +71,9 @@ What this file does differently from the papers, and why:
   head, as MAAC and SAC-SVG do.
 - Each imagined step sends every start state through an elite member drawn for it (as MBPO's
   rollouts do), rather than one member for the whole batch.
-- Gradients of the actor and the critics are clipped to a global norm of 5, the SAC-SVG setting; the
-  MAAC paper does not give one.
+- MAAC's gradients of the actor and the critics are clipped to a global norm of 5 by default: our
+  choice, which neither the MAAC paper nor the SVG papers give (the pendulum rows were measured with
+  it); `--max-grad-norm None` turns it off, and the svg0 and sac-svg presets do.
 
 Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/maac.py --env pendulum
 """
@@ -67,13 +99,27 @@ class Config(mbpo.Config):
     (sweepable) fields: real_ratio, sac_lr, tau, discount, model_lr, model_weight_decay."""
 
     horizon: int = 3
-    """H: model steps the actor's objective differentiates through before the critic closes it (0: SAC's actor)."""
+    """H: model steps the actor's objective differentiates through before the critic closes it (0: SAC's actor).
+    SAC-SVG's code counts actions, H + 1."""
     known_reward: bool = True
     """In the actor's objective, use the task's own reward function where it has one; else the model's reward head."""
     updates_per_step: int = 10
-    """G: SAC gradient steps per environment step (the MAAC authors: 8)."""
+    """G: SAC gradient steps per environment step (the MAAC authors: 8; SAC-SVG: 1)."""
     max_grad_norm: float | None = 5.0
-    """Clip actor and critic gradients to this global norm (SAC-SVG's 5; None for no clipping)."""
+    """Clip actor and critic gradients to this global norm (our choice, from no paper; None: no clipping)."""
+    sac_update_order: str = "simultaneous"
+    """SAC's update: "simultaneous" (every loss on the pre-update parameters, MBPO's code) or
+    "sequential" (the actor's loss on the stepped critic, SAC-SVG's code)."""
+    initial_alpha: float = 1.0
+    """SAC's temperature at the start (SAC-SVG: 0.1)."""
+    model_free_steps: int = 0
+    """Environment steps, counted from the first random one, in which the actor takes SAC's model-free
+    step instead of the pathwise one (SAC-SVG: 10,000)."""
+    target_entropy_final: float | None = None
+    """If set, the target entropy moves from target_entropy (which must be set) to this over total_steps
+    (SAC-SVG's schedule)."""
+    target_entropy_decay: float = 1.0
+    """Shape of that schedule: target = (start - final) (1 - step / total_steps)^decay + final."""
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +130,18 @@ class Config(mbpo.Config):
                 f"horizon {self.horizon} differentiates through the model, which sac_only turns off; "
                 "use --horizon 0 (SVG(0)) or drop --sac-only"
             )
+        if self.sac_update_order not in sac.UPDATE_ORDERS:
+            raise ConfigError(
+                f"sac_update_order must be one of {', '.join(sac.UPDATE_ORDERS)}, got {self.sac_update_order!r}"
+            )
+        if not self.initial_alpha > 0:
+            raise ConfigError(f"initial_alpha must be positive, got {self.initial_alpha}")
+        if self.model_free_steps < 0:
+            raise ConfigError(f"model_free_steps must be 0 or positive, got {self.model_free_steps}")
+        if self.target_entropy_decay < 0:
+            raise ConfigError(f"target_entropy_decay must be 0 or positive, got {self.target_entropy_decay}")
+        if self.target_entropy_final is not None and self.target_entropy is None:
+            raise ConfigError("target_entropy_final needs target_entropy, the schedule's start; set both or neither")
 
 
 # The MAAC authors' settings (their code's defaults), on Brax's versions of the tasks; the critic's
@@ -111,15 +169,65 @@ TASKS: dict[str, dict[str, Any]] = {
     "brax/walker2d": dict(mbpo.PRESETS["brax/walker2d"], **dict(AUTHORS, horizon=1)),
 }
 
+# SAC-SVG(3), the method: their horizon=3 is 2 model steps here; the critic learns from real data
+# only (no rollouts into a model buffer); SAC stepped critic first; no clipping (facebookresearch/svg).
+SAC_SVG_METHOD = dict(
+    horizon=2, sac_only=False, rollout_batch_size=0, max_grad_norm=None, sac_update_order="sequential"
+)
+# The rest of their regime that holds on every task (config/train.yaml, config/env/mbpo_*.yaml).
+SAC_SVG_AUTHORS = dict(
+    SAC_SVG_METHOD,
+    updates_per_step=1,
+    sac_hidden_sizes=(512, 512, 512, 512),
+    sac_lr=1e-4,
+    sac_batch_size=1024,
+    initial_steps=1000,
+    model_free_steps=10_000,
+    initial_alpha=0.1,
+)
+# Their per-task budget and target-entropy schedule (config/env/mbpo_{cheetah,hopper,walker2d}.yaml;
+# the temperature's LearnTemp in svg/temp.py), evaluated every 25,000 steps over 10 episodes.
+SAC_SVG_TASKS: dict[str, dict[str, Any]] = {
+    "brax/hopper": dict(
+        total_steps=1_000_000, target_entropy=0.0, target_entropy_final=-2.0, target_entropy_decay=0.03125
+    ),
+    "brax/walker2d": dict(
+        total_steps=2_000_000, target_entropy=-2.0, target_entropy_final=-8.0, target_entropy_decay=0.0625
+    ),
+    "brax/halfcheetah": dict(
+        total_steps=2_000_000, target_entropy=-2.0, target_entropy_final=-3.0, target_entropy_decay=1.0
+    ),
+}
+for _task in SAC_SVG_TASKS.values():
+    _task.update(eval_every=25_000, eval_episodes=10, buffer_capacity=min(_task["total_steps"], 1_000_000))
+
 # Variants: they name no task, so they apply on top of the task's preset.
 VARIANTS: dict[str, dict[str, Any]] = {
     "maac": dict(horizon=3, sac_only=False),
-    "svg0": dict(horizon=0, sac_only=True),
-    "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0),
-    "sac-svg": dict(horizon=3, sac_only=False, rollout_batch_size=0),
+    # SAC itself: no model, one update per step, SAC's own update order, temperature and clipping.
+    "svg0": dict(
+        horizon=0,
+        sac_only=True,
+        updates_per_step=1,
+        max_grad_norm=None,
+        sac_update_order="simultaneous",
+        initial_alpha=1.0,
+        model_free_steps=0,
+        target_entropy_final=None,
+    ),
+    # MAAC's SAC settings (on svg.py's tasks too, whose presets carry SAC-SVG's).
+    "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0, max_grad_norm=5.0, sac_update_order="simultaneous"),
+    "sac-svg": SAC_SVG_AUTHORS,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+def target_entropy_at(step: jax.Array, total_steps: int, start: float, final: float, decay: float) -> jax.Array:
+    """SAC-SVG's target-entropy schedule (`LearnTemp.update` in facebookresearch/svg, svg/temp.py):
+    (start - final) (1 - step / total_steps)^decay + final."""
+    remaining = jnp.maximum(total_steps - step, 0) / total_steps  # exact near the end, in float32 too
+    return (start - final) * remaining**decay + final
 
 
 # PATHWISE OBJECTIVE
@@ -166,6 +274,8 @@ def pathwise_objective(
 
 def make_train(config: Config) -> Trainer:
     config.validate()
+    warm_up = config.model_free_steps > 0
+    scheduled = config.target_entropy_final is not None
 
     def make_actor_objective(spec, model_config, agent_config):
         if config.horizon == 0:
@@ -173,7 +283,7 @@ def make_train(config: Config) -> Trainer:
         low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
         known_reward = spec.reward_fn if config.known_reward else None
 
-        def objective(model, hparams, actor_params, critic_params, alpha, obs, key):
+        def pathwise(model, hparams, actor_params, critic_params, alpha, obs, key):
             # UPDATE POLICY along imagined paths of H model steps, closed by the soft Q.
             def policy(obs, key):
                 return sac.sample_action(agent_config, actor_params, obs, key)
@@ -202,9 +312,40 @@ def make_train(config: Config) -> Trainer:
             )
             return -value.mean(), log_prob
 
+        if not warm_up:
+            return pathwise
+
+        def objective(model, hparams, actor_params, critic_params, alpha, obs, key):
+            # WARM-UP: SAC's model-free actor loss for the first model_free_steps steps (SAC-SVG's
+            # warmup_steps). The step is the same for every run of a vmapped batch, so this stays a cond.
+            return jax.lax.cond(
+                hparams["env_step"] < config.model_free_steps,
+                lambda: sac.soft_actor_objective(agent_config, actor_params, critic_params, alpha, obs, key),
+                lambda: pathwise(model, hparams, actor_params, critic_params, alpha, obs, key),
+            )
+
         return objective
 
-    return mbpo.make_train(config, make_actor_objective)
+    sac_options = dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha)
+    trainer = mbpo.make_train(config, make_actor_objective, sac_options)
+    if not (warm_up or scheduled):
+        return trainer
+
+    def update(state, hparams, update_index):
+        # The environment step at the start of this model period, for the warm-up and the schedule.
+        env_step = config.initial_steps + update_index * config.model_train_freq
+        extra = {"env_step": env_step}
+        if scheduled:
+            extra["target_entropy"] = target_entropy_at(
+                env_step,
+                config.total_steps,
+                config.target_entropy,
+                config.target_entropy_final,
+                config.target_entropy_decay,
+            ).astype(jnp.float32)
+        return trainer.update(state, {**hparams, **extra}, update_index)
+
+    return dataclasses.replace(trainer, update=update)
 
 
 def main(argv=None, algorithm: str = "maac", presets: dict[str, dict[str, Any]] = PRESETS) -> int:

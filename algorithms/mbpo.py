@@ -20,9 +20,15 @@ What this file does differently from the paper's code, and why:
 - The model buffer has a fixed capacity sized for the longest rollouts; the paper's code reallocates
   it as k grows. Sampling reads only the newest rollouts_per_epoch x k x retain_epochs entries, which
   is the paper's pool exactly, so no staler data is used than there.
-- One weight decay for every layer of the model (the paper's code ramps it from 2.5e-5 to 1e-4 over
-  the layers) and at most `model_max_epochs` epochs per fit (the paper's code has no cap but stops
-  early the same way).
+- The model, against jannerm/mbpo's (`mbpo/models/constructor.py`, `bnn.py`, `fc.py`; the shared
+  ensemble, src/mbrlax/ensemble.py, has an option for each but this file uses its defaults):
+  one weight decay on every layer, biases included (theirs: 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on
+  the weights of the five layers, none on the biases); fixed log-variance bounds (theirs are learned,
+  with the penalty 0.01 * (sum max_logvar - sum min_logvar)); flax's LeCun-normal weights (theirs: a
+  normal truncated at 2 std with std 1 / (2 sqrt(fan_in)), biases zero); targets standardised as well
+  as inputs (theirs: inputs only, scaler fitted on the training split); early stopping after 5 epochs
+  without a 1 % holdout improvement of any member (theirs breaks when more than 5 have passed, i.e.
+  after 6) and at most `model_max_epochs` epochs a fit (theirs has no cap).
 - Brax's tasks differ from the gym MuJoCo tasks of the paper: other observation layouts (ant and
   humanoid are not truncated as the paper's were), Brax physics, and rewards learned where they
   cannot be computed from observations. The humanoid preset's model buffer (10 M transitions of 244
@@ -302,10 +308,13 @@ def rollout_length(config: Config, update_index: jax.Array) -> jax.Array:
     return jnp.floor(k_a + progress * (k_b - k_a)).astype(jnp.int32)
 
 
-def make_train(config: Config, make_actor_objective: Callable | None = None) -> Trainer:
+def make_train(
+    config: Config, make_actor_objective: Callable | None = None, sac_options: dict | None = None
+) -> Trainer:
     """The training program. `make_actor_objective(spec, model_config, agent_config)`, where given,
     returns `objective(model, hparams, actor, critic, alpha, obs, key) -> (loss, log_prob)`, which
-    replaces SAC's actor loss: MAAC (maac.py) shares this loop and changes only that."""
+    replaces SAC's actor loss: MAAC (maac.py) shares this loop and changes only that (and may pass
+    more `sac.SACConfig` fields in `sac_options`, and a "target_entropy" in the hparams)."""
     config.validate()
     try:
         env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
@@ -331,7 +340,11 @@ def make_train(config: Config, make_actor_objective: Callable | None = None) -> 
     target_entropy = -float(action_size) if config.target_entropy is None else config.target_entropy
 
     agent_config = sac.SACConfig(
-        action_size=action_size, hidden_sizes=config.sac_hidden_sizes, batch_size=B, max_grad_norm=config.max_grad_norm
+        action_size=action_size,
+        hidden_sizes=config.sac_hidden_sizes,
+        batch_size=B,
+        max_grad_norm=config.max_grad_norm,
+        **(sac_options or {}),
     )
     model_config = ensemble.EnsembleConfig(
         num_members=config.ensemble_size,
@@ -358,7 +371,7 @@ def make_train(config: Config, make_actor_objective: Callable | None = None) -> 
             "learning_rate": hparams["sac_lr"],
             "discount": hparams["discount"],
             "tau": hparams["tau"],
-            "target_entropy": jnp.float32(target_entropy),
+            "target_entropy": hparams.get("target_entropy", jnp.float32(target_entropy)),
         }
 
     # BRANCHED ROLLOUTS: k steps of the current policy through random elites, from real states.

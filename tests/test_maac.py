@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import cli_args
 from jax.flatten_util import ravel_pytree
-from mbrlax.algorithms import maac, svg
+from mbrlax.algorithms import maac, mbpo, svg
 
 from mbrlax import runner, sac
 from mbrlax.networks import tanh_gaussian_sample
@@ -145,18 +145,49 @@ def test_zero_horizon_is_sacs_actor_objective():
 
 def test_variant_presets_go_on_top_of_the_task_preset():
     config = runner._preset_config(maac.Config, maac.PRESETS, "brax/hopper", "sac-svg")
-    assert config.env == "brax/hopper" and config.horizon == 3 and config.rollout_batch_size == 0
+    assert config.env == "brax/hopper" and config.rollout_batch_size == 0 and not config.sac_only
     assert config.rollout_schedule == maac.TASKS["brax/hopper"]["rollout_schedule"]
-    assert config.updates_per_step == 8 and config.ensemble_size == 8
+    assert config.ensemble_size == 8
+    # SAC-SVG's horizon=3 (3 actions, 2 model steps) and the rest of their regime.
+    assert config.horizon == 2 and config.updates_per_step == 1 and config.initial_steps == 1000
+    assert config.sac_hidden_sizes == (512, 512, 512, 512) and config.sac_lr == 1e-4 and config.sac_batch_size == 1024
+    assert config.initial_alpha == 0.1 and config.model_free_steps == 10_000
+    assert config.max_grad_norm is None and config.sac_update_order == "sequential"
+    # svg.py adds the task's entropy schedule and budget (config/env/mbpo_hopper.yaml).
+    hopper = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", None)
+    assert hopper == dataclasses.replace(
+        config,
+        total_steps=1_000_000,
+        target_entropy=0.0,
+        target_entropy_final=-2.0,
+        target_entropy_decay=0.03125,
+        eval_every=25_000,
+        eval_episodes=10,
+        buffer_capacity=1_000_000,
+    )
     svg1 = runner._preset_config(maac.Config, svg.PRESETS, "pendulum", "svg1")
     assert (svg1.horizon, svg1.rollout_batch_size, svg1.sac_only) == (1, 0, False)
-    svg0 = runner._preset_config(maac.Config, svg.PRESETS, None, "svg0")
-    assert svg0.env == "pendulum" and svg0.horizon == 0 and svg0.sac_only
+    for presets in (maac.PRESETS, svg.PRESETS):
+        svg0 = runner._preset_config(maac.Config, presets, None, "svg0")
+        assert svg0.env == "pendulum" and svg0.horizon == 0 and svg0.sac_only and svg0.updates_per_step == 1
+        assert svg0.max_grad_norm is None and svg0.sac_update_order == "simultaneous" and svg0.initial_alpha == 1.0
     default_svg = runner._preset_config(maac.Config, svg.PRESETS, "brax/walker2d", None)
-    assert default_svg.horizon == 3 and default_svg.rollout_batch_size == 0 and default_svg.env == "brax/walker2d"
+    assert default_svg.horizon == 2 and default_svg.rollout_batch_size == 0 and default_svg.env == "brax/walker2d"
+    assert default_svg.total_steps == 2_000_000 and default_svg.target_entropy_final == -8.0
+    pendulum_svg = runner._preset_config(maac.Config, svg.PRESETS, "pendulum", None)
+    assert (pendulum_svg.horizon, pendulum_svg.rollout_batch_size, pendulum_svg.max_grad_norm) == (2, 0, None)
     for name in maac.PRESETS:
         preset_config = runner._preset_config(maac.Config, maac.PRESETS, None, name)
         preset_config.validate()
+
+
+def test_target_entropy_schedule_is_sac_svgs():
+    """svg/temp.py: t = (1 - step / max_steps)^decay; target = (init - final) t + final."""
+    for start, final, decay in ((0.0, -2.0, 0.03125), (-2.0, -8.0, 0.0625), (-2.0, -3.0, 1.0)):
+        for step in (0, 1000, 250_000, 999_999, 1_000_000):
+            expected = (start - final) * (1.0 - step / 1e6) ** decay + final
+            got = maac.target_entropy_at(jnp.float32(step), 1_000_000, start, final, decay)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # A tiny configuration: 3 updates of 100 steps after 200 random ones, 2 evaluations.
@@ -193,6 +224,10 @@ TINY_ARGS = cli_args(TINY) + ["--no-progress"]
         (["--max-grad-norm", "0"], "max_grad_norm"),
         (["--rollout-batch-size", "-5"], "rollout_batch_size"),
         (["--preset", "svg2"], "svg1"),
+        (["--sac-update-order", "critic-last"], "sac_update_order"),
+        (["--initial-alpha", "0"], "initial_alpha"),
+        (["--model-free-steps", "-1"], "model_free_steps"),
+        (["--target-entropy-final", "-2"], "target_entropy"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
@@ -229,6 +264,64 @@ def test_config_error_before_compiling_for_a_model_free_horizon():
         maac.make_train(dataclasses.replace(TINY, sac_only=True))
     # H = 0 without the model is SVG(0), i.e. SAC: allowed.
     maac.make_train(dataclasses.replace(TINY, sac_only=True, horizon=0))
+
+
+def _final_agent(train, config):
+    hparams = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
+    state, _ = jax.jit(train)(jax.random.PRNGKey(3), hparams)
+    return state.agent
+
+
+# Two periods of 50 steps after 100 random ones: 100 SAC updates.
+TINY_RUN = dict(
+    env="pendulum",
+    total_steps=200,
+    initial_steps=100,
+    model_train_freq=50,
+    epoch_length=100,
+    eval_every=100,
+    eval_episodes=1,
+    episode_length=50,
+    sac_hidden_sizes=(16, 16),
+    sac_batch_size=32,
+)
+
+
+def test_svg0_is_exactly_sac():
+    """svg0 through svg.py's presets on pendulum against MBPO's plain SAC (`--sac-only
+    --updates-per-step 1`, no clipping) with the same run settings and key: every one of the 100
+    updates is the same, so the final actor, critics, targets and temperature are equal bit for bit."""
+    svg0 = dataclasses.replace(runner._preset_config(maac.Config, svg.PRESETS, "pendulum", "svg0"), **TINY_RUN)
+    plain_sac = mbpo.Config(sac_only=True, updates_per_step=1, **TINY_RUN)
+    assert plain_sac.max_grad_norm is None
+    svg0_agent = _final_agent(maac.make_train(svg0), svg0)
+    sac_agent = _final_agent(mbpo.make_train(plain_sac), plain_sac)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, svg0_agent, sac_agent)
+
+
+def test_model_free_warm_up_takes_sacs_actor_step():
+    """With model_free_steps past the end, H = 2 trains exactly as H = 0 (SAC's actor loss) on the same
+    model and data; without the warm-up it does not."""
+    base = maac.Config(
+        **TINY_RUN,
+        rollout_batch_size=0,
+        ensemble_size=2,
+        num_elites=1,
+        model_hidden_sizes=(8,),
+        model_max_epochs=1,
+        updates_per_step=1,
+    )
+    warm = dataclasses.replace(base, horizon=2, model_free_steps=1000)
+    sac_actor = dataclasses.replace(base, horizon=0)
+    warm_agent = _final_agent(maac.make_train(warm), warm)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        warm_agent,
+        _final_agent(maac.make_train(sac_actor), sac_actor),
+    )
+    pathwise = dataclasses.replace(warm, model_free_steps=150)  # the second period is pathwise
+    pathwise_actor = _final_agent(maac.make_train(pathwise), pathwise).actor
+    assert not np.allclose(ravel_pytree(pathwise_actor)[0], ravel_pytree(warm_agent.actor)[0])
 
 
 @pytest.mark.slow

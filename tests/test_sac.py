@@ -206,3 +206,62 @@ def test_jit_and_vmap_over_keys_agree_with_unbatched():
         jax.tree_util.tree_map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-5, atol=1e-6), batched, single)
     # Different keys really give different updates (the target and actor samples differ).
     assert not np.allclose(batched[1]["actor_loss"][0], batched[1]["actor_loss"][1])
+
+
+# UPDATE ORDER
+
+
+def _adam_step(params, grads, learning_rate):
+    """The first Adam step from fresh moments, by hand (optax's scale_by_adam defaults)."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    return jax.tree_util.tree_map(
+        lambda p, g: p - learning_rate * ((1 - b1) * g / (1 - b1)) / (jnp.sqrt((1 - b2) * g**2 / (1 - b2)) + eps),
+        params,
+        grads,
+    )
+
+
+@pytest.mark.parametrize("order", ["simultaneous", "sequential"])
+def test_actor_loss_reads_the_critic_the_order_says(order):
+    """"simultaneous" (MBPO's TF1 softlearning code: one session.run of all training ops): the actor's
+    step is the gradient of SAC's loss at the critic from before the update, so a batch that differs
+    only in its rewards (which move only the critic) gives the same actor and temperature.
+    "sequential" (SAC-SVG's svg/agent.py): the actor's loss reads the stepped critic. Both are
+    checked against one Adam step by hand."""
+    cfg = sac.SACConfig(action_size=ACT, hidden_sizes=(32, 32), batch_size=8, update_order=order)
+    state = sac.init(jax.random.PRNGKey(0), cfg, OBS)
+    batch = _random_batch(jax.random.PRNGKey(1))
+    key = jax.random.PRNGKey(2)
+    new_state, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, batch, key, HP)
+    other, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, dict(batch, reward=batch["reward"] + 10.0), key, HP)
+
+    critic_moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), new_state.critic, other.critic)
+    assert max(jax.tree_util.tree_leaves(critic_moved)) > 0  # the rewards do reach the critic
+
+    _, actor_key = jax.random.split(key)
+    critic = state.critic if order == "simultaneous" else new_state.critic
+    alpha = jnp.exp(state.log_alpha)
+    def actor_loss(params):
+        return sac.soft_actor_objective(cfg, params, critic, alpha, batch["obs"], actor_key)[0]
+
+    expected = _adam_step(state.actor, jax.grad(actor_loss)(state.actor), HP["learning_rate"])
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), new_state.actor, expected
+    )
+
+    leaves = zip(jax.tree_util.tree_leaves(new_state.actor), jax.tree_util.tree_leaves(other.actor))
+    same_actor = all(np.array_equal(a, b) for a, b in leaves)
+    assert same_actor == (order == "simultaneous")
+    # The temperature reads the actor's own sample, drawn before its step, in both orders.
+    np.testing.assert_array_equal(new_state.log_alpha, other.log_alpha)
+
+
+def test_initial_temperature_and_bad_settings():
+    assert np.isclose(np.exp(sac.init(jax.random.PRNGKey(0), CFG, OBS).log_alpha), 1.0)
+    cfg = sac.SACConfig(action_size=ACT, initial_alpha=0.1)
+    np.testing.assert_allclose(np.exp(sac.init(jax.random.PRNGKey(0), cfg, OBS).log_alpha), 0.1, rtol=1e-6)
+    assert sac.SACConfig(action_size=ACT).update_order == "simultaneous"
+    with pytest.raises(ValueError, match="update_order"):
+        sac.SACConfig(action_size=ACT, update_order="critic-last")
+    with pytest.raises(ValueError, match="initial_alpha"):
+        sac.SACConfig(action_size=ACT, initial_alpha=0.0)

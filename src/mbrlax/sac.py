@@ -2,10 +2,26 @@
 policy learner under MBPO and MAAC.
 
 A tanh-Gaussian actor, twin Q-critics with Polyak-averaged targets (clipped double Q), and a
-temperature tuned towards a target entropy. As in the authors' softlearning code that MBPO runs on:
-critic, actor and temperature each take one Adam step per update, in that order, and the targets
-move by `tau` after every update. Actions live in [-1, 1]; the algorithm scales them to the task's
-bounds.
+temperature tuned towards a target entropy. Critic, actor and temperature each take one Adam step
+per update, and the targets move by `tau` after every update. Actions live in [-1, 1]; the algorithm
+scales them to the task's bounds.
+
+The order of the three steps within an update is `SACConfig.update_order`:
+- "simultaneous" (the default), as in the code MBPO's paper ran (jannerm/mbpo,
+  mbpo/algorithms/mbpo.py, on the TF1 softlearning of rail-berkeley/softlearning up to commit
+  1d56928, softlearning/algorithms/sac.py): the three losses are built from the same variables and
+  their training ops run together in one `session.run` with no control dependency between them, so
+  each is taken from the parameters as they were before the update: the critic's target uses the
+  old actor and temperature, the actor's loss the old critics, and the temperature's loss the
+  log-densities of the actor's own sample of actions.
+- "sequential", as in SAC-SVG's code (facebookresearch/svg, svg/agent.py: `update_critic`, then
+  `update_actor_and_alpha`): the critic steps first and the actor's loss reads the updated critics;
+  the temperature still uses the actor's sample (drawn before the actor's step).
+softlearning's later TF2 code (softlearning/algorithms/sac.py, `_do_updates`) is sequential too,
+and its temperature draws a fresh sample from the updated actor (its actor's loss also averages the
+twin Qs where the TF1 code and this file take their minimum); that third order is not offered.
+The temperature's loss is -log_alpha (log pi + target), as in MBPO's code; SAC-SVG's and
+softlearning's TF2 code use -alpha (log pi + target), whose gradient is alpha times this one.
 
 The learning rate, discount, `tau` and target entropy are arguments (traced values), so a sweep over
 them is a `vmap`; the optimisers are built inside the update for the same reason.
@@ -43,6 +59,20 @@ class SACConfig:
     """Transitions per gradient step."""
     max_grad_norm: float | None = None
     """Clip the actor's and the critics' gradients to this global norm (None: no clipping, as SAC)."""
+    update_order: str = "simultaneous"
+    """"simultaneous": critic, actor and temperature losses all read the pre-update parameters (MBPO's
+    code); "sequential": the actor's loss reads the critics after their step (SAC-SVG's code)."""
+    initial_alpha: float = 1.0
+    """Temperature at the start (1, as softlearning and MBPO; SAC-SVG: 0.1)."""
+
+    def __post_init__(self):
+        if self.update_order not in UPDATE_ORDERS:
+            raise ValueError(f"update_order must be one of {', '.join(UPDATE_ORDERS)}, got {self.update_order!r}")
+        if not self.initial_alpha > 0:
+            raise ValueError(f"initial_alpha must be positive, got {self.initial_alpha}")
+
+
+UPDATE_ORDERS = ("simultaneous", "sequential")
 
 
 @struct.dataclass
@@ -69,7 +99,7 @@ def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
     obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, cfg.action_size))
     actor = _actor(cfg).init(actor_key, obs)
     critic = _critic(cfg).init(critic_key, obs, action)
-    log_alpha = jnp.float32(0.0)  # initial temperature 1, as softlearning
+    log_alpha = jnp.log(jnp.float32(cfg.initial_alpha))
     clipped_adam = adam(0.0, cfg.max_grad_norm)
     return SACState(
         actor=actor,
@@ -117,7 +147,8 @@ def update(
     """One gradient step of critic, actor and temperature on `batch` (obs, action, reward, next_obs,
     terminated, each [B, ...]). `hp` holds traced scalars: learning_rate, discount, tau,
     target_entropy. `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss,
-    log_prob)` replaces SAC's own actor loss (`soft_actor_objective`); it sees the updated critic."""
+    log_prob)` replaces SAC's own actor loss (`soft_actor_objective`); it sees the critic from before
+    this update's critic step, or after it, as `cfg.update_order` says."""
     target_key, actor_key = jax.random.split(key)
     clipped_adam = adam(hp["learning_rate"], cfg.max_grad_norm)
     critic = _critic(cfg)
@@ -140,9 +171,12 @@ def update(
     updates, critic_opt = clipped_adam.update(grads, state.critic_opt)
     critic_params = optax.apply_updates(state.critic, updates)
 
-    # ACTOR: SAC's objective (min-twin Q of a reparameterised action, minus alpha log pi) or the one given.
+    # ACTOR: SAC's objective (min-twin Q of a reparameterised action, minus alpha log pi) or the one
+    # given, against the critics before their step ("simultaneous") or after it ("sequential").
+    actor_critic = state.critic if cfg.update_order == "simultaneous" else critic_params
+
     def actor_loss(params):
-        return actor_objective(params, critic_params, alpha, batch["obs"], actor_key)
+        return actor_objective(params, actor_critic, alpha, batch["obs"], actor_key)
 
     (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor)
     updates, actor_opt = clipped_adam.update(grads, state.actor_opt)
