@@ -13,8 +13,10 @@ KL terms between posterior and prior with stop-gradients on opposite sides (KL b
 prior learns to predict the posterior (weight `dyn_scale`), the posterior is held close to what can
 be predicted (weight `rep_scale`), each clipped below at `free_nats` so that a KL already small is
 left alone. From every posterior state of the batch the actor imagines `horizon` steps; the critic
-learns the lambda-returns of those imagined paths, and the actor follows REINFORCE on advantages
-divided by the spread of the returns.
+learns the lambda-returns of those imagined paths, and the actor maximises the advantage (the
+lambda-return less the critic's value) divided by the spread of the returns: for continuous actions
+by differentiating it back through the imagined dynamics, for discrete ones by REINFORCE, as the
+2023 code does (`actor_loss_of`).
 
 The robustness tricks of DreamerV3, each named where it is used:
 - symlog: vector inputs are squashed by symlog(x) = sign(x) log(1 + |x|), and the vector decoder
@@ -45,15 +47,20 @@ What this file does differently from the papers, and why:
   no per-sequence storage and cost a few steps of context at the start of each sequence.
 - Adam with gradient clipping (model 1000, actor and critic 100), as in the 2023 preprint; the
   Nature version uses LaProp with adaptive clipping. No replayed-value loss of the later versions.
-- The actor uses REINFORCE for continuous and discrete actions alike by default, as the Nature
-  version of DreamerV3 does; the 2023 preprint's code, whose optimiser this file follows,
-  backpropagated through the dynamics for continuous actions. `--actor-gradient dynamics` does
-  that (as DreamerV1 and V2 did): the normalised lambda-return is differentiated back through the
-  imagined path. On pendulum it learns in fewer steps (benchmarks/RESULTS.md).
+- The actor follows the 2023 code (danijar/dreamerv3 at 8fa35f8, the last commit before the Nature
+  version: configs.yaml `actor_grad_cont: backprop`, `actor_grad_disc: reinforce`; agent.py,
+  ImagActorCritic.loss), which produced the paper's DMC numbers: for continuous actions the
+  normalised advantage, baseline included and not stop-gradiented, is differentiated back through
+  the imagined path; for discrete actions REINFORCE. The Nature version uses REINFORCE for both,
+  together with LaProp, RMSNorm and other changes this file does not have; `--actor-gradient
+  reinforce` gives its actor gradient for continuous actions. Imagination steps with the world
+  model just updated on the batch, from that batch's posterior states, as in the 2023 code.
 - A new episode's state starts at zero (DreamerV2), not at a learned initial state; Adam's epsilon
   is optax's 1e-8 (the preprint: 1e-5); evaluation takes the actor's mode, where DreamerV3 samples.
 - Steps are agent steps: with `action_repeat` 2 a run of 500k steps simulates 1M frames, and the
-  train ratio counts agent steps too; the published DMC budgets count frames.
+  train ratio counts agent steps too (as the 2023 code's counter and train ratio do). The published
+  DMC budgets count frames (the 2023 code logs agent steps times the repeat: dreamerv3/train.py,
+  make_logger), so DMC "500k" at action repeat 2 is `--total-steps 250000 --action-repeat 2`.
 - Model sizes are our own presets (tiny, small, 12m; their parameter counts are beside them below
   and in benchmarks/RESULTS.md), not the paper's table.
 
@@ -172,9 +179,11 @@ class Config:
     """gamma of the imagined returns."""
     return_lambda: float = 0.95
     """lambda of the lambda-returns."""
-    actor_gradient: Literal["reinforce", "dynamics"] = "reinforce"
-    """How the actor learns: REINFORCE on normalised advantages (DreamerV3), or for continuous actions
-    the gradient of the normalised lambda-return back through the imagined dynamics (DreamerV1/V2)."""
+    actor_gradient: Literal["auto", "dynamics", "reinforce"] = "auto"
+    """How the actor learns (`actor_loss_of`): "dynamics", the normalised advantage differentiated back
+    through the imagined dynamics (continuous actions only); "reinforce", log pi times the normalised
+    advantage; "auto", as the 2023 DreamerV3 code: dynamics for continuous actions, REINFORCE for
+    discrete ones."""
     actor_lr: float = 3e-5
     """Adam learning rate of the actor."""
     critic_lr: float = 3e-5
@@ -537,12 +546,13 @@ class PolicyDistribution(NamedTuple):
         return (jnp.log(b) + 0.5 * jnp.log(2 * jnp.pi * jnp.e)).sum(-1)
 
     def executed(self, action):
-        """What the environment and the model receive: a normal sample clipped to the action box.
-        The clip passes gradients straight through, so that `actor_gradient="dynamics"` still
-        reaches the actor from an action sampled outside the box."""
+        """What the environment and the model receive: a normal sample clipped to the action box,
+        as the 2023 code's RSSM does (dreamerv3/nets.py, action_clip 1): a times sg(1 / max(1, |a|)),
+        so the gradient of an action sampled outside the box still reaches the actor, scaled by
+        1 / |a|, under `actor_gradient="dynamics"`."""
         if self.discrete:
             return action
-        return action + jax.lax.stop_gradient(jnp.clip(action, -1.0, 1.0) - action)
+        return action * jax.lax.stop_gradient(1.0 / jnp.maximum(1.0, jnp.abs(action)))
 
 
 # RETURNS
@@ -559,6 +569,41 @@ def lambda_returns(rewards, continues, values, discount, lam):
 
     _, returns = jax.lax.scan(backward, values[-1], (rewards[1:], continues[1:], values[1:]), reverse=True)
     return returns
+
+
+def updated_return_scale(return_scale, returns, decay):
+    """S <- decay S + (1 - decay) (P95 - P5) of the returns. The 2023 code (dreamerv3/jaxutils.py,
+    Moments, impl perc_ema) keeps one EMA of each percentile, both from 0; their difference is this
+    EMA of the range. It is updated before it is used, as there."""
+    returns = jax.lax.stop_gradient(returns)
+    spread = jnp.percentile(returns, 95) - jnp.percentile(returns, 5)
+    return decay * return_scale + (1.0 - decay) * spread
+
+
+def actor_loss_of(returns, values, weights, log_prob, entropy, return_scale, entropy_scale, gradient: str):
+    """The actor's loss over imagined steps [H, N], as ImagActorCritic.loss of the 2023 code
+    (danijar/dreamerv3 at 8fa35f8, dreamerv3/agent.py):
+
+        A_t  = (R_t - v(s_t)) / max(1, S)          (its offset, the EMA of P5, cancels)
+        loss = -mean_t,n[ sg(w_t) (objective_t + eta H[pi(. | s_t)]) ]
+        objective_t = A_t                           "dynamics" (the code's actor_grad_cont: backprop)
+                    = log pi(a_t | s_t) sg(A_t)     "reinforce"
+
+    With "dynamics" nothing in A_t is stop-gradiented: R_t and also the baseline v(s_t) are
+    differentiated back through the imagined states, so for t >= 1 the gradient of -v(s_t) through
+    a_{t-1} counts too (DreamerV2's "dynamics", dreamerv2/agent.py, maximised R_t alone). `values`
+    is v(s_t) of the current critic at the same states as `returns`; `weights` w_t =
+    prod_{k<=t} (gamma c_k) / gamma from the continue predictions (never differentiated); S is
+    already updated with these returns (and only divides: never differentiated either)."""
+    sg = jax.lax.stop_gradient
+    advantage = (returns - values) / jnp.maximum(1.0, sg(return_scale))
+    if gradient == "dynamics":
+        objective = advantage
+    elif gradient == "reinforce":
+        objective = log_prob * sg(advantage)
+    else:
+        raise ValueError(f"gradient must be 'dynamics' or 'reinforce', got {gradient!r}")
+    return -(sg(weights) * (objective + entropy_scale * entropy)).mean()
 
 
 class DreamerState(NamedTuple):
@@ -611,6 +656,10 @@ def make_train(config: Config) -> Trainer:
             f"actor_gradient dynamics needs continuous actions to differentiate; {config.env} has discrete ones "
             "(use reinforce)"
         )
+    # "auto": the 2023 code's actor_grad_cont: backprop and actor_grad_disc: reinforce (configs.yaml).
+    actor_gradient = config.actor_gradient
+    if actor_gradient == "auto":
+        actor_gradient = "reinforce" if spec.discrete else "dynamics"
     cycle_steps, cycle_updates = config.cycle
     world_model = WorldModel(config, obs_shape, action_size)
     policy = PolicyDistribution(spec.discrete, config.unimix)
@@ -697,8 +746,8 @@ def make_train(config: Config) -> Trainer:
         return features(latents), actions
 
     def returns_of(model_params, critic, feats, first_continue, hparams):
-        """lambda-returns [H, N] of imagined paths and their weights: a path that the model says
-        ended counts no more after its end."""
+        """lambda-returns [H, N] of imagined paths, the critic's values v(s_t) [H, N] at their
+        states, and their weights: a path that the model says ended counts no more after its end."""
         reward_logits, continue_logit = world_model.apply(
             model_params, feats[1:], method=WorldModel.reward_and_continue
         )
@@ -708,35 +757,32 @@ def make_train(config: Config) -> Trainer:
         values = two_hot_mean(critic_net.apply(critic, feats))
         returns = lambda_returns(rewards, continues, values, hparams["discount"], hparams["return_lambda"])
         weights = jnp.cumprod(hparams["discount"] * continues, 0)[:-1] / hparams["discount"]
-        return returns, jax.lax.stop_gradient(weights)
-
-    def updated_return_scale(return_scale, returns):
-        """EMA of the 5th-95th percentile range of the returns (return normalisation)."""
-        returns = jax.lax.stop_gradient(returns)
-        spread = jnp.percentile(returns, 95) - jnp.percentile(returns, 5)
-        return config.return_scale_decay * return_scale + (1.0 - config.return_scale_decay) * spread
+        return returns, values[:-1], jax.lax.stop_gradient(weights)
 
     # UPDATE ACTOR on the imagined paths.
 
-    def actor_loss(actor, state: DreamerState, start, first_continue, key, hparams):
-        """REINFORCE: log pi(a | s) times the normalised advantage (R - v(s)) / max(1, S), plus
-        entropy. Dynamics: the normalised return itself, differentiated through the imagined path."""
-        model = jax.lax.stop_gradient(state.world_model)
-        dynamics = config.actor_gradient == "dynamics"
+    def actor_loss(actor, model, state: DreamerState, start, first_continue, key, hparams):
+        """`actor_loss_of` on paths imagined by the actor in `model`. With REINFORCE the paths are
+        constants; with the dynamics gradient the return and the baseline are differentiated back
+        through the imagined states into the actor's actions."""
+        model = jax.lax.stop_gradient(model)
         feats, actions = imagine(model, actor, start, key)
-        if not dynamics:
+        if actor_gradient == "reinforce":
             feats, actions = jax.lax.stop_gradient((feats, actions))
-        returns, weights = returns_of(model, state.critic, feats, first_continue, hparams)
-        return_scale = updated_return_scale(state.return_scale, returns)
+        returns, values, weights = returns_of(model, state.critic, feats, first_continue, hparams)
+        return_scale = updated_return_scale(state.return_scale, returns, config.return_scale_decay)
         raw = actor_net.apply(actor, jax.lax.stop_gradient(feats[:-1]))
-        if dynamics:
-            objective = returns / jnp.maximum(1.0, return_scale)
-        else:
-            values = two_hot_mean(critic_net.apply(state.critic, feats[:-1]))
-            advantage = jax.lax.stop_gradient((returns - values) / jnp.maximum(1.0, return_scale))
-            objective = policy.log_prob(raw, actions) * advantage
         entropy = policy.entropy(raw)
-        loss = -(weights * (objective + hparams["entropy_scale"] * entropy)).mean()
+        loss = actor_loss_of(
+            returns,
+            values,
+            weights,
+            policy.log_prob(raw, jax.lax.stop_gradient(actions)),
+            entropy,
+            return_scale,
+            hparams["entropy_scale"],
+            actor_gradient,
+        )
         paths = jax.lax.stop_gradient((feats, returns, weights))
         return loss, (paths, return_scale, entropy.mean())
 
@@ -756,11 +802,13 @@ def make_train(config: Config) -> Trainer:
         updates, model_opt = model_optimizer(hparams).update(grads, state.model_opt)
         world_model_params = optax.apply_updates(state.world_model, updates)
 
-        # Imagination uses the world model that gave the posterior states, before this update.
+        # Imagination starts from the posterior states of the world model before this update and
+        # steps with the updated one, as the 2023 code does (dreamerv3/agent.py, Agent.train: its
+        # optimiser writes the new parameters before the behaviour imagines).
         start = jax.tree_util.tree_map(lambda x: x.reshape((B * T,) + x.shape[2:]), latents)
         first_continue = 1.0 - batch["is_terminal"].reshape(1, -1)
         (pi_loss, (paths, return_scale, entropy)), grads = jax.value_and_grad(actor_loss, has_aux=True)(
-            state.actor, state, start, first_continue, imagine_key, hparams
+            state.actor, world_model_params, state, start, first_continue, imagine_key, hparams
         )
         updates, actor_opt = actor_optimizer(hparams).update(grads, state.actor_opt)
         actor = optax.apply_updates(state.actor, updates)
