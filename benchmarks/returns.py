@@ -17,8 +17,11 @@ evaluation, and the rest start. Then it writes, in the same folder:
 
 The quick budgets are fractions of the CPU presets, chosen so the suite ends in under 20 minutes on
 two cores; they check that nothing regressed, and no published figure exists at them. The full
-budgets are the papers' (on the Brax and DMC versions of their tasks); their references come from
-shared/REFERENCES.md, each with its source.
+budgets are the papers', in their units (DreamerV3's DMC budgets count frames: 500k frames are 250k
+agent steps at action repeat 2), on the papers' tasks where we have them: gymnasium's MuJoCo tasks
+(stepping on the host, so each seed is a run of its own in `seed-<i>/`), MuJoCo Playground's DMC,
+JaxGCRL's Ant. Each reference names its paper, task, budget and method variant, and each entry says
+how far our run is comparable with it ("like for like", "approximate: ...", "not comparable: ...").
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ class Entry:
     """Command-line flags on top of the task's preset: the budget and its evaluation period."""
     reference: float | None = None
     source: str = ""
+    """Where the reference comes from: the paper's task, its budget in the paper's units (environment
+    steps or frames) and the method variant that produced it."""
+    comparison: str = ""
+    """How our run relates to the reference: "like for like", "approximate: ..." or "not comparable:
+    ...", with what differs."""
+
+    @property
+    def host_task(self) -> bool:
+        """gymnasium tasks step on the host: one run per process, so each seed is a run of its own."""
+        return self.task.startswith("gym/")
 
 
 RANDOM_PENDULUM = "no published figure at this budget; a random policy scores about -1200"
@@ -66,62 +79,94 @@ QUICK = [
     Entry("dreamer", "pendulum", ("--total-steps", "3000", "--eval-every", "1000"), None, RANDOM_PENDULUM),
 ]
 
+# DreamerV3's DMC budgets count environment frames; our --total-steps counts agent steps.
+DMC_STEPS = str(500_000 // 2)
+DREAMER_DMC = (
+    "approximate: MuJoCo Playground's MJX port of the DeepMind Control Suite, not dm_control itself; our 12m preset "
+    "has the widths of the 2023 code's dmc_proprio config (deter 512, 2 x 512 layers) and its train ratio 512, "
+    "and algorithms/dreamer.py lists what else differs (Adam's epsilon, the initial state, ...)"
+)
+GYM_V5 = "the paper ran gym's MuJoCo v2 task (mujoco-py), this is gymnasium's v5 of it (same observation and reward terms)"
+
 FULL = [
     Entry(
         "pets",
-        "brax/halfcheetah",
-        ("--total-steps", "200000"),
+        "gym/HalfCheetah-v5",
+        ("--preset", "brax/halfcheetah", "--total-steps", "200000"),
         2288,
-        "PETS on gym HalfCheetah at 200k (POPLIN paper's table, 4 seeds)",
+        "PETS (CEM, TSinf, 5 members) on gym HalfCheetah at 200k environment steps: the POPLIN paper's table "
+        "(Wang and Ba 2020, 4 seeds), its own PETS run",
+        f"approximate: our preset is mbrl-lib's pets_halfcheetah (TS1 over 5 of 7 elites, population 400) with the "
+        f"reward learned, where POPLIN's PETS computes it from the observation; {GYM_V5}",
     ),
     Entry(
         "mbpo",
-        "brax/hopper",
-        ("--total-steps", "125000"),
+        "gym/Hopper-v5",
+        ("--preset", "brax/hopper", "--total-steps", "125000"),
         3300,
-        "MBPO Hopper at 125k, about 3.2-3.4k (MBPO paper, figure 2)",
+        "MBPO on Hopper at 125k environment steps, about 3.2-3.4k read off the curve (Janner et al. 2019, figure 2)",
+        f"approximate: the paper's Hopper settings (brax/hopper preset: G = 20, k 1 to 15 over epochs 20-100); "
+        f"{GYM_V5}; the bar is read off a curve",
     ),
     Entry(
         "mbpo",
-        "brax/halfcheetah",
-        ("--total-steps", "400000"),
+        "gym/HalfCheetah-v5",
+        ("--preset", "brax/halfcheetah", "--total-steps", "400000"),
         11000,
-        "MBPO HalfCheetah at 400k, about 10-12k (MBPO paper, figure 2)",
+        "MBPO on HalfCheetah at 400k environment steps, about 10-12k read off the curve (Janner et al. 2019, "
+        "figure 2)",
+        f"approximate: the paper's HalfCheetah settings (G = 40, k = 1); {GYM_V5}; the bar is read off a curve",
     ),
     Entry(
-        "maac",
-        "brax/hopper",
-        ("--preset", "sac-svg", "--total-steps", "1000000"),
+        "svg",
+        "gym/Hopper-v5",
+        ("--preset", "brax/hopper", "--total-steps", "1000000"),
         3917,
-        "SAC-SVG(H) Hopper at 1M, best evaluation (Amos et al. 2021)",
+        "SAC-SVG(H) on Hopper at 1M environment steps, their horizon=3 (2 model steps), the best evaluation over "
+        "training, mean of 10 seeds (Amos et al. 2021, table 1)",
+        f"approximate: svg.py's brax/hopper preset is the authors' regime (facebookresearch/svg config/train.yaml "
+        f"and mbpo_hopper.yaml), but the model is our probabilistic ensemble where theirs is a deterministic GRU, "
+        f"observations are not normalised (algorithms/maac.py lists the differences), and we report the final "
+        f"evaluation, not the best; {GYM_V5}",
     ),
     Entry(
         "mbmpo",
         "brax/halfcheetah",
         ("--total-steps", "100000"),
         550,
-        "MB-MPO HalfCheetah, 200-step episodes at 100k (Clavera et al. 2018)",
+        "MB-MPO on HalfCheetah with 200-step episodes at 100k environment steps, about 550 read off the curve "
+        "(Clavera et al. 2018)",
+        "approximate: Brax's halfcheetah, not the rllab/gym one of the paper, and its reward is learned here "
+        "where the paper's is computed from the observation; the bar is read off a curve",
     ),
     Entry(
         "dreamer",
         "dmc/cheetah_run",
-        ("--preset", "12m", "--total-steps", "500000", "--action-repeat", "2"),
+        ("--preset", "12m", "--total-steps", DMC_STEPS, "--action-repeat", "2", "--eval-every", "5000"),
         600,
-        "DreamerV3 DMC proprio cheetah_run at 500k (Hafner et al.)",
+        "DreamerV3 (2023 code: backprop actor gradient) on DMC proprio cheetah_run at 500k environment frames, "
+        "i.e. 250k agent steps at action repeat 2 (Hafner et al. 2023)",
+        DREAMER_DMC,
     ),
     Entry(
         "dreamer",
         "dmc/walker_walk",
-        ("--preset", "12m", "--total-steps", "500000", "--action-repeat", "2"),
+        ("--preset", "12m", "--total-steps", DMC_STEPS, "--action-repeat", "2", "--eval-every", "5000"),
         941,
-        "DreamerV3 DMC proprio walker_walk at 500k (Hafner et al.)",
+        "DreamerV3 (2023 code: backprop actor gradient) on DMC proprio walker_walk at 500k environment frames, "
+        "i.e. 250k agent steps at action repeat 2 (Hafner et al. 2023)",
+        DREAMER_DMC,
     ),
     Entry(
         "clearning",
-        "brax/ant_goal",
-        ("--total-steps", "10000000", "--estimator", "contrastive"),
+        "brax/ant_goal_jaxgcrl",
+        ("--preset", "jaxgcrl", "--total-steps", "10000000"),
         0.64,
-        "success: contrastive RL on Ant after 10 M steps (JaxGCRL, Bortkiewicz et al. 2025)",
+        "success at any step of an episode (JaxGCRL's eval/episode_success_any) after 10 M environment steps: "
+        "contrastive RL with InfoNCE, energy -||phi - psi|| and a 0.1 logsumexp^2 penalty, on JaxGCRL's Ant "
+        "(goal 10 from the origin, success within 0.5, 1000-step episodes) (Bortkiewicz et al. 2025)",
+        "like for like: JaxGCRL's task on Brax's ant and its critic; our actor also sees random goals for half of "
+        "the batch (algorithms/clearning.py)",
     ),
 ]
 
@@ -130,43 +175,76 @@ def folder_name(entry: Entry) -> str:
     return f"{entry.algorithm}-{entry.task.replace('/', '_')}"
 
 
+def run_folders(entry: Entry, folder: pathlib.Path, seeds: int) -> list[tuple[pathlib.Path, list[str]]]:
+    """The runs of an entry and their command lines: one run of all seeds vmapped, or for a host task
+    (gym/) one run per seed, each in `seed-<i>/`."""
+    base = ["--env", entry.task, *entry.flags]
+    if entry.host_task:
+        return [(folder / f"seed-{i}", [*base, "--seed", str(i)]) for i in range(seeds)]
+    return [(folder, [*base, "--num-seeds", str(seeds)])]
+
+
 def run_entry(entry: Entry, folder: pathlib.Path, seeds: int):
     """Run (or resume, or keep) one entry."""
     module = importlib.import_module(f"mbrlax.algorithms.{entry.algorithm}")
-    if (folder / "config.json").exists():
+    if entry.host_task and folder.exists():
+        earlier = len(list(folder.glob("seed-*")))
+        if earlier != seeds:
+            raise SystemExit(
+                f"{folder} holds {earlier} seeds, not {seeds}; pass --seeds {earlier} to keep it, "
+                "or delete the folder to start that entry again"
+            )
+    elif (folder / "config.json").exists():
         earlier = json.loads((folder / "config.json").read_text())["run"]["num_seeds"]
         if earlier != seeds:
             raise SystemExit(
                 f"{folder} holds a run with {earlier} seeds, not {seeds}; pass --seeds {earlier} to keep it, "
                 "or delete the folder to start that entry again"
             )
-    if (folder / "summary.json").exists():
-        print(f"{folder.name}: done before, kept", flush=True)
-    else:
-        if (folder / "config.json").exists():
-            argv = ["--resume", str(folder)]
+    for run_folder, argv in run_folders(entry, folder, seeds):
+        if (run_folder / "summary.json").exists():
+            print(f"{run_folder.relative_to(OUT)}: done before, kept", flush=True)
+            continue
+        if (run_folder / "config.json").exists():
+            argv = ["--resume", str(run_folder)]
         else:
-            argv = ["--env", entry.task, *entry.flags, "--num-seeds", str(seeds), "--run-dir", str(folder)]
+            argv = [*argv, "--run-dir", str(run_folder)]
         code = module.main(argv)
         if code != 0:
             raise SystemExit(f"{entry.algorithm} on {entry.task} failed (exit {code}); run again to resume")
 
 
+def finished(entry: Entry, folder: pathlib.Path) -> bool:
+    runs = sorted(folder.glob("seed-*")) if entry.host_task else [folder]
+    return bool(runs) and all((run / "summary.json").exists() for run in runs)
+
+
 def read_curves(entry: Entry, folder: pathlib.Path) -> list[dict]:
-    with open(folder / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    """Every evaluation of every run of an entry; a host task's seeds are numbered as runs."""
     metric = "eval_success" if entry.algorithm == "clearning" else "eval_return"
-    return [
-        {
-            "algorithm": entry.algorithm,
-            "task": entry.task,
-            "run": int(r["run"]),
-            "env_steps": int(r["env_steps"]),
-            "value": float(r[metric]),
-            "metric": metric,
-        }
-        for r in rows
-    ]
+    runs = sorted(folder.glob("seed-*")) if entry.host_task else [folder]
+    curves = []
+    for index, run in enumerate(runs):
+        with open(run / "metrics.csv") as f:
+            for r in csv.DictReader(f):
+                curves.append(
+                    {
+                        "algorithm": entry.algorithm,
+                        "task": entry.task,
+                        "run": index if entry.host_task else int(r["run"]),
+                        "env_steps": int(r["env_steps"]),
+                        "value": float(r[metric]),
+                        "metric": metric,
+                    }
+                )
+    return curves
+
+
+def read_summary(entry: Entry, folder: pathlib.Path) -> dict:
+    """The entry's summary: a host task's seeds ran one after another, so their wall times add up."""
+    runs = sorted(folder.glob("seed-*")) if entry.host_task else [folder]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    return dict(summaries[-1], wall_time_s=sum(s["wall_time_s"] for s in summaries))
 
 
 def plot(curves: list[dict], entries: list[Entry], path: pathlib.Path, tasks: list[str]):
@@ -227,11 +305,11 @@ def main():
 
     # The table and plots cover every entry of this mode that has finished, run now or before, so a
     # run with --only updates its rows without dropping the others.
-    entries = [e for e in (QUICK if args.quick else FULL) if (out / folder_name(e) / "summary.json").exists()]
+    entries = [e for e in (QUICK if args.quick else FULL) if finished(e, out / folder_name(e))]
     curves, table = [], []
     for entry in entries:
         folder = out / folder_name(entry)
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_summary(entry, folder)
         curves += read_curves(entry, folder)
         rows = [c for c in curves if c["algorithm"] == entry.algorithm and c["task"] == entry.task]
         last_step = max(r["env_steps"] for r in rows)
@@ -240,7 +318,8 @@ def main():
         reference = "-" if entry.reference is None else f"{entry.reference:g}"
         table.append(
             f"| {entry.algorithm} | {entry.task} | {summary['env_steps']:,} | {final:.2f} ± {spread:.2f} "
-            f"({len(finals)} seeds) | {reference} | {entry.source} | {summary['wall_time_s']:.0f} s "
+            f"({len(finals)} seeds) | {reference} | {entry.source} | {entry.comparison or '-'} "
+            f"| {summary['wall_time_s']:.0f} s "
             f"| {summary['device']} | {summary['commit']} | {summary['date'][:10]} |"
         )
 
@@ -253,8 +332,8 @@ def main():
         plot(curves, entries, out / f"{task.replace('/', '_')}.png", [task])
     plot(curves, entries, out / "summary.png", tasks)
     header = (
-        "| algorithm | task | budget (env steps) | final evaluation, mean ± spread | reference | source "
-        "| wall time | device | commit | date |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| algorithm | task | budget (agent steps) | final evaluation, mean ± spread | reference | source "
+        "| compared | wall time | device | commit | date |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     (out / "table.md").write_text(header + "\n".join(table) + "\n")
     print(header + "\n".join(table))
