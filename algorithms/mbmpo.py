@@ -9,8 +9,9 @@ takes one vanilla policy-gradient step
 
     theta'_i = theta + alpha * grad_theta J_i(theta)
 
-imagines again under theta'_i, and improves theta on the mean over tasks of the post-adaptation
-objective J_i(theta'_i(theta)), differentiating through the inner step (second order). The real
+imagines again under theta'_i, and improves theta by a trust-region (TRPO) step on the mean over
+tasks of the post-adaptation objective J_i(theta'_i(theta)), differentiating through the inner step
+(second order). The real
 environment is only ever run by the adapted policies theta'_i, which collect the data the models
 are refitted on. `inner_lr = 0` removes the adaptation: every task is the same objective under its
 own model, which is ME-TRPO's averaged objective (the paper's no-adaptation ablation).
@@ -19,34 +20,62 @@ One iteration (one `update` of the training program): refit the models on all re
 `meta_steps` meta-steps, then collect `real_steps_per_iteration` real steps with the policies
 adapted from the new theta, one per parallel environment in turn.
 
+The inner step and the outer step follow the authors' code (jonasrothfuss/model_ensemble_meta_learning;
+paths below are in that repository):
+- Inner surrogate (`--inner-estimator`): `maml`, the default and the authors', is MAML's estimator,
+  the mean of log pi(a|s) x advantage (sandbox/ours/algos/ModelMAML/model_maml_npo.py); `lvc` is
+  ProMP's low-variance-curvature estimator, the mean of pi(a|s) / pi_old(a|s) x advantage
+  (jonasrothfuss/ProMP, meta_policy_search/meta_algos/pro_mp.py). Both give the policy gradient
+  at theta; they differ in the meta-gradient, where LVC keeps a curvature term that MAML's drops.
+- Outer step (`--outer-optimizer`): `trpo`, the default and the paper's, is one TRPO step per
+  meta-step (sandbox/ours/algos/ModelMAML/model_maml_trpo.py with the ConjugateGradientOptimizer of
+  sandbox_maml/rocky/tf/optimizers/conjugate_gradient_optimizer.py; KL step 0.01 in
+  experiments/run_scripts/mb_comparison/mb_mpo_train.py): the natural-gradient direction by 10
+  conjugate-gradient iterations on Hessian-vector products (damping 1e-5) of the mean KL between
+  the adapted policies that sampled the post-update paths and the adapted policies of the new
+  theta (the post-adaptation KL, the authors' `kl_constrain_step = -1`), differentiated through
+  the inner step; then a line search over 0.8^n of the full step, n < 15, that takes the first step
+  with KL <= 0.01 and a better surrogate, and keeps theta if none is. The authors' Hessian-vector
+  products are finite differences of the KL's gradient; here they are exact (forward over reverse).
+  `ppo` is the clipped surrogate with `outer_steps` Adam steps per meta-step, an option (the
+  authors tried it, sandbox/ours/algos/ModelMAML/model_maml_ppo.py), not the paper's method.
+- Predicted observations are clipped to [-1000, 1000], as the authors' model sampler does
+  (sandbox/ours/sampler/MAML_model_sampler/maml_model_vec_env_executor.py).
+
 What this file does differently from the paper, and why:
-- The outer step is PPO's clipped surrogate, `outer_steps` Adam steps per meta-step, the paper's
-  practical variant; TRPO (its main results) is not offered. The KL between the sampling and the
-  updated adapted policies is reported.
-- The inner objective is the likelihood-ratio surrogate on the pre-update samples, whose gradient at
-  theta is the policy gradient; its dependence on theta through the sampling distribution is left
-  out, as in MAML's estimator (ProMP's low-variance curvature is not used).
 - The K models share one 80/20 split of the real data (each trains on its own bootstrap of the 80
   per cent and keeps its best snapshot on the 20); the paper gives each model its own split.
 - Imagined trajectories start from fresh initial states of the task (its `reset`), so each covers a
   whole episode from the start distribution; they stop at a predicted termination (the task's function).
 - Advantages: GAE with rllab's linear feature baseline (observation, its square, time and powers of
   time), fitted per task by ridge regression, then normalised per task.
+- Rewards: the paper computes the imagined rewards from the observations with each task's known
+  reward function (`env.reward(obs, action, next_obs)` in the model sampler above); so does this
+  file where the task declares one (pendulum), but brax/halfcheetah and brax/hopper declare none (their forward
+  reward is the finite difference of the root position over the step, which their observations
+  leave out; see envs/brax_tasks.py), so there the models learn a reward head, and the paper's
+  figures (rllab/MuJoCo tasks, reward known) are only an approximate bar for those rows.
+- The pendulum defaults are smaller than the paper's (3 models of 2 x 64, 6 tasks, 20 imagined
+  trajectories, 15 meta-steps, inner_lr 0.02) to learn in minutes on a CPU; `PAPER` holds the
+  paper's settings, which the brax presets use.
 
 Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/mbmpo.py --env pendulum
 The no-adaptation ablation at equal steps:             python algorithms/mbmpo.py --env pendulum --inner-lr 0
+PPO-clip outer step with ProMP's LVC inner step:
+    python algorithms/mbmpo.py --env pendulum --outer-optimizer ppo --inner-estimator lvc
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from mbrlax import buffer as replay
 from mbrlax import ensemble, runner
@@ -70,11 +99,14 @@ from mbrlax.training import (
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """MB-MPO settings. Traced (sweepable) fields: inner_lr, outer_lr, clip_eps, discount, gae_lambda,
-    model_lr, model_weight_decay."""
+    """MB-MPO settings. Traced (sweepable) fields: inner_lr, max_kl, cg_damping, backtrack_ratio,
+    outer_lr, clip_eps, discount, gae_lambda, model_lr, model_weight_decay."""
 
     SWEEPABLE: ClassVar[tuple[str, ...]] = (
         "inner_lr",
+        "max_kl",
+        "cg_damping",
+        "backtrack_ratio",
         "outer_lr",
         "clip_eps",
         "discount",
@@ -115,14 +147,28 @@ class Config:
     """Length of an imagined trajectory (default: the episode length; the paper: 200)."""
     meta_steps: int = 15
     """Meta-steps per iteration, each with fresh imagined data (the paper: 30)."""
-    outer_steps: int = 5
-    """Adam steps on the clipped surrogate per meta-step."""
+    inner_estimator: Literal["maml", "lvc"] = "maml"
+    """Inner surrogate: maml (mean of log pi x advantage, the authors') or lvc (ProMP's likelihood ratio)."""
     inner_lr: float = 0.02
     """alpha: step size of the inner policy-gradient step (the paper: 0.001; 0 for no adaptation)."""
+    outer_optimizer: Literal["trpo", "ppo"] = "trpo"
+    """Outer step: trpo (one KL-constrained natural-gradient step per meta-step, the paper's) or ppo."""
+    max_kl: float = 0.01
+    """TRPO: bound on the mean KL between the adapted policies before and after the step (the paper: 0.01)."""
+    cg_iterations: int = 10
+    """TRPO: conjugate-gradient iterations for the natural-gradient direction (the authors': 10)."""
+    cg_damping: float = 1e-5
+    """TRPO: damping added to the KL's Hessian, H + damping I (the authors': 1e-5)."""
+    backtrack_ratio: float = 0.8
+    """TRPO: line-search shrink factor (the authors': 0.8)."""
+    max_backtracks: int = 15
+    """TRPO: step sizes the line search tries before it keeps theta (the authors': 15)."""
+    outer_steps: int = 5
+    """PPO: Adam steps on the clipped surrogate per meta-step."""
     outer_lr: float = 1e-3
-    """Adam learning rate of the meta-policy theta."""
+    """PPO: Adam learning rate of the meta-policy theta."""
     clip_eps: float = 0.2
-    """PPO clipping range of the outer step."""
+    """PPO: clipping range of the outer step."""
     discount: float = 0.99
     """Discount factor gamma."""
     gae_lambda: float = 1.0
@@ -163,6 +209,9 @@ class Config:
                 "imagined_trajectories",
                 "meta_steps",
                 "outer_steps",
+                "max_kl",
+                "cg_iterations",
+                "max_backtracks",
                 "model_batch_size",
                 "model_max_epochs",
             ),
@@ -174,6 +223,14 @@ class Config:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
         if self.inner_lr < 0:
             raise ConfigError(f"inner_lr must be 0 (no adaptation) or positive, got {self.inner_lr}")
+        if self.inner_estimator not in ("maml", "lvc"):
+            raise ConfigError(f"inner_estimator must be maml or lvc, got {self.inner_estimator!r}")
+        if self.outer_optimizer not in ("trpo", "ppo"):
+            raise ConfigError(f"outer_optimizer must be trpo or ppo, got {self.outer_optimizer!r}")
+        if not 0.0 < self.backtrack_ratio < 1.0:
+            raise ConfigError(f"backtrack_ratio must be in (0, 1), got {self.backtrack_ratio}")
+        if self.cg_damping < 0:
+            raise ConfigError(f"cg_damping must be 0 or positive, got {self.cg_damping}")
         if not 0.0 < self.clip_eps < 1.0:
             raise ConfigError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
         for name in ("discount", "gae_lambda"):
@@ -279,21 +336,42 @@ def advantages(rewards, baseline, alive, discount, gae_lambda):
     return (adv - mean) / (std + 1e-8) * alive
 
 
-# OBJECTIVES: the inner policy-gradient step and the outer clipped surrogate. `apply(params, obs)`
-# gives the policy's mean and log standard deviation; a path holds obs, action, log_prob (of the
-# policy that sampled it), advantage and alive, each [T, N, ...].
+# OBJECTIVES: the inner policy-gradient step and the outer step's surrogates. `apply(params, obs)`
+# gives the policy's mean and log standard deviation; a path holds obs, action, log_prob, mean and
+# log_std (of the policy that sampled it), advantage and alive, each [T, N, ...].
 
 
-def surrogate(apply, params, path):
-    """Likelihood-ratio surrogate: its gradient at the sampling policy is the policy gradient."""
+def _live_mean(values, path):
+    return (values * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+
+
+def log_likelihood_surrogate(apply, params, path):
+    """MAML's estimator, the authors' inner objective: the mean over live steps of log pi(a|s) A
+    (model_ensemble_meta_learning, sandbox/ours/algos/ModelMAML/model_maml_npo.py:
+    `- tf.reduce_mean(logli * adv_vars[i])`). Its gradient is the policy gradient; its Hessian,
+    mean(A grad^2 log pi), leaves out the dependence of the sampling distribution on theta."""
+    mean, log_std = apply(params, path["obs"])
+    return _live_mean(gaussian_log_prob(mean, log_std, path["action"]) * path["advantage"], path)
+
+
+def likelihood_ratio_surrogate(apply, params, path):
+    """The mean over live steps of pi(a|s) / pi_old(a|s) A, pi_old the policy that sampled the path
+    (its log_prob, a constant). The outer objective of TRPO; as the inner objective it is ProMP's
+    low-variance-curvature (LVC) estimator (ProMP, meta_policy_search/meta_algos/pro_mp.py,
+    `_adapt_objective_sym`): the same gradient at pi_old, plus the curvature term
+    mean(A grad log pi grad log pi^T) in its Hessian."""
     mean, log_std = apply(params, path["obs"])
     ratio = jnp.exp(gaussian_log_prob(mean, log_std, path["action"]) - path["log_prob"])
-    return (ratio * path["advantage"] * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+    return _live_mean(ratio * path["advantage"], path)
 
 
-def adapt(apply, params, path, inner_lr):
-    """theta' = theta + alpha grad J(theta): one policy-gradient step on the task's own paths."""
-    grads = jax.grad(surrogate, argnums=1)(apply, params, path)
+INNER_SURROGATES = {"maml": log_likelihood_surrogate, "lvc": likelihood_ratio_surrogate}
+
+
+def adapt(apply, params, path, inner_lr, estimator="maml"):
+    """theta' = theta + alpha grad J(theta): one policy-gradient step on the task's own paths, with
+    the inner surrogate `estimator` ("maml" or "lvc"); the two differ in the meta-gradient only."""
+    grads = jax.grad(INNER_SURROGATES[estimator], argnums=1)(apply, params, path)
     return jax.tree_util.tree_map(lambda p, g: p + inner_lr * g, params, grads)
 
 
@@ -302,18 +380,101 @@ def clipped_surrogate(apply, params, path, clip_eps):
     mean, log_std = apply(params, path["obs"])
     ratio = jnp.exp(gaussian_log_prob(mean, log_std, path["action"]) - path["log_prob"])
     gain = jnp.minimum(ratio * path["advantage"], jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * path["advantage"])
-    return (gain * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+    return _live_mean(gain, path)
 
 
-def post_adaptation_objective(apply, theta, pre_paths, post_paths, inner_lr, clip_eps):
-    """The meta-objective: mean over tasks of the clipped surrogate of theta'_i(theta) on the task's
-    post-update paths, where theta'_i(theta) adapts theta on the task's pre-update paths. Its
-    gradient in theta goes through the inner step (second order)."""
+def post_adaptation_objective(apply, theta, pre_paths, post_paths, inner_lr, clip_eps=None, estimator="maml"):
+    """The meta-objective: mean over tasks of the surrogate of theta'_i(theta) on the task's
+    post-update paths (the likelihood-ratio surrogate, TRPO's; PPO's clipped one when `clip_eps` is
+    given), where theta'_i(theta) adapts theta on the task's pre-update paths. Its gradient in theta
+    goes through the inner step (second order)."""
 
     def per_task(pre, post):
-        return clipped_surrogate(apply, adapt(apply, theta, pre, inner_lr), post, clip_eps)
+        adapted = adapt(apply, theta, pre, inner_lr, estimator)
+        if clip_eps is None:
+            return likelihood_ratio_surrogate(apply, adapted, post)
+        return clipped_surrogate(apply, adapted, post, clip_eps)
 
     return jax.vmap(per_task)(pre_paths, post_paths).mean()
+
+
+def post_adaptation_kl(apply, theta, pre_paths, post_paths, inner_lr, estimator="maml"):
+    """TRPO's constraint: mean over tasks of the mean over live post-update steps of
+    KL(sampling policy || pi_theta'_i(theta)), the adapted policies after the step (the authors'
+    `kl_constrain_step = -1` in model_maml_npo.py), differentiated through the inner step."""
+
+    def per_task(pre, post):
+        mean, log_std = apply(adapt(apply, theta, pre, inner_lr, estimator), post["obs"])
+        return _live_mean(gaussian_kl(post["mean"], post["log_std"], mean, log_std), post)
+
+    return jax.vmap(per_task)(pre_paths, post_paths).mean()
+
+
+# TRPO: the natural-gradient step with a line search, as the authors' ConjugateGradientOptimizer
+# (sandbox_maml/rocky/tf/optimizers/conjugate_gradient_optimizer.py, cg from rllab_maml/misc/krylov.py).
+
+
+def conjugate_gradient(matvec, b, iterations, residual_tol=1e-10):
+    """Solve A x = b for a symmetric positive definite A given as `matvec`, by `iterations` steps of
+    conjugate gradient from x = 0; once the squared residual is below `residual_tol` the iterate is
+    kept (rllab's `krylov.cg` breaks there), so the loop length is fixed."""
+
+    def body(_, carry):
+        x, r, p, rdotr = carry
+        z = matvec(p)
+        v = rdotr / (p @ z)
+        x_new, r_new = x + v * p, r - v * z
+        new_rdotr = r_new @ r_new
+        updated = (x_new, r_new, r_new + (new_rdotr / rdotr) * p, new_rdotr)
+        return jax.tree_util.tree_map(lambda new, old: jnp.where(rdotr >= residual_tol, new, old), updated, carry)
+
+    return jax.lax.fori_loop(0, iterations, body, (jnp.zeros_like(b), b, b, b @ b))[0]
+
+
+def trpo_step(objective_fn, kl_fn, params, max_kl, *, cg_iterations, damping, backtrack_ratio, max_backtracks):
+    """One TRPO step that raises `objective_fn` with `kl_fn` <= max_kl (kl_fn is 0 at `params`).
+
+    The direction s solves (H + damping I) s = g by conjugate gradient, with g the objective's
+    gradient and H the Hessian of kl_fn at params (the Fisher information there); the full step
+    beta s has beta = sqrt(2 max_kl / s.(H + damping I)s), where the quadratic model of the KL reaches
+    max_kl. The line search tries backtrack_ratio^n beta s, n = 0 .. max_backtracks - 1, and takes the
+    first that improves the objective and keeps the KL within max_kl; if none does, params stay.
+    Returns the new params and the objective before, the objective and KL after, the number of
+    tries and whether a step was taken."""
+    flat, unravel = ravel_pytree(params)
+    objective = lambda x: objective_fn(unravel(x))
+    kl = lambda x: kl_fn(unravel(x))
+    before, grad = jax.value_and_grad(objective)(flat)
+    _, hessian_vp = jax.linearize(jax.grad(kl), flat)
+
+    def fisher_vp(v):
+        return hessian_vp(v) + damping * v
+
+    direction = conjugate_gradient(fisher_vp, grad, cg_iterations)
+    step_size = jnp.sqrt(2.0 * max_kl / (direction @ fisher_vp(direction) + 1e-8))
+    full_step = jnp.where(jnp.isnan(step_size), 1.0, step_size) * direction
+
+    def keep_searching(carry):
+        tries, accepted, _, _ = carry
+        return (tries < max_backtracks) & ~accepted
+
+    def try_next(carry):
+        tries, _, _, _ = carry
+        candidate = flat + backtrack_ratio**tries * full_step
+        value, divergence = objective(candidate), kl(candidate)
+        return tries + 1, (value > before) & (divergence <= max_kl), value, divergence
+
+    init = (jnp.int32(0), jnp.bool_(False), before, jnp.zeros_like(before))
+    tries, accepted, value, divergence = jax.lax.while_loop(keep_searching, try_next, init)
+    new = jnp.where(accepted, flat + backtrack_ratio ** (tries - 1) * full_step, flat)
+    info = {
+        "objective_before": before,
+        "objective": jnp.where(accepted, value, before),
+        "kl": jnp.where(accepted, divergence, 0.0),
+        "tries": tries,
+        "accepted": accepted.astype(jnp.float32),
+    }
+    return unravel(new), info
 
 
 def discounted_returns(rewards, discount):
@@ -380,8 +541,9 @@ def make_train(config: Config) -> Trainer:
             next_obs, learned_reward = ensemble.member_mean(
                 model_config, model, member, obs, jnp.clip(action, -1.0, 1.0)
             )
-            # The authors' code clips predicted observations to [-100, 100] against runaway models.
-            next_obs = jnp.clip(next_obs, -100.0, 100.0)
+            # The authors clip predicted observations to [-1000, 1000] against runaway models
+            # (sandbox/ours/sampler/MAML_model_sampler/maml_model_vec_env_executor.py, clip_obs=True).
+            next_obs = jnp.clip(next_obs, -1000.0, 1000.0)
             env_action = to_env_action(action)
             reward = learned_reward if learn_reward else spec.reward_fn(obs, env_action, next_obs)
             ended = spec.termination_fn(obs, env_action, next_obs).astype(jnp.float32)
@@ -391,6 +553,8 @@ def make_train(config: Config) -> Trainer:
                 "reward": reward * alive,
                 "alive": alive,
                 "log_prob": gaussian_log_prob(mean, log_std, action),
+                "mean": mean,
+                "log_std": log_std,
             }
             return (next_obs, alive * (1.0 - ended)), step
 
@@ -405,7 +569,9 @@ def make_train(config: Config) -> Trainer:
 
     def adapt_all(policy, paths, inner_lr):
         """ADAPT: every task's step from theta on its own paths -> parameters [M, ...]."""
-        return jax.vmap(adapt, in_axes=(None, None, 0, None))(policy_net.apply, policy, paths, inner_lr)
+        return jax.vmap(adapt, in_axes=(None, None, 0, None, None))(
+            policy_net.apply, policy, paths, inner_lr, config.inner_estimator
+        )
 
     def imagine_tasks(policy, model, keys, hparams, one_per_task=False):
         """Every task's paths [M, T, N, ...] through its own model, with advantages: under `policy`, or
@@ -432,32 +598,45 @@ def make_train(config: Config) -> Trainer:
         pre, adapted = imagine_and_adapt(policy, model, jax.random.split(pre_key, M + 1), hparams)
         post = imagine_tasks(adapted, model, jax.random.split(post_key, M + 1), hparams, one_per_task=True)
 
-        def outer_step(carry, _):
-            theta, opt_state = carry
-            objective, grads = jax.value_and_grad(post_adaptation_objective, argnums=1)(
-                policy_net.apply, theta, pre, post, hparams["inner_lr"], hparams["clip_eps"]
+        objective_fn = lambda theta, clip_eps=None: post_adaptation_objective(
+            policy_net.apply, theta, pre, post, hparams["inner_lr"], clip_eps, config.inner_estimator
+        )
+        kl_fn = lambda theta: post_adaptation_kl(
+            policy_net.apply, theta, pre, post, hparams["inner_lr"], config.inner_estimator
+        )
+        if config.outer_optimizer == "trpo":
+            policy, info = trpo_step(
+                objective_fn,
+                kl_fn,
+                policy,
+                hparams["max_kl"],
+                cg_iterations=config.cg_iterations,
+                damping=hparams["cg_damping"],
+                backtrack_ratio=hparams["backtrack_ratio"],
+                max_backtracks=config.max_backtracks,
             )
-            # Ascent on the objective: Adam on its negative.
-            updates, opt_state = adam(hparams["outer_lr"]).update(
-                jax.tree_util.tree_map(jnp.negative, grads), opt_state
-            )
-            return (optax.apply_updates(theta, updates), opt_state), objective
+            objective, step_metrics = info["objective"], {"outer_step_taken": info["accepted"]}
+        else:
 
-        (policy, opt_state), objectives = jax.lax.scan(outer_step, (policy, opt_state), None, config.outer_steps)
+            def outer_step(carry, _):
+                theta, opt_state = carry
+                objective, grads = jax.value_and_grad(objective_fn)(theta, hparams["clip_eps"])
+                # Ascent on the objective: Adam on its negative.
+                updates, opt_state = adam(hparams["outer_lr"]).update(
+                    jax.tree_util.tree_map(jnp.negative, grads), opt_state
+                )
+                return (optax.apply_updates(theta, updates), opt_state), objective
 
-        # How far the outer step moved the adapted policies from the ones that sampled `post`.
-        def kl_to_sampling(old, new, path):
-            old_mean, old_log_std = policy_net.apply(old, path["obs"])
-            new_mean, new_log_std = policy_net.apply(new, path["obs"])
-            kl = gaussian_kl(old_mean, old_log_std, new_mean, new_log_std)
-            return (kl * path["alive"]).sum() / jnp.maximum(path["alive"].sum(), 1.0)
+            (policy, opt_state), objectives = jax.lax.scan(outer_step, (policy, opt_state), None, config.outer_steps)
+            objective, step_metrics = objectives[-1], {}
 
-        new_adapted = adapt_all(policy, pre, hparams["inner_lr"])
         metrics = {
             "imagined_return_pre": pre["path_return"].mean(),
             "imagined_return_post": post["path_return"].mean(),
-            "outer_objective": objectives[-1],
-            "outer_kl": jax.vmap(kl_to_sampling)(adapted, new_adapted, post).mean(),
+            "outer_objective": objective,
+            # How far the outer step moved the adapted policies from the ones that sampled `post`.
+            "outer_kl": kl_fn(policy),
+            **step_metrics,
         }
         return (policy, opt_state), metrics
 
