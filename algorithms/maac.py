@@ -203,6 +203,8 @@ for _task in SAC_SVG_TASKS.values():
 
 # Variants: they name no task, so they apply on top of the task's preset.
 VARIANTS: dict[str, dict[str, Any]] = {
+    # On svg.py's tasks, whose presets are SAC-SVG's regime (no model data for the critic, one update
+    # a step), this changes the horizon only: run maac.py for MAAC itself.
     "maac": dict(horizon=3, sac_only=False),
     # SAC itself: no model, one update per step, SAC's own update order, temperature and clipping.
     "svg0": dict(
@@ -215,7 +217,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         model_free_steps=0,
         target_entropy_final=None,
     ),
-    # MAAC's SAC settings (on svg.py's tasks too, whose presets carry SAC-SVG's).
+    # SVG(1) with MAAC's clipping and SAC's update order; the rest (updates per step, sizes, warm-up)
+    # is the task's preset, which on svg.py's Brax tasks is SAC-SVG's regime.
     "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0, max_grad_norm=5.0, sac_update_order="simultaneous"),
     "sac-svg": SAC_SVG_AUTHORS,
 }

@@ -185,6 +185,8 @@ class Config:
                 f"model_layer_decay_scale needs one value per layer ({len(self.hidden_sizes) + 1}), "
                 f"got {len(self.model_layer_decay_scale)}"
             )
+        if self.model_layer_decay_scale is not None and any(not scale >= 0 for scale in self.model_layer_decay_scale):
+            raise ConfigError(f"model_layer_decay_scale must be 0 or positive, got {self.model_layer_decay_scale}")
         if not 0.0 <= self.alpha < 1.0:
             raise ConfigError(f"alpha must be in [0, 1), got {self.alpha}")
         if self.planner == "icem" and self.icem_population_decay < 1.0:

@@ -121,6 +121,7 @@ def test_cli_run_folder_seeds_and_resume(tmp_path):
         (["--model-holdout-ratio", "1.0"], "model_holdout_ratio"),
         (["--model-elites", "3"], "model_elites"),
         (["--model-layer-decay-scale", "1", "1"], "model_layer_decay_scale"),
+        (["--model-layer-decay-scale", "1", "1", "-1", "1"], "model_layer_decay_scale"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):

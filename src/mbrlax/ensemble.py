@@ -29,7 +29,7 @@ dimension such as an angle delta can sit below exp(-10) or a large reward above 
 transitions, scored on 5,000 fresh ones, seeds 0-2) it lowered the held-out one-step error and NLL
 on every seed (mean of the seeds, off -> on): pendulum squared error / target variance 0.0008 ->
 0.0007, Gaussian NLL per dimension -3.11 -> -3.83; brax/inverted_pendulum 0.82 -> 0.40, NLL -0.88 ->
--1.98. Presets that name the authors' code or mbrl-lib turn it off (`normalize_targets=False`, the
+-1.98. PETS's presets that name the authors' code or mbrl-lib turn it off (`normalize_targets=False`, the
 references' behaviour).
 
 Options for the authors' model details, each off by default: `learn_logvar_bounds` (the bounds as
