@@ -324,6 +324,61 @@ class PETSState(NamedTuple):
     """Mean return of the episodes that ended most recently."""
 
 
+# PLANNER MATH: pure functions of their arguments, tested on their own (tests/test_pets.py).
+
+
+def particles_per_sequence(particles: int, members: int, propagation: str) -> int:
+    """Particles computed per action sequence. Under TSinf, row i of the particle batch keeps member
+    i mod G (`ensemble.propagate`); with ceil(P / G) * G rows per sequence, particle j of every
+    sequence keeps member j mod G, so the first P particles, the ones averaged, give each member
+    floor or ceil of P / G of them, the same for every sequence. Otherwise P."""
+    if propagation == "tsinf":
+        return -(-particles // members) * members
+    return particles
+
+
+def cem_refit(mean, std, population, returns, elites: int, alpha):
+    """One CEM update: the `elites` best sequences of `population` [n, H, A] by `returns` [n]; the new
+    mean and variance are alpha * old + (1 - alpha) * the elites' (both references smooth the variance,
+    not the standard deviation). Returns (mean, std, elites best first)."""
+    _, top = jax.lax.top_k(returns, elites)
+    best = population[top]
+    mean = alpha * mean + (1.0 - alpha) * best.mean(axis=0)
+    std = jnp.sqrt(alpha * std**2 + (1.0 - alpha) * best.var(axis=0))
+    return mean, std, best
+
+
+def cem(score_fn, sample_fn, mean, std, key, *, iterations: int, elites: int, alpha):
+    """Cross-entropy method: `iterations` rounds of sampling with `sample_fn(key, mean, std)`, scoring
+    with `score_fn(population, key)` (higher is better) and `cem_refit`. Returns the final smoothed
+    (mean, std): the mean is the plan, as handful-of-trials' CEMOptimizer (`sol = mean`) and
+    mbrl-lib's (`return mu`), not the raw mean of the last elites."""
+
+    def iteration(carry, key):
+        mean, std = carry
+        sample_key, score_key = jax.random.split(key)
+        population = sample_fn(sample_key, mean, std)
+        mean, std, _ = cem_refit(mean, std, population, score_fn(population, score_key), elites, alpha)
+        return (mean, std), None
+
+    (mean, std), _ = jax.lax.scan(iteration, (mean, std), jax.random.split(key, iterations))
+    return mean, std
+
+
+def coloured_noise(key, shape, beta):
+    """Unit-variance Gaussian noise with power spectrum 1/f^beta along the time axis (axis 1)."""
+    n, horizon, action_size = shape
+    freqs = jnp.fft.rfftfreq(horizon)
+    freqs = freqs.at[0].set(freqs[1] if horizon > 1 else 1.0)
+    scale = freqs ** (-beta / 2.0)
+    real_key, imag_key = jax.random.split(key)
+    spectrum_shape = (n, action_size, freqs.shape[0])
+    spectrum = scale * (jax.random.normal(real_key, spectrum_shape) + 1j * jax.random.normal(imag_key, spectrum_shape))
+    signal = jnp.fft.irfft(spectrum, n=horizon, axis=-1)
+    signal = signal / jnp.maximum(signal.std(axis=-1, keepdims=True), 1e-6)
+    return signal.swapaxes(1, 2)
+
+
 def make_train(config: Config) -> Trainer:
     config.validate()
     try:
@@ -533,58 +588,6 @@ def make_train(config: Config) -> Trainer:
         return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plan)
 
     return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
-
-
-def particles_per_sequence(particles: int, members: int, propagation: str) -> int:
-    """Particles computed per action sequence. Under TSinf, row i of the particle batch keeps member
-    i mod G (`ensemble.propagate`); with ceil(P / G) * G rows per sequence, particle j of every
-    sequence keeps member j mod G, so the first P particles, the ones averaged, give each member
-    floor or ceil of P / G of them, the same for every sequence. Otherwise P."""
-    if propagation == "tsinf":
-        return -(-particles // members) * members
-    return particles
-
-
-def cem_refit(mean, std, population, returns, elites: int, alpha):
-    """One CEM update: the `elites` best sequences of `population` [n, H, A] by `returns` [n]; the new
-    mean and variance are alpha * old + (1 - alpha) * the elites' (both references smooth the variance,
-    not the standard deviation). Returns (mean, std, elites best first)."""
-    _, top = jax.lax.top_k(returns, elites)
-    best = population[top]
-    mean = alpha * mean + (1.0 - alpha) * best.mean(axis=0)
-    std = jnp.sqrt(alpha * std**2 + (1.0 - alpha) * best.var(axis=0))
-    return mean, std, best
-
-
-def cem(score_fn, sample_fn, mean, std, key, *, iterations: int, elites: int, alpha):
-    """Cross-entropy method: `iterations` rounds of sampling with `sample_fn(key, mean, std)`, scoring
-    with `score_fn(population, key)` (higher is better) and `cem_refit`. Returns the final smoothed
-    (mean, std): the mean is the plan, as handful-of-trials' CEMOptimizer (`sol = mean`) and
-    mbrl-lib's (`return mu`), not the raw mean of the last elites."""
-
-    def iteration(carry, key):
-        mean, std = carry
-        sample_key, score_key = jax.random.split(key)
-        population = sample_fn(sample_key, mean, std)
-        mean, std, _ = cem_refit(mean, std, population, score_fn(population, score_key), elites, alpha)
-        return (mean, std), None
-
-    (mean, std), _ = jax.lax.scan(iteration, (mean, std), jax.random.split(key, iterations))
-    return mean, std
-
-
-def coloured_noise(key, shape, beta):
-    """Unit-variance Gaussian noise with power spectrum 1/f^beta along the time axis (axis 1)."""
-    n, horizon, action_size = shape
-    freqs = jnp.fft.rfftfreq(horizon)
-    freqs = freqs.at[0].set(freqs[1] if horizon > 1 else 1.0)
-    scale = freqs ** (-beta / 2.0)
-    real_key, imag_key = jax.random.split(key)
-    spectrum_shape = (n, action_size, freqs.shape[0])
-    spectrum = scale * (jax.random.normal(real_key, spectrum_shape) + 1j * jax.random.normal(imag_key, spectrum_shape))
-    signal = jnp.fft.irfft(spectrum, n=horizon, axis=-1)
-    signal = signal / jnp.maximum(signal.std(axis=-1, keepdims=True), 1e-6)
-    return signal.swapaxes(1, 2)
 
 
 def main(argv=None) -> int:
