@@ -191,34 +191,19 @@ def _point_maze(name, layout, episode_length):
     return build
 
 
-def _brax_goal(task, wrapper, episode_length, termination_fn):
-    name = f"brax/{task}_goal"
-
+def _brax_goal(
+    name, task, wrapper, episode_length, termination_fn, options_allowed=("backend",), default_backend="generalized",
+    notes="Goal task (goals.py); reward 1 within the success radius.", **task_options,
+):
     def build(**options):
-        _reject(name, options, ("backend", "goal_radius") if task == "ant" else ("backend",))
-        backend = options.pop("backend", "generalized")
+        _reject(name, options, options_allowed)
+        backend = options.pop("backend", default_backend)
         if backend not in brax_tasks.BACKENDS:
             raise ValueError(f"Option backend={backend!r} for {name} is not one of {', '.join(brax_tasks.BACKENDS)}.")
-        env = wrapper(brax_envs.get_environment(task, backend=backend), **options)
-        notes = "Goal task (goals.py); reward 1 within the success radius."
+        env = wrapper(brax_envs.get_environment(task, backend=backend, **task_options), **options)
         return env, _goal_spec(name, env, episode_length, termination_fn, notes, backend)
 
     return build
-
-
-def _ant_goal_jaxgcrl(**options):
-    name = "brax/ant_goal_jaxgcrl"
-    _reject(name, options, ("backend", "goal_distance"))
-    backend = options.pop("backend", "spring")  # JaxGCRL's create_env: Ant(backend=backend or "spring")
-    if backend not in brax_tasks.BACKENDS:
-        raise ValueError(f"Option backend={backend!r} for {name} is not one of {', '.join(brax_tasks.BACKENDS)}.")
-    ant = brax_envs.get_environment("ant", backend=backend, exclude_current_positions_from_observation=False)
-    env = goals.AntGoalJaxGCRL(ant, **options)
-    notes = (
-        "Goal task (goals.py): JaxGCRL's Ant, goal 10 from the origin, success within 0.5; reward 1 "
-        "within the success radius. Terminates when torso z (obs[2]) leaves [0.2, 1.0]."
-    )
-    return env, _goal_spec(name, env, 1000, goals.ant_jaxgcrl_termination, notes, backend)
 
 
 _REGISTRY = {
@@ -257,9 +242,23 @@ _REGISTRY = {
     **{f"brax/{task}": _brax(task) for task in brax_tasks.TASKS},
     "point_maze_open": _point_maze("point_maze_open", goals.OPEN, 50),
     "point_maze_u": _point_maze("point_maze_u", goals.U_MAZE, 75),
-    "brax/reacher_goal": _brax_goal("reacher", goals.ReacherGoal, 50, classic.never_terminates),
-    "brax/ant_goal": _brax_goal("ant", goals.AntGoal, 1000, brax_tasks.TASKS["ant"][1]),
-    "brax/ant_goal_jaxgcrl": _ant_goal_jaxgcrl,
+    "brax/reacher_goal": _brax_goal("brax/reacher_goal", "reacher", goals.ReacherGoal, 50, classic.never_terminates),
+    "brax/ant_goal": _brax_goal(
+        "brax/ant_goal", "ant", goals.AntGoal, 1000, brax_tasks.TASKS["ant"][1], ("backend", "goal_radius")
+    ),
+    # JaxGCRL's Ant: spring physics by default, as their create_env (Ant(backend=backend or "spring")).
+    "brax/ant_goal_jaxgcrl": _brax_goal(
+        "brax/ant_goal_jaxgcrl",
+        "ant",
+        goals.AntGoalJaxGCRL,
+        1000,
+        goals.ant_jaxgcrl_termination,
+        ("backend", "goal_distance"),
+        "spring",
+        "Goal task (goals.py): JaxGCRL's Ant, goal 10 from the origin, success within 0.5; reward 1 within the "
+        "success radius. Terminates when torso z (obs[2]) leaves [0.2, 1.0].",
+        exclude_current_positions_from_observation=False,
+    ),
 }
 
 
