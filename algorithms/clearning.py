@@ -71,8 +71,9 @@ from mbrlax import envs, runner
 from mbrlax.networks import MLP, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
 from mbrlax.training import (
     ConfigError,
-    adam,
     Trainer,
+    adam,
+    check_fields,
     evaluate_episodes,
     explore_uniformly,
     make_env,
@@ -157,6 +158,7 @@ class Config:
     """Steps of each environment kept (default: all of the run's)."""
 
     def validate(self) -> None:
+        check_fields(self)
         require_positive(
             self,
             (

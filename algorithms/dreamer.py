@@ -87,6 +87,7 @@ from mbrlax.training import (
     ConfigError,
     Trainer,
     adam,
+    check_fields,
     evaluate_episodes,
     make_env,
     make_schedule,
@@ -198,6 +199,7 @@ class Config:
     """Global gradient-norm clip of the actor and of the critic."""
 
     def validate(self) -> None:
+        check_fields(self)
         require_positive(
             self,
             (

@@ -275,7 +275,8 @@ def pathwise_objective(
 # TRAINING PROGRAM: MBPO's loop with the pathwise actor
 
 
-def make_train(config: Config) -> Trainer:
+def make_train(config: Config, name: str = "MAAC") -> Trainer:
+    """The training program; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
     warm_up = config.model_free_steps > 0
     scheduled = config.target_entropy_final is not None
@@ -330,7 +331,7 @@ def make_train(config: Config) -> Trainer:
         return objective
 
     sac_options = dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha)
-    trainer = mbpo.make_train(config, make_actor_objective, sac_options)
+    trainer = mbpo.make_train(config, make_actor_objective, sac_options, name=name)
     if not (warm_up or scheduled):
         return trainer
 
@@ -352,7 +353,7 @@ def make_train(config: Config) -> Trainer:
 
 
 def main(argv=None, algorithm: str = "maac", presets: dict[str, dict[str, Any]] = PRESETS) -> int:
-    return runner.main(algorithm, Config, presets, make_train, argv)
+    return runner.main(algorithm, Config, presets, functools.partial(make_train, name=f"{algorithm}.py"), argv)
 
 
 if __name__ == "__main__":

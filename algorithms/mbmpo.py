@@ -82,8 +82,9 @@ from mbrlax import ensemble, runner
 from mbrlax.networks import MLP
 from mbrlax.training import (
     ConfigError,
-    adam,
     Trainer,
+    adam,
+    check_fields,
     evaluate_episodes,
     explore_uniformly,
     make_env,
@@ -114,6 +115,8 @@ class Config:
         "model_lr",
         "model_weight_decay",
     )
+    # inner_lr 0 is the no-adaptation ablation, not a missing learning rate.
+    MAY_BE_ZERO: ClassVar[tuple[str, ...]] = ("inner_lr",)
 
     # Run
     env: str = "pendulum"
@@ -194,6 +197,7 @@ class Config:
         return self.num_models * self.tasks_per_model
 
     def validate(self) -> None:
+        check_fields(self)
         require_positive(
             self,
             (
@@ -221,8 +225,6 @@ class Config:
         for name in ("real_steps_per_iteration", "initial_steps"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if self.inner_lr < 0:
-            raise ConfigError(f"inner_lr must be 0 (no adaptation) or positive, got {self.inner_lr}")
         if self.inner_estimator not in ("maml", "lvc"):
             raise ConfigError(f"inner_estimator must be maml or lvc, got {self.inner_estimator!r}")
         if self.outer_optimizer not in ("trpo", "ppo"):

@@ -53,6 +53,7 @@ from mbrlax import ensemble, runner, sac
 from mbrlax.training import (
     ConfigError,
     Trainer,
+    check_fields,
     evaluate_episodes,
     explore_uniformly,
     make_env,
@@ -143,6 +144,7 @@ class Config:
     """Real replay capacity (default: total_steps, so nothing is forgotten)."""
 
     def validate(self) -> None:
+        check_fields(self)
         require_positive(
             self,
             (
@@ -309,19 +311,20 @@ def rollout_length(config: Config, update_index: jax.Array) -> jax.Array:
 
 
 def make_train(
-    config: Config, make_actor_objective: Callable | None = None, sac_options: dict | None = None
+    config: Config, make_actor_objective: Callable | None = None, sac_options: dict | None = None, name: str = "MBPO"
 ) -> Trainer:
     """The training program. `make_actor_objective(spec, model_config, agent_config)`, where given,
     returns `objective(model, hparams, actor, critic, alpha, obs, key) -> (loss, log_prob)`, which
     replaces SAC's actor loss: MAAC (maac.py) shares this loop and changes only that (and may pass
-    more `sac.SACConfig` fields in `sac_options`, and a "target_entropy" in the hparams)."""
+    more `sac.SACConfig` fields in `sac_options`, and a "target_entropy" in the hparams). `name` is what
+    an error about the task calls the algorithm (maac.py's and svg.py's own names when they run it)."""
     config.validate()
     try:
         env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
         eval_env, _ = make_env(config, num_envs=config.eval_episodes)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    require_continuous_vector_task(spec, "MBPO")
+    require_continuous_vector_task(spec, name)
     if not config.sac_only and spec.termination_fn is None:
         raise ConfigError(
             f"{config.env} can terminate but has no termination function, which model rollouts need; "

@@ -44,6 +44,7 @@ from mbrlax import ensemble, runner
 from mbrlax.training import (
     ConfigError,
     Trainer,
+    check_fields,
     evaluate_episodes,
     explore_uniformly,
     make_env,
@@ -143,6 +144,7 @@ class Config:
     """iCEM: share of the elites carried into the next iteration's population."""
 
     def validate(self) -> None:
+        check_fields(self)
         require_positive(
             self,
             (

@@ -148,7 +148,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_the_quantity_named(tmp_path, capsys):
-    code = pets.main(TINY_ARGS + ["--model-lr", "nan", "--run-dir", str(tmp_path / "r")])
+    code = pets.main(TINY_ARGS + ["--model-lr", "1e30", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 1
     assert "model_train_loss" in err and "environment step" in err

@@ -17,13 +17,21 @@ continues from the last checkpoint to the same result as an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime
 import difflib
+import errno
+import fcntl
+import importlib.util
 import itertools
 import json
+import math
+import os
 import pathlib
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +44,7 @@ import numpy as np
 import tyro
 
 from mbrlax.envs import gym_bridge
-from mbrlax.training import ConfigError, Trainer, split_keys
+from mbrlax.training import INT32_MAX, ConfigError, Trainer, split_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +87,30 @@ class RunOptions:
 
 class NonFiniteError(RuntimeError):
     """A loss or the parameters turned NaN or infinite."""
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before its end (Ctrl-C, a full disk) with its last complete checkpoint kept;
+    the message says where it stopped and what is kept. `exit_code` is the CLI's."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_options(options: RunOptions) -> None:
+    """The run options' own checks, and the extras they need, before anything is built or written."""
+    if options.num_seeds < 1:
+        raise ConfigError(f"num_seeds must be at least 1, got {options.num_seeds}")
+    if options.checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be at least 1 (evaluations between checkpoints), got {options.checkpoint_every}")
+    if not 0 <= options.seed <= INT32_MAX - options.num_seeds:
+        raise ConfigError(f"seed must be between 0 and 2**31 - 1 - num_seeds, got {options.seed}")
+    needs = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}
+    if options.track in needs:
+        module, extra = needs[options.track]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f'--track {options.track} needs {module}: pip install "mbrlax[{extra}]"')
 
 
 # RUNS: seeds x sweep values
@@ -159,6 +191,18 @@ def parse_sweep(config, sweep: tuple[str, ...]) -> tuple[dict[str, list[float]],
     return traced, static
 
 
+def check_swept_values(config, values: dict) -> None:
+    """A swept value gets the checks the same value given alone gets: the Config with it validates."""
+    if not values:
+        return
+    try:
+        dataclasses.replace(config, **values).validate()
+    except ConfigError as error:
+        raise ConfigError(f"--sweep {setting_label(values)}: {error}") from None
+    except TypeError as error:  # a value of a type the field's own checks cannot compare
+        raise ConfigError(f"--sweep {setting_label(values)}: {error}") from None
+
+
 def static_settings(static: dict[str, list]) -> list[dict]:
     """Every combination of the static fields' values ([{}] without any)."""
     return [dict(zip(static, values)) for values in itertools.product(*static.values())]
@@ -172,6 +216,7 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     base = hparams_of(config)
     runs = []
     for values in itertools.product(*grid.values()) if grid else [()]:
+        check_swept_values(config, dict(zip(grid, values)))
         for s in range(options.num_seeds):
             hp = dict(base, **dict(zip(grid.keys(), values)))
             runs.append({"seed": options.seed + s, **hp})
@@ -295,11 +340,15 @@ def check_memory(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...])
     available, name = device_memory_bytes()
     if per_device > 0.9 * available:
         fit = max(int(0.9 * available // per_run), 0) * devices
+        what = (
+            f"run at most {fit} at once (fewer --num-seeds or sweep values), or lower"
+            if fit
+            else "even one run does not fit: lower"
+        )
         raise ConfigError(
             f"{len(runs)} run(s) need {per_device / 2**30:.1f} GiB of state per device (replay buffers, parameters "
             f"and optimiser state: {per_run / 2**30:.2f} GiB a run), more than {name} has "
-            f"({available / 2**30:.1f} GiB); run at most {fit} at once (fewer --num-seeds or sweep values), "
-            "or lower the buffer capacity or total steps"
+            f"({available / 2**30:.1f} GiB); {what} the buffer capacity or total steps"
         )
 
 
@@ -323,6 +372,123 @@ def _first_non_finite(metrics: dict) -> str | None:
         if not np.all(np.isfinite(np.asarray(value))):
             return name
     return None
+
+
+# FILES: every file of a run folder is written whole or not at all
+
+
+def strict_json(value, **kwargs) -> str:
+    """JSON that every parser reads: a NaN or infinite number (which Python's json writes as a bare
+    NaN) becomes null."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
+def write_whole(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
+    """`write(temporary_path)`, then rename it to `path`: a kill or a full disk leaves the old file
+    (or none), never a half-written one."""
+    # Named by the process, as the processes of a multi-host run may share the folder.
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        write(partial)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_text_whole(path: pathlib.Path, text: str) -> None:
+    write_whole(path, lambda partial: partial.write_text(text))
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error` (or one it was raised from: orbax and tensorstore wrap their OS errors) says
+    the disk or the quota is full."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class FolderLock:
+    """An exclusive lock on a run folder for the run's life (`flock` on its `.lock` file), so a
+    second process cannot write the same folder. A multi-host run's processes share their folder by
+    design: process 0 locks the folder and process i > 0 its own `process-<i>/`. The kernel drops
+    the lock when the process ends, however it ends, so a killed run resumes at once."""
+
+    def __init__(self, folder: pathlib.Path):
+        self.file = open(folder / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ConfigError(
+                f"{folder} is being written by {holder}; wait for that run to end, or use another --run-dir"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def holds_a_run(folder: pathlib.Path) -> bool:
+    """Whether `folder` has anything in it but a lock file (a run killed before its config.json)."""
+    return folder.is_dir() and any(entry.name != ".lock" for entry in folder.iterdir())
+
+
+def check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
+    """Refuse, before anything is built or written, a folder that cannot be this run's."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a folder")
+    if not resume and holds_a_run(run_dir):
+        raise ConfigError(
+            f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir}, or name a fresh folder"
+        )
+    existing = next(parent for parent in [run_dir, *run_dir.absolute().parents] if parent.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--run-dir {run_dir}: {existing} cannot be written to")
+
+
+def make_run_dir(run_dir: pathlib.Path, lock_dir: pathlib.Path, resume: bool, multi_host: bool, config_json: str):
+    """Create (or, resuming, reopen) the run folder, lock it and write its config.json; returns the
+    lock. A folder that cannot be written is a ConfigError, and leaves nothing behind."""
+    created = not run_dir.exists()
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(lock_dir)
+        # Checked again under the lock: another run may have taken the folder since the first check.
+        if not resume and not multi_host and holds_a_run(run_dir):
+            lock.release()
+            raise ConfigError(
+                f"--run-dir {run_dir} was just taken by another run; continue it with --resume {run_dir}, "
+                "or name a fresh folder"
+            )
+        if not resume:
+            write_text_whole(run_dir / "config.json", config_json)
+        return lock
+    except OSError as error:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise ConfigError(f"cannot write the run folder {run_dir}: {error.strerror or error}") from None
 
 
 # LOGGING
@@ -352,9 +518,7 @@ class MetricsLog:
 
     def _rewrite(self):
         # Rewritten from the kept history, so a resumed run's files hold no rows past its checkpoint.
-        with open(self.run_dir / "metrics.jsonl", "w") as f:
-            for row in self.rows:
-                f.write(json.dumps(row) + "\n")
+        write_text_whole(self.run_dir / "metrics.jsonl", "".join(strict_json(row) + "\n" for row in self.rows))
         self._write_csv()
 
     def _write_csv(self):
@@ -362,16 +526,27 @@ class MetricsLog:
         if not eval_rows:
             return
         columns = list(dict.fromkeys(k for r in eval_rows for k in r))
-        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(eval_rows)
+
+        def write(path):
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(eval_rows)
+
+        write_whole(self.run_dir / "metrics.csv", write)
 
     def add(self, rows: list[dict]):
         self.rows.extend(rows)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with open(path, "a") as f:
+                f.write("".join(strict_json(row) + "\n" for row in rows))
+        except BaseException:
+            # A full disk or a kill mid-write: cut the file back to its last whole row.
+            with contextlib.suppress(OSError), open(path, "r+") as f:
+                f.truncate(size)
+            raise
         if any("eval_return" in r for r in rows):
             self._write_csv()
         for row in rows:
@@ -457,8 +632,10 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str, swept: list[st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_whole(path, lambda partial: fig.savefig(partial, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def device_description() -> str:
@@ -491,13 +668,40 @@ class Checkpoints:
     def __init__(self, directory: pathlib.Path):
         import orbax.checkpoint as ocp
 
-        self.ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-        )
+        self.ocp, self.directory = ocp, directory
+        self.manager = self._manager()
+
+    def _manager(self):
+        # Orbax writes a checkpoint into a temporary folder and renames it when whole; one left by a
+        # kill or a full disk is removed when the manager opens the folder.
+        options = self.ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True)
+        return self.ocp.CheckpointManager(self.directory.absolute(), options=options)
+
+    def steps(self) -> list[int]:
+        """The updates after which a whole checkpoint was written, oldest first (orbax names each
+        whole one by its step; a temporary folder is not one)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit())
 
     def latest(self) -> int | None:
         return self.manager.latest_step()
+
+    def discard_partial(self) -> None:
+        """Remove what a save that did not finish left (the manager is not used after this)."""
+        with contextlib.suppress(Exception):
+            self.manager.close()
+        for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def set_aside(self, update: int) -> pathlib.Path:
+        """Move a checkpoint that does not restore out of the way (to `damaged-<update>` beside the
+        checkpoints), so the run can write that update again; returns where it went."""
+        aside = self.directory.parent / f"damaged-checkpoint-{update}"
+        shutil.rmtree(aside, ignore_errors=True)
+        (self.directory / str(update)).rename(aside)
+        self.manager.reload()
+        return aside
 
     # The leaves are saved by their index in the flattened state; orbax refuses empty arrays (MJX's
     # data has some), which come back from the state being restored into instead.
@@ -533,12 +737,21 @@ class ProcessCheckpoints:
         self.directory, self.keep = directory, keep
         directory.mkdir(parents=True, exist_ok=True)
 
-    def _updates(self) -> list[int]:
+    def steps(self) -> list[int]:
         return sorted(int(path.stem) for path in self.directory.glob("*.npz") if path.stem.isdigit())
 
     def latest(self) -> int | None:
-        updates = self._updates()
+        updates = self.steps()
         return updates[-1] if updates else None
+
+    def discard_partial(self) -> None:
+        for partial in self.directory.glob("*.partial"):
+            partial.unlink(missing_ok=True)
+
+    def set_aside(self, update: int) -> pathlib.Path:
+        aside = self.directory.parent / f"damaged-checkpoint-{update}.npz"
+        (self.directory / f"{update}.npz").replace(aside)
+        return aside
 
     def save(self, update: int, state, meta: dict):
         leaves = {f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
@@ -546,7 +759,7 @@ class ProcessCheckpoints:
         with open(partial, "wb") as file:  # a file object, so numpy keeps the name as given
             np.savez(file, meta=np.array(json.dumps(meta)), **leaves)
         partial.replace(self.directory / f"{update}.npz")
-        for old in self._updates()[: -self.keep]:
+        for old in self.steps()[: -self.keep]:
             (self.directory / f"{old}.npz").unlink()
 
     def restore(self, update: int, like):
@@ -572,6 +785,55 @@ def fresh_episodes(restored, fresh):
     if "episode" in restored._fields:
         fields["episode"] = restored.episode + 1
     return restored._replace(**fields)
+
+
+def restore_newest(checkpoints, like, run_dir: pathlib.Path, schedule):
+    """The newest checkpoint that restores into `like`, as (state, meta, update), or None when there
+    is none yet. A newer one that does not restore (damaged by a crash of the disk, say) is set aside
+    and named; when none restores, a ConfigError names each."""
+    failures = []
+    for update in reversed(checkpoints.steps()):
+        try:
+            state, meta = checkpoints.restore(update, like)
+        except Exception as error:  # orbax and numpy raise many kinds; the kind goes in the message
+            failures.append((update, type(error).__name__))
+            continue
+        for damaged, kind in failures:
+            aside = checkpoints.set_aside(damaged)
+            print(
+                f"note: the checkpoint after {schedule.env_steps_after(damaged)} environment steps does not restore "
+                f"({kind}); it is moved to {aside}, and the run resumes from the one after "
+                f"{schedule.env_steps_after(update)} steps",
+                file=sys.stderr,
+                flush=True,
+            )
+        return state, meta, update
+    if failures:
+        listed = ", ".join(f"{checkpoints.directory / str(update)} ({kind})" for update, kind in failures)
+        raise ConfigError(
+            f"--resume: no checkpoint in {run_dir} restores into this run's state: {listed}; the files are damaged, "
+            "or were written by another version of mbrlax"
+        )
+    return None
+
+
+def kept_checkpoint(checkpoints, schedule, fused: bool = False) -> str:
+    if fused:
+        return "the fused mode keeps no checkpoint"
+    steps = checkpoints.steps()
+    if not steps:
+        return "no checkpoint was written yet"
+    return f"the last complete checkpoint, after {schedule.env_steps_after(steps[-1])} environment steps, is kept"
+
+
+def stopped_by(error: BaseException, where: str, kept: str, run_dir: pathlib.Path) -> RunStopped | None:
+    """A Ctrl-C or a full disk as a RunStopped whose message says where the run stopped and what it
+    kept (the CLI adds the command that resumes); None for any other error."""
+    if isinstance(error, KeyboardInterrupt):
+        return RunStopped(f"interrupted {where}; {kept}", exit_code=130)
+    if disk_full(error):
+        return RunStopped(f"the disk holding {run_dir} is full ({where}); {kept}", exit_code=1)
+    return None
 
 
 def execute(
@@ -608,20 +870,14 @@ def execute(
     # Time spent before a kill, up to the checkpoint resumed from, so a resumed run's summary counts it.
     earlier_wall, earlier_compile = 0.0, 0.0
     state = init_c(init_keys, hparams)
-    if resume and checkpoints.latest() is not None:
-        first_update = checkpoints.latest()
+    restored = restore_newest(checkpoints, state, run_dir, schedule) if resume else None
+    if restored is not None:
         fresh = state
-        try:
-            state, meta = checkpoints.restore(first_update, fresh)
-        except Exception as error:  # orbax and numpy raise many kinds; the cause goes in the message
-            raise ConfigError(
-                f"--resume: the checkpoint after update {first_update} in {run_dir} does not fit this run's state "
-                f"({type(error).__name__}); was it written by another version of mbrlax?"
-            ) from None
+        state, meta, first_update = restored
         history = meta["history"]
         if gym_bridge.is_gym(config_dict.get("env", "")):
             state = fresh_episodes(state, fresh)
-        del fresh  # the initial state (replay buffers included) is not held beside the run's for its length
+        del fresh, restored  # the initial state (replay buffers included) is not held beside the run's
         earlier_wall, earlier_compile = meta.get("wall_time_s", 0.0), meta.get("compile_time_s", 0.0)
     log = MetricsLog(run_dir, options.track, config_dict, history)
 
@@ -638,6 +894,8 @@ def execute(
             file=sys.stdout,
         )
     last_eval = next((r["eval_return"] for r in reversed(history) if "eval_return" in r), None)
+    env_steps = schedule.env_steps_after(first_update)
+    failure: BaseException | None = None
     try:
         for u in range(first_update, schedule.num_updates):
             state, metrics = update_c(state, hparams, jnp.int32(u))
@@ -655,10 +913,7 @@ def execute(
             if bad is None and evaluated and not bool(finite(state)):
                 bad = "the parameters or state"
             if bad is not None:
-                latest = checkpoints.latest()
-                kept = "no checkpoint was written yet"
-                if latest is not None:
-                    kept = f"the last good checkpoint, after {schedule.env_steps_after(latest)} steps, is kept"
+                kept = kept_checkpoint(checkpoints, schedule).replace("complete", "good")
                 raise NonFiniteError(f"stopped at environment step {env_steps}: {bad} became NaN or infinite; {kept}")
             log.add(rows)
             eval_count = (u + 1) // schedule.updates_per_eval
@@ -672,13 +927,26 @@ def execute(
                 progress.update(schedule.steps_per_update)
                 if last_eval is not None:
                     progress.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
-    finally:
-        if progress is not None:
-            progress.close()
-        checkpoints.close()
-        log.close()
-        swept = swept_names(runs)
-        plot_curves(log.rows, run_dir / "curve.png", title, swept)
+    except BaseException as error:  # Ctrl-C included: what was written stays whole
+        failure = error
+    closers = [checkpoints.close, log.close] + ([progress.close] if progress is not None else [])
+    for close in closers:
+        try:
+            close()
+        except BaseException as error:
+            failure = failure or error
+    swept = swept_names(runs)
+    if failure is None or isinstance(failure, NonFiniteError):
+        try:  # the curve up to a NaN helps find its cause
+            plot_curves(log.rows, run_dir / "curve.png", title, swept)
+        except BaseException as error:
+            failure = failure or error
+    if failure is not None:
+        checkpoints.discard_partial()
+        stopped = stopped_by(failure, f"at environment step {env_steps}", kept_checkpoint(checkpoints, schedule), run_dir)
+        if stopped is not None:
+            raise stopped from None
+        raise failure
 
     wall = earlier_wall + time.perf_counter() - start
     return log.rows, summarise(log.rows, wall, earlier_compile + compile_s, swept)
@@ -729,26 +997,45 @@ def summarise(rows: list[dict], wall: float, compile_s: float, swept=()) -> dict
 def execute_fused(
     trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...], run_dir: pathlib.Path, title: str
 ) -> tuple[list[dict], dict]:
-    """The whole run as one compiled program for every run at once; rows written when it ends."""
+    """The whole run as one compiled program for every run at once; rows written when it ends. A
+    value that turned NaN or infinite stops it as in the chunked mode, with the rows before it kept."""
     schedule = trainer.schedule
     keys, hparams = shard_runs(batch_inputs(runs, sweepable))
     start = time.perf_counter()
     program = jax.jit(over_runs(trainer, len(runs)))
-    compiled = program.lower(keys, hparams).compile()
-    compile_s = time.perf_counter() - start
-    _, metrics = jax.block_until_ready(compiled(keys, hparams))
+    try:
+        compiled = program.lower(keys, hparams).compile()
+        compile_s = time.perf_counter() - start
+        state, metrics = jax.block_until_ready(compiled(keys, hparams))
+    except KeyboardInterrupt:
+        raise RunStopped("interrupted; the fused mode keeps no checkpoint, so a new run starts again", 130) from None
+    state_finite = bool(jax.jit(all_finite)(state))
+    del state
     log = MetricsLog(run_dir, "none", {}, [])
+    bad = None
     for u in range(schedule.num_updates):
         env_steps = schedule.env_steps_after(u + 1)
-        rows = metric_rows(runs, jax.tree_util.tree_map(lambda x: x[:, u], metrics["train"]), env_steps, u + 1)
-        if (u + 1) % schedule.updates_per_eval == 0:
+        train = jax.tree_util.tree_map(lambda x: x[:, u], metrics["train"])
+        rows = metric_rows(runs, train, env_steps, u + 1)
+        bad = _first_non_finite(train)
+        if bad is None and (u + 1) % schedule.updates_per_eval == 0:
             e = (u + 1) // schedule.updates_per_eval - 1
-            evals = metric_rows(runs, jax.tree_util.tree_map(lambda x: x[:, e], metrics["eval"]), env_steps, u + 1)
-            for row, erow in zip(rows, evals):
+            evals = jax.tree_util.tree_map(lambda x: x[:, e], metrics["eval"])
+            for row, erow in zip(rows, metric_rows(runs, evals, env_steps, u + 1)):
                 row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
+            bad = _first_non_finite(evals)
+        if bad is None and u + 1 == schedule.num_updates and not state_finite:
+            bad = "the parameters or state"
+        if bad is not None:
+            break
         log.add(rows)
     swept = swept_names(runs)
     plot_curves(log.rows, run_dir / "curve.png", title, swept)
+    if bad is not None:
+        raise NonFiniteError(
+            f"stopped at environment step {env_steps}: {bad} became NaN or infinite; the rows before it are in "
+            f"{run_dir / 'metrics.jsonl'} (the fused mode keeps no checkpoint)"
+        )
     return log.rows, summarise(log.rows, time.perf_counter() - start, compile_s, swept)
 
 
@@ -773,9 +1060,9 @@ def run_programs(programs: list, sweepable: tuple[str, ...], run_dir: pathlib.Pa
         print(f"setting {i + 1} of {len(programs)}: {label}", flush=True)
         folder = run_dir / f"setting-{i}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "setting.json").write_text(json.dumps(setting))
+        write_text_whole(folder / "setting.json", strict_json(setting))
         setting_rows, summary = one(runs, trainer, config, folder, label)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_whole(folder / "summary.json", strict_json(summary, indent=2))
         rows += [dict(row, run=row["run"] + offset) for row in setting_rows]
         wall += summary["wall_time_s"]
         compile_s += summary["compile_time_s"]
@@ -824,8 +1111,55 @@ def _jsonable(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
+    """The config.json of a run folder to resume, checked to be this algorithm's and readable."""
+    path = folder / "config.json"
+    if not folder.is_dir() or not path.exists():
+        raise ConfigError(f"--resume {folder}: no run folder there (config.json is missing)")
+    try:
+        saved = json.loads(path.read_text())
+        other = saved["algorithm"]
+        saved["config"], saved["run"]  # noqa: B018 (both must be there)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError(f"--resume {folder}: its config.json is damaged (not the JSON a run writes)") from None
+    if other != algorithm:
+        raise ConfigError(
+            f"--resume {folder}: that folder holds a {other} run; continue it with {other}.py --resume {folder}"
+        )
+    unknown = sorted(set(saved["config"]) - {f.name for f in dataclasses.fields(Config)})
+    unknown += sorted(set(saved["run"]) - {f.name for f in dataclasses.fields(RunOptions)})
+    if unknown:
+        raise ConfigError(
+            f"--resume {folder}: its config.json has fields this version of {algorithm} does not know "
+            f"({', '.join(unknown)}); was it written by another version of mbrlax?"
+        )
+    return saved
+
+
+def default_run_dir(algorithm: str, env: str) -> pathlib.Path:
+    """runs/<algorithm>-<env>-<time>, with a suffix when a run started in the same second has it."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = pathlib.Path("runs") / f"{algorithm}-{env.replace('/', '_')}-{stamp}"
+    candidates = itertools.chain([base], (base.with_name(f"{base.name}-{i}") for i in itertools.count(2)))
+    return next(path for path in candidates if not path.exists())
+
+
+def steps_said(programs: list) -> str:
+    """The environment steps each run takes, and what was asked for when a schedule rounded it up to
+    whole evaluation periods."""
+    said = []
+    for total in sorted({trainer.schedule.total_steps for *_, trainer in programs}):
+        asked = sorted({config.total_steps for _, config, _, trainer in programs if trainer.schedule.total_steps == total})
+        rounded = [a for a in asked if a != total]
+        note = f" ({', '.join(map(str, rounded))} asked for, rounded up to whole evaluation periods)" if rounded else ""
+        said.append(f"{total}{note}")
+    return " or ".join(said)
+
+
 def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trainer], argv=None) -> int:
-    """Parse the command line, validate, run, write the run folder. Returns the exit code."""
+    """Parse the command line, validate, run, write the run folder. Returns the exit code: 0 done,
+    2 a config that cannot run (nothing compiled or written), 1 a run that failed (a NaN, a full
+    disk), 130 interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--env")
@@ -837,10 +1171,7 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
         default_options = RunOptions()
         saved = None
         if known.resume:
-            saved_path = pathlib.Path(known.resume) / "config.json"
-            if not saved_path.exists():
-                raise ConfigError(f"--resume {known.resume}: no run folder there (config.json is missing)")
-            saved = json.loads(saved_path.read_text())
+            saved = read_saved_run(pathlib.Path(known.resume), algorithm, Config)
             default_config = Config(
                 **{
                     **dataclasses.asdict(default_config),
@@ -874,16 +1205,20 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             diff += _differences(saved["run"], {k: v for k, v in _jsonable(options).items() if k in saved["run"]})
             if diff:
                 raise ConfigError(f"--resume: the checkpoint is from another config: {'; '.join(diff)}")
-        start_distributed(options)
-        if jax.process_count() > 1 and not (options.run_dir or options.resume):
-            raise ConfigError("a multi-host run needs --run-dir, the same folder name on every process")
+        check_options(options)
         config.validate()
         _, static = parse_sweep(config, options.sweep)
+        run_dir = pathlib.Path(options.resume or options.run_dir or default_run_dir(algorithm, config.env))
+        check_run_dir(run_dir, resume=bool(options.resume))
+        start_distributed(options)
+        hosts = jax.process_count() > 1
+        if hosts and not (options.run_dir or options.resume):
+            raise ConfigError("a multi-host run needs --run-dir, the same folder name on every process")
         # One program per combination of static values; each is built and checked before any runs.
         programs, every_run = [], []
         for setting in static_settings(static):
+            check_swept_values(config, setting)
             setting_config = dataclasses.replace(config, **setting)
-            setting_config.validate()
             runs = [dict(run, **setting) for run in expand_runs(setting_config, options)]
             every_run += runs
             runs = share_of_runs(runs)
@@ -891,38 +1226,53 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             trainer = make_train(setting_config)
             check_memory(trainer, runs, type(config).SWEEPABLE)
             programs.append((setting, setting_config, runs, trainer))
+        if hosts and not options.resume:
+            # Every process has looked at the folder before any writes to it: a process that finds
+            # it taken stops them all.
+            from jax.experimental import multihost_utils
+
+            taken = np.asarray(multihost_utils.process_allgather(np.int32(holds_a_run(run_dir)))).ravel()
+            if taken.any():
+                raise ConfigError(
+                    f"--run-dir {run_dir} already holds a run (process {int(np.argmax(taken))} found it); "
+                    f"continue it with --resume {run_dir}, or name a fresh folder"
+                )
+        config_json = strict_json(
+            {
+                "algorithm": algorithm,
+                "config": _jsonable(config),
+                "run": {k: v for k, v in _jsonable(options).items() if k in ("seed", "num_seeds", "sweep")},
+            },
+            indent=2,
+        )
+        lock_dir = run_dir / f"process-{jax.process_index()}" if hosts and jax.process_index() > 0 else run_dir
+        lock = make_run_dir(run_dir, lock_dir, resume=bool(options.resume), multi_host=hosts, config_json=config_json)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted before the run started; nothing was written", file=sys.stderr)
+        return 130
 
-    if options.resume:
-        run_dir = pathlib.Path(options.resume)
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        env_name = config.env.replace("/", "_")
-        run_dir = pathlib.Path(options.run_dir or f"runs/{algorithm}-{env_name}-{stamp}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run_keys = ("seed", "num_seeds", "sweep")
-        (run_dir / "config.json").write_text(
-            json.dumps(
-                {
-                    "algorithm": algorithm,
-                    "config": _jsonable(config),
-                    "run": {k: v for k, v in _jsonable(options).items() if k in run_keys},
-                },
-                indent=2,
-            )
-        )
+    try:
+        return _run(algorithm, config, options, programs, every_run, run_dir)
+    finally:
+        lock.release()
+
+
+def _run(algorithm: str, config, options: RunOptions, programs: list, every_run: list, run_dir: pathlib.Path) -> int:
+    """Run the checked programs into the locked run folder, then write its summary."""
     title = f"{algorithm} on {config.env}"
     compiled = f" in {len(programs)} programs" if len(programs) > 1 else ""
     hosts = jax.process_count() > 1
     here = f", {sum(len(runs) for _, _, runs, _ in programs)} of them here" if hosts else ""
-    steps = " or ".join(str(n) for n in sorted({trainer.schedule.total_steps for *_, trainer in programs}))
+    steps = steps_said(programs)
     print(
         f"{title}: {len(every_run)} run(s){compiled}{here}, {steps} environment steps each, on "
         f"{device_description()}; run folder {run_dir}",
         flush=True,
     )
+    resume_command = f"continue with: python algorithms/{algorithm}.py --resume {run_dir}"
     try:
         # In a multi-host run each process keeps its own share (checkpoints included) in a folder of
         # its own, and process 0 gathers every run into the run folder.
@@ -930,7 +1280,7 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
         failure = None
         try:
             rows, summary = run_programs(programs, type(config).SWEEPABLE, local_dir, options, title)
-        except (NonFiniteError, ConfigError) as error:
+        except (NonFiniteError, ConfigError, RunStopped) as error:
             failure = error
         if hosts:
             # Every process learns whether any failed before the gathering, which would wait forever
@@ -951,20 +1301,32 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             summary = write_collected(
                 rows, every_run, run_dir, title, summary["wall_time_s"], summary["compile_time_s"]
             )
+        summary = {"algorithm": algorithm, "env": config.env, **summary}
+        write_text_whole(run_dir / "summary.json", strict_json(summary, indent=2))
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary = {"algorithm": algorithm, "env": config.env, **summary}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    except RunStopped as error:
+        resume = "" if options.fused else f"; {resume_command}"
+        print(f"error: {error}{resume}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {resume_command}", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        print(f"error: the disk holding {run_dir} is full; free some space, then {resume_command}", file=sys.stderr)
+        return 1
     per_run = summary["final_eval_return_per_run"]
     spread = f" (runs: {', '.join(f'{r:.1f}' for r in per_run)})" if len(per_run) > 1 else ""
     success = f", success {summary['final_eval_success']:.2f}" if "final_eval_success" in summary else ""
     print(
         f"final evaluation return {summary['final_eval_return']:.1f}{spread}{success} after "
-        f"{summary['env_steps']} environment steps; {summary['wall_time_s']:.0f} s "
+        f"{steps} environment steps; {summary['wall_time_s']:.0f} s "
         f"({summary['compile_time_s']:.0f} s compiling). Run folder: {run_dir}"
     )
     return 0

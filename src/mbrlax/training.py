@@ -106,6 +106,43 @@ def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, eval_key
 
 
+INT32_MAX = 2**31 - 1
+"""The largest count a compiled program holds: steps, capacities and sizes are int32 inside it."""
+
+
+def is_learning_rate(name: str) -> bool:
+    return name == "lr" or name.endswith("_lr")
+
+
+def check_fields(config) -> None:
+    """The checks every Config's fields get from their types alone, before its own `validate`: a
+    number is finite; a count or size is not negative and fits in int32; a hidden layer has at least
+    one unit; a learning rate is positive (or, for a field the Config lists in `MAY_BE_ZERO`, such as
+    MB-MPO's inner_lr, whose 0 is an ablation, not negative). A ConfigError names the first field
+    that fails."""
+    may_be_zero = getattr(type(config), "MAY_BE_ZERO", ())
+    for field in dataclasses.fields(config):
+        name, value = field.name, getattr(config, field.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{name} must be a finite number, got {item}")
+            if isinstance(item, int) and item < 0:
+                raise ConfigError(f"{name} must not be negative, got {item}")
+            if isinstance(item, int) and item > INT32_MAX:
+                raise ConfigError(
+                    f"{name} ({item:,}) is more than 2**31 - 1, the largest count a compiled program holds"
+                )
+            if name.endswith("hidden_sizes") and item < 1:
+                raise ConfigError(f"{name} must be positive layer widths, got {value}")
+        if is_learning_rate(name) and isinstance(value, (int, float)):
+            if name in may_be_zero and value < 0:
+                raise ConfigError(f"{name} must be 0 (no adaptation) or positive, got {value}")
+            if name not in may_be_zero and value <= 0:
+                raise ConfigError(f"{name} is a learning rate and must be positive, got {value}")
+
+
 def require_positive(config, names) -> None:
     """A ConfigError naming the first of `names` whose value in `config` is not positive."""
     for name in names:

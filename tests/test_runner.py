@@ -1,0 +1,282 @@
+"""The run folder's promises, on a toy algorithm that compiles in a second: a used folder is refused,
+a folder in use is locked, NaN stops the fused mode as it does the chunked one, summaries are strict
+JSON, a full disk or Ctrl-C stops with one line and a resumable folder, and a damaged newest
+checkpoint falls back to the one before it."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import pathlib
+import shutil
+import subprocess
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mbrlax import runner
+from mbrlax.training import ConfigError, Trainer, check_fields, make_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    """A random walk whose return is its position: state, updates, evaluations and checkpoints with
+    nothing to learn."""
+
+    SWEEPABLE: ClassVar[tuple[str, ...]] = ("lr",)
+    env: str = "toy"
+    total_steps: int = 600
+    eval_every: int = 200
+    eval_episodes: int = 1
+    lr: float = 0.1
+    nan_at: int = 0
+    """The update (1, 2, ...) whose loss and state turn NaN; 0 for never."""
+
+    def validate(self) -> None:
+        check_fields(self)
+
+
+def make_toy(config: ToyConfig) -> Trainer:
+    config.validate()
+    schedule = make_schedule(config.total_steps, 0, 100, config.eval_every)
+
+    def init(key, hparams):
+        return {"w": jnp.zeros(()), "key": key}
+
+    def update(state, hparams, index):
+        key, step_key = jax.random.split(state["key"])
+        w = state["w"] + hparams["lr"] * jax.random.normal(step_key)
+        w = jnp.where(index + 1 == config.nan_at, jnp.nan, w)
+        return {"w": w, "key": key}, {"loss": w}
+
+    def evaluate(state, key, hparams):
+        return {"eval_return": state["w"]}
+
+    return Trainer(init, update, evaluate, schedule)
+
+
+def toy_main(argv) -> int:
+    return runner.main("toy", ToyConfig, {}, make_toy, ["--no-progress", *argv])
+
+
+def strict_load(path: pathlib.Path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def final_returns(run: pathlib.Path) -> list[float]:
+    return strict_load(run / "summary.json")["final_eval_return_per_run"]
+
+
+def test_a_used_run_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert toy_main(["--run-dir", str(run), "--seed", "0"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert toy_main(["--run-dir", str(run), "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--resume {run}" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert toy_main(["--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    held = runner.FolderLock(run)  # as a run still writing the folder holds it
+    try:
+        assert toy_main(["--resume", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "being written by process" in err
+    finally:
+        held.release()
+    assert toy_main(["--resume", str(run)]) == 0  # the lock goes with its holder
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        ["python", "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)", str(run / ".lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="being written"):
+            runner.FolderLock(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    runner.FolderLock(run).release()
+
+
+def test_the_fused_mode_stops_on_nan_with_the_quantity_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert toy_main(["--run-dir", str(run), "--fused", "--nan-at", "4"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "stopped at environment step 400: loss became NaN or infinite" in err
+    assert not (run / "summary.json").exists()
+    rows = [json.loads(line, parse_constant=float.__call__) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2, 3]  # the rows before the NaN, none after
+    # The chunked mode stops at the same place.
+    assert toy_main(["--run-dir", str(tmp_path / "chunked"), "--nan-at", "4"]) == 1
+    assert "stopped at environment step 400: loss became NaN or infinite" in capsys.readouterr().err
+
+
+def test_summaries_are_strict_json():
+    text = runner.strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+def test_the_final_line_says_when_steps_were_rounded_up(tmp_path, capsys):
+    assert toy_main(["--run-dir", str(tmp_path / "run"), "--total-steps", "450", "--eval-every", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "600 (450 asked for, rounded up to whole evaluation periods) environment steps" in out.splitlines()[-1]
+
+
+def test_memory_check_says_when_not_even_one_run_fits(monkeypatch):
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda: (8, "a tiny device"))
+    trainer = make_toy(ToyConfig())
+    with pytest.raises(ConfigError, match="even one run does not fit"):
+        runner.check_memory(trainer, [{"seed": 0, "lr": 0.1}], ToyConfig.SWEEPABLE)
+
+
+def _stop_at_update(monkeypatch, update: int, error: BaseException):
+    """Raise `error` where the runner takes the rows of update `update` (the loop's host side)."""
+    real = runner.metric_rows
+
+    def rows(runs, metrics, env_steps, u):
+        if u == update:
+            raise error
+        return real(runs, metrics, env_steps, u)
+
+    monkeypatch.setattr(runner, "metric_rows", rows)
+
+
+def test_ctrl_c_stops_with_one_line_and_the_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
+    whole = tmp_path / "whole"
+    assert toy_main(["--run-dir", str(whole)]) == 0
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _stop_at_update(patch, 5, KeyboardInterrupt())
+        assert toy_main(["--run-dir", str(run)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "interrupted at environment step 500" in err and "after 400 environment steps, is kept" in err
+    assert f"--resume {run}" in err
+    assert toy_main(["--resume", str(run)]) == 0
+    assert final_returns(run) == final_returns(whole)
+
+
+def test_a_full_disk_stops_with_one_line_and_leaves_no_partial_files(tmp_path, capsys, monkeypatch):
+    whole = tmp_path / "whole"
+    assert toy_main(["--run-dir", str(whole)]) == 0
+    run = tmp_path / "run"
+    real_save = runner.Checkpoints.save
+
+    def save(self, update, state, meta):
+        if update == 4:  # the second checkpoint: as orbax does, a temporary folder, then the disk fills
+            (self.directory / "4.orbax-checkpoint-tmp-123").mkdir()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, update, state, meta)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner.Checkpoints, "save", save)
+        assert toy_main(["--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"the disk holding {run} is full" in err and "after 200 environment steps, is kept" in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["2"]
+    assert not list(run.rglob("*partial*")) and not list(run.rglob("*tmp*"))
+    assert toy_main(["--resume", str(run)]) == 0
+    assert final_returns(run) == final_returns(whole)
+
+
+def test_a_file_written_on_a_full_disk_keeps_its_old_content(tmp_path):
+    path = tmp_path / "curve.png"
+    path.write_bytes(b"old")
+
+    def fill_the_disk(partial):
+        partial.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        runner.write_whole(path, fill_the_disk)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["curve.png"]
+
+
+def test_a_full_disk_for_real(tmp_path, capsys):
+    """On a 1 MiB tmpfs (where this machine lets us mount one): the run stops with one line, keeps
+    a whole checkpoint, and leaves no half-written file."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        # Fill the disk but for room for about one checkpoint.
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (1024 * 1024 - 160 * 1024))
+        code = toy_main(["--run-dir", str(disk / "run"), "--total-steps", "20000", "--eval-every", "100"])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1 and "is full" in err, err
+        run = disk / "run"
+        assert not list(run.rglob("*partial*")) and not list(run.rglob("*tmp*"))
+        assert all(p.stat().st_size > 0 for p in run.rglob("*") if p.is_file() and p.name != ".lock")
+        filler.unlink()
+        assert toy_main(["--resume", str(run)]) == 0
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def _damage(checkpoint: pathlib.Path):
+    for path in checkpoint.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\x00garbage")
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
+    whole = tmp_path / "whole"
+    assert toy_main(["--run-dir", str(whole)]) == 0
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        _stop_at_update(patch, 7, KeyboardInterrupt())  # after the checkpoints at updates 4 and 6
+        assert toy_main(["--run-dir", str(run), "--total-steps", "800"]) == 130
+    capsys.readouterr()
+    _damage(run / "checkpoints" / "6")
+    assert toy_main(["--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "after 600 environment steps does not restore" in err and "resumes from the one after 400" in err
+    assert (run / "damaged-checkpoint-6").is_dir()
+    whole_800 = tmp_path / "whole800"
+    assert toy_main(["--run-dir", str(whole_800), "--total-steps", "800"]) == 0
+    assert final_returns(run) == final_returns(whole_800)
+
+
+def test_when_no_checkpoint_restores_each_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        _stop_at_update(patch, 5, KeyboardInterrupt())
+        assert toy_main(["--run-dir", str(run)]) == 130
+    for checkpoint in (run / "checkpoints").iterdir():
+        _damage(checkpoint)
+    capsys.readouterr()
+    assert toy_main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no checkpoint" in err
+    assert str(run / "checkpoints" / "2") in err and str(run / "checkpoints" / "4") in err
+
+
+def test_a_swept_value_gets_the_checks_of_a_single_value():
+    with pytest.raises(ConfigError, match="--sweep lr=-1: lr is a learning rate and must be positive"):
+        runner.expand_runs(ToyConfig(), runner.RunOptions(sweep=("lr=0.1,-1",)))
+    assert shutil.which("python")  # the lock test above starts one
+    assert np.isfinite(0.0)
