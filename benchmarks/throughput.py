@@ -71,12 +71,11 @@ def device_info() -> dict:
     return {"platform": device.platform, "device_kind": device.device_kind, "num_devices": jax.local_device_count()}
 
 
-def fp32_peak() -> tuple[float, str]:
+def fp32_peak(n: int = 2048) -> tuple[float, str]:
     kind = jax.local_devices()[0].device_kind
     for name, peak in FP32_PEAKS.items():
         if name in kind:
             return peak, f"{name} data sheet"
-    n = 2048
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
@@ -84,7 +83,7 @@ def fp32_peak() -> tuple[float, str]:
     for _ in range(10):
         out = matmul(a)
     out.block_until_ready()
-    return 10 * 2 * n**3 / (time.perf_counter() - start), "measured 2048^2 float32 matmul"
+    return 10 * 2 * n**3 / (time.perf_counter() - start), f"measured {n}^2 float32 matmul"
 
 
 def git_commit() -> str:
@@ -139,6 +138,30 @@ def mlp_flops(sizes: list[int]) -> int:
     return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """`FIELD=VALUE` of `--override`: the value read as JSON (a list becomes a tuple), else as a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"--override takes FIELD=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return field, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def overridden(fields: dict, args) -> dict:
+    """The config fields a benchmark chose, with the command line's `--override`s on top (toy sizes
+    for `benchmarks/gpu_suite.py --tiny`, or a variation of a setting); each row records them."""
+    return dict(fields, **dict(args.override))
+
+
+def report_compile(compile_s: float) -> None:
+    """One line as soon as a program is compiled, so a caller that stops a run at a time limit
+    (benchmarks/gpu_suite.py) still learns its compile time."""
+    print(f"compiled in {compile_s:.2f} s", flush=True)
+
+
 # PETS
 
 
@@ -146,18 +169,23 @@ def bench_pets(args) -> list[dict]:
     from mbrlax.algorithms import pets
 
     rows = []
-    peak, peak_source = fp32_peak()
+    peak, peak_source = fp32_peak(args.peak_matmul)
     for num_envs in args.num_envs:
         # Planning alone is timed through `evaluate`, which plans for `eval_episodes` environments at
         # once for `episode_length` steps; the environment step itself is negligible next to planning.
-        config = dataclasses.replace(
-            pets.Config(**pets.PRESETS["cartpole_swingup"]),
-            episode_length=args.steps,
-            eval_episodes=num_envs,
-            total_steps=2 * args.steps,
-            eval_every=args.steps,
-            initial_random_steps=args.steps,
-            retrain_every=args.steps,
+        config = pets.Config(
+            **overridden(
+                dict(
+                    pets.PRESETS["cartpole_swingup"],
+                    episode_length=args.steps,
+                    eval_episodes=num_envs,
+                    total_steps=2 * args.steps,
+                    eval_every=args.steps,
+                    initial_random_steps=args.steps,
+                    retrain_every=args.steps,
+                ),
+                args,
+            )
         )
         trainer = pets.make_train(config)
         hparams = {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
@@ -166,6 +194,7 @@ def bench_pets(args) -> list[dict]:
         state = jax.jit(trainer.init)(key, hparams)
         evaluate = jax.jit(trainer.evaluate).lower(state, key, hparams).compile()
         compile_s = time.perf_counter() - start
+        report_compile(compile_s)
         seconds = timed(evaluate, state, key, hparams, repeats=args.repeats)
         actions = num_envs * args.steps
         evals_per_action = config.population * config.particles * config.horizon * config.cem_iterations
@@ -175,7 +204,11 @@ def bench_pets(args) -> list[dict]:
         rows.append(
             {
                 "algorithm": "pets",
-                "setting": "mbrl-lib cartpole: pop 350, H 15, 5 iters, P 20, 7 x (4 x 200)",
+                "setting": (
+                    f"mbrl-lib cartpole: pop {config.population}, H {config.horizon}, {config.cem_iterations} iters, "
+                    f"P {config.particles}, {config.ensemble_size} x ({len(config.hidden_sizes)} x "
+                    f"{config.hidden_sizes[0]})"
+                ),
                 "num_envs": num_envs,
                 "actions_per_s": actions / seconds,
                 "ms_per_action_step": 1e3 * seconds / args.steps,
@@ -214,6 +247,7 @@ def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[floa
     update = over_runs(trainer.update, num_seeds, in_axes=(0, 0, None))
     update = jax.jit(update).lower(state, hparams, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
+    report_compile(compile_s)
     seconds = timed(update, state, hparams, jnp.int32(0), repeats=repeats)
     return seconds, compile_s, memory_mb(update)
 
@@ -224,18 +258,17 @@ def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[floa
 def _period_config(Config, preset: dict, args):
     """The preset with a model period of `args.period` steps, keeping 400 rollouts per real step."""
     period = args.period
-    return Config(
-        **dict(
-            preset,
-            model_train_freq=period,
-            epoch_length=max(period, 1000),
-            rollout_batch_size=400 * period,
-            total_steps=preset["initial_steps"] + 2 * period,
-            eval_every=2 * period,
-            eval_episodes=1,
-            backend=args.backend,
-        )
+    fields = dict(
+        preset,
+        model_train_freq=period,
+        epoch_length=max(period, 1000),
+        rollout_batch_size=400 * period,
+        eval_every=2 * period,
+        eval_episodes=1,
+        backend=args.backend,
     )
+    fields = overridden(fields, args)
+    return Config(**dict(fields, total_steps=fields["initial_steps"] + 2 * period))
 
 
 def _time_model_periods(name: str, module, config, setting: str, args) -> list[dict]:
@@ -296,7 +329,7 @@ def model_period_markdown(r: dict, meta: dict) -> str:
 def bench_mbmpo(args) -> list[dict]:
     from mbrlax.algorithms import mbmpo
 
-    preset = dict(mbmpo.PRESETS["brax/halfcheetah"], meta_steps=args.meta_steps, backend=args.backend)
+    preset = overridden(dict(mbmpo.PRESETS["brax/halfcheetah"], meta_steps=args.meta_steps, backend=args.backend), args)
     preset.update(total_steps=preset["initial_steps"] + preset["real_steps_per_iteration"])
     config = mbmpo.Config(**preset)
     trainer = mbmpo.make_train(config)
@@ -341,7 +374,7 @@ def bench_clearning(args) -> list[dict]:
 
     rows = []
     for task in args.goal_tasks:
-        preset = dict(clearning.PRESETS[task], backend=args.backend)
+        preset = overridden(dict(clearning.PRESETS[task], backend=args.backend), args)
         num_envs = preset.get("num_envs", clearning.Config.num_envs)
         chunk = num_envs * args.vector_steps
         preset.update(steps_per_update=chunk, initial_steps=chunk, total_steps=2 * chunk, eval_every=chunk)
@@ -353,7 +386,7 @@ def bench_clearning(args) -> list[dict]:
                 {
                     "algorithm": "clearning",
                     "setting": (
-                        f"{task}: {num_envs} envs, {config.updates_per_step} gradient steps of batch "
+                        f"{config.env}: {num_envs} envs, {config.updates_per_step} gradient steps of batch "
                         f"{config.batch_size} per vector step, networks {config.hidden_sizes}"
                     ),
                     "num_seeds": num_seeds,
@@ -392,16 +425,11 @@ def bench_dreamer(args) -> list[dict]:
         for size in args.dreamer_sizes:
             # One update: `dreamer_env_steps` steps of one environment, an update every second step.
             steps = args.dreamer_env_steps
-            config = dataclasses.replace(
-                dreamer.Config(),
-                **dreamer.SIZES[size],
-                env=task,
-                train_ratio=512,
-                initial_steps=1024,
-                steps_per_update=steps,
-                total_steps=1024 + 2 * steps,
-                eval_every=steps,
+            fields = dict(
+                dreamer.SIZES[size], env=task, train_ratio=512, initial_steps=1024, steps_per_update=steps, eval_every=steps
             )
+            fields = overridden(fields, args)
+            config = dreamer.Config(**dict(fields, total_steps=fields["initial_steps"] + 2 * steps))
             trainer = dreamer.make_train(config)
             hparams = {k: jnp.float32(getattr(config, k)) for k in dreamer.Config.SWEEPABLE}
             shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), hparams)
@@ -413,8 +441,8 @@ def bench_dreamer(args) -> list[dict]:
                     {
                         "algorithm": "dreamer",
                         "setting": (
-                            f"{task}, {size} ({params / 1e6:.2f} M parameters): batch 16 x 64, train ratio 512, "
-                            f"1 env, horizon 15"
+                            f"{config.env}, {size} ({params / 1e6:.2f} M parameters): batch {config.batch_size} x "
+                            f"{config.sequence_length}, train ratio {config.train_ratio}, 1 env, horizon {config.horizon}"
                         ),
                         "num_seeds": num_seeds,
                         "env_steps_per_s": num_seeds * steps / seconds,
@@ -447,7 +475,7 @@ BENCHMARKS = {
 }
 
 
-def main() -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("algorithms", nargs="*", default=list(BENCHMARKS), help=f"any of {list(BENCHMARKS)}")
     parser.add_argument("--num-envs", default="1,16", type=lambda s: [int(x) for x in s.split(",")])
@@ -476,9 +504,26 @@ def main() -> int:
         help="Dreamer: seeds per size, e.g. tiny:1+8+32,12m:1 (default: --num-seeds for every size)",
     )
     parser.add_argument("--dreamer-env-steps", type=int, default=16, help="Dreamer: environment steps timed per call")
+    parser.add_argument(
+        "--peak-matmul", type=int, default=2048, help="PETS on a CPU: side of the matmul that measures the FP32 peak"
+    )
     parser.add_argument("--backend", default=None, help="Brax backend for the Brax tasks (default: the task's own)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        type=parse_override,
+        metavar="FIELD=VALUE",
+        help="set a config field of every program timed, on top of the benchmark's setting (repeatable; the value "
+        "as JSON, e.g. --override hidden_sizes=[32,32]); each row records its overrides",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
     unknown = [a for a in args.algorithms if a not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown algorithm(s) {unknown}; choose from {list(BENCHMARKS)}")
@@ -494,6 +539,9 @@ def main() -> int:
     for name in args.algorithms:
         bench, row_markdown = BENCHMARKS[name]
         rows = bench(args)
+        if args.override:
+            for row in rows:
+                row["overrides"] = dict(args.override)
         path = out / f"throughput-{name}-{info['platform']}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         print("\n".join(row_markdown(r, meta) for r in rows))

@@ -1124,7 +1124,8 @@ def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
         raise ConfigError(f"--resume {folder}: its config.json is damaged (not the JSON a run writes)") from None
     if other != algorithm:
         raise ConfigError(
-            f"--resume {folder}: that folder holds a {other} run; continue it with {other}.py --resume {folder}"
+            f"--resume {folder}: that folder holds a run of {other}; "
+            f"continue it with python algorithms/{other}.py --resume {folder}"
         )
     unknown = sorted(set(saved["config"]) - {f.name for f in dataclasses.fields(Config)})
     unknown += sorted(set(saved["run"]) - {f.name for f in dataclasses.fields(RunOptions)})
