@@ -213,9 +213,13 @@ def test_a_file_written_on_a_full_disk_keeps_its_old_content(tmp_path):
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["curve.png"]
 
 
-def test_a_full_disk_for_real(tmp_path, capsys):
+@pytest.mark.parametrize("checked_first", [True, False], ids=["space-checked", "orbax-meets-it"])
+def test_a_full_disk_for_real(tmp_path, capsys, monkeypatch, checked_first):
     """On a 1 MiB tmpfs (where this machine lets us mount one): the run stops with one line, keeps
-    a whole checkpoint, and leaves no half-written file."""
+    a whole checkpoint, and leaves no half-written file; both when the free space is checked before a
+    checkpoint and when orbax's writers meet the full disk themselves."""
+    if not checked_first:
+        monkeypatch.setattr(runner, "require_free_space", lambda folder, state_bytes: None)
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
@@ -226,6 +230,7 @@ def test_a_full_disk_for_real(tmp_path, capsys):
         filler = disk / "filler"
         filler.write_bytes(b"\0" * (1024 * 1024 - 160 * 1024))
         code = toy_main(["--run-dir", str(disk / "run"), "--total-steps", "20000", "--eval-every", "100"])
+        monkeypatch.undo()
         err = capsys.readouterr().err.strip()
         assert code == 1 and len(err.splitlines()) == 1 and "is full" in err, err
         run = disk / "run"

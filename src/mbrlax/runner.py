@@ -422,6 +422,34 @@ def disk_full(error: BaseException | None) -> bool:
     return False
 
 
+def require_free_space(folder: pathlib.Path, state_bytes: int) -> None:
+    """An OSError(ENOSPC) before a checkpoint is begun on a disk that cannot hold it: orbax's writer
+    threads meet a full disk with hundreds of lines of tracebacks before the error reaches the run."""
+    needed = int(state_bytes * 1.1) + 2**18  # the format's metadata and the metrics files besides
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{free / 2**20:.1f} MiB free, a checkpoint needs {needed / 2**20:.1f} MiB")
+
+
+@contextlib.contextmanager
+def quiet_background_errors():
+    """Keep orbax's writer threads from printing their tracebacks (a disk that fills during a save):
+    the error that matters reaches the run from `wait_until_finished` and is reported in one line."""
+    import logging
+    import threading
+
+    absl_logger = logging.getLogger("absl")
+    level, thread_hook, unraisable_hook = absl_logger.level, threading.excepthook, sys.unraisablehook
+    absl_logger.setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+        threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+
+
 class FolderLock:
     """An exclusive lock on a run folder for the run's life (`flock` on its `.lock` file), so a
     second process cannot write the same folder. A multi-host run's processes share their folder by
@@ -709,10 +737,12 @@ class Checkpoints:
     def save(self, update: int, state, meta: dict):
         ocp = self.ocp
         leaves = {str(i): x for i, x in enumerate(jax.tree_util.tree_leaves(state)) if x.size}
-        self.manager.save(
-            update, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
-        )
-        self.manager.wait_until_finished()
+        require_free_space(self.directory, sum(x.nbytes for x in leaves.values()))
+        with quiet_background_errors():
+            self.manager.save(
+                update, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
+            )
+            self.manager.wait_until_finished()
 
     def restore(self, update: int, like):
         ocp = self.ocp
@@ -755,6 +785,7 @@ class ProcessCheckpoints:
 
     def save(self, update: int, state, meta: dict):
         leaves = {f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
+        require_free_space(self.directory, sum(x.nbytes for x in leaves.values()))
         partial = self.directory / f"{update}.npz.partial"
         with open(partial, "wb") as file:  # a file object, so numpy keeps the name as given
             np.savez(file, meta=np.array(json.dumps(meta)), **leaves)
@@ -832,7 +863,9 @@ def stopped_by(error: BaseException, where: str, kept: str, run_dir: pathlib.Pat
     if isinstance(error, KeyboardInterrupt):
         return RunStopped(f"interrupted {where}; {kept}", exit_code=130)
     if disk_full(error):
-        return RunStopped(f"the disk holding {run_dir} is full ({where}); {kept}", exit_code=1)
+        detail = getattr(error, "strerror", None)
+        detail = f": {detail}" if detail and detail != os.strerror(errno.ENOSPC) else ""
+        return RunStopped(f"the disk holding {run_dir} is full ({where}{detail}); {kept}", exit_code=1)
     return None
 
 
