@@ -9,13 +9,12 @@ import dataclasses
 import errno
 import json
 import pathlib
-import shutil
 import subprocess
+import sys
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from mbrlax import runner
@@ -102,7 +101,7 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        ["python", "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
          "print('held', flush=True); time.sleep(60)", str(run / ".lock")],
         stdout=subprocess.PIPE,
         text=True,
@@ -283,5 +282,17 @@ def test_when_no_checkpoint_restores_each_is_named(tmp_path, capsys):
 def test_a_swept_value_gets_the_checks_of_a_single_value():
     with pytest.raises(ConfigError, match="--sweep lr=-1: lr is a learning rate and must be positive"):
         runner.expand_runs(ToyConfig(), runner.RunOptions(sweep=("lr=0.1,-1",)))
-    assert shutil.which("python")  # the lock test above starts one
-    assert np.isfinite(0.0)
+
+
+def test_a_run_folder_on_a_read_only_disk_is_refused_before_anything_runs(tmp_path, capsys):
+    disk = tmp_path / "readonly"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        assert toy_main(["--run-dir", str(disk / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot be written" in err
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
