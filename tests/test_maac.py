@@ -337,3 +337,14 @@ def test_maac_learns_pendulum():
     print(f"MAAC {returns.round(1)}")
     assert len(returns) == 3
     assert returns[-1] >= -250.0, returns
+
+
+def test_several_presets_apply_in_order_on_top_of_the_task():
+    both = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("sac-svg", "svg1"))
+    svg1 = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", "svg1")
+    sac_svg = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", "sac-svg")
+    assert both.env == "brax/hopper" and both.horizon == svg1.horizon  # the later preset wins
+    changed_only_by_sac_svg = {k for k in maac.VARIANTS["sac-svg"] if k not in maac.VARIANTS["svg1"]}
+    assert changed_only_by_sac_svg and all(getattr(both, k) == getattr(sac_svg, k) for k in changed_only_by_sac_svg)
+    with pytest.raises(ConfigError, match="'nope' is unknown"):
+        runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("svg1", "nope"))

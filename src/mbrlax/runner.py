@@ -51,9 +51,10 @@ from mbrlax.training import INT32_MAX, ConfigError, Trainer, split_keys
 class RunOptions:
     """Options of the run itself, common to every algorithm."""
 
-    preset: str | None = None
-    """Named settings to start from (default: the preset named like --env, if there is one); a preset
-    that names no task, a variant of the method, applies on top of the preset of --env."""
+    preset: tuple[str, ...] = ()
+    """Named settings to start from, applied in order (default: the preset named like --env, if there
+    is one); presets that name no task (variants of the method, model sizes) apply on top of the
+    preset of --env, e.g. `maac.py --env brax/hopper --preset sac-svg svg1`."""
     seed: int = 0
     """Seed of the first run; run i uses seed + i."""
     num_seeds: int = 1
@@ -1116,17 +1117,24 @@ def write_collected(rows: list[dict], every_run: list[dict], run_dir: pathlib.Pa
 # CLI
 
 
-def _preset_config(Config, presets: dict, env: str | None, preset: str | None):
-    if preset is not None and preset not in presets:
-        close = difflib.get_close_matches(preset, presets, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"--preset {preset!r} is unknown{hint}; presets are {', '.join(sorted(presets))}")
-    name = preset if preset is not None else env
-    overrides = dict(presets.get(name, {}))
-    if preset is not None and "env" not in overrides:
-        # A preset that names no task is a variant of the method (maac.py's svg1, say): it goes on
-        # top of the preset of the task it runs on.
-        overrides = {**presets.get(env or Config().env, {}), **overrides}
+def _preset_config(Config, presets: dict, env: str | None, preset: str | tuple[str, ...] | None):
+    """The Config of `env` with `preset` (one name or several, applied in order) on top. Presets
+    that name no task are variants of the method (maac.py's svg1, Dreamer's sizes): they go on top
+    of the preset of the task they run on; a preset that names a task starts from that task."""
+    names = [preset] if isinstance(preset, str) else list(preset or ())
+    for name in names:
+        if name not in presets:
+            close = difflib.get_close_matches(name, presets, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"--preset {name!r} is unknown{hint}; presets are {', '.join(sorted(presets))}")
+    if any("env" in presets[name] for name in names):
+        overrides = {}
+    elif names:
+        overrides = dict(presets.get(env or Config().env, {}))
+    else:
+        overrides = dict(presets.get(env, {})) if env else {}
+    for name in names:
+        overrides.update(presets[name])
     if env is not None:
         overrides["env"] = env
     return dataclasses.replace(Config(), **overrides)
@@ -1197,7 +1205,7 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--env")
-    pre.add_argument("--preset")
+    pre.add_argument("--preset", nargs="+")
     pre.add_argument("--resume")
     known, _ = pre.parse_known_args(argv)
     try:

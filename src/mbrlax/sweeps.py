@@ -30,12 +30,12 @@ def sweep(
     seeds: int = 1,
     *,
     seed: int = 0,
-    preset: str | None = None,
+    preset: str | tuple[str, ...] | None = None,
     **overrides,
 ) -> dict:
     """Run `algorithm` (a file of mbrlax.algorithms: "pets", "mbpo", "dreamer", ...) on `env` for
-    every combination of `grid` x `seeds` seeds, starting from the task's preset (or `preset`) with
-    `overrides` on top. Returns {"runs": [{field: value, ..., "seed": s}], "train": {metric:
+    every combination of `grid` x `seeds` seeds, starting from the task's preset (or `preset`: one
+    name, or several applied in order) with `overrides` on top. Returns {"runs": [{field: value, ..., "seed": s}], "train": {metric:
     [runs, updates]}, "eval": {metric: [runs, evaluations]}, "env_steps": [evaluations]}: every
     static combination's runs one after another. Raises ConfigError for a config that cannot run."""
     try:
