@@ -4,8 +4,11 @@
     python benchmarks/throughput.py pets --num-envs 1,16,256  # on a GPU
 
 Writes benchmarks/results/throughput-<algorithm>-<platform>.json and prints Markdown rows for
-benchmarks/RESULTS.md. Compile time is reported apart from run time. Each algorithm adds one
-function to BENCHMARKS that returns rows (dicts); the rest is shared.
+benchmarks/RESULTS.md. Compile time is reported apart from run time, in every row's `compile_s`,
+and as a line `compiled in N s` the moment a program is compiled (so a caller that stops a run at a
+time limit, as benchmarks/gpu_suite.py does, still learns it). `--override FIELD=VALUE` sets a config
+field of every program timed (gpu_suite's toy sizes for CI), and each row records its overrides.
+Each algorithm adds one function to BENCHMARKS that returns rows (dicts); the rest is shared.
 
 MBPO: environment steps per second of the whole loop (model refit, branched rollouts, real steps,
 G SAC updates per step) at the paper's HalfCheetah setting: 400 rollouts and 40 SAC updates per real
@@ -87,8 +90,12 @@ def fp32_peak(n: int = 2048) -> tuple[float, str]:
 
 
 def git_commit() -> str:
+    """The checkout's commit; MBRLAX_COMMIT where the tree travelled without its .git."""
+    import os
     import subprocess
 
+    if os.environ.get("MBRLAX_COMMIT"):
+        return os.environ["MBRLAX_COMMIT"]
     try:
         return (
             subprocess.run(
@@ -96,7 +103,7 @@ def git_commit() -> str:
             ).stdout.strip()
             or "unknown"
         )
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 
 
@@ -329,7 +336,8 @@ def model_period_markdown(r: dict, meta: dict) -> str:
 def bench_mbmpo(args) -> list[dict]:
     from mbrlax.algorithms import mbmpo
 
-    preset = overridden(dict(mbmpo.PRESETS["brax/halfcheetah"], meta_steps=args.meta_steps, backend=args.backend), args)
+    preset = dict(mbmpo.PRESETS["brax/halfcheetah"], meta_steps=args.meta_steps, backend=args.backend)
+    preset = overridden(preset, args)
     preset.update(total_steps=preset["initial_steps"] + preset["real_steps_per_iteration"])
     config = mbmpo.Config(**preset)
     trainer = mbmpo.make_train(config)
@@ -425,9 +433,8 @@ def bench_dreamer(args) -> list[dict]:
         for size in args.dreamer_sizes:
             # One update: `dreamer_env_steps` steps of one environment, an update every second step.
             steps = args.dreamer_env_steps
-            fields = dict(
-                dreamer.SIZES[size], env=task, train_ratio=512, initial_steps=1024, steps_per_update=steps, eval_every=steps
-            )
+            fields = dict(dreamer.SIZES[size], env=task, train_ratio=512, initial_steps=1024, eval_every=steps)
+            fields.update(steps_per_update=steps)
             fields = overridden(fields, args)
             config = dreamer.Config(**dict(fields, total_steps=fields["initial_steps"] + 2 * steps))
             trainer = dreamer.make_train(config)
@@ -441,8 +448,9 @@ def bench_dreamer(args) -> list[dict]:
                     {
                         "algorithm": "dreamer",
                         "setting": (
-                            f"{config.env}, {size} ({params / 1e6:.2f} M parameters): batch {config.batch_size} x "
-                            f"{config.sequence_length}, train ratio {config.train_ratio}, 1 env, horizon {config.horizon}"
+                            f"{config.env}, {size} ({params / 1e6:.2f} M parameters): batch {config.batch_size} "
+                            f"x {config.sequence_length}, train ratio {config.train_ratio}, 1 env, "
+                            f"horizon {config.horizon}"
                         ),
                         "num_seeds": num_seeds,
                         "env_steps_per_s": num_seeds * steps / seconds,
@@ -540,8 +548,10 @@ def main(argv=None) -> int:
         bench, row_markdown = BENCHMARKS[name]
         rows = bench(args)
         if args.override:
+            said = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in args.override)
             for row in rows:
                 row["overrides"] = dict(args.override)
+                row["setting"] += f" [overridden: {said}]"
         path = out / f"throughput-{name}-{info['platform']}.json"
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         print("\n".join(row_markdown(r, meta) for r in rows))
