@@ -575,6 +575,14 @@ def make_train(config: Config) -> Trainer:
             policy_net.apply, policy, paths, inner_lr, config.inner_estimator
         )
 
+    # Jitted so that its three calls in an update are traced once, not three times: lowering the
+    # paper HalfCheetah update went from 5.4 to 4.5 s (CPU seconds, a shared 2-core CPU), most of it
+    # tracing Brax's reset of M x N environments. XLA inlines the calls again: the same program.
+    @jax.jit
+    def start_states(start_key):
+        """Initial observations [M, N, O] of every task's imagined trajectories."""
+        return start_env.reset(start_key).obs.reshape(M, N, -1)
+
     def imagine_tasks(policy, model, keys, hparams, one_per_task=False):
         """Every task's paths [M, T, N, ...] through its own model, with advantages: under `policy`, or
         with `one_per_task` under policy[i] for task i. `keys` [M + 1]: one per task, then the key of
@@ -584,7 +592,7 @@ def make_train(config: Config) -> Trainer:
             return with_advantages(imagine(params, model, member, start, key), hparams)
 
         task_keys, start_key = keys[:M], keys[M]
-        starts = start_env.reset(start_key).obs.reshape(M, N, -1)
+        starts = start_states(start_key)
         return jax.vmap(run, in_axes=(0 if one_per_task else None, 0, 0, 0))(policy, task_model, starts, task_keys)
 
     def imagine_and_adapt(policy, model, keys, hparams):
@@ -741,9 +749,16 @@ def make_train(config: Config) -> Trainer:
             mean, _ = policy_net.apply(state.policy, obs)
             return to_env_action(mean), carry
 
-        length = spec.episode_length
-        adapted_returns = evaluate_episodes(eval_env, episodes_key, config.eval_episodes, length, adapted_mean)
-        pre_returns = evaluate_episodes(eval_env, episodes_key, config.eval_episodes, length, pre_update_mean)
+        def episodes(adapted):
+            """The adapted policies' episodes, or theta's, from the same initial states. One loop over
+            the two runs both, so the task's step is traced and optimised once, not twice: for the
+            paper HalfCheetah, lowering 5.0 -> 3.7 s and XLA's HLO passes 5.2 -> 3.3 s (CPU seconds,
+            a shared 2-core CPU)."""
+            act = lambda *args: jax.lax.cond(adapted, adapted_mean, pre_update_mean, *args)  # noqa: E731
+            return evaluate_episodes(eval_env, episodes_key, config.eval_episodes, spec.episode_length, act)
+
+        both = jax.lax.map(episodes, jnp.array([True, False]))
+        adapted_returns, pre_returns = (jax.tree_util.tree_map(lambda x, i=i: x[i], both) for i in (0, 1))
         return dict(
             adapted_returns, eval_return_pre_update=pre_returns["eval_return"], eval_imagined_adaptation_gain=gain
         )
