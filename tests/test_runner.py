@@ -123,7 +123,8 @@ def test_the_fused_mode_stops_on_nan_with_the_quantity_named(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "stopped at environment step 400: loss became NaN or infinite" in err
     assert not (run / "summary.json").exists()
-    rows = [json.loads(line, parse_constant=float.__call__) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=lambda constant: pytest.fail(f"{constant} in metrics.jsonl")) for line in lines]
     assert [r["update"] for r in rows] == [1, 2, 3]  # the rows before the NaN, none after
     # The chunked mode stops at the same place.
     assert toy_main(["--run-dir", str(tmp_path / "chunked"), "--nan-at", "4"]) == 1

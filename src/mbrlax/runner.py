@@ -461,7 +461,11 @@ class FolderLock:
         self.file = open(folder / ".lock", "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # A file system without locks (some network mounts): run unlocked, and say so.
+                print(f"note: {folder} cannot be locked ({error.strerror}); run one process per folder", file=sys.stderr)
+                return
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
             self.file.close()
@@ -474,7 +478,8 @@ class FolderLock:
         self.file.flush()
 
     def release(self) -> None:
-        self.file.close()
+        if not self.file.closed:
+            self.file.close()
 
 
 def holds_a_run(folder: pathlib.Path) -> bool:
@@ -484,6 +489,13 @@ def holds_a_run(folder: pathlib.Path) -> bool:
 
 def check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
     """Refuse, before anything is built or written, a folder that cannot be this run's."""
+    try:
+        _check_run_dir(run_dir, resume)
+    except OSError as error:  # a folder this user may not even look into
+        raise ConfigError(f"--run-dir {run_dir}: {error.strerror or error}") from None
+
+
+def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file, not a folder")
     if not resume and holds_a_run(run_dir):
@@ -1042,7 +1054,7 @@ def execute_fused(
         compile_s = time.perf_counter() - start
         state, metrics = jax.block_until_ready(compiled(keys, hparams))
     except KeyboardInterrupt:
-        raise RunStopped("interrupted; the fused mode keeps no checkpoint, so a new run starts again", 130) from None
+        raise RunStopped("interrupted; the fused mode keeps no checkpoint: run it again with a fresh --run-dir", 130) from None
     state_finite = bool(jax.jit(all_finite)(state))
     del state
     log = MetricsLog(run_dir, "none", {}, [])
@@ -1315,6 +1327,8 @@ def _run(algorithm: str, config, options: RunOptions, programs: list, every_run:
         flush=True,
     )
     resume_command = f"continue with: python algorithms/{algorithm}.py --resume {run_dir}"
+    if options.fused:
+        resume_command = "the fused mode keeps no checkpoint: run it again with a fresh --run-dir"
     try:
         # In a multi-host run each process keeps its own share (checkpoints included) in a folder of
         # its own, and process 0 gathers every run into the run folder.
