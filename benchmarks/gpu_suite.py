@@ -87,6 +87,10 @@ class Row:
     """Expected share of the work, for the time limits."""
     reference: str = ""
     """Learning mode: the paper's figure and where it comes from."""
+    min_s: float = 0.0
+    """On a GPU, the least time worth giving the row: its compile time as measured on an H200 at
+    9631cf8 (issue 17's table) and a margin to start and run; a row that cannot get it is not
+    started, rather than killed before it reports anything."""
 
 
 def throughput(*args: str) -> tuple[str, ...]:
@@ -137,23 +141,23 @@ THROUGHPUT = [
         throughput("pets", "--num-envs", "8", *PETS_TINY), "fraction_of_fp32_peak", "% of FP32 peak", 1.5),
     Row("mbpo-1seed", "MBPO, paper HalfCheetah (G = 40, 400 rollouts a step), model period 250, 1 seed",
         throughput("mbpo", "--num-seeds", "1", "--period", "250", "--repeats", "1"),
-        throughput("mbpo", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5),
+        throughput("mbpo", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5, min_s=150),
     Row("mbpo-8seeds", "MBPO, paper HalfCheetah, model period 250, 8 seeds vmapped",
         throughput("mbpo", "--num-seeds", "8", "--period", "250", "--repeats", "1"),
-        throughput("mbpo", "--num-seeds", "2", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5),
+        throughput("mbpo", "--num-seeds", "2", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5, min_s=170),
     Row("clearning-ant-256envs", "C-learning, brax/ant_goal, 256 envs, 1 seed",
         throughput("clearning", "--goal-tasks", "brax/ant_goal", "--num-seeds", "1", "--repeats", "2"),
-        throughput("clearning", "--num-seeds", "1", *CLEARNING_TINY), "env_steps_per_minute", "env steps/min"),
+        throughput("clearning", "--num-seeds", "1", *CLEARNING_TINY), "env_steps_per_minute", "env steps/min", min_s=60),
     Row("dreamer-12m-pixels-1seed", "Dreamer 12m from 64 x 64 pixels (pendulum_pixels), 1 seed",
         throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--dreamer-sizes", "12m", "--num-seeds", "1",
                    "--repeats", "2"),
         throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--num-seeds", "1", *DREAMER_TINY),
-        "replayed_per_s", "replayed steps/s", 1.5),
+        "replayed_per_s", "replayed steps/s", 1.5, min_s=75),
     Row("dreamer-12m-pixels-8seeds", "Dreamer 12m from pixels, 8 seeds vmapped",
         throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--dreamer-sizes", "12m", "--num-seeds", "8",
                    "--repeats", "1"),
         throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--num-seeds", "2", *DREAMER_TINY),
-        "replayed_per_s", "replayed steps/s", 1.5),
+        "replayed_per_s", "replayed steps/s", 1.5, min_s=105),
     Row("dreamer-small-state-1seed", "Dreamer small from state (pendulum), 1 seed",
         throughput("dreamer", "--dreamer-tasks", "pendulum", "--dreamer-sizes", "small", "--num-seeds", "1",
                    "--repeats", "2"),
@@ -166,7 +170,7 @@ THROUGHPUT = [
         "replayed_per_s", "replayed steps/s"),
     Row("mbmpo-iteration", "MB-MPO, one paper HalfCheetah iteration (30 TRPO meta-steps), 1 seed",
         throughput("mbmpo", "--num-seeds", "1", "--meta-steps", "30", "--repeats", "1"),
-        throughput("mbmpo", "--num-seeds", "1", *MBMPO_TINY), "seconds_per_iteration", "s per iteration", 1.5),
+        throughput("mbmpo", "--num-seeds", "1", *MBMPO_TINY), "seconds_per_iteration", "s per iteration", 1.5, min_s=95),
     Row("clearning-maze-1run", "C-learning, open point maze (32 envs), 1 run",
         throughput("clearning", "--goal-tasks", "point_maze_open", "--num-seeds", "1", "--repeats", "2"),
         throughput("clearning", "--num-seeds", "1", *CLEARNING_TINY), "env_steps_per_s", "env steps/s", 0.75),
@@ -175,10 +179,10 @@ THROUGHPUT = [
         throughput("clearning", "--num-seeds", "4", *CLEARNING_TINY), "env_steps_per_s", "env steps/s"),
     Row("maac-1seed", "MAAC, authors' HalfCheetah (H = 3, G = 8), model period 250, 1 seed",
         throughput("maac", "--num-seeds", "1", "--period", "250", "--repeats", "1"),
-        throughput("maac", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5),
+        throughput("maac", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5, min_s=150),
     Row("maac-8seeds", "MAAC, authors' HalfCheetah, model period 250, 8 seeds vmapped",
         throughput("maac", "--num-seeds", "8", "--period", "250", "--repeats", "1"),
-        throughput("maac", "--num-seeds", "2", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5),
+        throughput("maac", "--num-seeds", "2", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5, min_s=170),
 ]  # fmt: skip
 
 
@@ -234,14 +238,20 @@ TINY_LIMITS = Limits(floor=2.0, margin=0.5, probe=20.0)
 LEARNING_LIMITS = Limits(floor=60.0, margin=25.0, slack=math.inf)
 
 
-def row_limit(left: float, weight: float, weight_left: float, limits: Limits) -> float | None:
-    """Seconds row i may run, from what is left of the budget; None: too little left to start it."""
+def row_limit(left: float, weight: float, weight_left: float, limits: Limits, min_s: float = 0.0) -> float | None:
+    """Seconds row i may run, from what is left of the budget; None: too little left to start it
+    (less than the floor, or than the row's own `min_s`)."""
     usable = left - limits.margin
-    if usable < limits.floor:
+    if usable < max(limits.floor, min_s):
         return None
     if math.isinf(limits.slack):
         return usable
-    return min(usable, max(limits.floor, limits.slack * left * weight / weight_left))
+    return min(usable, max(limits.floor, min_s, limits.slack * left * weight / weight_left))
+
+
+def min_time(row: Row, limits: Limits) -> float:
+    """A row's least worthwhile time on a GPU; nothing at toy sizes."""
+    return row.min_s if limits is GPU_LIMITS else 0.0
 
 
 # RUNNING A ROW
@@ -481,7 +491,7 @@ def plan(rows: list[Row], budget: float, limits: Limits, jobs: int) -> list[floa
     roughly: each row is taken to use 1/jobs of the time it holds)."""
     left, out = budget, []
     for i, row in enumerate(rows):
-        limit = row_limit(left, row.weight, sum(r.weight for r in rows[i:]) / jobs, limits)
+        limit = row_limit(left, row.weight, sum(r.weight for r in rows[i:]) / jobs, limits, min_time(row, limits))
         out.append(limit)
         left -= (limit or 0.0) / jobs
     return out
@@ -624,7 +634,7 @@ def main(argv=None) -> int:
                 left = deadline - time.monotonic()
                 weight_left = row.weight + sum(r.weight for _, r in pending)
                 # With several rows at a time, each slot has the whole of what is left.
-                limit = row_limit(left, row.weight, weight_left / jobs, limits)
+                limit = row_limit(left, row.weight, weight_left / jobs, limits, min_time(row, limits))
                 argv_row = command_line(row, args, out)
                 entry = {
                     "name": row.name,

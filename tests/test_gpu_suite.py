@@ -101,3 +101,12 @@ def test_row_limits_follow_the_budget_left():
     plan = gpu_suite.plan(gpu_suite.THROUGHPUT, 540, limits, 1)
     assert sum(p for p in plan if p) <= 540
     assert plan[0] is not None and plan[-1] is None  # the lowest priority goes first when time is short
+
+
+def test_a_gpu_row_is_not_started_with_less_than_its_compile_needs():
+    limits = gpu_suite.GPU_LIMITS
+    # Its fair share would be 2 * 540 / 18 = 60 s, below MBPO's 150: it gets 150.
+    assert gpu_suite.row_limit(540, 1.0, 18.0, limits, min_s=150) == pytest.approx(150)
+    assert gpu_suite.row_limit(120, 1.0, 1.0, limits, min_s=150) is None  # not worth starting
+    mbpo = next(r for r in gpu_suite.THROUGHPUT if r.name == "mbpo-1seed")
+    assert gpu_suite.min_time(mbpo, limits) >= 116 and gpu_suite.min_time(mbpo, gpu_suite.TINY_LIMITS) == 0
