@@ -1300,7 +1300,23 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
             indent=2,
         )
         lock_dir = run_dir / f"process-{jax.process_index()}" if hosts and jax.process_index() > 0 else run_dir
-        lock = make_run_dir(run_dir, lock_dir, resume=bool(options.resume), multi_host=hosts, config_json=config_json)
+        lock, lock_error = None, None
+        try:
+            lock = make_run_dir(run_dir, lock_dir, resume=bool(options.resume), multi_host=hosts, config_json=config_json)
+        except ConfigError as error:
+            lock_error = error
+        if hosts:
+            # A process that could not take its part of the folder stops them all, now: the others
+            # would otherwise train and then wait for it forever.
+            from jax.experimental import multihost_utils
+
+            failed = np.asarray(multihost_utils.process_allgather(np.int32(lock_error is not None))).ravel()
+            if failed.any() and lock_error is None:
+                lock.release()
+                others = ", ".join(str(i) for i in np.flatnonzero(failed))
+                lock_error = ConfigError(f"process(es) {others} could not take their part of {run_dir}; see their output")
+        if lock_error is not None:
+            raise lock_error
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -1336,7 +1352,7 @@ def _run(algorithm: str, config, options: RunOptions, programs: list, every_run:
         failure = None
         try:
             rows, summary = run_programs(programs, type(config).SWEEPABLE, local_dir, options, title)
-        except (NonFiniteError, ConfigError, RunStopped) as error:
+        except BaseException as error:  # every process must reach the gathering below, whatever stopped it
             failure = error
         if hosts:
             # Every process learns whether any failed before the gathering, which would wait forever
