@@ -9,6 +9,6 @@ with contextlib.redirect_stdout(io.StringIO()):
     import brax.envs  # noqa: F401
 
 from . import wrappers  # noqa: E402
-from .registry import EnvSpec, list_envs, make, restart_or_step  # noqa: E402
+from .registry import EnvSpec, list_envs, make, restart_or_step, wrap  # noqa: E402
 
-__all__ = ["EnvSpec", "list_envs", "make", "restart_or_step", "wrappers"]
+__all__ = ["EnvSpec", "list_envs", "make", "restart_or_step", "wrap", "wrappers"]

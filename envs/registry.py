@@ -320,6 +320,24 @@ def make(
     else:
         env, spec = _REGISTRY[name](**task_options)
 
+    return wrap(
+        env, spec, episode_length=episode_length, action_repeat=action_repeat, num_envs=num_envs, auto_reset=auto_reset
+    )
+
+
+def wrap(
+    env,
+    spec: EnvSpec,
+    *,
+    episode_length: int | None = None,
+    action_repeat: int = 1,
+    num_envs: int | None = None,
+    auto_reset: bool = False,
+):
+    """The standard wrappers around a task on Brax's protocol, as `make` puts them around a registered
+    one: Batch(AutoReset(ActionRepeat(TimeLimit(env)))), each layer only when asked for, with the
+    spec's episode length and reward function updated to match. A user's own environment and its
+    `EnvSpec` go through here (`make_train(config, env=(env, spec))`)."""
     length = episode_length or spec.episode_length
     env = TimeLimit(env, length)
     if action_repeat > 1:

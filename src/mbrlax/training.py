@@ -23,10 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from mbrlax import envs
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; raised before anything compiles. The CLI exits with 2."""
+from mbrlax.config import INT32_MAX, ConfigError, RunConfig, check_fields, is_learning_rate, setting  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,43 +103,6 @@ def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, eval_key
 
 
-INT32_MAX = 2**31 - 1
-"""The largest count a compiled program holds: steps, capacities and sizes are int32 inside it."""
-
-
-def is_learning_rate(name: str) -> bool:
-    return name == "lr" or name.endswith("_lr")
-
-
-def check_fields(config) -> None:
-    """The checks every Config's fields get from their types alone, before its own `validate`: a
-    number is finite; a count or size is not negative and fits in int32; a hidden layer has at least
-    one unit; a learning rate is positive (or, for a field the Config lists in `MAY_BE_ZERO`, such as
-    MB-MPO's inner_lr, whose 0 is an ablation, not negative). A ConfigError names the first field
-    that fails."""
-    may_be_zero = getattr(type(config), "MAY_BE_ZERO", ())
-    for field in dataclasses.fields(config):
-        name, value = field.name, getattr(config, field.name)
-        for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
-                continue
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(f"{name} must be a finite number, got {item}")
-            if isinstance(item, int) and item < 0:
-                raise ConfigError(f"{name} must not be negative, got {item}")
-            if isinstance(item, int) and item > INT32_MAX:
-                raise ConfigError(
-                    f"{name} ({item:,}) is more than 2**31 - 1, the largest count a compiled program holds"
-                )
-            if name.endswith("hidden_sizes") and item < 1:
-                raise ConfigError(f"{name} must be positive layer widths, got {value}")
-        if is_learning_rate(name) and isinstance(value, (int, float)):
-            if name in may_be_zero and value < 0:
-                raise ConfigError(f"{name} must be 0 (no adaptation) or positive, got {value}")
-            if name not in may_be_zero and value <= 0:
-                raise ConfigError(f"{name} is a learning rate and must be positive, got {value}")
-
-
 def require_positive(config, names) -> None:
     """A ConfigError naming the first of `names` whose value in `config` is not positive."""
     for name in names:
@@ -187,6 +147,53 @@ def make_env(config, **kwargs):
         action_repeat=getattr(config, "action_repeat", 1),
         **options,
         **kwargs,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The task of a run: its training and evaluation environments, its spec and action bounds."""
+
+    env: Any
+    """`config.num_envs` copies, batched (resetting themselves if `setup` was asked to)."""
+    eval_env: Any
+    """`config.eval_episodes` copies, batched, without automatic reset."""
+    spec: envs.EnvSpec
+    low: jax.Array
+    high: jax.Array
+    copies: Callable[..., Any]
+    """`copies(num_envs, auto_reset=False)`: more copies of the same task (MB-MPO's start states)."""
+
+
+def setup(config, env=None, *, auto_reset: bool = True, algorithm: str | None = None) -> Setup:
+    """The environments a run needs. `env`: None for the task `config.env` names, or a user's own
+    `(environment, EnvSpec)` on Brax's protocol (one unbatched copy), wrapped as registered tasks
+    are. `algorithm`, where given, is the name an error calls it by, and requires continuous actions
+    and vector observations, as every algorithm but Dreamer does. An unknown task or option is a
+    ConfigError."""
+
+    def copies(num_envs: int, auto_reset: bool = False):
+        if env is None:
+            return make_env(config, num_envs=num_envs, auto_reset=auto_reset)
+        task, spec = env
+        return envs.wrap(
+            task,
+            spec,
+            episode_length=config.episode_length,
+            action_repeat=config.action_repeat,
+            num_envs=num_envs,
+            auto_reset=auto_reset,
+        )
+
+    try:
+        train_env, spec = copies(config.num_envs, auto_reset)
+        eval_env, _ = copies(config.eval_episodes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if algorithm is not None:
+        require_continuous_vector_task(spec, algorithm)
+    return Setup(
+        train_env, eval_env, spec, jnp.asarray(spec.action_low), jnp.asarray(spec.action_high), copies
     )
 
 
