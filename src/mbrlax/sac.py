@@ -42,7 +42,7 @@ import optax
 from flax import struct
 
 from mbrlax.networks import GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
-from mbrlax.training import adam
+from mbrlax.training import adam, gradient_update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,9 +167,7 @@ def update(
         q = critic.apply(params, batch["obs"], batch["action"])
         return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
 
-    (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic)
-    updates, critic_opt = clipped_adam.update(grads, state.critic_opt)
-    critic_params = optax.apply_updates(state.critic, updates)
+    critic_params, critic_opt, q_loss, q = gradient_update(critic_loss, state.critic, state.critic_opt, clipped_adam)
 
     # ACTOR: SAC's objective (min-twin Q of a reparameterised action, minus alpha log pi) or the one
     # given, against the critics before their step ("simultaneous") or after it ("sequential").
@@ -178,9 +176,7 @@ def update(
     def actor_loss(params):
         return actor_objective(params, actor_critic, alpha, batch["obs"], actor_key)
 
-    (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor)
-    updates, actor_opt = clipped_adam.update(grads, state.actor_opt)
-    actor_params = optax.apply_updates(state.actor, updates)
+    actor_params, actor_opt, pi_loss, log_prob = gradient_update(actor_loss, state.actor, state.actor_opt, clipped_adam)
 
     # TEMPERATURE: move the policy's entropy towards the target.
     entropy_gap = jax.lax.stop_gradient(log_prob + hp["target_entropy"]).mean()

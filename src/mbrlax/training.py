@@ -128,6 +128,14 @@ def adam(learning_rate, max_grad_norm: float | None = None) -> optax.GradientTra
     return optax.chain(*clip, optax.scale_by_adam(), optax.scale(-learning_rate))
 
 
+def gradient_update(loss_fn: Callable, params, opt_state, optimizer: optax.GradientTransformation, *args):
+    """One step of `optimizer` down `loss_fn(params, *args) -> (loss, aux)`: loss, gradient, (clip,)
+    update, the four lines every learner repeats. Returns (params, opt_state, loss, aux)."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux
+
+
 # SHARED PIECES OF THE ENVIRONMENT LOOP
 
 
