@@ -283,6 +283,7 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
         reward_fn,
         termination_fn,
         discrete=discrete,
+        steps_on_host=True,
         notes=f"gymnasium's {env_id}{' with ' + str(make_kwargs) if make_kwargs else ''}, stepping on the host. {notes}",
     )
     return env, spec

@@ -45,6 +45,9 @@ class EnvSpec:
     image_shape: tuple[int, int, int] | None = None
     """Image tasks: obs is a uint8 image of this (height, width, channels) shape, and
     `observation_size` its number of elements (None: obs is a float vector)."""
+    steps_on_host: bool = False
+    """The task steps in Python on the host (gym/): it cannot be vmapped over runs, and no checkpoint
+    holds its simulators' state, so a resumed run starts new episodes (`Trainer.fresh_episodes`)."""
 
     @property
     def reward_learned(self) -> bool:

@@ -73,6 +73,12 @@ class Trainer:
     evaluate: Callable[[Any, jax.Array, dict], dict]
     """(state, key, hparams) -> metrics with at least "eval_return"; must not change the state."""
     schedule: Schedule
+    spec: Any = None
+    """The task's `EnvSpec`, for what the runner must know of it (a task that steps on the host)."""
+    fresh_episodes: Callable[[Any, Any], Any] | None = None
+    """(restored, fresh) -> state: a run resumed with new host simulators (whose state no checkpoint
+    holds) takes the environments of `fresh`, a state `init` just made, and starts new episodes,
+    keeping all it learned; see `restart_episodes`. None: the restored state is used as it is."""
 
     def __call__(self, key: jax.Array, hparams: dict) -> tuple[Any, dict]:
         """The fused run: init, then evaluation periods of updates, all in one `lax.scan`."""
@@ -95,6 +101,20 @@ class Trainer:
         # Train metrics per update, [num_updates]; eval metrics per evaluation, [num_evals].
         train_metrics = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), train_metrics)
         return state, {"train": train_metrics, "eval": eval_metrics}
+
+
+def restart_episodes(*fields: str, episode_counter: str | None = None):
+    """A `Trainer.fresh_episodes` that takes `fields` (the environment state and whatever else an
+    episode starts afresh: a return so far, a recurrent memory, first-step flags) from the fresh
+    state, and adds one to the `episode_counter` field, where given, so new episodes get new ids."""
+
+    def fresh_episodes(restored, fresh):
+        values = {name: getattr(fresh, name) for name in fields}
+        if episode_counter is not None:
+            values[episode_counter] = getattr(restored, episode_counter) + 1
+        return restored._replace(**values)
+
+    return fresh_episodes
 
 
 def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
