@@ -58,29 +58,31 @@ JaxGCRL's Ant (their figure: 0.64 success after 10 M steps), its task, scale and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mbrlax import buffer as replay
 from mbrlax import envs, runner
+from mbrlax.config import RunConfig, setting
 from mbrlax.networks import MLP, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
 from mbrlax.training import (
     ConfigError,
     Trainer,
     adam,
-    check_fields,
     evaluate_episodes,
     explore_uniformly,
-    make_env,
+    gradient_update,
     make_schedule,
-    require_continuous_vector_task,
-    require_positive,
+    restart_episodes,
     scale_action,
+    setup,
     track_returns,
     transition,
     transition_example,
@@ -88,20 +90,9 @@ from mbrlax.training import (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """C-learning settings. Traced (sweepable) fields: lr, tau, discount, mc_weight,
-    logsumexp_penalty, target_entropy_per_dim."""
+class Config(RunConfig):
+    """C-learning settings; the run fields (task, budget, environments, evaluation) are RunConfig's."""
 
-    SWEEPABLE: ClassVar[tuple[str, ...]] = (
-        "lr",
-        "tau",
-        "discount",
-        "mc_weight",
-        "logsumexp_penalty",
-        "target_entropy_per_dim",
-    )
-
-    # Run
     env: str = "point_maze_open"
     """Goal task (see `mbrlax.envs.list_envs()`: point_maze_open, point_maze_u, brax/reacher_goal, brax/ant_goal,
     brax/ant_goal_jaxgcrl)."""
@@ -109,88 +100,66 @@ class Config:
     """Environment steps in all, over all parallel environments, random exploration included."""
     num_envs: int = 32
     """Parallel environments."""
-    episode_length: int | None = None
-    """Steps per episode (default: the task's own)."""
-    backend: str | None = None
-    """Brax physics backend for brax/* tasks (default: the task's own)."""
-    initial_steps: int = 3200
+    initial_steps: int = setting(3200, positive=True)
     """Uniformly random steps before learning starts (the paper: 10,000)."""
-    steps_per_update: int = 1600
-    """Environment steps per jitted update of the training program (progress and logging granularity)."""
     eval_every: int = 9600
     """Environment steps between evaluations."""
     eval_episodes: int = 50
     """Evaluation episodes of the deterministic policy, run in parallel."""
-    # C-learning
-    estimator: Literal["td", "mc", "hybrid", "contrastive"] = "td"
-    """How the classifier learns: TD (recursive), MC (future states), their mix, or contrastive (NCE)."""
-    mc_weight: float = 0.5
-    """hybrid: weight of the MC loss; the TD loss gets the rest."""
-    log_actor_objective: bool = False
-    """td, mc, hybrid: the actor maximises log C instead of C."""
-    contrastive_loss: Literal["nce", "infonce", "infonce_backward"] = "nce"
-    """contrastive: sigmoid cross-entropy against the identity (nce), softmax cross-entropy over each
-    row's goals (infonce, JaxGCRL's default "fwd_infonce") or over each column's state-actions
-    (infonce_backward, JaxGCRL's "bwd_infonce")."""
-    energy: Literal["dot", "distance"] = "dot"
-    """contrastive: the logit of (s, a, g): phi . psi (dot) or -||phi - psi|| (distance, JaxGCRL's "norm")."""
-    logsumexp_penalty: float = 0.0
-    """contrastive: weight of mean(logsumexp over each row's logits)^2 in the critic loss (JaxGCRL: 0.1)."""
-    entropy_coefficient: float | None = None
-    """contrastive: a fixed alpha of the actor's alpha * log pi term; None learns alpha."""
-    target_entropy_per_dim: float = 0.0
-    """contrastive: the entropy alpha steers the actor to, per action dimension (contrastive_rl 0, JaxGCRL -0.5)."""
-    updates_per_step: int = 4
+    # Learning
+    steps_per_update: int = setting(1600, positive=True)
+    """Environment steps per jitted update of the training program (progress and logging granularity)."""
+    updates_per_step: int = setting(4, positive=True)
     """Gradient steps per vector step of all environments."""
-    batch_size: int = 256
+    batch_size: int = setting(256, positive=True)
     """Transitions per gradient step."""
     hidden_sizes: tuple[int, ...] = (128, 128)
     """Hidden widths of actor and critics (the paper: 256, 256)."""
-    repr_size: int = 64
-    """contrastive: size of the phi and psi representations (64 in contrastive_rl and JaxGCRL)."""
-    lr: float = 3e-4
+    lr: float = setting(3e-4, sweepable=True)
     """Adam learning rate of actor and critic."""
-    tau: float = 5e-3
+    tau: float = setting(5e-3, sweepable=True, within="(0, 1]")
     """Polyak rate of the target classifiers."""
-    discount: float = 0.99
+    discount: float = setting(0.99, sweepable=True, within="(0, 1)")
     """gamma: the horizon of the future the classifier predicts."""
     buffer_capacity: int | None = None
     """Steps of each environment kept (default: all of the run's)."""
+    # C-learning
+    estimator: Literal["td", "mc", "hybrid", "contrastive"] = setting(
+        "td", choices=("td", "mc", "hybrid", "contrastive")
+    )
+    """How the classifier learns: TD (recursive), MC (future states), their mix, or contrastive (NCE)."""
+    mc_weight: float = setting(0.5, sweepable=True, within="[0, 1]")
+    """hybrid: weight of the MC loss; the TD loss gets the rest."""
+    log_actor_objective: bool = False
+    """td, mc, hybrid: the actor maximises log C instead of C."""
+    # Contrastive RL
+    contrastive_loss: Literal["nce", "infonce", "infonce_backward"] = setting(
+        "nce", choices=("nce", "infonce", "infonce_backward")
+    )
+    """contrastive: sigmoid cross-entropy against the identity (nce), softmax cross-entropy over each
+    row's goals (infonce, JaxGCRL's default "fwd_infonce") or over each column's state-actions
+    (infonce_backward, JaxGCRL's "bwd_infonce")."""
+    energy: Literal["dot", "distance"] = setting("dot", choices=("dot", "distance"))
+    """contrastive: the logit of (s, a, g): phi . psi (dot) or -||phi - psi|| (distance, JaxGCRL's "norm")."""
+    logsumexp_penalty: float = setting(0.0, sweepable=True, within="[0, inf)")
+    """contrastive: weight of mean(logsumexp over each row's logits)^2 in the critic loss (JaxGCRL: 0.1)."""
+    entropy_coefficient: float | None = setting(None, within="[0, inf)")
+    """contrastive: a fixed alpha of the actor's alpha * log pi term; None learns alpha."""
+    target_entropy_per_dim: float = setting(0.0, sweepable=True)
+    """contrastive: the entropy alpha steers the actor to, per action dimension (contrastive_rl 0, JaxGCRL -0.5)."""
+    repr_size: int = setting(64, positive=True)
+    """contrastive: size of the phi and psi representations (64 in contrastive_rl and JaxGCRL)."""
 
     def validate(self) -> None:
-        check_fields(self)
-        require_positive(
-            self,
-            (
-                "total_steps",
-                "num_envs",
-                "initial_steps",
-                "steps_per_update",
-                "eval_every",
-                "eval_episodes",
-                "updates_per_step",
-                "batch_size",
-                "repr_size",
-            ),
-        )
+        super().validate()
         for name in ("initial_steps", "steps_per_update"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if not 0.0 < self.discount < 1.0:
-            raise ConfigError(f"discount must be in (0, 1), got {self.discount}")
-        if not 0.0 <= self.mc_weight <= 1.0:
-            raise ConfigError(f"mc_weight must be in [0, 1], got {self.mc_weight}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
-        if self.entropy_coefficient is not None and self.entropy_coefficient < 0:
-            raise ConfigError(f"entropy_coefficient must be >= 0 or None, got {self.entropy_coefficient}")
-        if self.logsumexp_penalty < 0:
-            raise ConfigError(f"logsumexp_penalty must be >= 0, got {self.logsumexp_penalty}")
         if self.batch_size % 2:
             raise ConfigError(f"batch_size must be even (half positives, half negatives), got {self.batch_size}")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+TASKS: dict[str, dict[str, Any]] = {
     "point_maze_open": dict(env="point_maze_open"),
     "point_maze_u": dict(env="point_maze_u", total_steps=200_000, eval_every=19_200),
     "brax/reacher_goal": dict(
@@ -229,6 +198,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         updates_per_step=32,
         buffer_capacity=10_000,
     ),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
     # The method of JaxGCRL's CRL (jaxgcrl/agents/crl/crl.py defaults, losses.py): forward InfoNCE,
     # energy -||phi - psi||, logsumexp^2 penalty 0.1, target entropy -0.5 |A|. Its scripts/train.sh
     # runs the backward InfoNCE instead (--contrastive-loss infonce_backward).
@@ -239,7 +210,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         logsumexp_penalty=0.1,
         target_entropy_per_dim=-0.5,
     ),
+    # End to end in seconds (tests, smoke runs): 960 steps, two evaluations.
+    "tiny": dict(
+        total_steps=960,
+        num_envs=8,
+        initial_steps=320,
+        steps_per_update=160,
+        eval_every=320,
+        eval_episodes=4,
+        updates_per_step=1,
+        batch_size=32,
+        hidden_sizes=(16, 16),
+        repr_size=8,
+    ),
 }
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 class CState(NamedTuple):
@@ -271,6 +256,79 @@ class ContrastiveCritic(nn.Module):
         phi = MLP(self.hidden_sizes, self.repr_size, "relu")(jnp.concatenate([state, action], -1))
         psi = MLP(self.hidden_sizes, self.repr_size, "relu")(goal)
         return phi, psi
+
+
+class Networks(NamedTuple):
+    """The actor pi(a | s, g), g read from s, and the classifier: twin C(s, a, g) or the contrastive phi, psi."""
+
+    actor: GaussianHead
+    critic: TwinQ | ContrastiveCritic
+
+
+# GOALS: what an observation commands and achieves, and the goals a transition is relabelled with.
+
+
+def with_goal(obs, goal, goal_slice):
+    """The observation with its commanded goal replaced: what a relabelled transition sees."""
+    return obs.at[..., goal_slice[0] : goal_slice[1]].set(goal)
+
+
+def without_goal(obs, goal_slice):
+    """The observation with its commanded goal left out: the state the contrastive phi(s, a) sees."""
+    keep = np.ones(obs.shape[-1], bool)
+    keep[goal_slice[0] : goal_slice[1]] = False
+    return obs[..., keep]
+
+
+def achieved_goal(obs, achieved_slice):
+    """The goal an observation's state achieves (the point's or the torso's position)."""
+    return obs[..., achieved_slice[0] : achieved_slice[1]]
+
+
+def relabelled_goals(batch, future, key, achieved_slice):
+    """(future goals, random goals) of a batch from `replay.sample_with_future`: the goal achieved at
+    each transition's sampled future step (same environment, same episode), and the goal achieved at
+    the next step of another transition of the batch (a random permutation)."""
+    achieved_next = achieved_goal(batch["next_obs"], achieved_slice)
+    random_goals = achieved_next[jax.random.permutation(key, achieved_next.shape[0])]
+    return achieved_goal(future["next_obs"], achieved_slice), random_goals
+
+
+def actor_goals(future_goals, random_goals):
+    """The goals the actor learns to reach: the first half of the batch its future goals, the rest random goals."""
+    first_half = jnp.arange(future_goals.shape[0]) < future_goals.shape[0] // 2
+    return jnp.where(first_half[:, None], future_goals, random_goals)
+
+
+# C-LEARNING: the classifier's losses, its recursive weights, the actor's objective.
+
+
+def td_weight(next_logits, discount):
+    """The recursive importance weight w = C'/(1 - C') = exp(logit') of the random goal at the next
+    state and action, from the smaller of the twin target classifiers [2, n], clipped at 1/(1 - gamma)
+    and held fixed."""
+    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(next_logits.min(axis=0)), 1.0 / (1.0 - discount)))
+
+
+def td_critic_loss(next_goal_logits, random_logits, weight, discount):
+    """TD C-learning: -(1 - gamma) log C(s, a, s') - gamma w log C(s, a, g) - log(1 - C(s, a, g)),
+    the next state's achieved goal s' a positive, a random goal g a negative and (weighted) a positive;
+    the mean over the batch, summed over the twin classifiers ([2, n] logits)."""
+    positive_term = -(1.0 - discount) * jax.nn.log_sigmoid(next_goal_logits)
+    negative_term = -discount * weight * jax.nn.log_sigmoid(random_logits) - jax.nn.log_sigmoid(-random_logits)
+    return positive_term.mean(1).sum() + negative_term.mean(1).sum()
+
+
+def mc_critic_loss(future_logits, random_logits):
+    """MC C-learning: the cross-entropy of future goals (label 1) against random goals (label 0), the
+    mean over the batch, summed over the twin classifiers ([2, n] logits)."""
+    return -jax.nn.log_sigmoid(future_logits).mean(1).sum() - jax.nn.log_sigmoid(-random_logits).mean(1).sum()
+
+
+def classifier_actor_loss(logit, log_objective: bool):
+    """The C-learning actor's loss: -mean C(s, a, g), or -mean log C with `log_objective`."""
+    objective = jax.nn.log_sigmoid(logit) if log_objective else jax.nn.sigmoid(logit)
+    return -objective.mean()
 
 
 # CONTRASTIVE RL: the critic's energy and loss, the actor's loss and its temperature.
@@ -305,6 +363,18 @@ def contrastive_critic_loss(logits, kind: str, logsumexp_penalty):
     return loss + logsumexp_penalty * jnp.mean(jnp.square(row_lse))
 
 
+def pairwise_metrics(logits):
+    """Of [B, B] logits with the positives on the diagonal: their mean, the off-diagonal mean, and how
+    often a row's largest logit is its own positive."""
+    size = logits.shape[0]
+    off_diagonal = (1.0 - jnp.eye(size)) / (size * (size - 1))
+    return {
+        "positive_logit": jnp.diagonal(logits).mean(),
+        "random_logit": (logits * off_diagonal).sum(),
+        "categorical_accuracy": (jnp.argmax(logits, axis=1) == jnp.arange(size)).mean(),
+    }
+
+
 def contrastive_actor_loss(log_prob, logit, alpha):
     """mean(alpha * log pi(a | s, g) - f(s, a, g)) for a ~ pi: contrastive_rl's `actor_loss`
     (learning.py: `alpha * log_prob - jnp.diag(q_action)`) and JaxGCRL's (losses.py:
@@ -318,175 +388,156 @@ def temperature_loss(log_alpha, log_prob, target_entropy):
     return jnp.exp(log_alpha) * jnp.mean(jax.lax.stop_gradient(-log_prob - target_entropy))
 
 
-def make_train(config: Config) -> Trainer:
+# THE LEARNER: the losses above on the networks' outputs, and one gradient step of all of them.
+
+
+def classifier_logits(critic_net, critic, obs, action, goal, goal_slice, energy_kind):
+    """Logits of C(s, a, g) for each (s, a) with its own g: [2, n] from the twin classifiers (which
+    see s with g as its commanded goal), or [1, n], the energy of phi(s, a) and psi(g), from a
+    `ContrastiveCritic`."""
+    if isinstance(critic_net, ContrastiveCritic):
+        phi, psi = critic_net.apply(critic, without_goal(obs, goal_slice), action, goal)
+        return energy(phi, psi, energy_kind)[None]
+    return critic_net.apply(critic, with_goal(obs, goal, goal_slice), action)
+
+
+def sample_action(actor_net, actor, obs, key):
+    """a ~ pi(. | s, g) in [-1, 1] and its log-probability, for the goal g that obs commands."""
+    return tanh_gaussian_sample(*actor_net.apply(actor, obs), key)
+
+
+def critic_loss(critic, target_critic, actor, batch, future_goals, random_goals, key, hparams, *, nets, config, spec):
+    """The classifier's loss on a relabelled batch, by `config.estimator`, and its metrics."""
+    obs, action, next_obs, gamma = batch["obs"], batch["action"], batch["next_obs"], hparams["discount"]
+    if config.estimator == "contrastive":
+        # Every state-action against every future goal of the batch; its own future is the positive.
+        phi, psi = nets.critic.apply(critic, without_goal(obs, spec.goal_slice), action, future_goals)
+        all_logits = energy(phi[:, None], psi[None], config.energy)
+        loss = contrastive_critic_loss(all_logits, config.contrastive_loss, hparams["logsumexp_penalty"])
+        return loss, {"critic_loss": loss, **pairwise_metrics(all_logits)}
+
+    def logits(params, obs, action, goal):
+        return classifier_logits(nets.critic, params, obs, action, goal, spec.goal_slice, config.energy)
+
+    # Each term applies the classifier itself (XLA merges the repeats): one shared application would sum
+    # the hybrid's gradients in another order, and change its results in the last bits.
+    weight, losses = jnp.float32(0.0), {}
+    if config.estimator in ("td", "hybrid"):
+        next_goal_logits = logits(critic, obs, action, achieved_goal(next_obs, spec.achieved_slice))
+        random_logits = logits(critic, obs, action, random_goals)
+        next_action, _ = sample_action(nets.actor, actor, with_goal(next_obs, random_goals, spec.goal_slice), key)
+        weight = td_weight(logits(target_critic, next_obs, next_action, random_goals), gamma)
+        losses["td"] = td_critic_loss(next_goal_logits, random_logits, weight, gamma)
+    if config.estimator in ("mc", "hybrid"):
+        future_logits = logits(critic, obs, action, future_goals)
+        losses["mc"] = mc_critic_loss(future_logits, logits(critic, obs, action, random_goals))
+    if config.estimator == "hybrid":
+        loss = hparams["mc_weight"] * losses["mc"] + (1.0 - hparams["mc_weight"]) * losses["td"]
+    else:
+        loss = losses[config.estimator]
+    return loss, {
+        "critic_loss": loss,
+        "td_weight": weight.mean(),
+        "positive_logit": logits(critic, obs, action, future_goals).mean(),
+        "random_logit": logits(critic, obs, action, random_goals).mean(),
+    }
+
+
+def actor_loss(actor, critic, obs, goals, key, alpha, *, nets, config, spec):
+    """The actor's loss for reaching `goals` from obs's states, and the log-probabilities of its actions."""
+    action, log_prob = sample_action(nets.actor, actor, with_goal(obs, goals, spec.goal_slice), key)
+    logit = classifier_logits(nets.critic, critic, obs, action, goals, spec.goal_slice, config.energy).min(axis=0)
+    if config.estimator == "contrastive":
+        return contrastive_actor_loss(log_prob, logit, alpha), log_prob
+    return classifier_actor_loss(logit, config.log_actor_objective), log_prob
+
+
+def gradient_step(state, key, hparams, *, nets, config, spec):
+    """One gradient step of classifier, actor (and temperature) on a relabelled batch, then the targets'."""
+    sample_key, permute_key, target_key, actor_key, _ = jax.random.split(key, 5)
+    optimizer, learned = adam(hparams["lr"]), dict(nets=nets, config=config, spec=spec)
+    # RELABEL: future goals of each transition's own episode, random goals of the batch.
+    batch, future = replay.sample_with_future(
+        state.buffer, sample_key, config.batch_size, hparams["discount"], spec.episode_length
+    )
+    future_goals, random_goals = relabelled_goals(batch, future, permute_key, spec.achieved_slice)
+    # TRAIN THE CLASSIFIER
+    critic, critic_opt, _, metrics = gradient_update(
+        functools.partial(critic_loss, **learned), state.critic, state.critic_opt, optimizer,
+        state.target_critic, state.actor, batch, future_goals, random_goals, target_key, hparams,
+    )  # fmt: skip
+    # UPDATE POLICY: the action that makes the commanded goal most likely.
+    learn_alpha = config.estimator == "contrastive" and config.entropy_coefficient is None
+    alpha = jnp.exp(state.log_alpha) if learn_alpha else jnp.float32(config.entropy_coefficient or 0.0)
+    actor, actor_opt, pi_loss, log_prob = gradient_update(
+        functools.partial(actor_loss, **learned), state.actor, state.actor_opt, optimizer,
+        critic, batch["obs"], actor_goals(future_goals, random_goals), actor_key, alpha,
+    )  # fmt: skip
+    target_critic = optax.incremental_update(critic, state.target_critic, hparams["tau"])
+    state = state._replace(
+        critic=critic, target_critic=target_critic, actor=actor, critic_opt=critic_opt, actor_opt=actor_opt
+    )
+    metrics = dict(metrics, actor_loss=pi_loss, entropy=-log_prob.mean())
+    if learn_alpha:
+        # TEMPERATURE: alpha steers the policy's entropy to the target (lr as the others', as both codes).
+        target_entropy = hparams["target_entropy_per_dim"] * spec.action_size
+        log_alpha, alpha_opt, _, _ = gradient_update(
+            lambda log_alpha: (temperature_loss(log_alpha, log_prob, target_entropy), None),
+            state.log_alpha, state.alpha_opt, optimizer,
+        )  # fmt: skip
+        state = state._replace(log_alpha=log_alpha, alpha_opt=alpha_opt)
+        metrics["alpha"] = alpha
+    return state, metrics
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program on `config.env`, or on `env`: a user's own `(environment, EnvSpec)` goal task."""
     config.validate()
-    try:
-        env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
-        eval_env, _ = make_env(config, num_envs=config.eval_episodes)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    task = setup(config, env, algorithm="C-learning")
+    spec, low, high = task.spec, task.low, task.high
     if spec.goal_slice is None:
         goal_tasks = [n for n in envs.list_envs() if "maze" in n or "_goal" in n]
         raise ConfigError(
-            f"C-learning needs a goal task, and {config.env} is not one; goal tasks: {', '.join(goal_tasks)}"
+            f"C-learning needs a goal task, and {spec.name} is not one; goal tasks: {', '.join(goal_tasks)}"
         )
-    require_continuous_vector_task(spec, "C-learning")
-
-    obs_size, action_size = spec.observation_size, spec.action_size
-    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-    num_envs, B = config.num_envs, config.batch_size
-    g0, g1 = spec.goal_slice
-    a0, a1 = spec.achieved_slice
+    num_envs, action_size = config.num_envs, spec.action_size
     schedule = make_schedule(config.total_steps, config.initial_steps, config.steps_per_update, config.eval_every)
     steps_per_env = schedule.total_steps // num_envs
     capacity = min(config.buffer_capacity or steps_per_env, steps_per_env)
     contrastive = config.estimator == "contrastive"
-    learn_alpha = contrastive and config.entropy_coefficient is None
-    actor_net = GaussianHead(config.hidden_sizes, action_size, "relu")
-    critic_net = ContrastiveCritic(config.hidden_sizes, config.repr_size) if contrastive else TwinQ(config.hidden_sizes)
-    state_mask = jnp.ones(obs_size, bool).at[g0:g1].set(False)
-
-    def with_goal(obs, goal):
-        """The observation with its commanded goal replaced: what a relabelled transition sees."""
-        return obs.at[..., g0:g1].set(goal)
-
-    def achieved(obs):
-        return obs[..., a0:a1]
-
-    def logits(critic, obs, action, goal):
-        """Classifier logits for (s, a, g): [2, n] for the twin classifiers; for the contrastive
-        critic [1, n], the energy of each (s, a) with its own g."""
-        if contrastive:
-            phi, psi = critic_net.apply(critic, obs[..., state_mask], action, goal)
-            return energy(phi, psi, config.energy)[None]
-        return critic_net.apply(critic, with_goal(obs, goal), action)
-
-    # CLASSIFIER LOSS
-
-    def critic_loss(critic, target_critic, actor, batch, future, random_goals, key, hparams):
-        gamma = hparams["discount"]
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
-        future_goals = achieved(future["next_obs"])
-
-        if contrastive:
-            # Every state-action against every future goal; its own future is the positive.
-            phi, psi = critic_net.apply(critic, obs[..., state_mask], action, future_goals)
-            all_logits = energy(phi[:, None], psi[None], config.energy)
-            loss = contrastive_critic_loss(all_logits, config.contrastive_loss, hparams["logsumexp_penalty"])
-            off_diagonal = (1.0 - jnp.eye(B)) / (B * (B - 1))
-            return loss, {
-                "critic_loss": loss,
-                "positive_logit": jnp.diagonal(all_logits).mean(),
-                "random_logit": (all_logits * off_diagonal).sum(),
-                "categorical_accuracy": (jnp.argmax(all_logits, axis=1) == jnp.arange(B)).mean(),
-            }
-
-        def mc_loss():
-            positive = logits(critic, obs, action, future_goals)
-            negative = logits(critic, obs, action, random_goals)
-            return -jax.nn.log_sigmoid(positive).mean(1).sum() - jax.nn.log_sigmoid(-negative).mean(1).sum()
-
-        def td_loss():
-            positive = logits(critic, obs, action, achieved(next_obs))
-            negative = logits(critic, obs, action, random_goals)
-            # w = C'/(1 - C') = exp(logit') at the next state, for the same random goal.
-            mean, log_std = actor_net.apply(actor, with_goal(next_obs, random_goals))
-            next_action, _ = tanh_gaussian_sample(mean, log_std, key)
-            next_logit = logits(target_critic, next_obs, next_action, random_goals).min(axis=0)
-            weight = jax.lax.stop_gradient(jnp.minimum(jnp.exp(next_logit), 1.0 / (1.0 - gamma)))
-            positive_term = -(1.0 - gamma) * jax.nn.log_sigmoid(positive)
-            negative_term = -gamma * weight * jax.nn.log_sigmoid(negative) - jax.nn.log_sigmoid(-negative)
-            return positive_term.mean(1).sum() + negative_term.mean(1).sum(), weight.mean()
-
-        if config.estimator == "mc":
-            loss, weight = mc_loss(), jnp.float32(0.0)
-        elif config.estimator == "td":
-            loss, weight = td_loss()
-        else:  # hybrid
-            td, weight = td_loss()
-            loss = hparams["mc_weight"] * mc_loss() + (1.0 - hparams["mc_weight"]) * td
-        metrics = {
-            "critic_loss": loss,
-            "td_weight": weight,
-            "positive_logit": logits(critic, obs, action, future_goals).mean(),
-            "random_logit": logits(critic, obs, action, random_goals).mean(),
-        }
-        return loss, metrics
-
-    # POLICY: the action that makes the commanded goal most likely.
-
-    def actor_loss(actor, critic, obs, goals, key, alpha):
-        mean, log_std = actor_net.apply(actor, with_goal(obs, goals))
-        action, log_prob = tanh_gaussian_sample(mean, log_std, key)
-        logit = logits(critic, obs, action, goals).min(axis=0)
-        if contrastive:
-            return contrastive_actor_loss(log_prob, logit, alpha), log_prob
-        objective = jax.nn.log_sigmoid(logit) if config.log_actor_objective else jax.nn.sigmoid(logit)
-        return -objective.mean(), log_prob
-
-    def gradient_step(state: CState, key, hparams):
-        sample_key, perm_key, target_key, actor_key, mix_key = jax.random.split(key, 5)
-        batch, future = replay.sample_with_future(state.buffer, sample_key, B, hparams["discount"], spec.episode_length)
-        # Random goals: achieved goals of other transitions of the batch.
-        random_goals = achieved(batch["next_obs"])[jax.random.permutation(perm_key, B)]
-        (loss, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(
-            state.critic, state.target_critic, state.actor, batch, future, random_goals, target_key, hparams
-        )
-        updates, critic_opt = adam(hparams["lr"]).update(grads, state.critic_opt)
-        critic = optax.apply_updates(state.critic, updates)
-
-        half = jnp.arange(B) < B // 2
-        goals = jnp.where(half[:, None], achieved(future["next_obs"]), random_goals)
-        alpha = jnp.exp(state.log_alpha) if learn_alpha else jnp.float32(config.entropy_coefficient or 0.0)
-        (pi_loss, log_prob), grads = jax.value_and_grad(actor_loss, has_aux=True)(
-            state.actor, critic, batch["obs"], goals, actor_key, alpha
-        )
-        updates, actor_opt = adam(hparams["lr"]).update(grads, state.actor_opt)
-        actor = optax.apply_updates(state.actor, updates)
-        target_critic = optax.incremental_update(critic, state.target_critic, hparams["tau"])
-        state = state._replace(
-            critic=critic, target_critic=target_critic, actor=actor, critic_opt=critic_opt, actor_opt=actor_opt
-        )
-        metrics = dict(metrics, actor_loss=pi_loss, entropy=-log_prob.mean())
-        if learn_alpha:
-            # TEMPERATURE: alpha steers the policy's entropy to the target (lr as the others', as both codes).
-            target_entropy = hparams["target_entropy_per_dim"] * action_size
-            grad = jax.grad(temperature_loss)(state.log_alpha, log_prob, target_entropy)
-            updates, alpha_opt = adam(hparams["lr"]).update(grad, state.alpha_opt)
-            state = state._replace(log_alpha=optax.apply_updates(state.log_alpha, updates), alpha_opt=alpha_opt)
-            metrics["alpha"] = alpha
-        return state, metrics
-
-    # ACT in the real environments.
+    nets = Networks(
+        GaussianHead(config.hidden_sizes, action_size, "relu"),
+        ContrastiveCritic(config.hidden_sizes, config.repr_size) if contrastive else TwinQ(config.hidden_sizes),
+    )
+    learn = functools.partial(gradient_step, nets=nets, config=config, spec=spec)
 
     def env_step(state: CState, action):
-        next_env_state = env.step(state.env_state, scale_action(action, low, high))
-        step = transition(state.env_state, action, next_env_state)
-        buffer = replay.add_step(state.buffer, step, state.episode)
+        next_env_state = task.env.step(state.env_state, scale_action(action, low, high))
+        done = next_env_state.done
         episode_return, last_return = track_returns(
-            state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
+            state.episode_return, state.last_episode_return, next_env_state.reward, done
         )
         return state._replace(
             env_state=next_env_state,
-            buffer=buffer,
-            episode=state.episode + next_env_state.done.astype(jnp.int32),
+            buffer=replay.add_step(state.buffer, transition(state.env_state, action, next_env_state), state.episode),
+            episode=state.episode + done.astype(jnp.int32),
             episode_return=episode_return,
             last_episode_return=last_return,
         )
 
     def init(key, hparams):
         env_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 5)
-        env_state = env.reset(env_key)
-        example = transition_example(env_state.obs[0], action_size)
-        obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, action_size))
-        actor = actor_net.init(actor_key, obs)
+        env_state = task.env.reset(env_key)
+        obs, action = jnp.zeros((1, spec.observation_size)), jnp.zeros((1, action_size))
         if contrastive:
-            critic = critic_net.init(critic_key, obs[:, state_mask], action, obs[:, a0:a1])
+            goal = achieved_goal(obs, spec.achieved_slice)
+            critic = nets.critic.init(critic_key, without_goal(obs, spec.goal_slice), action, goal)
         else:
-            critic = critic_net.init(critic_key, obs, action)
+            critic = nets.critic.init(critic_key, obs, action)
+        actor = nets.actor.init(actor_key, obs)
         state = CState(
             env_state=env_state,
-            buffer=replay.init_trajectories(example, capacity, num_envs),
+            buffer=replay.init_trajectories(transition_example(env_state.obs[0], action_size), capacity, num_envs),
             episode=jnp.zeros(num_envs, jnp.int32),
             actor=actor,
             critic=critic,
@@ -499,23 +550,19 @@ def make_train(config: Config) -> Trainer:
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
         )
-
         # EXPLORE with uniformly random actions.
-        return explore_uniformly(
-            env_step, state, explore_key, config.initial_steps // num_envs, (num_envs, action_size)
-        )
+        num_steps = config.initial_steps // num_envs
+        return explore_uniformly(env_step, state, explore_key, num_steps, (num_envs, action_size))
 
     def update(state: CState, hparams, update_index):
         """steps_per_update environment steps, each vector step followed by updates_per_step gradient steps."""
-        del update_index
 
         def vector_step(state, step_key):
             act_key, learn_key, key = jax.random.split(step_key, 3)
-            mean, log_std = actor_net.apply(state.actor, state.env_state.obs)
-            action, _ = tanh_gaussian_sample(mean, log_std, act_key)
-            state = env_step(state, action)
+            # ACT in the real environments, then LEARN.
+            state = env_step(state, sample_action(nets.actor, state.actor, state.env_state.obs, act_key)[0])
             state, metrics = jax.lax.scan(
-                lambda s, k: gradient_step(s, k, hparams), state, jax.random.split(learn_key, config.updates_per_step)
+                lambda s, k: learn(s, k, hparams), state, jax.random.split(learn_key, config.updates_per_step)
             )
             return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
@@ -532,12 +579,19 @@ def make_train(config: Config) -> Trainer:
         """Success rate and final distance of the deterministic policy on fresh episodes."""
 
         def greedy(carry, obs, step_key):
-            mean, _ = actor_net.apply(state.actor, obs)
+            mean, _ = nets.actor.apply(state.actor, obs)
             return scale_action(tanh_gaussian_mode(mean), low, high), carry
 
-        return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, greedy)
+        return evaluate_episodes(task.eval_env, key, config.eval_episodes, spec.episode_length, greedy)
 
-    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+    return Trainer(
+        init=init,
+        update=update,
+        evaluate=evaluate,
+        schedule=schedule,
+        spec=spec,
+        fresh_episodes=restart_episodes("env_state", "episode_return", episode_counter="episode"),
+    )
 
 
 def main(argv=None) -> int:
