@@ -90,13 +90,13 @@ import jax.numpy as jnp
 
 from mbrlax import ensemble, runner, sac
 from mbrlax.algorithms import mbpo
+from mbrlax.config import setting
 from mbrlax.training import ConfigError, Trainer, scale_action
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(mbpo.Config):
-    """MAAC settings: MBPO's (the data loop and the critic) and the actor's horizon. Traced
-    (sweepable) fields: real_ratio, sac_lr, tau, discount, model_lr, model_weight_decay."""
+    """MAAC settings: MBPO's (the data loop and the critic) and the actor's horizon."""
 
     horizon: int = 3
     """H: model steps the actor's objective differentiates through before the critic closes it (0: SAC's actor).
@@ -107,10 +107,10 @@ class Config(mbpo.Config):
     """G: SAC gradient steps per environment step (the MAAC authors: 8; SAC-SVG: 1)."""
     max_grad_norm: float | None = 5.0
     """Clip actor and critic gradients to this global norm (our choice, from no paper; None: no clipping)."""
-    sac_update_order: str = "simultaneous"
+    sac_update_order: str = setting("simultaneous", choices=sac.UPDATE_ORDERS)
     """SAC's update: "simultaneous" (every loss on the pre-update parameters, MBPO's code) or
     "sequential" (the actor's loss on the stepped critic, SAC-SVG's code)."""
-    initial_alpha: float = 1.0
+    initial_alpha: float = setting(1.0, positive=True)
     """SAC's temperature at the start (SAC-SVG: 0.1)."""
     model_free_steps: int = 0
     """Environment steps, counted from the first random one, in which the actor takes SAC's model-free
@@ -118,28 +118,16 @@ class Config(mbpo.Config):
     target_entropy_final: float | None = None
     """If set, the target entropy moves from target_entropy (which must be set) to this over total_steps
     (SAC-SVG's schedule)."""
-    target_entropy_decay: float = 1.0
+    target_entropy_decay: float = setting(1.0, within="[0, inf)")
     """Shape of that schedule: target = (start - final) (1 - step / total_steps)^decay + final."""
 
     def validate(self) -> None:
         super().validate()
-        if self.horizon < 0:
-            raise ConfigError(f"horizon must be 0 (SAC's actor) or positive, got {self.horizon}")
         if self.horizon > 0 and self.sac_only:
             raise ConfigError(
                 f"horizon {self.horizon} differentiates through the model, which sac_only turns off; "
                 "use --horizon 0 (SVG(0)) or drop --sac-only"
             )
-        if self.sac_update_order not in sac.UPDATE_ORDERS:
-            raise ConfigError(
-                f"sac_update_order must be one of {', '.join(sac.UPDATE_ORDERS)}, got {self.sac_update_order!r}"
-            )
-        if not self.initial_alpha > 0:
-            raise ConfigError(f"initial_alpha must be positive, got {self.initial_alpha}")
-        if self.model_free_steps < 0:
-            raise ConfigError(f"model_free_steps must be 0 or positive, got {self.model_free_steps}")
-        if self.target_entropy_decay < 0:
-            raise ConfigError(f"target_entropy_decay must be 0 or positive, got {self.target_entropy_decay}")
         if self.target_entropy_final is not None and self.target_entropy is None:
             raise ConfigError("target_entropy_final needs target_entropy, the schedule's start; set both or neither")
 
@@ -162,11 +150,11 @@ TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a minute or two on a laptop CPU.
     "pendulum": dict(env="pendulum"),
     "brax/inverted_pendulum": dict(
-        mbpo.PRESETS["brax/inverted_pendulum"], **dict(AUTHORS, total_steps=20_000, initial_steps=500)
+        mbpo.TASKS["brax/inverted_pendulum"], **dict(AUTHORS, total_steps=20_000, initial_steps=500)
     ),
-    "brax/halfcheetah": dict(mbpo.PRESETS["brax/halfcheetah"], **AUTHORS),
-    "brax/hopper": dict(mbpo.PRESETS["brax/hopper"], **AUTHORS),
-    "brax/walker2d": dict(mbpo.PRESETS["brax/walker2d"], **dict(AUTHORS, horizon=1)),
+    "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **AUTHORS),
+    "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **AUTHORS),
+    "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **dict(AUTHORS, horizon=1)),
 }
 
 # SAC-SVG(3), the method: their horizon=3 is 2 model steps here; the critic learns from real data
@@ -221,6 +209,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # is the task's preset, which on svg.py's Brax tasks is SAC-SVG's regime.
     "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0, max_grad_norm=5.0, sac_update_order="simultaneous"),
     "sac-svg": SAC_SVG_AUTHORS,
+    # End to end in seconds: MBPO's tiny settings and H = 2 (the schedule rounds 500 steps up to 2
+    # evaluations of 2 model periods).
+    "tiny": dict(mbpo.VARIANTS["tiny"], total_steps=500, rollout_schedule=(0, 1, 1, 2), horizon=2),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
@@ -275,8 +266,9 @@ def pathwise_objective(
 # TRAINING PROGRAM: MBPO's loop with the pathwise actor
 
 
-def make_train(config: Config, name: str = "MAAC") -> Trainer:
-    """The training program; `name` is what an error about the task calls it (the entry point run)."""
+def make_train(config: Config, env=None, name: str = "MAAC") -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
     warm_up = config.model_free_steps > 0
     scheduled = config.target_entropy_final is not None
@@ -331,7 +323,9 @@ def make_train(config: Config, name: str = "MAAC") -> Trainer:
         return objective
 
     sac_options = dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha)
-    trainer = mbpo.make_train(config, make_actor_objective, sac_options, name=name)
+    trainer = mbpo.make_train(
+        config, env, make_actor_objective=make_actor_objective, sac_options=sac_options, name=name
+    )
     if not (warm_up or scheduled):
         return trainer
 

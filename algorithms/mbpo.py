@@ -43,24 +43,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
 from mbrlax import ensemble, runner, sac
+from mbrlax.config import RunConfig, setting
 from mbrlax.training import (
     ConfigError,
     Trainer,
-    check_fields,
     evaluate_episodes,
     explore_uniformly,
-    make_env,
     make_schedule,
-    require_continuous_vector_task,
-    require_positive,
+    restart_episodes,
     scale_action,
+    setup,
     track_returns,
     transition,
     transition_example,
@@ -68,111 +67,67 @@ from mbrlax.training import (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """MBPO settings. Traced (sweepable) fields: real_ratio, sac_lr, tau, discount, model_lr,
-    model_weight_decay."""
+class Config(RunConfig):
+    """MBPO settings; the run's own (task, budget, environments, evaluation) are RunConfig's."""
 
-    SWEEPABLE: ClassVar[tuple[str, ...]] = ("real_ratio", "sac_lr", "tau", "discount", "model_lr", "model_weight_decay")
-
-    # Run
-    env: str = "pendulum"
-    """Task name (see `mbrlax.envs.list_envs()`)."""
     total_steps: int = 5000
     """Environment steps in all, over all parallel environments, random exploration included."""
     num_envs: int = 1
     """Parallel environments; each of their steps counts, and earns G policy updates."""
-    episode_length: int | None = None
-    """Steps per episode (default: the task's own)."""
-    action_repeat: int = 1
-    """Repeat each action this many times."""
-    backend: str | None = None
-    """Brax physics backend for brax/* tasks (default: the task's own)."""
-    initial_steps: int = 1000
+    initial_steps: int = setting(1000, positive=True)
     """Uniformly random steps before learning starts (the paper: 5000)."""
-    eval_every: int = 1000
-    """Environment steps between evaluations."""
-    eval_episodes: int = 5
-    """Evaluation episodes of the deterministic policy, run in parallel."""
     sac_only: bool = False
     """SAC without the model: no refits, no rollouts, every batch real (the baseline at equal steps)."""
     # MBPO
-    epoch_length: int = 1000
+    epoch_length: int = setting(1000, positive=True)
     """Environment steps per epoch, the unit of the rollout schedule."""
-    model_train_freq: int = 250
+    model_train_freq: int = setting(250, positive=True)
     """Environment steps between model refits (each followed by a round of rollouts)."""
     rollout_batch_size: int = 10_000
     """Rollouts started at each refit from states of the real buffer (the paper: 100,000); 0: none, all batches real."""
     rollout_schedule: tuple[int, int, int, int] = (0, 2, 1, 5)
     """[epoch_a, epoch_b, k_a, k_b]: the rollout length rises linearly from k_a to k_b over these epochs."""
-    model_retain_epochs: int = 1
+    model_retain_epochs: int = setting(1, positive=True)
     """Epochs of rollouts the model buffer keeps."""
-    updates_per_step: int = 20
+    updates_per_step: int = setting(20, positive=True)
     """G: SAC gradient steps per environment step."""
-    real_ratio: float = 0.05
+    real_ratio: float = setting(0.05, sweepable=True, within="[0, 1]")
     """Share of real transitions in each SAC batch; the rest come from the model buffer."""
-    # Model
-    ensemble_size: int = 7
-    """Ensemble members."""
-    num_elites: int = 5
-    """Members with the lowest holdout error; rollouts go through these only."""
-    model_hidden_sizes: tuple[int, ...] = (64, 64, 64)
-    """Hidden widths of each member (the paper: four layers of 200)."""
-    model_lr: float = 1e-3
-    """Adam learning rate of the ensemble."""
-    model_weight_decay: float = 5e-5
-    """Weight decay of the ensemble."""
-    model_batch_size: int = 256
-    """Minibatch size of model training."""
-    model_max_epochs: int = 25
-    """Most epochs per model fit; early stopping on a 20 % holdout (at most 5000) ends most sooner."""
     # SAC
     sac_hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden widths of the actor and of each critic (the paper: 256, 256)."""
-    sac_batch_size: int = 256
+    sac_batch_size: int = setting(256, positive=True)
     """Transitions per SAC gradient step."""
-    sac_lr: float = 3e-4
+    sac_lr: float = setting(3e-4, sweepable=True)
     """Adam learning rate of actor, critics and temperature."""
-    tau: float = 5e-3
+    tau: float = setting(5e-3, sweepable=True, within="(0, 1]")
     """Polyak rate of the target critics."""
-    discount: float = 0.99
+    discount: float = setting(0.99, sweepable=True, within="[0, 1]")
     """Discount factor gamma."""
     target_entropy: float | None = None
     """Entropy the temperature steers towards (default: minus the action dimension)."""
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = setting(None, positive=True)
     """Clip actor and critic gradients to this global norm (the paper: no clipping)."""
     buffer_capacity: int | None = None
     """Real replay capacity (default: total_steps, so nothing is forgotten)."""
+    # Model
+    ensemble_size: int = setting(7, positive=True)
+    """Ensemble members."""
+    num_elites: int = setting(5, positive=True)
+    """Members with the lowest holdout error; rollouts go through these only."""
+    model_hidden_sizes: tuple[int, ...] = (64, 64, 64)
+    """Hidden widths of each member (the paper: four layers of 200)."""
+    model_lr: float = setting(1e-3, sweepable=True)
+    """Adam learning rate of the ensemble."""
+    model_weight_decay: float = setting(5e-5, sweepable=True)
+    """Weight decay of the ensemble."""
+    model_batch_size: int = setting(256, positive=True)
+    """Minibatch size of model training."""
+    model_max_epochs: int = setting(25, positive=True)
+    """Most epochs per model fit; early stopping on a 20 % holdout (at most 5000) ends most sooner."""
 
     def validate(self) -> None:
-        check_fields(self)
-        require_positive(
-            self,
-            (
-                "total_steps",
-                "num_envs",
-                "action_repeat",
-                "initial_steps",
-                "eval_every",
-                "eval_episodes",
-                "epoch_length",
-                "model_train_freq",
-                "model_retain_epochs",
-                "updates_per_step",
-                "ensemble_size",
-                "num_elites",
-                "model_batch_size",
-                "model_max_epochs",
-                "sac_batch_size",
-            ),
-        )
-        if self.rollout_batch_size < 0:
-            raise ConfigError(
-                f"rollout_batch_size must be 0 (no model data) or positive, got {self.rollout_batch_size}"
-            )
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
-        if not 0.0 <= self.real_ratio <= 1.0:
-            raise ConfigError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
+        super().validate()
         if self.num_elites > self.ensemble_size:
             raise ConfigError(f"num_elites ({self.num_elites}) must not exceed ensemble_size ({self.ensemble_size})")
         if len(self.rollout_schedule) != 4:
@@ -180,7 +135,7 @@ class Config:
                 f"rollout_schedule takes four numbers [epoch_a, epoch_b, k_a, k_b], got {self.rollout_schedule}"
             )
         epoch_a, epoch_b, k_a, k_b = self.rollout_schedule
-        if epoch_a < 0 or epoch_b < epoch_a:
+        if epoch_b < epoch_a:
             raise ConfigError(
                 f"rollout_schedule goes backwards: epoch_b ({epoch_b}) must be at least epoch_a ({epoch_a}) >= 0"
             )
@@ -194,10 +149,6 @@ class Config:
         for name in ("model_train_freq", "initial_steps"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if not 0.0 < self.tau <= 1.0:
-            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0.0 <= self.discount <= 1.0:
-            raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
         if self.buffer_capacity is not None and self.buffer_capacity < self.initial_steps:
             raise ConfigError(
                 f"buffer_capacity ({self.buffer_capacity}) must hold the initial steps ({self.initial_steps})"
@@ -227,7 +178,7 @@ PAPER = dict(
     discount=0.99,
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
+TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU.
     "pendulum": dict(env="pendulum"),
     "brax/halfcheetah": dict(
@@ -286,6 +237,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# Variants name no task, so they apply on top of the task's preset.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # End to end in seconds: 4 model periods of 100 steps after 200 random ones, 2 evaluations.
+    "tiny": dict(
+        total_steps=600,
+        initial_steps=200,
+        model_train_freq=100,
+        epoch_length=200,
+        rollout_batch_size=64,
+        rollout_schedule=(0, 1, 1, 3),
+        updates_per_step=2,
+        ensemble_size=3,
+        num_elites=2,
+        model_hidden_sizes=(16, 16),
+        model_max_epochs=3,
+        sac_hidden_sizes=(16, 16),
+        sac_batch_size=32,
+        eval_every=200,
+        eval_episodes=2,
+        episode_length=50,
+    ),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
 
 class MBPOState(NamedTuple):
     env_state: Any
@@ -302,54 +278,23 @@ class MBPOState(NamedTuple):
     """Mean return of the episodes that ended most recently."""
 
 
-def rollout_length(config: Config, update_index: jax.Array) -> jax.Array:
-    """k at this refit: linear in the epoch from k_a (until epoch_a) to k_b (from epoch_b on), floored."""
-    epoch_a, epoch_b, k_a, k_b = config.rollout_schedule
-    epoch = (update_index * config.model_train_freq) // config.epoch_length
-    progress = jnp.clip((epoch - epoch_a) / max(epoch_b - epoch_a, 1), 0.0, 1.0)
-    return jnp.floor(k_a + progress * (k_b - k_a)).astype(jnp.int32)
+# NETWORKS: SAC's actor and twin critics, and the probabilistic ensemble, from the core.
 
 
-def make_train(
-    config: Config, make_actor_objective: Callable | None = None, sac_options: dict | None = None, name: str = "MBPO"
-) -> Trainer:
-    """The training program. `make_actor_objective(spec, model_config, agent_config)`, where given,
-    returns `objective(model, hparams, actor, critic, alpha, obs, key) -> (loss, log_prob)`, which
-    replaces SAC's actor loss: MAAC (maac.py) shares this loop and changes only that (and may pass
-    more `sac.SACConfig` fields in `sac_options`, and a "target_entropy" in the hparams). `name` is what
-    an error about the task calls the algorithm (maac.py's and svg.py's own names when they run it)."""
-    config.validate()
-    try:
-        env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
-        eval_env, _ = make_env(config, num_envs=config.eval_episodes)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    require_continuous_vector_task(spec, name)
-    if not config.sac_only and spec.termination_fn is None:
-        raise ConfigError(
-            f"{config.env} can terminate but has no termination function, which model rollouts need; "
-            "use --sac-only or a task with one"
-        )
-
-    obs_size, action_size = spec.observation_size, spec.action_size
-    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-    # Imagined data for SAC's batches: with the model, unless no rollouts are asked for.
-    model_data = not config.sac_only and config.rollout_batch_size > 0
-    num_envs = config.num_envs
-    schedule = make_schedule(config.total_steps, config.initial_steps, config.model_train_freq, config.eval_every)
-    steps_per_update = config.model_train_freq // num_envs
-    updates_per_vector_step = config.updates_per_step * num_envs
-    B = config.sac_batch_size
-    target_entropy = -float(action_size) if config.target_entropy is None else config.target_entropy
-
-    agent_config = sac.SACConfig(
+def sac_settings(config: Config, action_size: int, **options) -> sac.SACConfig:
+    """SAC's static settings; `options` sets more of its fields (MAAC's update order and temperature)."""
+    return sac.SACConfig(
         action_size=action_size,
         hidden_sizes=config.sac_hidden_sizes,
-        batch_size=B,
+        batch_size=config.sac_batch_size,
         max_grad_norm=config.max_grad_norm,
-        **(sac_options or {}),
+        **options,
     )
-    model_config = ensemble.EnsembleConfig(
+
+
+def ensemble_settings(config: Config) -> ensemble.EnsembleConfig:
+    """The ensemble learns the reward too; early stopping on a 20 % holdout of at most 5000 transitions."""
+    return ensemble.EnsembleConfig(
         num_members=config.ensemble_size,
         num_elites=config.num_elites,
         hidden_sizes=config.model_hidden_sizes,
@@ -359,86 +304,141 @@ def make_train(
         holdout_ratio=0.2,
         max_holdout=5000,
     )
-    # The model buffer: the paper's pool holds rollouts_per_epoch x k x retain_epochs transitions.
-    rollouts_per_epoch = config.rollout_batch_size * config.epoch_length // config.model_train_freq
-    k_max = max(config.rollout_schedule[2:])
-    model_capacity = rollouts_per_epoch * k_max * config.model_retain_epochs
 
+
+# ROLLOUT SCHEDULE
+
+
+def rollout_length(epoch: jax.Array, rollout_schedule: tuple[int, int, int, int]) -> jax.Array:
+    """k at `epoch`: k_a up to epoch_a, then linear in the epoch, k_b from epoch_b on, truncated to an
+    integer (`_set_rollout_length` in jannerm/mbpo's mbpo/algorithms/mbpo.py)."""
+    epoch_a, epoch_b, k_a, k_b = rollout_schedule
+    progress = jnp.clip((epoch - epoch_a) / max(epoch_b - epoch_a, 1), 0.0, 1.0)
+    return jnp.floor(k_a + progress * (k_b - k_a)).astype(jnp.int32)
+
+
+def model_pool_size(rollouts_per_epoch: int, length, retain_epochs: int):
+    """The transitions the paper's model pool holds: `retain_epochs` epochs of rollouts of `length`
+    steps (`_reallocate_model_pool` in jannerm/mbpo)."""
+    return rollouts_per_epoch * length * retain_epochs
+
+
+# BRANCHED ROLLOUTS
+
+
+def branched_rollouts(
+    policy: Callable,
+    dynamics: Callable,
+    termination: Callable,
+    real_buffer: replay.ReplayBuffer,
+    model_buffer: replay.ReplayBuffer,
+    key: jax.Array,
+    *,
+    length: jax.Array,
+    batch_size: int,
+    can_terminate: bool = True,
+) -> tuple[replay.ReplayBuffer, jax.Array]:
+    """`batch_size` rollouts of `length` steps from states of the real buffer, added to the model buffer.
+
+    policy(obs, key) -> (action, log_prob); dynamics(obs, action, key) -> (next_obs, reward);
+    termination(obs, action, next_obs) -> [n] bool. A rollout stops at its first predicted termination:
+    that transition is stored, nothing after it. Returns the model buffer and the share of rollouts
+    still alive at the end."""
+    start_key, key = jax.random.split(key)
+    obs = replay.sample(real_buffer, start_key, batch_size)["obs"]
+
+    def model_step(t, carry):
+        obs, alive, model_buffer = carry
+        act_key, model_key = jax.random.split(jax.random.fold_in(key, t))
+        action, _ = policy(obs, act_key)
+        next_obs, reward = dynamics(obs, action, model_key)
+        terminated = termination(obs, action, next_obs)
+        imagined = {
+            "obs": obs,
+            "action": action,
+            "reward": reward,
+            "next_obs": next_obs,
+            "terminated": terminated.astype(jnp.float32),
+        }
+        # A task that never terminates keeps every rollout alive, so the rows go in unmasked: the same
+        # slots, without the mask's cumulative sum, which XLA proves constant and folds at compile time
+        # (over a second for an s32[6250,16] of it in MBPO's paper setting on an H200).
+        model_buffer = replay.add(model_buffer, imagined, mask=alive if can_terminate else None)
+        return next_obs, alive & ~terminated, model_buffer
+
+    alive = jnp.ones(batch_size, bool)
+    # `length` is the same for every run of a vmapped batch (it comes from the update index), so this
+    # stays a loop of k model steps, not a masked loop of k_max.
+    _, alive, model_buffer = jax.lax.fori_loop(0, length, model_step, (obs, alive, model_buffer))
+    return model_buffer, alive.mean()
+
+
+# TRAINING BATCHES
+
+
+def training_batch(
+    real_buffer: replay.ReplayBuffer,
+    model_buffer: replay.ReplayBuffer | None,
+    key: jax.Array,
+    batch_size: int,
+    real_ratio: jax.Array,
+    retained: jax.Array | None,
+) -> dict:
+    """A SAC batch whose first floor(real_ratio x batch_size) rows are real transitions and the rest
+    imagined ones from the newest `retained` of the model buffer (`_training_batch` in jannerm/mbpo
+    puts the real ones first too); all real without a model buffer."""
+    real_key, model_key = jax.random.split(key)
+    real = replay.sample(real_buffer, real_key, batch_size)
+    if model_buffer is None:
+        return real
+    imagined = replay.sample(model_buffer, model_key, batch_size, newest=retained)
+    # Both halves are drawn at full size and mixed row by row, so real_ratio can be a traced value.
+    use_real = jnp.arange(batch_size) < jnp.floor(real_ratio * batch_size)
+    return jax.tree_util.tree_map(
+        lambda r, m: jnp.where(use_real.reshape((batch_size,) + (1,) * (r.ndim - 1)), r, m), real, imagined
+    )
+
+
+# TRAINING PROGRAM
+
+
+def make_train(
+    config: Config,
+    env=None,
+    *,
+    make_actor_objective: Callable | None = None,
+    sac_options: dict | None = None,
+    name: str = "MBPO",
+) -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`. MAAC (maac.py) shares this loop and changes only the actor's loss:
+    `make_actor_objective(spec, model_config, agent_config)` returns `objective(model, hparams, actor,
+    critic, alpha, obs, key) -> (loss, log_prob)`; `sac_options` sets more `sac.SACConfig` fields, and
+    the hparams may carry a "target_entropy". `name`: what an error about the task calls the algorithm."""
+    config.validate()
+    task = setup(config, env, algorithm=name)
+    spec = task.spec
+    if not config.sac_only and spec.termination_fn is None:
+        raise ConfigError(
+            f"{config.env} can terminate but has no termination function, which model rollouts need; "
+            "use --sac-only or a task with one"
+        )
+    num_envs, obs_size, action_size = config.num_envs, spec.observation_size, spec.action_size
+    # Imagined data for SAC's batches: with the model, unless no rollouts are asked for.
+    model_data = not config.sac_only and config.rollout_batch_size > 0
+    schedule = make_schedule(config.total_steps, config.initial_steps, config.model_train_freq, config.eval_every)
+    target_entropy = -float(action_size) if config.target_entropy is None else config.target_entropy
+    agent_config = sac_settings(config, action_size, **(sac_options or {}))
+    model_config = ensemble_settings(config)
+    rollouts_per_epoch = config.rollout_batch_size * config.epoch_length // config.model_train_freq
+    model_capacity = model_pool_size(rollouts_per_epoch, max(config.rollout_schedule[2:]), config.model_retain_epochs)
     actor_objective = None if make_actor_objective is None else make_actor_objective(spec, model_config, agent_config)
 
     def to_env_action(action):
-        return scale_action(action, low, high)
-
-    def sac_hparams(hparams):
-        return {
-            "learning_rate": hparams["sac_lr"],
-            "discount": hparams["discount"],
-            "tau": hparams["tau"],
-            "target_entropy": hparams.get("target_entropy", jnp.float32(target_entropy)),
-        }
-
-    # BRANCHED ROLLOUTS: k steps of the current policy through random elites, from real states.
-
-    def branched_rollouts(model, actor, buffer, model_buffer, k, key):
-        start_key, key = jax.random.split(key)
-        obs = replay.sample(buffer, start_key, config.rollout_batch_size)["obs"]
-
-        def model_step(t, carry):
-            obs, alive, model_buffer = carry
-            act_key, model_key = jax.random.split(jax.random.fold_in(key, t))
-            action, _ = sac.sample_action(agent_config, actor, obs, act_key)
-            next_obs, reward = ensemble.propagate(
-                model_config, model, obs, action, model_key, mode="ts1", elites_only=True
-            )
-            terminated = spec.termination_fn(obs, to_env_action(action), next_obs)
-            imagined = {
-                "obs": obs,
-                "action": action,
-                "reward": reward,
-                "next_obs": next_obs,
-                "terminated": terminated.astype(jnp.float32),
-            }
-            # A rollout stops at its first predicted termination, which is stored; nothing after it.
-            # A task that never terminates keeps every rollout alive, so the rows go in unmasked: the
-            # same slots, without the mask's cumulative sum, which XLA proves constant and folds at
-            # compile time (over a second for an s32[6250,16] of it in MBPO's paper setting on an H200).
-            model_buffer = replay.add(model_buffer, imagined, mask=alive if spec.can_terminate else None)
-            return next_obs, alive & ~terminated, model_buffer
-
-        alive = jnp.ones(config.rollout_batch_size, bool)
-        # k is the same for every run of a vmapped batch (it comes from the update index), so this
-        # stays a loop of k model steps, not a masked loop of k_max.
-        _, alive, model_buffer = jax.lax.fori_loop(0, k, model_step, (obs, alive, model_buffer))
-        return model_buffer, alive.mean()
-
-    # UPDATE POLICY on batches mixing real and imagined transitions.
-
-    def training_batch(state: MBPOState, key, real_ratio, retained):
-        real_key, model_key = jax.random.split(key)
-        real = replay.sample(state.buffer, real_key, B)
-        if not model_data:
-            return real
-        imagined = replay.sample(state.model_buffer, model_key, B, newest=retained)
-        # Both halves are drawn at full size and mixed row by row, so real_ratio can be a traced value.
-        use_real = jnp.arange(B) < jnp.floor(real_ratio * B)
-        return jax.tree_util.tree_map(
-            lambda r, m: jnp.where(use_real.reshape((B,) + (1,) * (r.ndim - 1)), r, m), real, imagined
-        )
-
-    def policy_updates(state: MBPOState, key, hparams, retained):
-        def gradient_step(agent, step_key):
-            batch_key, update_key = jax.random.split(step_key)
-            batch = training_batch(state, batch_key, hparams["real_ratio"], retained)
-            objective = None if actor_objective is None else functools.partial(actor_objective, state.model, hparams)
-            return sac.update(agent_config, agent, batch, update_key, sac_hparams(hparams), objective)
-
-        agent, metrics = jax.lax.scan(gradient_step, state.agent, jax.random.split(key, updates_per_vector_step))
-        return agent, jax.tree_util.tree_map(jnp.mean, metrics)
-
-    # ACT in the real environment
+        return scale_action(action, task.low, task.high)
 
     def env_step(state: MBPOState, action):
-        next_env_state = env.step(state.env_state, to_env_action(action))
+        next_env_state = task.env.step(state.env_state, to_env_action(action))
         buffer = replay.add(state.buffer, transition(state.env_state, action, next_env_state))
         episode_return, last_return = track_returns(
             state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
@@ -449,7 +449,7 @@ def make_train(
 
     def init(key, hparams):
         env_key, model_key, agent_key, explore_key, key = jax.random.split(key, 5)
-        env_state = env.reset(env_key)
+        env_state = task.env.reset(env_key)
         example = transition_example(env_state.obs[0], action_size)
         state = MBPOState(
             env_state=env_state,
@@ -461,50 +461,60 @@ def make_train(
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
         )
-
         # EXPLORE with uniformly random actions.
-        return explore_uniformly(
-            env_step, state, explore_key, config.initial_steps // num_envs, (num_envs, action_size)
-        )
+        random_steps = config.initial_steps // num_envs
+        return explore_uniformly(env_step, state, explore_key, random_steps, (num_envs, action_size))
 
     def update(state: MBPOState, hparams, update_index):
         """One model period: refit, roll out, then model_train_freq real steps of G updates each."""
         key, train_key, rollout_key, steps_key = jax.random.split(state.key, 4)
-        state = state._replace(key=key)
-        metrics = {}
-        retained = None
+        state, metrics, retained = state._replace(key=key), {}, None
         if not config.sac_only:
             # TRAIN MODEL on all real data.
-            model, model_metrics = ensemble.train(
-                model_config,
-                state.model,
-                state.buffer.data,
-                state.buffer.count,
-                train_key,
-                hparams["model_lr"],
-                hparams["model_weight_decay"],
-            )
-            state = state._replace(model=model)
-            metrics = dict(model_metrics)
+            lr, weight_decay = hparams["model_lr"], hparams["model_weight_decay"]
+            data, count = state.buffer.data, state.buffer.count
+            model, model_metrics = ensemble.train(model_config, state.model, data, count, train_key, lr, weight_decay)
+            state, metrics = state._replace(model=model), dict(model_metrics)
         if model_data:
-            # ROLLOUT from real states; the model buffer keeps the newest `retained` transitions.
-            k = rollout_length(config, update_index)
+            # ROLLOUT k steps of the current policy through random elites, from real states.
+            k = rollout_length(update_index * config.model_train_freq // config.epoch_length, config.rollout_schedule)
             model_buffer, still_alive = branched_rollouts(
-                state.model, state.agent.actor, state.buffer, state.model_buffer, k, rollout_key
+                functools.partial(sac.sample_action, agent_config, state.agent.actor),
+                functools.partial(ensemble.propagate, model_config, state.model, mode="ts1", elites_only=True),
+                lambda obs, action, next_obs: spec.termination_fn(obs, to_env_action(action), next_obs),
+                state.buffer,
+                state.model_buffer,
+                rollout_key,
+                length=k,
+                batch_size=config.rollout_batch_size,
+                can_terminate=spec.can_terminate,
             )
-            retained = rollouts_per_epoch * k * config.model_retain_epochs
+            retained = model_pool_size(rollouts_per_epoch, k, config.model_retain_epochs)
             state = state._replace(model_buffer=model_buffer)
             metrics.update(rollout_length=k, rollouts_alive=still_alive)
+        sac_hparams = dict(learning_rate=hparams["sac_lr"], discount=hparams["discount"], tau=hparams["tau"])
+        sac_hparams["target_entropy"] = hparams.get("target_entropy", jnp.float32(target_entropy))
+        objective = None if actor_objective is None else functools.partial(actor_objective, state.model, hparams)
 
-        # ACT, then UPDATE POLICY G times, for every real step of the period.
-        def real_step(state, step_key):
+        def real_step(state: MBPOState, step_key):
+            # ACT, then UPDATE POLICY G times on batches of real and imagined transitions.
             act_key, learn_key = jax.random.split(step_key)
             action, _ = sac.sample_action(agent_config, state.agent.actor, state.env_state.obs, act_key)
             state = env_step(state, action)
-            agent, agent_metrics = policy_updates(state, learn_key, hparams, retained)
+
+            def gradient_step(agent, update_key):
+                batch_key, update_key = jax.random.split(update_key)
+                ratio, batch_size = hparams["real_ratio"], config.sac_batch_size
+                batch = training_batch(state.buffer, state.model_buffer, batch_key, batch_size, ratio, retained)
+                return sac.update(agent_config, agent, batch, update_key, sac_hparams, objective)
+
+            learn_keys = jax.random.split(learn_key, config.updates_per_step * num_envs)
+            agent, agent_metrics = jax.lax.scan(gradient_step, state.agent, learn_keys)
+            agent_metrics = jax.tree_util.tree_map(jnp.mean, agent_metrics)
             return state._replace(agent=agent), dict(agent_metrics, train_reward=state.env_state.reward.mean())
 
-        state, step_metrics = jax.lax.scan(real_step, state, jax.random.split(steps_key, steps_per_update))
+        step_keys = jax.random.split(steps_key, config.model_train_freq // num_envs)
+        state, step_metrics = jax.lax.scan(real_step, state, step_keys)
         metrics.update(jax.tree_util.tree_map(jnp.mean, step_metrics))
         metrics["train_episode_return"] = state.last_episode_return
         return state, metrics
@@ -515,9 +525,10 @@ def make_train(
         def greedy(carry, obs, step_key):
             return to_env_action(sac.greedy_action(agent_config, state.agent.actor, obs)), carry
 
-        return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, greedy)
+        return evaluate_episodes(task.eval_env, key, config.eval_episodes, spec.episode_length, greedy)
 
-    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+    fresh_episodes = restart_episodes("env_state", "episode_return")  # a resumed gym/ run starts new episodes
+    return Trainer(init, update, evaluate, schedule, spec=spec, fresh_episodes=fresh_episodes)
 
 
 def main(argv=None) -> int:

@@ -26,14 +26,16 @@ from mbrlax.algorithms import maac
 
 # Every task's preset with SAC-SVG on top (the authors' regime where they ran the task, the method
 # alone on pendulum); the variants themselves to switch between.
-PRESETS = {
+TASKS = {
     **{
         task: {**settings, **maac.VARIANTS["sac-svg"], **maac.SAC_SVG_TASKS.get(task, {})}
         for task, settings in maac.TASKS.items()
     },
     "pendulum": {**maac.TASKS["pendulum"], **maac.SAC_SVG_METHOD},
-    **maac.VARIANTS,
 }
+# MAAC's variants; tiny keeps SAC-SVG's method (no model data for the critic) at MAAC's tiny sizes.
+VARIANTS = {**maac.VARIANTS, "tiny": {**maac.VARIANTS["tiny"], **maac.SAC_SVG_METHOD}}
+PRESETS = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

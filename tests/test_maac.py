@@ -1,12 +1,12 @@
 """MAAC and the SVG presets: the pathwise objective against finite differences and against hand
-computations, SAC's objective at H = 0, the variant presets, bad input, CLI runs of both entry
-points, and the pendulum learning bar."""
+computations, SAC's objective at H = 0, the variant presets, bad input, SVG(0) against MBPO's plain
+SAC, the model-free warm-up, and the pendulum learning bar. The guarantees every algorithm gives
+(CLI run, resume, determinism, vmap) are tests/test_contract.py's."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -190,43 +190,21 @@ def test_target_entropy_schedule_is_sac_svgs():
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-# A tiny configuration: 3 updates of 100 steps after 200 random ones, 2 evaluations.
-TINY = maac.Config(
-    env="pendulum",
-    total_steps=500,
-    initial_steps=200,
-    model_train_freq=100,
-    epoch_length=200,
-    rollout_batch_size=64,
-    rollout_schedule=(0, 1, 1, 2),
-    updates_per_step=2,
-    horizon=2,
-    ensemble_size=3,
-    num_elites=2,
-    model_hidden_sizes=(16, 16),
-    model_max_epochs=3,
-    sac_hidden_sizes=(16, 16),
-    sac_batch_size=32,
-    eval_every=200,
-    eval_episodes=2,
-    episode_length=50,
-)
-
-
+# The tiny preset: 4 model periods of 100 steps after 200 random ones, 2 evaluations (other test files use it too).
+TINY = runner._preset_config(maac.Config, maac.PRESETS, None, "tiny")
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--horizon", "-1"], "horizon"),
-        (["--sac-only"], "sac_only"),
+        # (tests/test_bad_inputs.py has the rest: a negative horizon, horizon with --sac-only, initial_alpha 0.)
         (["--max-grad-norm", "0"], "max_grad_norm"),
         (["--rollout-batch-size", "-5"], "rollout_batch_size"),
         (["--preset", "svg2"], "svg1"),
         (["--sac-update-order", "critic-last"], "sac_update_order"),
-        (["--initial-alpha", "0"], "initial_alpha"),
         (["--model-free-steps", "-1"], "model_free_steps"),
+        (["--target-entropy-decay", "-1"], "target_entropy_decay"),
         (["--target-entropy-final", "-2"], "target_entropy"),
     ],
 )
@@ -238,27 +216,6 @@ def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_maac_cli_two_seeds_and_svg_entry_point(tmp_path):
-    """maac.py with 2 vmapped seeds, and svg.py's SVG(1) (model fitted, no model data for the critic)."""
-    run = tmp_path / "maac"
-    assert maac.main(TINY_ARGS + ["--num-seeds", "2", "--run-dir", str(run)]) == 0
-    summary = json.loads((run / "summary.json").read_text())
-    per_run = summary["final_eval_return_per_run"]
-    assert len(per_run) == 2 and np.all(np.isfinite(per_run)) and per_run[0] != per_run[1]
-    header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert "rollout_length" in header and "model_holdout_mse" in header
-
-    # The variant sets horizon and rollouts, so the tiny flags leave them at the defaults.
-    svg_args = cli_args(dataclasses.replace(TINY, horizon=3, rollout_batch_size=10_000)) + ["--no-progress"]
-    svg_run = tmp_path / "svg1"
-    assert svg.main(svg_args + ["--preset", "svg1", "--run-dir", str(svg_run)]) == 0
-    saved = json.loads((svg_run / "config.json").read_text())
-    assert saved["algorithm"] == "svg" and saved["config"]["horizon"] == 1
-    assert saved["config"]["rollout_batch_size"] == 0
-    header = (svg_run / "metrics.csv").read_text().splitlines()[0]
-    assert "model_holdout_mse" in header and "rollout_length" not in header
-
-
 def test_config_error_before_compiling_for_a_model_free_horizon():
     with pytest.raises(ConfigError, match="sac_only"):
         maac.make_train(dataclasses.replace(TINY, sac_only=True))
@@ -266,10 +223,13 @@ def test_config_error_before_compiling_for_a_model_free_horizon():
     maac.make_train(dataclasses.replace(TINY, sac_only=True, horizon=0))
 
 
-def _final_agent(train, config):
+def _final_run(train, config):
     hparams = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-    state, _ = jax.jit(train)(jax.random.PRNGKey(3), hparams)
-    return state.agent
+    return jax.jit(train)(jax.random.PRNGKey(3), hparams)
+
+
+def _final_agent(train, config):
+    return _final_run(train, config)[0].agent
 
 
 # Two periods of 50 steps after 100 random ones: 100 SAC updates.
@@ -290,13 +250,18 @@ TINY_RUN = dict(
 def test_svg0_is_exactly_sac():
     """svg0 through svg.py's presets on pendulum against MBPO's plain SAC (`--sac-only
     --updates-per-step 1`, no clipping) with the same run settings and key: every one of the 100
-    updates is the same, so the final actor, critics, targets and temperature are equal bit for bit."""
+    updates is the same, so the final actor, critics, targets and temperature are equal bit for bit.
+    MBPO's --sac-only keeps no model, model buffer or model metrics."""
     svg0 = dataclasses.replace(runner._preset_config(maac.Config, svg.PRESETS, "pendulum", "svg0"), **TINY_RUN)
     plain_sac = mbpo.Config(sac_only=True, updates_per_step=1, **TINY_RUN)
     assert plain_sac.max_grad_norm is None
     svg0_agent = _final_agent(maac.make_train(svg0), svg0)
-    sac_agent = _final_agent(mbpo.make_train(plain_sac), plain_sac)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, svg0_agent, sac_agent)
+    sac_state, sac_metrics = _final_run(mbpo.make_train(plain_sac), plain_sac)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, svg0_agent, sac_state.agent)
+    assert sac_state.model is None and sac_state.model_buffer is None
+    assert not any(name.startswith("model_") or name.startswith("rollout") for name in sac_metrics["train"])
+    for name, value in {**sac_metrics["train"], **sac_metrics["eval"]}.items():
+        assert np.isfinite(np.asarray(value)).all(), name
 
 
 def test_model_free_warm_up_takes_sacs_actor_step():

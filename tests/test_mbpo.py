@@ -1,128 +1,167 @@
-"""MBPO end to end (not the learning test): the rollout-length schedule, vmap over seeds and a traced
-hyperparameter, the SAC-only mode, the model buffer's contents, bad input, the run folder and resume,
-and a Brax task with a termination function and a learned reward."""
+"""MBPO's parts against simple references (the rollout-length schedule against the paper's code,
+branched rollouts stopping at termination with a stub model, the real/imagined batch mix), then the
+whole loop: the model buffer's contents after real updates, MBPO's own bad inputs, and a Brax task
+with a termination function and a learned reward. The guarantees every algorithm gives (CLI run,
+resume, determinism, vmap) are tests/test_contract.py's."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import cli_args
 from mbrlax.algorithms import mbpo
 
+from mbrlax import buffer as replay
 from mbrlax.training import ConfigError
 
-# A tiny configuration: 4 updates of 100 steps after 200 random ones, 2 evaluations. Compiles in ~20 s.
-TINY = mbpo.Config(
-    env="pendulum",
-    total_steps=600,
-    initial_steps=200,
-    model_train_freq=100,
-    epoch_length=200,
-    rollout_batch_size=64,
-    rollout_schedule=(0, 1, 1, 3),
-    updates_per_step=2,
-    ensemble_size=3,
-    num_elites=2,
-    model_hidden_sizes=(16, 16),
-    model_max_epochs=3,
-    sac_hidden_sizes=(16, 16),
-    sac_batch_size=32,
-    eval_every=200,
-    eval_episodes=2,
-    episode_length=50,
-)
+# The tiny preset: 4 updates of 100 steps after 200 random ones, 2 evaluations (other test files use it too).
+TINY = dataclasses.replace(mbpo.Config(), **mbpo.VARIANTS["tiny"])
+TINY_ARGS = ["--preset", "tiny", "--no-progress"]
 
 
-TINY_ARGS = cli_args(TINY) + ["--no-progress"]
+def hparams_for(config):
+    return {k: jnp.float32(getattr(config, k)) for k in mbpo.Config.SWEEPABLE}
 
 
-def hparams_for(config, runs: int | None = None):
-    values = {k: jnp.float32(getattr(config, k)) for k in mbpo.Config.SWEEPABLE}
-    if runs is None:
-        return values
-    return {k: jnp.full((runs,), v) for k, v in values.items()}
+# ROLLOUT SCHEDULE
 
 
-def _paper_rollout_length(config, update_index: int) -> int:
-    """The rule of the paper's code (mbpo/algorithms/mbpo.py, set_rollout_length), in exact arithmetic:
-    k_a up to epoch_a, then linear, capped at k_b from epoch_b on, truncated to an integer."""
-    epoch_a, epoch_b, k_a, k_b = config.rollout_schedule
-    epoch = update_index * config.model_train_freq // config.epoch_length
+def paper_rollout_length(epoch: int, schedule) -> int:
+    """`_set_rollout_length` of the paper's code (jannerm/mbpo, mbpo/algorithms/mbpo.py), in exact
+    arithmetic: k_a up to epoch_a, then linear, capped at k_b from epoch_b on, truncated to an integer."""
+    epoch_a, epoch_b, k_a, k_b = schedule
     if epoch <= epoch_a:
         return k_a
     progress = min(Fraction(epoch - epoch_a, max(epoch_b - epoch_a, 1)), Fraction(1))
-    return int(np.floor(k_a + progress * (k_b - k_a)))
+    return int(k_a + progress * (k_b - k_a))
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    "schedule",
     [
-        dict(),  # TINY: (0, 1, 1, 3), two updates an epoch
-        dict(rollout_schedule=(20, 150, 1, 15), model_train_freq=250, epoch_length=1000),  # hopper preset
-        dict(rollout_schedule=(20, 100, 1, 25), model_train_freq=250, epoch_length=1000),  # ant preset
-        dict(rollout_schedule=(3, 3, 2, 6), model_train_freq=100, epoch_length=300),  # a step at epoch 3
-        dict(rollout_schedule=(1, 7, 9, 2), model_train_freq=50, epoch_length=100),  # shrinking
+        (0, 1, 1, 3),  # the tiny preset
+        (0, 2, 1, 5),  # the default (pendulum)
+        (20, 150, 1, 15),  # hopper, the authors' examples/config/hopper/0.py
+        (20, 100, 1, 25),  # ant, the authors' examples/config/ant/0.py
+        (20, 100, 1, 15),
+        (3, 3, 2, 6),  # a step at epoch 3
+        (1, 7, 9, 2),  # shrinking
     ],
 )
-def test_rollout_length_follows_the_paper_schedule(overrides):
-    config = dataclasses.replace(TINY, **overrides)
-    indices = np.arange(0, 1000)
-    got = np.asarray(jax.jit(lambda i: mbpo.rollout_length(config, i))(jnp.asarray(indices, jnp.int32)))
-    expected = [_paper_rollout_length(config, int(i)) for i in indices]
-    np.testing.assert_array_equal(got, expected)
-    # A few values spelled out for the hopper preset: k_a until epoch 20, k_b from epoch 150.
-    if config.rollout_schedule == (20, 150, 1, 15):
-        epochs = {0: 1, 20: 1, 21: 1, 30: 2, 85: 8, 149: 14, 150: 15, 249: 15}
-        for epoch, k in epochs.items():
-            assert int(mbpo.rollout_length(config, jnp.int32(4 * epoch))) == k, epoch
+def test_rollout_length_follows_the_papers_rule(schedule):
+    epochs = np.arange(0, 400)
+    got = np.asarray(jax.jit(lambda e: mbpo.rollout_length(e, schedule))(jnp.asarray(epochs, jnp.int32)))
+    np.testing.assert_array_equal(got, [paper_rollout_length(int(e), schedule) for e in epochs])
 
 
-def test_vmap_equals_single_runs_and_is_deterministic():
-    """vmap over seeds, and over a traced hyperparameter (real_ratio 0.05 and 1.0), gives per run what
-    single runs give; the same key gives the same run."""
-    trainer = mbpo.make_train(TINY)
-    single = jax.jit(trainer)
-    batched = jax.jit(jax.vmap(trainer))
-    keys = jax.random.split(jax.random.PRNGKey(3), 2)
-    _, by_seed = batched(keys, hparams_for(TINY, 2))
-    swept_hparams = dict(hparams_for(TINY, 2), real_ratio=jnp.array([0.05, 1.0]))
-    same_keys = jnp.stack([keys[0], keys[0]])
-    _, by_ratio = batched(same_keys, swept_hparams)
-
-    def assert_close(b, s):
-        np.testing.assert_allclose(b, s, rtol=1e-4, atol=1e-4)
-
-    for i in range(2):
-        _, run = single(keys[i], hparams_for(TINY))
-        _, again = single(keys[i], hparams_for(TINY))
-        jax.tree_util.tree_map(np.testing.assert_array_equal, run, again)
-        jax.tree_util.tree_map(lambda b, s: assert_close(b[i], s), by_seed, run)
-        ratio_hparams = dict(hparams_for(TINY), real_ratio=swept_hparams["real_ratio"][i])
-        _, run = single(keys[0], ratio_hparams)
-        jax.tree_util.tree_map(lambda b, s: assert_close(b[i], s), by_ratio, run)
-    assert np.isfinite(by_seed["eval"]["eval_return"]).all()
-    assert by_seed["eval"]["eval_return"].shape == (2, 2)
-    np.testing.assert_array_equal(by_seed["train"]["rollout_length"][0], [1, 1, 3, 3])
-    # Different seeds, and different real ratios, really are different runs.
-    assert not np.allclose(by_seed["train"]["train_reward"][0], by_seed["train"]["train_reward"][1])
-    assert not np.allclose(by_ratio["train"]["critic_loss"][0], by_ratio["train"]["critic_loss"][1])
+@pytest.mark.parametrize(
+    "schedule, by_hand",
+    [
+        # 1 + 14 (epoch - 20) / 130, truncated: 1 at epoch 21 (1.11), 2 at 30 (2.08), 8 at 85, 14 at 149 (14.89).
+        ((20, 150, 1, 15), {0: 1, 20: 1, 21: 1, 30: 2, 85: 8, 149: 14, 150: 15, 249: 15}),
+        # 1 + 14 (epoch - 20) / 80: 1.175 at 21, 2.75 at 30, 8 at 60, 14.825 at 99.
+        ((20, 100, 1, 15), {0: 1, 20: 1, 21: 1, 30: 2, 60: 8, 99: 14, 100: 15, 300: 15}),
+    ],
+)
+def test_rollout_length_by_hand(schedule, by_hand):
+    for epoch, k in by_hand.items():
+        assert int(mbpo.rollout_length(jnp.int32(epoch), schedule)) == k, epoch
 
 
-def test_sac_only_has_no_model_and_finite_metrics():
-    config = dataclasses.replace(TINY, sac_only=True)
-    state, metrics = jax.jit(mbpo.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
-    assert state.model is None and state.model_buffer is None
-    assert not any(name.startswith("model_") or name.startswith("rollout") for name in metrics["train"])
-    for name, value in {**metrics["train"], **metrics["eval"]}.items():
-        assert np.isfinite(np.asarray(value)).all(), name
-    assert metrics["train"]["critic_loss"].shape == (4,) and metrics["eval"]["eval_return"].shape == (2,)
+# BRANCHED ROLLOUTS, with a stub model: the state counts up by one a step, and a rollout ends when it
+# reaches END. Start states 0..4, so a rollout from s ends at its step END - s (counting from 1).
+
+END = 5
+
+
+def count_up(obs, action, key):
+    return obs + 1.0, 10.0 * obs[:, 0]
+
+
+def reaches_end(obs, action, next_obs):
+    return next_obs[:, 0] >= END
+
+
+def zero_policy(obs, key):
+    return jnp.zeros((obs.shape[0], 1)), jnp.zeros(obs.shape[0])
+
+
+def real_buffer_of_starts():
+    starts = jnp.arange(END, dtype=jnp.float32)[:, None]
+    example = {"obs": starts[0], "action": jnp.zeros(1), "reward": 0.0, "next_obs": starts[0], "terminated": 0.0}
+    example = jax.tree_util.tree_map(jnp.asarray, example)
+    batch = {"obs": starts, "action": jnp.zeros((END, 1)), "reward": jnp.zeros(END), "next_obs": starts + 1}
+    return replay.add(replay.init(example, END), dict(batch, terminated=jnp.zeros(END))), example
+
+
+@pytest.mark.parametrize("can_terminate", [True, False])
+def test_branched_rollouts_stop_at_termination(can_terminate):
+    """Each rollout keeps its steps up to and including its first termination, nothing after it; a
+    task that never terminates keeps all k steps of every rollout."""
+    real, example = real_buffer_of_starts()
+    n, k = 64, 4
+    termination = reaches_end if can_terminate else (lambda obs, action, next_obs: jnp.zeros(obs.shape[0], bool))
+    empty = replay.init(example, n * k)
+    options = dict(length=jnp.int32(k), batch_size=n, can_terminate=can_terminate)
+    model_buffer, alive = jax.jit(
+        lambda key: mbpo.branched_rollouts(zero_policy, count_up, termination, real, empty, key, **options)
+    )(jax.random.PRNGKey(0))
+    count = int(model_buffer.count)
+    data = jax.tree_util.tree_map(lambda x: np.asarray(x[:count]), model_buffer.data)
+    starts = data["obs"][:n, 0]  # every rollout is alive at its first step, so those come first
+    assert set(starts) <= set(range(END)) and len(set(starts)) > 2
+    np.testing.assert_array_equal(data["next_obs"], data["obs"] + 1)
+    np.testing.assert_array_equal(data["reward"], 10.0 * data["obs"][:, 0])
+    if not can_terminate:
+        assert count == n * k and float(alive) == 1.0 and not data["terminated"].any()
+        return
+    kept = np.minimum(k, END - starts)  # steps up to and including the one that reaches END
+    assert count == kept.sum()
+    # Nothing continues past the end: no stored step starts at END, and exactly the steps that reach it
+    # are marked terminated, one for each rollout that ended within k steps.
+    assert data["obs"].max() < END
+    np.testing.assert_array_equal(data["terminated"], data["next_obs"][:, 0] >= END)
+    assert data["terminated"].sum() == (starts + k >= END).sum()
+    np.testing.assert_allclose(float(alive), (starts + k < END).mean())
+    # Step t's rows are the rollouts still alive at step t, in order, packed one after another.
+    offset = 0
+    for t in range(k):
+        alive_at_t = starts + t < END
+        rows = data["obs"][offset : offset + alive_at_t.sum(), 0]
+        np.testing.assert_array_equal(rows, starts[alive_at_t] + t)
+        offset += alive_at_t.sum()
+
+
+# TRAINING BATCHES
+
+
+def test_training_batch_puts_the_real_share_first_and_reads_only_the_retained_rollouts():
+    """The paper's code takes int(batch_size x real_ratio) real rows, then model rows (`_training_batch`);
+    here the model rows come from the newest `retained` only: older rollouts (reward -1) never appear."""
+    example = {"obs": jnp.zeros(2), "action": jnp.zeros(1), "reward": jnp.float32(0), "next_obs": jnp.zeros(2)}
+
+    def filled(reward, size):
+        rows = jax.tree_util.tree_map(lambda x: jnp.zeros((size,) + x.shape), example)
+        return dict(rows, reward=jnp.full(size, reward, jnp.float32))
+
+    real = replay.add(replay.init(example, 50), filled(1.0, 30))
+    model = replay.add(replay.init(example, 100), filled(-1.0, 60))
+    model = replay.add(model, filled(2.0, 20))
+    key = jax.random.PRNGKey(1)
+    batch_of = jax.jit(lambda ratio, retained: mbpo.training_batch(real, model, key, 256, ratio, retained))
+    for ratio, real_rows in ((0.05, 12), (0.25, 64), (0.0, 0), (1.0, 256)):
+        reward = np.asarray(batch_of(jnp.float32(ratio), jnp.int32(20))["reward"])
+        np.testing.assert_array_equal(reward[:real_rows], 1.0)
+        np.testing.assert_array_equal(reward[real_rows:], 2.0)
+    all_real = mbpo.training_batch(real, None, key, 256, jnp.float32(0.05), None)
+    np.testing.assert_array_equal(all_real["reward"], 1.0)
+
+
+# THE LOOP
 
 
 def test_model_buffer_holds_only_the_alive_imagined_steps():
@@ -168,14 +207,13 @@ def test_model_buffer_holds_only_the_alive_imagined_steps():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--real-ratio", "1.5"], "real_ratio"),
-        (["--rollout-schedule", "5", "2", "1", "3"], "backwards"),
+        # (tests/test_bad_inputs.py has the rest: real_ratio, tau, num_elites, a backwards schedule.)
         (["--rollout-schedule", "0", "1", "0", "3"], "at least 1"),
-        (["--num-elites", "4"], "num_elites"),
-        (["--env", "pendulm"], "pendulum"),
         # Under the spring backend this task has no termination function (its kinematics are inexact).
         (["--env", "brax/inverted_double_pendulum", "--backend", "spring"], "termination function"),
         (["--sweep", "updates_per_step=1,x"], "type int"),
+        (["--env", "cartpole_discrete"], "MBPO takes continuous actions; cartpole_discrete has a discrete action"),
+        (["--env", "pendulum_pixels"], "MBPO takes vector observations; pendulum_pixels's observations are images"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
@@ -192,49 +230,6 @@ def test_model_period_longer_than_an_epoch_is_a_config_error():
     config = dataclasses.replace(TINY, epoch_length=50, rollout_schedule=(0, 1, 1, 1))
     with pytest.raises(ConfigError):
         mbpo.make_train(config)
-
-
-@pytest.mark.parametrize(
-    "env, message",
-    [
-        ("cartpole_discrete", "MBPO takes continuous actions; cartpole_discrete has a discrete action space"),
-        ("pendulum_pixels", "MBPO takes vector observations; pendulum_pixels's observations are images"),
-    ],
-)
-def test_discrete_or_image_task_is_refused(env, message, capsys, tmp_path):
-    assert mbpo.main(TINY_ARGS + ["--env", env, "--run-dir", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_run_folder_seeds_and_resume(tmp_path):
-    first = tmp_path / "first"
-    assert mbpo.main(TINY_ARGS + ["--num-seeds", "2", "--run-dir", str(first)]) == 0
-    for name in ("config.json", "metrics.csv", "metrics.jsonl", "curve.png", "summary.json"):
-        assert (first / name).exists(), name
-    summary = json.loads((first / "summary.json").read_text())
-    for field in ("final_eval_return", "env_steps", "wall_time_s", "wall_time_excl_compile_s", "device"):
-        assert field in summary
-    assert summary["env_steps"] == 600 and len(summary["final_eval_return_per_run"]) == 2
-    assert np.isfinite(summary["final_eval_return"])
-    rows = (first / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 2  # header, 2 runs x 2 evaluations
-    assert "rollout_length" in rows[0] and "eval_return" in rows[0]
-
-    # Kill-and-resume: remove the final checkpoint, so the newest left is mid-run, and resume.
-    second = tmp_path / "second"
-    shutil.copytree(first, second)
-    steps = sorted(int(p.name) for p in (second / "checkpoints").iterdir() if p.name.isdigit())
-    assert len(steps) == 2
-    shutil.rmtree(second / "checkpoints" / str(steps[-1]))
-    (second / "summary.json").unlink()
-    assert mbpo.main(["--resume", str(second), "--no-progress"]) == 0
-    resumed = json.loads((second / "summary.json").read_text())
-    assert resumed["final_eval_return_per_run"] == summary["final_eval_return_per_run"]
-    assert (second / "metrics.csv").read_text() == (first / "metrics.csv").read_text()
-    # The time spent before the kill counts: both compiles, and the wall time up to the checkpoint.
-    assert resumed["compile_time_s"] > summary["compile_time_s"]
-    assert resumed["wall_time_s"] > resumed["compile_time_s"]
 
 
 @pytest.mark.slow
