@@ -7,7 +7,7 @@ and PER_ENTRY_POINT, the mistakes particular to one algorithm. A new algorithm i
 being added to ENTRY_POINTS (test_every_entry_point_is_listed fails until it is).
 
 Each case runs `main(argv)` with `--no-progress` and `--run-dir <tmp>/run` (unless the case is about
-the run folder or --resume), with `runner.execute` and `runner.execute_fused` replaced by a function
+the run folder or --resume), with the runner's `execute`, `execute_fused` and `run_programs` replaced by a function
 that raises, so a case that gets through validation fails loudly instead of compiling. A tyro parse
 error (SystemExit(2), tyro's own multi-line message) is accepted for input tyro itself rejects.
 """
@@ -23,7 +23,6 @@ from typing import Callable
 
 import pytest
 
-from mbrlax import runner
 from mbrlax.algorithms import clearning, dreamer, maac, mbmpo, mbpo, pets, svg
 
 # ENTRY POINTS
@@ -299,9 +298,11 @@ def test_bad_input_is_refused(entry: EntryPoint, case: Case, tmp_path, monkeypat
             pass
         else:
             pytest.skip(f"{case.skip_if_importable} is installed")
-    monkeypatch.setattr(runner, "execute", _reached_execution)
-    monkeypatch.setattr(runner, "execute_fused", _reached_execution)
-    monkeypatch.setattr(runner, "run_programs", _reached_execution, raising=False)
+    from mbrlax.runner import cli, execution
+
+    monkeypatch.setattr(cli, "run_programs", _reached_execution)
+    monkeypatch.setattr(execution, "execute", _reached_execution)
+    monkeypatch.setattr(execution, "execute_fused", _reached_execution)
     cwd = tmp_path / "cwd"  # the default runs/<name> folder would land here
     cwd.mkdir()
     monkeypatch.chdir(cwd)

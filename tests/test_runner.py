@@ -11,6 +11,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import types
 from typing import ClassVar
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import pytest
 
 from mbrlax import runner
+from mbrlax.runner import execution, planning, records
 from mbrlax.training import ConfigError, Trainer, check_fields, make_schedule
 
 
@@ -34,6 +36,8 @@ class ToyConfig:
     lr: float = 0.1
     nan_at: int = 0
     """The update (1, 2, ...) whose loss and state turn NaN; 0 for never."""
+    steps_per_update: int | None = None
+    """Environment steps an update counts (None: 100)."""
 
     def validate(self) -> None:
         check_fields(self)
@@ -41,7 +45,7 @@ class ToyConfig:
 
 def make_toy(config: ToyConfig) -> Trainer:
     config.validate()
-    schedule = make_schedule(config.total_steps, 0, 100, config.eval_every)
+    schedule = make_schedule(config.total_steps, 0, config.steps_per_update or 100, config.eval_every)
 
     def init(key, hparams):
         return {"w": jnp.zeros(()), "key": key}
@@ -143,7 +147,7 @@ def test_the_final_line_says_when_steps_were_rounded_up(tmp_path, capsys):
 
 
 def test_memory_check_says_when_not_even_one_run_fits(monkeypatch):
-    monkeypatch.setattr(runner, "device_memory_bytes", lambda: (8, "a tiny device"))
+    monkeypatch.setattr(planning, "device_memory_bytes", lambda: (8, "a tiny device"))
     trainer = make_toy(ToyConfig())
     with pytest.raises(ConfigError, match="even one run does not fit"):
         runner.check_memory(trainer, [{"seed": 0, "lr": 0.1}], ToyConfig.SWEEPABLE)
@@ -151,14 +155,14 @@ def test_memory_check_says_when_not_even_one_run_fits(monkeypatch):
 
 def _stop_at_update(monkeypatch, update: int, error: BaseException):
     """Raise `error` where the runner takes the rows of update `update` (the loop's host side)."""
-    real = runner.metric_rows
+    real = execution.metric_rows
 
     def rows(runs, metrics, env_steps, u):
         if u == update:
             raise error
         return real(runs, metrics, env_steps, u)
 
-    monkeypatch.setattr(runner, "metric_rows", rows)
+    monkeypatch.setattr(execution, "metric_rows", rows)
 
 
 def test_ctrl_c_stops_with_one_line_and_the_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
@@ -219,7 +223,7 @@ def test_a_full_disk_for_real(tmp_path, capsys, monkeypatch, checked_first):
     a whole checkpoint, and leaves no half-written file; both when the free space is checked before a
     checkpoint and when orbax's writers meet the full disk themselves."""
     if not checked_first:
-        monkeypatch.setattr(runner, "require_free_space", lambda folder, state_bytes: None)
+        monkeypatch.setattr(records, "require_free_space", lambda folder, state_bytes: None)
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
@@ -283,6 +287,65 @@ def test_when_no_checkpoint_restores_each_is_named(tmp_path, capsys):
 def test_a_swept_value_gets_the_checks_of_a_single_value():
     with pytest.raises(ConfigError, match="--sweep lr=-1: lr is a learning rate and must be positive"):
         runner.expand_runs(ToyConfig(), runner.RunOptions(sweep=("lr=0.1,-1",)))
+
+
+def test_a_plan_is_a_program_per_static_setting_each_with_its_seeds_and_traced_values():
+    sweep = planning.Sweep(traced={"lr": [0.1, 0.2]}, static={"total_steps": [600, 800]})
+    planned = runner.plan(ToyConfig(), sweep, make_toy, seed=3, num_seeds=2)
+    assert [program.setting for program in planned.programs] == [{"total_steps": 600}, {"total_steps": 800}]
+    for program, total in zip(planned.programs, (600, 800)):
+        assert program.config == ToyConfig(total_steps=total)
+        assert program.trainer.schedule.total_steps == total
+        assert program.runs == [
+            {"seed": seed, "lr": lr, "total_steps": total} for lr in (0.1, 0.2) for seed in (3, 4)
+        ]
+    assert planned.every_run == [run for program in planned.programs for run in program.runs]
+
+
+def test_a_static_field_that_defaults_to_none_sweeps_to_none(tmp_path):
+    """The sweep is read once, against the Config as given: a setting's own value (200) does not
+    change how "none" reads."""
+    run = tmp_path / "run"
+    assert toy_main(["--run-dir", str(run), "--sweep", "steps-per-update=200,none"]) == 0
+    assert json.loads((run / "setting-1" / "setting.json").read_text()) == {"steps_per_update": None}
+    assert strict_load(run / "summary.json")["num_runs"] == 2
+
+
+def host_toy(config: ToyConfig, restarts: list | None = None) -> Trainer:
+    """The toy on a task that steps on the host, as its spec says; a resumed run restarts its
+    episodes by the Trainer's `fresh_episodes`, which notes each (restored, fresh) position."""
+
+    def fresh_episodes(restored, fresh):
+        restarts.append((restored["w"].tolist(), fresh["w"].tolist()))
+        return restored
+
+    trainer = make_toy(config)
+    return dataclasses.replace(trainer, spec=types.SimpleNamespace(steps_on_host=True), fresh_episodes=fresh_episodes)
+
+
+def test_a_task_that_steps_on_the_host_runs_one_run_a_process(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = runner.main("toy", ToyConfig, {}, host_toy, ["--no-progress", "--num-seeds", "2", "--run-dir", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "toy steps on the host, so a process runs one run of it, not 2" in err
+    assert not run.exists()
+
+
+def test_a_resumed_host_task_starts_new_episodes_as_its_trainer_says(tmp_path, monkeypatch):
+    restarts = []
+
+    def host_main(argv):
+        return runner.main("toy", ToyConfig, {}, lambda config: host_toy(config, restarts), ["--no-progress", *argv])
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _stop_at_update(patch, 5, KeyboardInterrupt())
+        assert host_main(["--run-dir", str(run)]) == 130
+    assert restarts == []
+    assert host_main(["--resume", str(run)]) == 0
+    [(restored, fresh)] = restarts  # once, on resuming: the state after update 4 and one init just made
+    assert fresh == [0.0] and restored != [0.0]
 
 
 def test_a_run_folder_on_a_read_only_disk_is_refused_before_anything_runs(tmp_path, capsys):

@@ -4,6 +4,7 @@ and runs sharded over several devices give what the same runs give on one."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -12,9 +13,9 @@ import sys
 
 import numpy as np
 from helpers import cli_args
-from mbrlax.algorithms import pets
-from test_pets import TINY
+from mbrlax.algorithms import mbpo, pets
 
+TINY = dataclasses.replace(pets.Config(), **pets.VARIANTS["tiny"])
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]
 
 
@@ -94,9 +95,9 @@ def test_python_api_sweeps_traced_and_static_fields():
 
 
 def test_runs_that_do_not_fit_in_memory_are_refused_before_compiling(monkeypatch, capsys, tmp_path):
-    from mbrlax import runner
+    from mbrlax.runner import planning
 
-    monkeypatch.setattr(runner, "device_memory_bytes", lambda: (200_000, "a tiny device"))
+    monkeypatch.setattr(planning, "device_memory_bytes", lambda: (200_000, "a tiny device"))
     code = pets.main(TINY_ARGS + ["--num-seeds", "64", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -161,7 +162,6 @@ def test_two_processes_give_the_runs_of_one_and_resume(tmp_path):
 
 def test_static_fields_that_default_to_none_sweep_by_their_annotation():
     from mbrlax import runner
-    from mbrlax.algorithms import mbpo
 
     config = mbpo.Config()
     assert config.episode_length is None
@@ -197,8 +197,7 @@ def test_a_half_written_process_checkpoint_is_ignored(tmp_path):
 def test_seeds_of_a_gym_task_run_as_processes(tmp_path):
     """A gym/ task steps on the host, one run a process: two seeds run as two processes on this
     machine, and process 0 gathers both."""
-    from test_mbpo import TINY as MBPO_TINY
-
+    MBPO_TINY = dataclasses.replace(mbpo.Config(), **mbpo.VARIANTS["tiny"])
     run = tmp_path / "gym"  # the tiny config's task is the default, pendulum, so it names none
     _two_processes(
         cli_args(MBPO_TINY) + ["--env", "gym/Pendulum-v1", "--num-seeds", "2", "--run-dir", str(run)], "mbpo"

@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from mbrlax import runner
+from mbrlax.runner.execution import over_runs, shard_runs
+from mbrlax.runner.planning import RunOptions, Sweep, batch_inputs, check_options, plan, preset_config
 from mbrlax.training import ConfigError
 
 
@@ -35,42 +36,49 @@ def sweep(
 ) -> dict:
     """Run `algorithm` (a file of mbrlax.algorithms: "pets", "mbpo", "dreamer", ...) on `env` for
     every combination of `grid` x `seeds` seeds, starting from the task's preset (or `preset`: one
-    name, or several applied in order) with `overrides` on top. Returns {"runs": [{field: value, ..., "seed": s}], "train": {metric:
-    [runs, updates]}, "eval": {metric: [runs, evaluations]}, "env_steps": [evaluations]}: every
-    static combination's runs one after another. Raises ConfigError for a config that cannot run."""
+    name, or several applied in order) with `overrides` on top. Returns {"runs": [{field: value,
+    ..., "seed": s}], "train": {metric: [runs, updates]}, "eval": {metric: [runs, evaluations]},
+    "env_steps": [evaluations]}: every static combination's runs one after another. Raises
+    ConfigError for a config that cannot run, before anything compiles."""
     try:
         module = importlib.import_module(f"mbrlax.algorithms.{algorithm}")
     except ModuleNotFoundError:
         raise ConfigError(f"unknown algorithm {algorithm!r}") from None
     Config = module.Config
-    config = dataclasses.replace(runner._preset_config(Config, module.PRESETS, env, preset), **overrides)
+    config = dataclasses.replace(preset_config(Config, module.PRESETS, env, preset), **overrides)
     grid = dict(grid or {})
     fields = {f.name for f in dataclasses.fields(Config)}
     unknown = [name for name in grid if name not in fields]
     if unknown:
         raise ConfigError(f"sweep: {', '.join(unknown)} is not a field of {algorithm}'s Config")
-    static = {name: values for name, values in grid.items() if name not in Config.SWEEPABLE}
-    traced = tuple(f"{name}={','.join(map(str, values))}" for name, values in grid.items() if name in Config.SWEEPABLE)
+    check_options(RunOptions(seed=seed, num_seeds=seeds))
+    config.validate()
+    planned = plan(config, _sweep_of(grid, Config.SWEEPABLE), module.make_train, seed, seeds)
 
-    all_runs, train, evals, env_steps = [], [], [], None
-    for setting in runner.static_settings(static):
-        run_config = dataclasses.replace(config, **setting)
-        run_config.validate()
-        runs = runner.expand_runs(run_config, runner.RunOptions(seed=seed, num_seeds=seeds, sweep=traced))
-        runner.check_host_task(run_config, runs)
-        trainer = module.make_train(run_config)
-        runner.check_memory(trainer, runs, Config.SWEEPABLE)
-        keys, hparams = runner.shard_runs(runner.batch_inputs(runs, Config.SWEEPABLE))
-        _, metrics = jax.jit(runner.over_runs(trainer, len(runs)))(keys, hparams)
-        steps = [
-            trainer.schedule.env_steps_after((e + 1) * trainer.schedule.updates_per_eval)
-            for e in range(trainer.schedule.num_evals)
-        ]
-        if env_steps is not None and steps != env_steps:
-            raise ConfigError("sweep: the static values give different evaluation schedules; sweep them apart")
-        env_steps = steps
-        all_runs += [dict(run, **setting) for run in runs]
+    schedules = {_evaluation_steps(program.trainer.schedule) for program in planned.programs}
+    if len(schedules) > 1:
+        raise ConfigError("sweep: the static values give different evaluation schedules; sweep them apart")
+    train, evals = [], []
+    for program in planned.programs:
+        keys, hparams = shard_runs(batch_inputs(program.runs, Config.SWEEPABLE))
+        _, metrics = jax.jit(over_runs(program.trainer, len(program.runs)))(keys, hparams)
         train.append(jax.tree_util.tree_map(np.asarray, metrics["train"]))
         evals.append(jax.tree_util.tree_map(np.asarray, metrics["eval"]))
     stack = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
-    return {"runs": all_runs, "train": stack(train), "eval": stack(evals), "env_steps": env_steps}
+    return {"runs": planned.every_run, "train": stack(train), "eval": stack(evals), "env_steps": list(schedules.pop())}
+
+
+def _sweep_of(grid: dict[str, list[Any]], sweepable: tuple[str, ...]) -> Sweep:
+    """The grid split into traced fields (read as numbers) and static ones (taken as given)."""
+    traced = {}
+    for name, values in grid.items():
+        if name in sweepable:
+            try:
+                traced[name] = [float(value) for value in values]
+            except (TypeError, ValueError):
+                raise ConfigError(f"sweep: {name}'s values must be numbers, got {values!r}") from None
+    return Sweep(traced, {name: list(values) for name, values in grid.items() if name not in sweepable})
+
+
+def _evaluation_steps(schedule) -> tuple[int, ...]:
+    return tuple(schedule.env_steps_after((e + 1) * schedule.updates_per_eval) for e in range(schedule.num_evals))

@@ -78,7 +78,7 @@ class Trainer:
     fresh_episodes: Callable[[Any, Any], Any] | None = None
     """(restored, fresh) -> state: a run resumed with new host simulators (whose state no checkpoint
     holds) takes the environments of `fresh`, a state `init` just made, and starts new episodes,
-    keeping all it learned; see `restart_episodes`. None: the restored state is used as it is."""
+    keeping all it learned; see `restart_episodes`."""
 
     def __call__(self, key: jax.Array, hparams: dict) -> tuple[Any, dict]:
         """The fused run: init, then evaluation periods of updates, all in one `lax.scan`."""
