@@ -1,8 +1,10 @@
-"""MB-MPO: the meta-gradient through the inner step against finite differences, the two inner
+"""MB-MPO: imagination against a by-hand rollout through a known linear model, every task through
+its own model, the meta-gradient through the inner step against finite differences, the two inner
 surrogates (MAML's, ProMP's LVC) against per-sample references, conjugate gradient against a linear
-solve, the TRPO step against a dense natural-gradient step and its KL bound, the advantage pieces
-against references, no adaptation when inner_lr = 0, vmap and determinism, the run folder, bad
-input, and the pendulum learning bar."""
+solve, the TRPO step against a dense natural-gradient step and its KL bound, the PPO outer step
+against a loop of Adam steps, the advantage pieces against references, the declared settings, no
+adaptation when inner_lr = 0, vmap and determinism, the run folder, bad input, and the pendulum
+learning bar."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-from helpers import cli_args
 from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import mbmpo
 
@@ -37,6 +39,99 @@ def random_paths(key, tasks, T=5, N=3, obs_size=2, dtype=jnp.float32):
         "advantage": jax.random.normal(adv_key, (tasks, T, N), dtype) * alive,
         "alive": alive,
     }
+
+
+# IMAGINE: a known linear world, x' = x A + a B, reward -|x|^2 - 0.1 a^2, ended once x'_0 > 1.
+WORLD_A = jnp.array([[1.0, 0.1], [0.2, 0.9]])
+WORLD_B = jnp.array([[0.5, -0.3]])
+
+
+def linear_world(scale=1.0):
+    def world(obs, action):
+        next_obs = obs @ (scale * WORLD_A) + action @ WORLD_B
+        reward = -(obs**2).sum(-1) - 0.1 * (action**2).sum(-1)
+        return next_obs, reward, next_obs[:, 0] > 1.0
+
+    return world
+
+
+THETA = {"w": jnp.array([[0.3], [-0.2]]), "b": jnp.array([0.1]), "log_std": jnp.array([-0.3])}
+START = jnp.array([[0.0, 0.0], [0.9, 0.5], [-0.5, 0.2]])
+
+
+def by_hand_rollout(params, world, start, key, horizon):
+    """The reference: one step at a time in Python, the noise of step t from the t-th split key."""
+    keys, obs, alive = jax.random.split(key, horizon), start, np.ones(start.shape[0], np.float32)
+    steps = []
+    for t in range(horizon):
+        mean, log_std = linear_gaussian(params, obs)
+        action = mean + jnp.exp(log_std) * jax.random.normal(keys[t], mean.shape)
+        next_obs, reward, ended = world(obs, action)
+        log_prob = mbmpo.gaussian_log_prob(mean, log_std, action)
+        steps.append(dict(obs=obs, action=action, reward=reward * alive, alive=alive, log_prob=log_prob))
+        obs, alive = next_obs, alive * (1.0 - np.asarray(ended, np.float32))
+    return {name: np.stack([np.asarray(step[name]) for step in steps]) for name in steps[0]}
+
+
+def test_imagine_against_a_by_hand_rollout_through_a_linear_model():
+    """The scan equals the Python loop; rewards stop at the predicted end (one path ends, one does
+    not); the paths carry no gradient back to the policy that sampled them."""
+    key, horizon = jax.random.PRNGKey(0), 6
+    path = jax.jit(mbmpo.imagine, static_argnums=(0, 2, 5))(linear_gaussian, THETA, linear_world(), START, key, horizon)
+    expected = by_hand_rollout(THETA, linear_world(), START, key, horizon)
+    for name, value in expected.items():
+        np.testing.assert_allclose(path[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    mean, log_std = linear_gaussian(THETA, path["obs"])
+    np.testing.assert_allclose(path["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(path["log_std"], log_std)
+    alive = np.asarray(path["alive"])
+    assert alive[-1].min() == 0.0 and alive[-1].max() == 1.0, alive
+    assert (path["reward"][alive == 0] == 0).all()
+
+    def total_reward(params):
+        return mbmpo.imagine(linear_gaussian, params, linear_world(), START, key, horizon)["reward"].sum()
+
+    assert all(np.all(g == 0) for g in jax.tree_util.tree_leaves(jax.grad(total_reward)(THETA)))
+
+
+@pytest.mark.parametrize("one_per_task", [False, True])
+def test_imagine_tasks_runs_each_task_through_its_own_world(one_per_task):
+    """Task i imagines through world_of(members[i]) from starts[i] with keys[i], under theta or its
+    own params[i], and gets GAE advantages and its mean return, as one imagine and with_advantages."""
+    members, horizon, discount, lam = jnp.array([1, 0, 1]), 5, 0.9, 0.95
+    world_of = lambda member: linear_world(1.0 - 0.3 * member)  # noqa: E731
+    starts = jnp.stack([START, START * 0.5, -START])
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    params = jax.tree_util.tree_map(lambda p: jnp.stack([p, p + 0.1, p - 0.1]), THETA) if one_per_task else THETA
+    settings = dict(horizon=horizon, discount=discount, gae_lambda=lam, one_per_task=one_per_task)
+    paths = mbmpo.imagine_tasks(linear_gaussian, params, world_of, members, starts, keys, **settings)
+
+    @jax.jit
+    def one_task(task_params, member, start, key):
+        path = mbmpo.imagine(linear_gaussian, task_params, world_of(member), start, key, horizon)
+        returns = mbmpo.discounted_returns(path["reward"], discount)
+        baseline = mbmpo.linear_baseline(path["obs"], returns, path["alive"])
+        advantage = mbmpo.advantages(path["reward"], baseline, path["alive"], discount, lam)
+        return dict(path, advantage=advantage, path_return=path["reward"].sum(0).mean())
+
+    for i in range(3):
+        task_params = jax.tree_util.tree_map(lambda p, i=i: p[i], params) if one_per_task else params
+        for name, value in one_task(task_params, members[i], starts[i], keys[i]).items():
+            np.testing.assert_allclose(paths[name][i], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_each_environment_acts_with_its_task_policy():
+    """Environment j acts with task j mod M's parameters: its mean plus its std times the noise."""
+    adapted = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2.0 * p]), THETA)
+    per_env = mbmpo.policies_per_env(adapted, 5)
+    obs = jax.random.normal(jax.random.PRNGKey(2), (5, 2))
+    key = jax.random.PRNGKey(3)
+    actions = mbmpo.sample_actions(linear_gaussian, per_env, obs, key)
+    noise = jax.random.normal(key, (5, 1, 1))[:, 0]
+    for j in range(5):
+        task_params = jax.tree_util.tree_map(lambda p, j=j: p[j % 2], adapted)
+        mean, log_std = linear_gaussian(task_params, obs[j : j + 1])
+        np.testing.assert_allclose(actions[j], (mean + jnp.exp(log_std) * noise[j])[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ["maml", "lvc"])
@@ -240,6 +335,50 @@ def test_trpo_step_is_the_natural_gradient_step_within_the_kl_bound(estimator):
             jax.tree_util.tree_map(lambda b, s, i=i: np.testing.assert_allclose(b[i], s, rtol=1e-9), batched, single)
 
 
+def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
+    """TRPO: `trpo_step` on the post-adaptation objective and KL, the KL reported after the step.
+    PPO: `outer_steps` Adam steps up the clipped objective, as a loop of optax.adam on its negative."""
+    with jax.enable_x64(True):
+        theta = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), THETA)
+        hparams = dict(inner_lr=0.3, max_kl=0.01, cg_damping=1e-5, backtrack_ratio=0.8, outer_lr=0.01, clip_eps=0.2)
+        pre = random_paths(jax.random.PRNGKey(7), tasks=2, dtype=jnp.float64)
+        post = random_paths(jax.random.PRNGKey(8), tasks=2, dtype=jnp.float64)
+        post = consistent_post_paths(theta, pre, post, hparams["inner_lr"], "maml")
+        objective = lambda t, clip=None: mbmpo.post_adaptation_objective(  # noqa: E731
+            linear_gaussian, t, pre, post, hparams["inner_lr"], clip
+        )
+        kl = lambda t: mbmpo.post_adaptation_kl(linear_gaussian, t, pre, post, hparams["inner_lr"])  # noqa: E731
+        opt_state = mbmpo.adam_ascent(0.0).init(theta)
+
+        outer_step = jax.jit(mbmpo.outer_step, static_argnums=(0, 6))
+        config = mbmpo.Config(cg_iterations=4)
+        new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, hparams, config)
+        trpo_step = functools.partial(
+            mbmpo.trpo_step, objective, kl, cg_iterations=4, damping=1e-5, backtrack_ratio=0.8, max_backtracks=15
+        )
+        expected, info = jax.jit(trpo_step)(theta, 0.01)
+        jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-12), new, expected)
+        assert float(metrics["outer_step_taken"]) == 1.0 and 0.0 < float(metrics["outer_kl"]) <= 0.01
+        np.testing.assert_allclose(metrics["outer_kl"], kl(new), rtol=1e-12)
+        np.testing.assert_allclose(metrics["outer_objective"], info["objective"], rtol=1e-12)
+
+        config = mbmpo.Config(outer_optimizer="ppo", outer_steps=3)
+        new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, hparams, config)
+
+        @jax.jit
+        def adam_step(params, adam_state):
+            value, grads = jax.value_and_grad(lambda t: -objective(t, 0.2))(params)
+            updates, adam_state = optax.adam(0.01).update(grads, adam_state)
+            return optax.apply_updates(params, updates), adam_state, value
+
+        params, adam_state = theta, optax.adam(0.01).init(theta)
+        for _ in range(3):
+            params, adam_state, value = adam_step(params, adam_state)
+        jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-10), new, params)
+        np.testing.assert_allclose(metrics["outer_objective"], -value, rtol=1e-12)
+        assert float(objective(new, 0.2)) > float(objective(theta, 0.2))
+
+
 def test_advantage_pieces_against_references():
     rng = np.random.default_rng(0)
     T, N, gamma, lam = 7, 3, 0.9, 0.8
@@ -290,30 +429,32 @@ def test_gaussian_kl():
     )
 
 
-# A tiny configuration: 2 iterations of 200 real steps after 200 random ones, 2 evaluations.
-TINY = mbmpo.Config(
-    env="pendulum",
-    total_steps=600,
-    initial_steps=200,
-    real_steps_per_iteration=200,
-    num_envs=2,
-    episode_length=50,
-    eval_every=200,
-    eval_episodes=2,
-    num_models=2,
-    tasks_per_model=1,
-    imagined_trajectories=4,
-    imagined_horizon=20,
-    meta_steps=2,
-    outer_steps=2,
-    policy_hidden_sizes=(8, 8),
-    model_hidden_sizes=(16, 16),
-    model_max_epochs=3,
-    # TINY's few imagined samples (80 a task) leave the KL's Hessian badly conditioned; with the
-    # authors' damping of 1e-5 the conjugate-gradient direction then amplifies rounding, and the
-    # batched and single runs drift apart by a few units of return. 0.1 keeps it well-conditioned.
-    cg_damping=0.1,
-)
+def test_declared_settings():
+    """The traced fields are the ones the file declares, in order; inner_lr 0 is the no-adaptation
+    ablation, a negative one an error; every preset makes a valid Config."""
+    assert mbmpo.Config.SWEEPABLE == (
+        "inner_lr",
+        "max_kl",
+        "cg_damping",
+        "backtrack_ratio",
+        "outer_lr",
+        "clip_eps",
+        "discount",
+        "gae_lambda",
+        "model_lr",
+        "model_weight_decay",
+    )
+    mbmpo.Config(inner_lr=0.0).validate()
+    with pytest.raises(mbmpo.ConfigError, match="inner_lr"):
+        mbmpo.Config(inner_lr=-0.1).validate()
+    assert mbmpo.PRESETS == {**mbmpo.TASKS, **mbmpo.VARIANTS}
+    for name, preset in mbmpo.PRESETS.items():
+        mbmpo.Config(**preset).validate()
+
+
+# The tiny preset: 2 iterations of 200 real steps after 200 random ones, 2 evaluations (test_gym.py
+# runs it too).
+TINY = mbmpo.Config(**mbmpo.VARIANTS["tiny"])
 
 
 def hparams_for(config, runs: int | None = None):
@@ -354,13 +495,13 @@ def test_vmap_equals_single_runs_and_no_adaptation_at_zero_inner_lr():
     assert (runs["train"]["outer_kl"] <= TINY.max_kl * (1 + 1e-5)).all(), runs["train"]["outer_kl"]
 
 
-TINY_ARGS = cli_args(TINY) + ["--no-progress"]
+TINY_ARGS = ["--preset", "tiny", "--no-progress"]
 
 
-@pytest.mark.parametrize("variant", [[], ["--outer-optimizer", "ppo", "--inner-estimator", "lvc"]])
-def test_cli_run_folder(variant, tmp_path):
-    """The default (TRPO outer step, MAML inner estimator) and the other two options."""
+def test_cli_run_folder(tmp_path):
+    """The options the other tests leave out (PPO outer step, LVC inner estimator), from the CLI."""
     run = tmp_path / "run"
+    variant = ["--outer-optimizer", "ppo", "--inner-estimator", "lvc"]
     assert mbmpo.main(TINY_ARGS + variant + ["--run-dir", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] == 600 and np.isfinite(summary["final_eval_return"])
@@ -372,14 +513,11 @@ def test_cli_run_folder(variant, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--inner-lr", "-0.1"], "inner_lr"),
-        (["--clip-eps", "1.5"], "clip_eps"),
         (["--max-kl", "0"], "max_kl"),
         (["--backtrack-ratio", "1.5"], "backtrack_ratio"),
         (["--cg-iterations", "0"], "cg_iterations"),
         (["--real-steps-per-iteration", "201"], "divide"),
         (["--tasks-per-model", "0"], "tasks_per_model"),
-        (["--imagined-horizon", "0"], "imagined_horizon"),
         (["--env", "brax/inverted_double_pendulum", "--backend", "spring"], "termination function"),
         (["--sweep", "env=pendulum,x"], "one command per task"),
     ],
@@ -394,17 +532,21 @@ def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_mbmpo_learns_pendulum_and_adaptation_helps_in_imagination(tmp_path):
-    """The default pendulum settings (7,400 real steps, 1,000 of them random; evaluations after
-    2,600, 4,200, 5,800 and 7,400), 4 seeds vmapped. A random policy scores about -1200; the bar is
-    -400 for every seed. The inner step must improve each task's own imagined return on average over
-    the seeds and evaluations (the same start states and noise before and after the step); one
+    """4 seeds vmapped on pendulum (200-step episodes): 4,200 real steps, 1,000 of them random, and an
+    evaluation after each iteration of 800 (after 1,800, 2,600, 3,400 and 4,200 steps). A random
+    policy scores about -1200; the bar is -400 for every seed. The defaults but for the budget
+    (7,400 steps), the imagined horizon (200) and the meta-steps per iteration (15): a sixth of
+    their imagined steps. The inner step must improve each task's own imagined return on average
+    over the seeds and evaluations (the same start states and noise before and after the step); one
     evaluation of one seed is a single noisy sample of that gain, often of either sign late in
     training, when theta is already good."""
     run = tmp_path / "run"
-    assert mbmpo.main(["--env", "pendulum", "--num-seeds", "4", "--no-progress", "--run-dir", str(run)]) == 0
+    fast = ["--total-steps", "4200", "--eval-every", "800", "--imagined-horizon", "100", "--meta-steps", "10"]
+    argv = ["--env", "pendulum", *fast, "--num-seeds", "4", "--no-progress", "--run-dir", str(run)]
+    assert mbmpo.main(argv) == 0
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    final = [float(r["eval_return"]) for r in rows if r["env_steps"] == "7400"]
-    gains = [float(r["eval_imagined_adaptation_gain"]) for r in rows]
+    final = [float(r["eval_return"]) for r in rows if r["env_steps"] == "4200"]
+    gains = [float(r["eval_imagined_adaptation_gain"]) for r in rows if r["eval_imagined_adaptation_gain"]]
     print({"final": np.round(final, 1), "gains": np.round(gains, 1)})
     assert len(final) == 4 and min(final) >= -400.0, final
     assert len(gains) == 16 and np.mean(gains) > 0.0, gains

@@ -93,8 +93,6 @@ def check_fields(config) -> None:
     for field in dataclasses.fields(config):
         name, value = field.name, getattr(config, field.name)
         rules = declared(type(config), name)
-        if name in getattr(type(config), "MAY_BE_ZERO", ()):  # TODO(redesign): until mbmpo declares it
-            rules["may_be_zero"] = True
         items = value if isinstance(value, tuple) else (value,)
         for item in items:
             if isinstance(item, bool) or not isinstance(item, (int, float)):
