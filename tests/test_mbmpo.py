@@ -462,27 +462,13 @@ def hparams_for(config, runs: int | None = None):
     return values if runs is None else {k: jnp.full((runs,), v) for k, v in values.items()}
 
 
-def test_vmap_equals_single_runs_and_no_adaptation_at_zero_inner_lr():
-    """vmap over (seed, inner_lr) pairs gives per run what single runs give; the same key gives the
-    same run; with inner_lr = 0 the adapted policies are theta itself."""
-    trainer = mbmpo.make_train(TINY)
-    single, batched = jax.jit(trainer), jax.jit(jax.vmap(trainer))
+def test_no_adaptation_at_zero_inner_lr_and_trpo_within_its_kl_bound():
+    """Two runs batched over inner_lr (0 and 0.05): with inner_lr = 0 the adapted policies are theta
+    itself; with 0.05 they differ. (vmap against single runs and determinism: tests/test_contract.py.)"""
+    batched = jax.jit(jax.vmap(mbmpo.make_train(TINY)))
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     hparams = dict(hparams_for(TINY, 2), inner_lr=jnp.array([0.0, 0.05]))
     _, runs = batched(keys, hparams)
-    for i in range(2):
-        run_hparams = jax.tree_util.tree_map(lambda x, i=i: x[i], hparams)
-        _, run = single(keys[i], run_hparams)
-        _, again = single(keys[i], run_hparams)
-        jax.tree_util.tree_map(np.testing.assert_array_equal, run, again)
-        # Batched and single matmuls round differently; returns are in the hundreds. The standard
-        # deviation of the evaluation returns, a difference of such returns, carries their absolute
-        # error (TRPO's conjugate-gradient step passes the rounding on), not 1e-4 of itself.
-        close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-3)
-        for group in run:
-            for name in run[group]:
-                atol = 1e-3 + 1e-4 * np.abs(run["eval"]["eval_return"]).max() if name == "eval_return_std" else 1e-3
-                close(runs[group][name][i], run[group][name], atol=atol, err_msg=name)
     evals = runs["eval"]
     # inner_lr = 0: theta' = theta, up to the rounding of evaluating it as a batch of task policies.
     np.testing.assert_allclose(evals["eval_return"][0], evals["eval_return_pre_update"][0], atol=1e-2)
