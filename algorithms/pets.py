@@ -25,7 +25,7 @@ What this file does differently from the paper, and why:
 - Brax locomotion rewards cannot be computed from observations, so there the ensemble learns the
   reward as an extra output (the paper and mbrl-lib use known rewards on their own MuJoCo cheetah,
   with a preprocessed observation and the first observation predicted absolutely, not as a delta).
-- Each preset that names a source says where it still differs (see PRESETS).
+- Each preset that names a source says where it still differs (see TASKS and VARIANTS).
 
 Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/pets.py --env pendulum
 """
@@ -33,24 +33,24 @@ Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/pets.py 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
 from mbrlax import ensemble, runner
+from mbrlax.config import RunConfig, setting
 from mbrlax.training import (
     ConfigError,
     Trainer,
-    check_fields,
     evaluate_episodes,
     explore_uniformly,
-    make_env,
     make_schedule,
-    require_continuous_vector_task,
-    require_positive,
+    restart_episodes,
+    setup,
     track_returns,
     transition,
     transition_example,
@@ -60,44 +60,56 @@ PLANNERS = ("cem", "icem", "random")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """PETS settings. Traced (sweepable) fields: alpha, model_lr, model_weight_decay."""
+class Config(RunConfig):
+    """PETS settings; the run fields (task, budget, environments, evaluation) are RunConfig's."""
 
-    SWEEPABLE: ClassVar[tuple[str, ...]] = ("alpha", "model_lr", "model_weight_decay")
-
-    # Run
-    env: str = "pendulum"
-    """Task name (see `mbrlax.envs.list_envs()`)."""
     total_steps: int = 2000
     """Environment steps in all, over all parallel environments, random exploration included."""
-    num_envs: int = 1
-    """Parallel environments; one planner call plans for all of them."""
-    episode_length: int | None = None
-    """Steps per episode (default: the task's own)."""
-    action_repeat: int = 1
-    """Repeat each action this many times (the reward then has to be learned)."""
-    backend: str | None = None
-    """Brax physics backend for brax/* tasks (default: the task's own)."""
-    initial_random_steps: int | None = None
+    initial_steps: int | None = None
     """Random-action steps before the first model fit (default: one episode per environment)."""
     eval_every: int = 600
     """Environment steps between evaluations."""
     eval_episodes: int = 3
     """Evaluation episodes, run in parallel with the current model and planner."""
+    # Planner
+    planner: str = setting("cem", choices=PLANNERS)
+    """"cem", "icem" (coloured noise, decaying population, kept elites) or "random" shooting."""
+    horizon: int = setting(30, positive=True)
+    """Planning horizon H."""
+    population: int = setting(100, positive=True)
+    """Action sequences sampled per CEM iteration."""
+    num_elites: int = setting(10, positive=True)
+    """Best sequences refitted per iteration."""
+    cem_iterations: int = setting(5, positive=True)
+    """CEM iterations per planned action."""
+    alpha: float = setting(0.1, sweepable=True, within="[0, 1)")
+    """CEM momentum: new mean = alpha * old + (1 - alpha) * elite mean (same for the variance)."""
+    particles: int = setting(5, positive=True)
+    """Particles P per action sequence."""
+    propagation: str = setting("tsinf", choices=ensemble.PROPAGATIONS)
+    """Trajectory sampling: "ts1", "tsinf" or "expectation"."""
+    sampling: str = setting("truncated", choices=("truncated", "clipped"))
+    """"truncated" (variance shrunk so 2 std stay in bounds, as mbrl-lib) or "clipped" normal."""
+    icem_noise_beta: float = 2.0
+    """iCEM: exponent of the coloured noise (0 white, 2 pink-to-brown)."""
+    icem_population_decay: float = 1.25
+    """iCEM: the population shrinks by this factor each iteration."""
+    icem_keep_elites: float = 0.3
+    """iCEM: share of the elites carried into the next iteration's population."""
     # Model
-    ensemble_size: int = 5
+    ensemble_size: int = setting(5, positive=True)
     """Ensemble members K."""
     hidden_sizes: tuple[int, ...] = (64, 64, 64)
     """Hidden layer widths of each member (the paper's 4 x 200 is in the brax/* presets)."""
     learn_reward: bool = False
     """Learn the reward even when the task's reward function is known."""
-    retrain_every: int = 200
+    retrain_every: int = setting(200, positive=True)
     """Environment steps between model fits (on all data so far)."""
-    model_batch_size: int = 32
+    model_batch_size: int = setting(32, positive=True)
     """Minibatch size of model training."""
-    model_max_epochs: int = 25
+    model_max_epochs: int = setting(25, positive=True)
     """Most epochs per model fit (early stopping on the holdout ends most fits sooner)."""
-    model_holdout_ratio: float = 0.1
+    model_holdout_ratio: float = setting(0.1, within="[0, 1)")
     """Share of the data held out for early stopping and elites; 0: no split, model_max_epochs a fit."""
     model_elites: int | None = None
     """Members the planner uses, the best by holdout error (by training error without one); None: all."""
@@ -111,73 +123,19 @@ class Config:
     """Weight decay on the biases too (mbrl-lib: yes; the original: weights only)."""
     model_authors_init: bool = False
     """Weights ~ truncated normal with std 1 / (2 sqrt(fan_in)) as both references (else LeCun normal)."""
-    model_lr: float = 1e-3
+    model_lr: float = setting(1e-3, sweepable=True)
     """Adam learning rate of the ensemble."""
-    model_weight_decay: float = 5e-5
+    model_weight_decay: float = setting(5e-5, sweepable=True)
     """Weight decay of the ensemble."""
     buffer_capacity: int | None = None
     """Replay capacity (default: total_steps, so nothing is forgotten)."""
-    # Planner
-    planner: str = "cem"
-    """"cem", "icem" (coloured noise, decaying population, kept elites) or "random" shooting."""
-    horizon: int = 30
-    """Planning horizon H."""
-    population: int = 100
-    """Action sequences sampled per CEM iteration."""
-    num_elites: int = 10
-    """Best sequences refitted per iteration."""
-    cem_iterations: int = 5
-    """CEM iterations per planned action."""
-    alpha: float = 0.1
-    """CEM momentum: new mean = alpha * old + (1 - alpha) * elite mean (same for the variance)."""
-    particles: int = 5
-    """Particles P per action sequence."""
-    propagation: str = "tsinf"
-    """Trajectory sampling: "ts1", "tsinf" or "expectation"."""
-    sampling: str = "truncated"
-    """"truncated" (variance shrunk so 2 std stay in bounds, as mbrl-lib) or "clipped" normal."""
-    icem_noise_beta: float = 2.0
-    """iCEM: exponent of the coloured noise (0 white, 2 pink-to-brown)."""
-    icem_population_decay: float = 1.25
-    """iCEM: the population shrinks by this factor each iteration."""
-    icem_keep_elites: float = 0.3
-    """iCEM: share of the elites carried into the next iteration's population."""
 
     def validate(self) -> None:
-        check_fields(self)
-        require_positive(
-            self,
-            (
-                "total_steps",
-                "num_envs",
-                "action_repeat",
-                "eval_every",
-                "eval_episodes",
-                "ensemble_size",
-                "retrain_every",
-                "model_batch_size",
-                "model_max_epochs",
-                "horizon",
-                "population",
-                "num_elites",
-                "cem_iterations",
-                "particles",
-            ),
-        )
+        super().validate()
         if self.num_elites > self.population:
             raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
-        if self.planner not in PLANNERS:
-            raise ConfigError(f"planner must be one of {', '.join(PLANNERS)}, got {self.planner!r}")
-        if self.propagation not in ensemble.PROPAGATIONS:
-            raise ConfigError(
-                f"propagation must be one of {', '.join(ensemble.PROPAGATIONS)}, got {self.propagation!r}"
-            )
-        if self.sampling not in ("truncated", "clipped"):
-            raise ConfigError(f"sampling must be 'truncated' or 'clipped', got {self.sampling!r}")
         if self.retrain_every % self.num_envs:
             raise ConfigError(f"retrain_every ({self.retrain_every}) must divide by num_envs ({self.num_envs})")
-        if not 0.0 <= self.model_holdout_ratio < 1.0:
-            raise ConfigError(f"model_holdout_ratio must be in [0, 1), got {self.model_holdout_ratio}")
         if self.model_elites is not None and not 1 <= self.model_elites <= self.ensemble_size:
             raise ConfigError(
                 f"model_elites must be between 1 and ensemble_size ({self.ensemble_size}), got {self.model_elites}"
@@ -189,8 +147,6 @@ class Config:
             )
         if self.model_layer_decay_scale is not None and any(not scale >= 0 for scale in self.model_layer_decay_scale):
             raise ConfigError(f"model_layer_decay_scale must be 0 or positive, got {self.model_layer_decay_scale}")
-        if not 0.0 <= self.alpha < 1.0:
-            raise ConfigError(f"alpha must be in [0, 1), got {self.alpha}")
         if self.planner == "icem" and self.icem_population_decay < 1.0:
             raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")
 
@@ -216,7 +172,7 @@ MBRL_LIB_CARTPOLE_FIT = dict(
 MBRL_LIB_CARTPOLE_PLANNER = dict(horizon=15, population=350, num_elites=35, alpha=0.1, cem_iterations=5)
 HALFCHEETAH = dict(env="brax/halfcheetah", total_steps=200_000, eval_every=10_000, retrain_every=1000)
 
-PRESETS: dict[str, dict[str, Any]] = {
+TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU.
     "pendulum": dict(env="pendulum"),
     # mbrl-lib's pets_cartpole model, fit and planner, on the swing-up task (200-step episodes, a refit
@@ -239,7 +195,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         env="cartpole_continuous",
         total_steps=5000,
         eval_every=1000,
-        initial_random_steps=200,
+        initial_steps=200,
         retrain_every=50,
         **MBRL_LIB_ENSEMBLE,
         **MBRL_LIB_CARTPOLE_FIT,
@@ -279,6 +235,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         alpha=0.12,
         cem_iterations=5,
     ),
+}
+
+# Variants of the method and sizes. One that names a task (the original code's settings on its
+# cheetah) starts from that task; the others apply on top of the preset of --env.
+VARIANTS: dict[str, dict[str, Any]] = {
     # The original code's HalfCheetah (kchua/handful-of-trials dmbrl/config/halfcheetah.py, with
     # dmbrl/config/default.py, dmbrl/modeling/models/BNN.py and dmbrl/modeling/layers/FC.py): 5 members
     # of 4 x 200, Adam lr 1e-3, weight decay 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on the weights of the
@@ -310,7 +271,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         particles=20,
         propagation="tsinf",
     ),
+    # The smallest settings that run the whole loop (tests/test_contract.py and test_pets.py): 50-step
+    # episodes, a 5-step plan of 2 CEM iterations over 16 sequences, two members of 16 x 16. It
+    # compiles in tens of seconds on a CPU and runs in seconds.
+    "tiny": dict(
+        episode_length=50,
+        total_steps=200,
+        eval_every=50,
+        eval_episodes=2,
+        retrain_every=50,
+        horizon=5,
+        population=16,
+        num_elites=4,
+        cem_iterations=2,
+        particles=4,
+        ensemble_size=2,
+        hidden_sizes=(16, 16),
+        model_max_epochs=3,
+    ),
 }
+
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 class PETSState(NamedTuple):
@@ -326,7 +307,28 @@ class PETSState(NamedTuple):
     """Mean return of the episodes that ended most recently."""
 
 
-# PLANNER MATH: pure functions of their arguments, tested on their own (tests/test_pets.py).
+# MODEL: the probabilistic ensemble (mbrlax.ensemble) as the Config sets it up.
+
+
+def ensemble_config(config: Config, learn_reward: bool) -> ensemble.EnsembleConfig:
+    """The ensemble's settings from the Config's model fields; `learn_reward` adds a reward output."""
+    return ensemble.EnsembleConfig(
+        num_members=config.ensemble_size,
+        num_elites=config.model_elites or config.ensemble_size,
+        hidden_sizes=config.hidden_sizes,
+        learn_reward=learn_reward,
+        learn_logvar_bounds=config.model_learn_logvar_bounds,
+        normalize_targets=config.model_normalize_targets,
+        layer_decay_scale=config.model_layer_decay_scale,
+        decay_biases=config.model_decay_biases,
+        authors_init=config.model_authors_init,
+        batch_size=config.model_batch_size,
+        max_epochs=config.model_max_epochs,
+        holdout_ratio=config.model_holdout_ratio,
+    )
+
+
+# PREDICT RETURNS of action sequences by trajectory sampling through the ensemble.
 
 
 def particles_per_sequence(particles: int, members: int, propagation: str) -> int:
@@ -337,6 +339,84 @@ def particles_per_sequence(particles: int, members: int, propagation: str) -> in
     if propagation == "tsinf":
         return -(-particles // members) * members
     return particles
+
+
+def model_step(
+    model_config: ensemble.EnsembleConfig,
+    model: ensemble.EnsembleState,
+    states: jax.Array,
+    actions: jax.Array,
+    key: jax.Array,
+    *,
+    propagation: str,
+    elites_only: bool,
+    reward_fn: Callable | None,
+    termination_fn: Callable,
+):
+    """One step of particles [m, obs] under actions [m, A] through the ensemble, by `propagation`
+    (see `ensemble.propagate`; through the elites only with `elites_only`) -> (next states [m, obs],
+    rewards [m], terminations [m]). `reward_fn(obs, action, next_obs)` None: the model's reward."""
+    next_states, model_reward = ensemble.propagate(
+        model_config, model, states, actions, key, mode=propagation, elites_only=elites_only
+    )
+    reward = model_reward if reward_fn is None else reward_fn(states, actions, next_states)
+    return next_states, reward, termination_fn(states, actions, next_states)
+
+
+def sequence_returns(step_fn: Callable, obs, sequences, key, *, particles: int, particle_rows: int | None = None):
+    """Mean predicted return of each action sequence [n, H, A] from the state `obs` [obs] -> [n]:
+    `particles` (P) trajectories a sequence, stepped by `step_fn(states, actions, key) -> (next_states,
+    rewards, terminations)` with one key a time step; no reward after a predicted termination. Each
+    sequence takes `particle_rows` rows of the batch (default P; TSinf: `particles_per_sequence`), of
+    which the first P are averaged. A return that is not finite counts as -1e10."""
+    n, horizon = sequences.shape[:2]
+    rows = particle_rows or particles
+    # Row i = particle i % rows of sequence i // rows; under TSinf it keeps member i mod G.
+    states = jnp.broadcast_to(obs, (n * rows, obs.shape[-1]))
+    actions = jnp.repeat(sequences, rows, axis=0)
+
+    def step(carry, inputs):
+        states, alive, total = carry
+        action, step_key = inputs
+        next_states, reward, done = step_fn(states, action, step_key)
+        total = total + alive * reward
+        alive = alive * (1.0 - done.astype(jnp.float32))
+        return (next_states, alive, total), None
+
+    carry = (states, jnp.ones(n * rows), jnp.zeros(n * rows))
+    (_, _, totals), _ = jax.lax.scan(step, carry, (actions.swapaxes(0, 1), jax.random.split(key, horizon)))
+    returns = totals.reshape(n, rows)[:, :particles].mean(axis=1)
+    return jnp.where(jnp.isfinite(returns), returns, -1e10)
+
+
+# PLAN: search over action sequences [H, A] for the one of highest `score_fn(sequences [n, H, A],
+# key) -> [n]`; every planner returns the plan (and, where it keeps one, its final spread).
+
+
+def gaussian_sequences(key, mean, std, n: int, low, high, *, truncated: bool = True):
+    """n sequences around `mean` [H, A] with spread `std`, inside the bounds: a normal truncated at 2
+    std whose std shrinks so that 2 std stay in bounds (`truncated`), or a normal clipped to them."""
+    shape = (n,) + mean.shape
+    if truncated:
+        std = jnp.minimum(std, jnp.minimum(mean - low, high - mean) / 2.0)
+        return mean + std * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+    return jnp.clip(mean + std * jax.random.normal(key, shape), low, high)
+
+
+def coloured_noise(key, shape, beta):
+    """Gaussian noise [n, H, A] with power spectrum 1/f^beta along the time axis (axis 1), each
+    sample scaled to unit standard deviation over time (colorednoise's `powerlaw_psd_gaussian`
+    divides by the theoretical standard deviation instead, so its samples' spreads vary)."""
+    n, horizon, action_size = shape
+    freqs = jnp.fft.rfftfreq(horizon)
+    freqs = freqs.at[0].set(freqs[1] if horizon > 1 else 1.0)
+    scale = freqs ** (-beta / 2.0)
+    real_key, imag_key = jax.random.split(key)
+    spectrum_shape = (n, action_size, freqs.shape[0])
+    spectrum = scale * (jax.random.normal(real_key, spectrum_shape) + 1j * jax.random.normal(imag_key, spectrum_shape))
+    signal = jnp.fft.irfft(spectrum, n=horizon, axis=-1)
+    signal = signal / jnp.maximum(signal.std(axis=-1, keepdims=True), 1e-6)
+    return signal.swapaxes(1, 2)
 
 
 def cem_refit(mean, std, population, returns, elites: int, alpha):
@@ -367,160 +447,138 @@ def cem(score_fn, sample_fn, mean, std, key, *, iterations: int, elites: int, al
     return mean, std
 
 
-def coloured_noise(key, shape, beta):
-    """Unit-variance Gaussian noise with power spectrum 1/f^beta along the time axis (axis 1)."""
-    n, horizon, action_size = shape
-    freqs = jnp.fft.rfftfreq(horizon)
-    freqs = freqs.at[0].set(freqs[1] if horizon > 1 else 1.0)
-    scale = freqs ** (-beta / 2.0)
-    real_key, imag_key = jax.random.split(key)
-    spectrum_shape = (n, action_size, freqs.shape[0])
-    spectrum = scale * (jax.random.normal(real_key, spectrum_shape) + 1j * jax.random.normal(imag_key, spectrum_shape))
-    signal = jnp.fft.irfft(spectrum, n=horizon, axis=-1)
-    signal = signal / jnp.maximum(signal.std(axis=-1, keepdims=True), 1e-6)
-    return signal.swapaxes(1, 2)
+def icem(
+    score_fn,
+    mean,
+    std,
+    key,
+    low,
+    high,
+    *,
+    iterations: int,
+    population: int,
+    elites: int,
+    alpha,
+    noise_beta: float,
+    population_decay: float,
+    keep_elites: float,
+):
+    """iCEM (Pinneri et al. 2020): CEM whose samples are coloured noise (`coloured_noise`, clipped to
+    the bounds), whose population shrinks by `population_decay` each iteration (never below twice
+    the elites), which carries the best `keep_elites` share of its elites into the next iteration and
+    adds the mean itself to the last one. Returns the smoothed (mean, std), the mean as mbrl-lib's
+    ICEMOptimizer with `return_mean_elites: true`."""
+    kept = None
+    num_kept = max(1, int(round(keep_elites * elites)))
+    # Iterations have different population sizes, so they are unrolled (static shapes each).
+    for i, iter_key in enumerate(jax.random.split(key, iterations)):
+        sample_key, return_key = jax.random.split(iter_key)
+        n = max(int(population / population_decay**i), 2 * elites)
+        noise = coloured_noise(sample_key, (n,) + mean.shape, noise_beta)
+        samples = jnp.clip(mean + std * noise, low, high)
+        if kept is not None:
+            samples = jnp.concatenate([samples, kept])
+        if i == iterations - 1:
+            samples = jnp.concatenate([samples, mean[None]])
+        mean, std, best = cem_refit(mean, std, samples, score_fn(samples, return_key), elites, alpha)
+        kept = best[:num_kept]
+    return mean, std
 
 
-def make_train(config: Config) -> Trainer:
+def random_shooting(score_fn, key, low, high, *, population: int, horizon: int):
+    """The best of `population` sequences of `horizon` uniformly random actions within the bounds."""
+    sample_key, return_key = jax.random.split(key)
+    samples = jax.random.uniform(sample_key, (population, horizon) + low.shape, minval=low, maxval=high)
+    return samples[jnp.argmax(score_fn(samples, return_key))]
+
+
+def plan(config: Config, score_fn, mean, std, key, alpha, low, high):
+    """The plan [H, A] that `config.planner` finds for one state, whose sequences `score_fn` scores,
+    searching from `mean` [H, A] (the warm start) with the spread `std` [H, A]."""
+    if config.planner == "random":
+        return random_shooting(score_fn, key, low, high, population=config.population, horizon=config.horizon)
+    if config.planner == "icem":
+        mean, _ = icem(
+            score_fn,
+            mean,
+            std,
+            key,
+            low,
+            high,
+            iterations=config.cem_iterations,
+            population=config.population,
+            elites=config.num_elites,
+            alpha=alpha,
+            noise_beta=config.icem_noise_beta,
+            population_decay=config.icem_population_decay,
+            keep_elites=config.icem_keep_elites,
+        )
+        return mean
+
+    def sample(key, mean, std):
+        truncated = config.sampling == "truncated"
+        return gaussian_sequences(key, mean, std, config.population, low, high, truncated=truncated)
+
+    iterations, elites = config.cem_iterations, config.num_elites
+    mean, _ = cem(score_fn, sample, mean, std, key, iterations=iterations, elites=elites, alpha=alpha)
+    return mean
+
+
+def mpc_actions(plan_fn, obs, previous_plans, key, fill):
+    """Model predictive control for a batch of states obs [n, ...]: `plan_fn(obs, warm_start, key) ->
+    plan [H, A]` for each, warm-started from its previous plan shifted by one step with `fill` [A] as
+    the new last step. Returns (the plans' first actions [n, A], the plans [n, H, A])."""
+    warm = jnp.concatenate([previous_plans[:, 1:], jnp.broadcast_to(fill, (len(obs), 1) + fill.shape)], axis=1)
+    plans = jax.vmap(plan_fn)(obs, warm, jax.random.split(key, len(obs)))
+    return plans[:, 0], plans
+
+
+# TRAINING PROGRAM
+
+
+def make_train(config: Config, env=None) -> Trainer:
     config.validate()
-    try:
-        env, spec = make_env(config, num_envs=config.num_envs, auto_reset=True)
-        eval_env, _ = make_env(config, num_envs=config.eval_episodes)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    require_continuous_vector_task(spec, "PETS")
+    task = setup(config, env, algorithm="PETS")
+    spec, low, high = task.spec, task.low, task.high
     if spec.can_terminate and spec.termination_fn is None:
         raise ConfigError(f"{config.env} can terminate but has no termination function for the model")
 
     learn_reward = config.learn_reward or spec.reward_learned
-    model_config = ensemble.EnsembleConfig(
-        num_members=config.ensemble_size,
-        num_elites=config.model_elites or config.ensemble_size,
-        hidden_sizes=config.hidden_sizes,
-        learn_reward=learn_reward,
-        learn_logvar_bounds=config.model_learn_logvar_bounds,
-        normalize_targets=config.model_normalize_targets,
-        layer_decay_scale=config.model_layer_decay_scale,
-        decay_biases=config.model_decay_biases,
-        authors_init=config.model_authors_init,
-        batch_size=config.model_batch_size,
-        max_epochs=config.model_max_epochs,
-        holdout_ratio=config.model_holdout_ratio,
-    )
-    # The planner propagates through the elites only when fewer than all members are elites.
-    elites_only = model_config.num_elites < model_config.num_members
-    num_used = model_config.num_elites
-    obs_size, action_size = spec.observation_size, spec.action_size
-    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-    H, N, E = config.horizon, config.population, config.num_elites
-    num_envs = config.num_envs
-    initial_steps = config.initial_random_steps
-    if initial_steps is None:
-        initial_steps = spec.episode_length * num_envs
+    model_config = ensemble_config(config, learn_reward)
+    obs_size, action_size, num_envs, H = spec.observation_size, spec.action_size, config.num_envs, config.horizon
+    initial_steps = spec.episode_length * num_envs if config.initial_steps is None else config.initial_steps
     initial_steps = -(-initial_steps // num_envs) * num_envs
     schedule = make_schedule(config.total_steps, initial_steps, config.retrain_every, config.eval_every)
-    capacity = config.buffer_capacity or schedule.total_steps
-    steps_per_update = config.retrain_every // num_envs
-
-    # PREDICT RETURNS of action sequences by trajectory sampling
-
-    def reward_and_done(obs, action, next_obs, model_reward):
-        reward = model_reward if learn_reward else spec.reward_fn(obs, action, next_obs)
-        return reward, spec.termination_fn(obs, action, next_obs)
-
-    P = config.particles
-    P_run = particles_per_sequence(P, num_used, config.propagation)
-
-    def sequence_returns(model, obs, sequences, key):
-        """Mean predicted return over P particles of each sequence [n, H, A] from `obs` -> [n]."""
-        n = sequences.shape[0]
-        # Row i = particle i % P_run of sequence i // P_run; under TSinf it keeps member i mod G.
-        states = jnp.broadcast_to(obs, (n * P_run, obs_size))
-        actions = jnp.repeat(sequences, P_run, axis=0)
-
-        def model_step(carry, inputs):
-            states, alive, total = carry
-            action, step_key = inputs
-            next_states, model_reward = ensemble.propagate(
-                model_config, model, states, action, step_key, mode=config.propagation, elites_only=elites_only
-            )
-            reward, done = reward_and_done(states, action, next_states, model_reward)
-            # No reward after a predicted termination.
-            total = total + alive * reward
-            alive = alive * (1.0 - done.astype(jnp.float32))
-            return (next_states, alive, total), None
-
-        keys = jax.random.split(key, H)
-        carry = (states, jnp.ones(n * P_run), jnp.zeros(n * P_run))
-        (_, _, totals), _ = jax.lax.scan(model_step, carry, (actions.swapaxes(0, 1), keys))
-        returns = totals.reshape(n, P_run)[:, :P].mean(axis=1)
-        return jnp.where(jnp.isfinite(returns), returns, -1e10)
-
-    # PLAN: cross-entropy method over action sequences
-
-    initial_std = jnp.broadcast_to((high - low) / 4.0, (H, action_size))
-
-    def sample_sequences(key, mean, std, n):
-        noise_shape = (n, H, action_size)
-        if config.planner == "icem":
-            noise = coloured_noise(key, noise_shape, config.icem_noise_beta)
-            return jnp.clip(mean + std * noise, low, high)
-        if config.sampling == "truncated":
-            # Shrink the spread so that two standard deviations stay inside the bounds.
-            std = jnp.minimum(std, jnp.minimum(mean - low, high - mean) / 2.0)
-            return mean + std * jax.random.truncated_normal(key, -2.0, 2.0, noise_shape)
-        return jnp.clip(mean + std * jax.random.normal(key, noise_shape), low, high)
-
-    def plan_cem(model, obs, warm_start, key, alpha):
-        def score(population, key):
-            return sequence_returns(model, obs, population, key)
-
-        def sample(key, mean, std):
-            return sample_sequences(key, mean, std, N)
-
-        iterations = config.cem_iterations
-        mean, _ = cem(score, sample, warm_start, initial_std, key, iterations=iterations, elites=E, alpha=alpha)
-        return mean
-
-    def plan_icem(model, obs, warm_start, key, alpha):
-        # Iterations have different population sizes, so they are unrolled (static shapes each).
-        mean, std = warm_start, initial_std
-        kept = None
-        num_kept = max(1, int(round(config.icem_keep_elites * E)))
-        for i, iter_key in enumerate(jax.random.split(key, config.cem_iterations)):
-            sample_key, return_key = jax.random.split(iter_key)
-            n = max(int(N / config.icem_population_decay**i), 2 * E)
-            population = sample_sequences(sample_key, mean, std, n)
-            if kept is not None:
-                population = jnp.concatenate([population, kept])
-            if i == config.cem_iterations - 1:
-                population = jnp.concatenate([population, mean[None]])  # the mean itself is a candidate
-            returns = sequence_returns(model, obs, population, return_key)
-            mean, std, elites = cem_refit(mean, std, population, returns, E, alpha)
-            kept = elites[:num_kept]
-        # The smoothed mean, as mbrl-lib's ICEMOptimizer with its `return_mean_elites: true`.
-        return mean
-
-    def plan_random(model, obs, warm_start, key, alpha):
-        sample_key, return_key = jax.random.split(key)
-        population = jax.random.uniform(sample_key, (N, H, action_size), minval=low, maxval=high)
-        return population[jnp.argmax(sequence_returns(model, obs, population, return_key))]
-
-    planner = {"cem": plan_cem, "icem": plan_icem, "random": plan_random}[config.planner]
+    # Each search starts from the previous plan, shifted, with a spread of a quarter of the range.
     middle = jnp.broadcast_to((low + high) / 2.0, (H, action_size))
+    initial_std = jnp.broadcast_to((high - low) / 4.0, (H, action_size))
+    # The planner propagates through the elites only when fewer than all members are elites.
+    elites_only = model_config.num_elites < model_config.num_members
+    particle_rows = particles_per_sequence(config.particles, model_config.num_elites, config.propagation)
 
-    def act(model, obs, previous_plan, key, hparams):
-        """Plan for every environment at once: obs [n, obs] -> actions [n, A], plans [n, H, A]."""
-        # Warm start: the previous solution shifted by one step, the new last step at the middle.
-        warm = jnp.concatenate([previous_plan[:, 1:], middle[None, :1].repeat(len(obs), 0)], axis=1)
-        keys = jax.random.split(key, len(obs))
-        plans = jax.vmap(planner, (None, 0, 0, 0, None))(model, obs, warm, keys, hparams["alpha"])
-        return plans[:, 0], plans
+    def act(model, obs, plans, key, alpha):
+        """PLAN for every state at once with the model: obs [n, obs] -> actions [n, A], plans [n, H, A]."""
+        step_fn = functools.partial(
+            model_step,
+            model_config,
+            model,
+            propagation=config.propagation,
+            elites_only=elites_only,
+            reward_fn=None if learn_reward else spec.reward_fn,
+            termination_fn=spec.termination_fn,
+        )
 
-    # ACT in the real environment
+        def plan_one(obs, warm_start, key):
+            score_fn = functools.partial(
+                sequence_returns, step_fn, obs, particles=config.particles, particle_rows=particle_rows
+            )
+            return plan(config, score_fn, warm_start, initial_std, key, alpha, low, high)
+
+        return mpc_actions(plan_one, obs, plans, key, middle[0])
 
     def env_step(state: PETSState, action):
-        next_env_state = env.step(state.env_state, action)
+        """ACT in the real environment and store the transition."""
+        next_env_state = task.env.step(state.env_state, action)
         buffer = replay.add(state.buffer, transition(state.env_state, action, next_env_state))
         done = next_env_state.done
         episode_return, last_return = track_returns(
@@ -537,22 +595,20 @@ def make_train(config: Config) -> Trainer:
 
     def init(key, hparams):
         env_key, model_key, explore_key, key = jax.random.split(key, 4)
-        env_state = env.reset(env_key)
+        env_state = task.env.reset(env_key)
         example = transition_example(env_state.obs[0], action_size)
         state = PETSState(
             env_state=env_state,
-            buffer=replay.init(example, capacity),
+            buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
             model=ensemble.init(model_key, model_config, obs_size, action_size),
             plan=jnp.broadcast_to(middle, (num_envs, H, action_size)),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
         )
-
         # EXPLORE with uniformly random actions.
-        return explore_uniformly(
-            env_step, state, explore_key, initial_steps // num_envs, (num_envs, action_size), low, high
-        )
+        steps, shape = initial_steps // num_envs, (num_envs, action_size)
+        return explore_uniformly(env_step, state, explore_key, steps, shape, low, high)
 
     def update(state: PETSState, hparams, update_index):
         key, train_key, act_key = jax.random.split(state.key, 3)
@@ -571,25 +627,32 @@ def make_train(config: Config) -> Trainer:
 
         # PLAN and ACT for retrain_every steps.
         def plan_and_step(state, step_key):
-            action, plan = act(state.model, state.env_state.obs, state.plan, step_key, hparams)
-            state = env_step(state._replace(plan=plan), action)
+            action, plans = act(state.model, state.env_state.obs, state.plan, step_key, hparams["alpha"])
+            state = env_step(state._replace(plan=plans), action)
             return state, state.env_state.reward.mean()
 
-        state, rewards = jax.lax.scan(plan_and_step, state, jax.random.split(act_key, steps_per_update))
+        steps = config.retrain_every // num_envs
+        state, rewards = jax.lax.scan(plan_and_step, state, jax.random.split(act_key, steps))
         metrics = dict(model_metrics, train_reward=rewards.mean(), train_episode_return=state.last_episode_return)
         return state, metrics
 
     def evaluate(state: PETSState, key, hparams):
-        """Return of `eval_episodes` fresh episodes, planned for all at once with the current model."""
+        """EVALUATE: `eval_episodes` fresh episodes, planned for all at once with the current model."""
 
-        def plan_action(plan, obs, step_key):
-            action, plan = act(state.model, obs, plan, step_key, hparams)
-            return action, plan
+        def plan_action(plans, obs, step_key):
+            return act(state.model, obs, plans, step_key, hparams["alpha"])
 
-        plan = jnp.broadcast_to(middle, (config.eval_episodes, H, action_size))
-        return evaluate_episodes(eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plan)
+        plans = jnp.broadcast_to(middle, (config.eval_episodes, H, action_size))
+        return evaluate_episodes(task.eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plans)
 
-    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+    return Trainer(
+        init=init,
+        update=update,
+        evaluate=evaluate,
+        schedule=schedule,
+        spec=spec,
+        fresh_episodes=restart_episodes("env_state", "episode_return"),
+    )
 
 
 def main(argv=None) -> int:

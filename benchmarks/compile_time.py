@@ -123,7 +123,7 @@ def pets():
         eval_episodes=1,
         total_steps=2 * steps,
         eval_every=steps,
-        initial_random_steps=steps,
+        initial_steps=steps,
         retrain_every=steps,
     )
     return pets, config

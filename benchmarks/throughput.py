@@ -188,7 +188,7 @@ def bench_pets(args) -> list[dict]:
                     eval_episodes=num_envs,
                     total_steps=2 * args.steps,
                     eval_every=args.steps,
-                    initial_random_steps=args.steps,
+                    initial_steps=args.steps,
                     retrain_every=args.steps,
                 ),
                 args,

@@ -213,7 +213,7 @@ def derived_cases(entry: EntryPoint) -> list[Case]:
 PER_ENTRY_POINT: dict[str, list[Case]] = {
     "pets": [
         Case("hidden-sizes-negative", ("--hidden-sizes", "-1"), "hidden_sizes"),
-        Case("initial-random-steps-negative", ("--initial-random-steps", "-5"), "initial_random_steps"),
+        Case("initial-steps-negative", ("--initial-steps", "-5"), "initial_steps"),
         Case("num-elites-over-population", ("--num-elites", "1000"), "num_elites"),
         Case("population-0", ("--population", "0"), "population"),
         Case("horizon-0", ("--horizon", "0"), "horizon"),

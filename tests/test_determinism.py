@@ -17,8 +17,7 @@ batched dot differently from an unbatched one. So:
   tested.
 
 The runs are built as `runner.execute` builds them (`batch_inputs`, `split_keys`, `over_runs`, the
-jitted `init`, `update` and `evaluate`), with the tiny settings of tests/test_pets.py and
-tests/test_mbpo.py.
+jitted `init`, `update` and `evaluate`), with the algorithms' `tiny` presets.
 """
 
 from __future__ import annotations
@@ -36,10 +35,9 @@ import pytest
 from mbrlax import runner
 from mbrlax.algorithms import mbpo, pets
 from mbrlax.training import split_keys
-from test_mbpo import TINY as MBPO_TINY
-from test_pets import TINY as PETS_TINY
+from test_contract import tiny
 
-CONFIGS = {"pets": PETS_TINY, "mbpo": MBPO_TINY}
+CONFIGS = {"pets": tiny("pets"), "mbpo": tiny("mbpo")}
 MAKE_TRAIN = {"pets": pets.make_train, "mbpo": mbpo.make_train}
 UPDATES = 2  # PETS evaluates after each update, MBPO after two: both evaluate at least once
 
@@ -118,13 +116,7 @@ def assert_close_to_rounding(a, b, what: str, scale_tol: float):
             assert gap <= scale_tol * size, f"{what}{path}: differs by {gap:.3g}, {share:.2g} of its scale"
 
 
-# (a) THE SAME PROGRAM TWICE
-
-
-@pytest.mark.parametrize("seeds", [(1,), (0, 1)], ids=["alone", "batched"])
-def test_the_same_program_twice_gives_the_same_numbers(seeds):
-    first, second = run("pets", seeds), run("pets", seeds)
-    assert_bitwise_equal(first, second, "second run: ")
+# (a) THE SAME PROGRAM IN A FRESH PROCESS (twice in one process: tests/test_contract.py, every algorithm)
 
 
 def test_a_fresh_process_gives_the_same_numbers(tmp_path):
@@ -148,29 +140,10 @@ def test_a_fresh_process_gives_the_same_numbers(tmp_path):
         np.testing.assert_array_equal(x, y, err_msg=f"fresh process: {path} differs", strict=True)
 
 
-# (b) A RUN'S NEIGHBOURS IN THE BATCH
+# (b) A RUN'S NEIGHBOURS IN THE BATCH: tests/test_contract.py, every algorithm
 
 
-@pytest.mark.parametrize("name", ["pets", "mbpo"])
-def test_a_runs_neighbours_do_not_change_it(name):
-    """Seed 1 next to seed 0, next to seed 7, first instead of second, and next to a run whose every
-    traced hyperparameter is halved: the same run, bit for bit, through its updates and evaluations."""
-    sweepable = type(CONFIGS[name]).SWEEPABLE
-    base = run(name, (0, 1))
-    other_seed = run(name, (7, 1))
-    other_place = run(name, (1, 7))
-    other_hparams = run(name, (0, 1), scale={field: [0.5, 1.0] for field in sweepable})
-    reference = member(base, 1)
-    assert_bitwise_equal(reference, member(other_seed, 1), "next to seed 7: ")
-    assert_bitwise_equal(reference, member(other_place, 0), "first in the batch: ")
-    assert_bitwise_equal(reference, member(other_hparams, 1), "next to other hyperparameters: ")
-    # The neighbours themselves are different runs, so the comparisons above could have failed.
-    neighbour = member(base, 0)
-    for other in (member(other_seed, 0), member(other_place, 1), member(other_hparams, 0)):
-        assert any(not np.array_equal(x, y) for (_, x), (_, y) in zip(flat(neighbour), flat(other)))
-
-
-# (c), (d) ALONE AND BATCHED
+# (c) ALONE AND BATCHED DRAW THE SAME RANDOM NUMBERS
 
 
 @pytest.mark.parametrize("name", ["pets", "mbpo"])
@@ -192,17 +165,4 @@ def test_alone_and_batched_draw_the_same_random_numbers(name):
     assert np.asarray(alone.buffer.count) == trainer_of(name).schedule.initial_steps
 
 
-@pytest.mark.parametrize("name", ["pets", "mbpo"])
-def test_alone_and_batched_agree_to_rounding_after_one_update(name):
-    """The first update (a model fit, planning or SAC steps) alone and batched: the metrics within
-    1e-5 of each other (measured: 2e-7 at most), every parameter, optimiser moment and buffer entry
-    within 1e-4 of its array's scale (measured: PETS 1e-7, MBPO 6e-6). A different seed is O(1) away."""
-    alone = run(name, (1,), updates=1)
-    both = run(name, (0, 1), updates=1)
-    batched = member(both, 1)
-    for key, value in alone["train"][0].items():
-        np.testing.assert_allclose(np.asarray(value)[0], batched["train"][0][key], rtol=1e-5, atol=1e-6, err_msg=key)
-    assert_close_to_rounding(member(alone["states"][1], 0), batched["states"][1], "after one update: ", 1e-4)
-    # The check tells runs apart: seed 1 alone against seed 0 batched fails it.
-    with pytest.raises(AssertionError):
-        assert_close_to_rounding(member(alone["states"][1], 0), member(both["states"][1], 0), "", 1e-4)
+# (d) ALONE AND BATCHED AGREE TO ROUNDING AFTER ONE UPDATE: tests/test_contract.py, every algorithm
