@@ -22,82 +22,19 @@ jitted `init`, `update` and `evaluate`), with the algorithms' `tiny` presets.
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from mbrlax import runner
-from mbrlax.algorithms import mbpo, pets
-from mbrlax.training import split_keys
-from test_contract import tiny
-
-CONFIGS = {"pets": tiny("pets"), "mbpo": tiny("mbpo")}
-MAKE_TRAIN = {"pets": pets.make_train, "mbpo": mbpo.make_train}
-UPDATES = 2  # PETS evaluates after each update, MBPO after two: both evaluate at least once
+from test_contract import _run, flat, member, trainer_of
 
 
-@functools.cache
-def trainer_of(name: str):
-    return MAKE_TRAIN[name](CONFIGS[name])
-
-
-@functools.cache
-def programs(name: str, num_runs: int):
-    """The jitted init, update and evaluate of `num_runs` runs, as runner.execute builds them."""
-    trainer = trainer_of(name)
-    return (
-        jax.jit(runner.over_runs(trainer.init, num_runs)),
-        jax.jit(runner.over_runs(trainer.update, num_runs, in_axes=(0, 0, None))),
-        jax.jit(runner.over_runs(trainer.evaluate, num_runs)),
-    )
-
-
-def run(name: str, seeds: tuple[int, ...], updates: int = UPDATES, scale: dict | None = None) -> dict:
-    """Runs of the given seeds batched in one program, chunk by chunk as runner.execute runs them.
-    `scale` multiplies traced hyperparameters per run ({"alpha": [0.5, 1.0]}). Returns, on the host,
-    the state after init and after each update, each update's metrics and each evaluation's."""
-    config, trainer = CONFIGS[name], trainer_of(name)
-    init, update, evaluate = programs(name, len(seeds))
-    runs = [{"seed": s, **runner.hparams_of(config)} for s in seeds]
-    keys, hparams = runner.batch_inputs(runs, type(config).SWEEPABLE)
-    for field, factors in (scale or {}).items():
-        hparams[field] = hparams[field] * jnp.asarray(factors, jnp.float32)
-    init_keys, eval_keys = jax.vmap(split_keys)(keys)
-    state = init(init_keys, hparams)
-    out = {"states": [jax.device_get(state)], "train": [], "eval": []}
-    per_eval = trainer.schedule.updates_per_eval
-    for u in range(updates):
-        state, metrics = update(state, hparams, jnp.int32(u))
-        out["states"].append(jax.device_get(state))
-        out["train"].append(jax.device_get(metrics))
-        if (u + 1) % per_eval == 0:
-            eval_index = (u + 1) // per_eval - 1
-            eval_metrics = evaluate(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, eval_index), hparams)
-            out["eval"].append(jax.device_get(eval_metrics))
-    return out
-
-
-def member(tree, i: int):
-    """Run i of a batched tree."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x)[i], tree)
-
-
-def flat(tree) -> list[tuple[str, np.ndarray]]:
-    return [(jax.tree_util.keystr(path), np.asarray(x)) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def assert_bitwise_equal(a, b, what: str):
-    left, right = flat(a), flat(b)
-    assert [p for p, _ in left] == [p for p, _ in right]
-    for (path, x), (_, y) in zip(left, right):
-        assert x.dtype == y.dtype and x.shape == y.shape, f"{what}{path}"
-        np.testing.assert_array_equal(x, y, err_msg=f"{what}{path} differs", strict=True)
+def run(name: str, seeds: tuple[int, ...], updates: int = 2) -> dict:
+    """Runs of `seeds` batched as the runner runs them (tests/test_contract.py), computed afresh."""
+    return _run(name, seeds, updates, None, False)
 
 
 def is_float(x: np.ndarray) -> bool:
