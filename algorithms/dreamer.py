@@ -16,7 +16,7 @@ left alone. From every posterior state of the batch the actor imagines `horizon`
 learns the lambda-returns of those imagined paths, and the actor maximises the advantage (the
 lambda-return less the critic's value) divided by the spread of the returns: for continuous actions
 by differentiating it back through the imagined dynamics, for discrete ones by REINFORCE, as the
-2023 code does (`actor_loss_of`).
+2023 code does (`actor_loss`).
 
 The robustness tricks of DreamerV3, each named where it is used:
 - symlog: vector inputs are squashed by symlog(x) = sign(x) log(1 + |x|), and the vector decoder
@@ -61,7 +61,7 @@ What this file does differently from the papers, and why:
   train ratio counts agent steps too (as the 2023 code's counter and train ratio do). The published
   DMC budgets count frames (the 2023 code logs agent steps times the repeat: dreamerv3/train.py,
   make_logger), so DMC "500k" at action repeat 2 is `--total-steps 250000 --action-repeat 2`.
-- Model sizes are our own presets (tiny, small, 12m; their parameter counts are beside them below
+- Model sizes are our own (`SIZES`: tiny, small, 12m; their parameter counts are beside them below
   and in benchmarks/RESULTS.md), not the paper's table.
 
 Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/dreamer.py --env pendulum
@@ -73,7 +73,7 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import sys
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -81,117 +81,93 @@ import jax.numpy as jnp
 import optax
 
 from mbrlax import buffer as replay
-from mbrlax import runner
+from mbrlax import runner, training
+from mbrlax.config import RunConfig, setting
 from mbrlax.envs import restart_or_step
 from mbrlax.training import (
     ConfigError,
     Trainer,
     adam,
-    check_fields,
     evaluate_episodes,
-    make_env,
+    gradient_update,
     make_schedule,
-    require_positive,
+    restart_episodes,
     scale_action,
     track_returns,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Dreamer settings. Traced (sweepable) fields: model_lr, actor_lr, critic_lr, discount,
-    return_lambda, entropy_scale, slow_critic_rate, dyn_scale, rep_scale, free_nats."""
+class Config(RunConfig):
+    """Dreamer settings (the run's fields come from `RunConfig`)."""
 
-    SWEEPABLE: ClassVar[tuple[str, ...]] = (
-        "model_lr",
-        "actor_lr",
-        "critic_lr",
-        "discount",
-        "return_lambda",
-        "entropy_scale",
-        "slow_critic_rate",
-        "dyn_scale",
-        "rep_scale",
-        "free_nats",
-    )
-
-    # Run
-    env: str = "pendulum"
-    """Task name (see `mbrlax.envs.list_envs()`); image tasks such as pendulum_pixels train from pixels."""
     total_steps: int = 20_000
     """Agent steps in all (an action repeated counts once), over all parallel environments, the
     random prefill and resets included."""
-    num_envs: int = 1
-    """Parallel environments."""
-    episode_length: int | None = None
-    """Steps per episode (default: the task's own)."""
-    action_repeat: int = 1
-    """Repeat each action this many times."""
-    backend: str | None = None
-    """Brax physics backend for brax/* tasks (default: the task's own)."""
-    initial_steps: int = 1000
+    initial_steps: int = setting(1000, positive=True)
     """Steps with uniformly random actions before learning starts (the replay's prefill)."""
-    steps_per_update: int = 500
+    steps_per_update: int = setting(500, positive=True)
     """Environment steps per jitted update of the training program (progress and logging granularity)."""
     eval_every: int = 2000
     """Environment steps between evaluations."""
     eval_episodes: int = 10
     """Evaluation episodes of the deterministic policy, run in parallel."""
     # Replay
-    batch_size: int = 16
+    batch_size: int = setting(16, positive=True)
     """B: sequences per update."""
-    sequence_length: int = 64
+    sequence_length: int = setting(64, positive=True)
     """T: steps per replayed sequence."""
-    train_ratio: int = 512
+    train_ratio: int = setting(512, positive=True)
     """Replayed steps (B x T per update) per environment step: with B x T = 1024, 512 is an update
     every second environment step."""
     buffer_capacity: int | None = None
     """Steps of each environment kept (default: all of the run's)."""
-    # World model and networks (the size presets tiny, small and 12m set these)
-    deter_size: int = 512
+    # World model and networks (`SIZES` below: tiny, small and 12m)
+    deter_size: int = setting(512, positive=True)
     """Size of the GRU's deterministic state h."""
-    hidden_size: int = 512
+    hidden_size: int = setting(512, positive=True)
     """Width of every hidden layer (MLPs, RSSM, heads, actor, critic)."""
-    layers: int = 2
+    layers: int = setting(2, positive=True)
     """Hidden layers of the encoder/decoder MLPs, the heads, the actor and the critic."""
-    stoch_size: int = 32
+    stoch_size: int = setting(32, positive=True)
     """Categorical latents in z."""
-    classes: int = 32
+    classes: int = setting(32, positive=True)
     """Classes of each latent."""
-    cnn_depth: int = 32
+    cnn_depth: int = setting(32, positive=True)
     """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
-    unimix: float = 0.01
+    # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
+    unimix: float = setting(0.01, within="(0, 1]")
     """Share of the uniform distribution mixed into every categorical."""
     # World-model learning
-    model_lr: float = 1e-4
+    model_lr: float = setting(1e-4, sweepable=True)
     """Adam learning rate of the world model."""
-    dyn_scale: float = 0.5
+    dyn_scale: float = setting(0.5, sweepable=True)
     """Weight of the dynamics KL, KL(sg(posterior) || prior)."""
-    rep_scale: float = 0.1
+    rep_scale: float = setting(0.1, sweepable=True)
     """Weight of the representation KL, KL(posterior || sg(prior))."""
-    free_nats: float = 1.0
+    free_nats: float = setting(1.0, sweepable=True)
     """Free bits: each KL (summed over the latents) is clipped below at this many nats."""
     model_grad_clip: float = 1000.0
     """Global gradient-norm clip of the world model."""
     # Behaviour learning
-    horizon: int = 15
+    horizon: int = setting(15, positive=True)
     """Imagined steps from every posterior state."""
-    discount: float = 0.997
+    discount: float = setting(0.997, sweepable=True, within="(0, 1]")
     """gamma of the imagined returns."""
-    return_lambda: float = 0.95
+    return_lambda: float = setting(0.95, sweepable=True, within="[0, 1]")
     """lambda of the lambda-returns."""
     actor_gradient: Literal["auto", "dynamics", "reinforce"] = "auto"
-    """How the actor learns (`actor_loss_of`): "dynamics", the normalised advantage differentiated back
+    """How the actor learns (`actor_loss`): "dynamics", the normalised advantage differentiated back
     through the imagined dynamics (continuous actions only); "reinforce", log pi times the normalised
     advantage; "auto", as the 2023 DreamerV3 code: dynamics for continuous actions, REINFORCE for
     discrete ones."""
-    actor_lr: float = 3e-5
+    actor_lr: float = setting(3e-5, sweepable=True)
     """Adam learning rate of the actor."""
-    critic_lr: float = 3e-5
+    critic_lr: float = setting(3e-5, sweepable=True)
     """Adam learning rate of the critic."""
-    entropy_scale: float = 3e-4
+    entropy_scale: float = setting(3e-4, sweepable=True)
     """eta: weight of the actor's entropy bonus (advantages are normalised, so one value fits all tasks)."""
-    slow_critic_rate: float = 0.02
+    slow_critic_rate: float = setting(0.02, sweepable=True, within="[0, 1]")
     """EMA rate of the slow critic per update."""
     return_scale_decay: float = 0.99
     """EMA decay of the 5th-95th percentile range of the returns."""
@@ -199,28 +175,7 @@ class Config:
     """Global gradient-norm clip of the actor and of the critic."""
 
     def validate(self) -> None:
-        check_fields(self)
-        require_positive(
-            self,
-            (
-                "total_steps",
-                "num_envs",
-                "initial_steps",
-                "steps_per_update",
-                "eval_every",
-                "eval_episodes",
-                "batch_size",
-                "sequence_length",
-                "train_ratio",
-                "deter_size",
-                "hidden_size",
-                "layers",
-                "stoch_size",
-                "classes",
-                "cnn_depth",
-                "horizon",
-            ),
-        )
+        super().validate()
         for name in ("initial_steps", "steps_per_update"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
@@ -242,14 +197,6 @@ class Config:
                 f"environment step(s) of each environment; steps_per_update / num_envs "
                 f"({self.steps_per_update // self.num_envs}) must divide by {steps}"
             )
-        if not 0.0 < self.discount <= 1.0:
-            raise ConfigError(f"discount must be in (0, 1], got {self.discount}")
-        for name in ("return_lambda", "slow_critic_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.unimix <= 1.0:
-            # Without it a class's probability can underflow to 0 and its log-probability to -inf.
-            raise ConfigError(f"unimix must be in (0, 1], got {self.unimix}")
 
     @property
     def cycle(self) -> tuple[int, int]:
@@ -268,7 +215,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "12m": dict(deter_size=512, hidden_size=512, layers=2, classes=32, cnn_depth=16),
 }
 
-# Tasks' presets; the sizes above are variants that apply on top (`--env pendulum --preset 12m`).
+# Presets of the tasks; the variants below apply on top (`--env pendulum --preset 12m`).
 TASKS: dict[str, dict[str, Any]] = {
     "pendulum": dict(env="pendulum", total_steps=10_000, **SIZES["tiny"], model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4),
     "pendulum_pixels": dict(
@@ -294,7 +241,54 @@ TASKS: dict[str, dict[str, Any]] = {
         **SIZES["12m"],
     ),
 }
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **SIZES}
+VARIANTS: dict[str, dict[str, Any]] = {
+    # The tiny model in a run that takes seconds once compiled: 6 x 64 steps after a prefill of 128,
+    # a gradient step on 4 x 16 replayed steps every 8 steps, episodes of 60 steps. It shows that the
+    # program runs end to end, not that it learns.
+    "tiny": dict(
+        SIZES["tiny"],
+        total_steps=400,
+        initial_steps=128,
+        steps_per_update=64,
+        eval_every=128,
+        eval_episodes=2,
+        batch_size=4,
+        sequence_length=16,
+        train_ratio=8,
+        horizon=5,
+        episode_length=60,
+    ),
+    "small": SIZES["small"],
+    "12m": SIZES["12m"],
+}
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+# STATE
+
+
+class DreamerState(NamedTuple):
+    env_state: Any
+    is_first: jax.Array
+    """[num_envs]: the current observation starts an episode."""
+    latent: Any
+    """The acting model state of each environment, and the last executed action."""
+    prev_action: jax.Array
+    buffer: replay.TrajectoryBuffer
+    episode: jax.Array
+    world_model: Any
+    actor: Any
+    critic: Any
+    slow_critic: Any
+    model_opt: Any
+    actor_opt: Any
+    critic_opt: Any
+    return_scale: jax.Array
+    """EMA of the 5th-95th percentile range of imagined returns."""
+    key: jax.Array
+    episode_return: jax.Array
+    last_episode_return: jax.Array
+
 
 
 # DREAMERV3'S TRANSFORMS AND DISTRIBUTIONS
@@ -557,6 +551,108 @@ class PolicyDistribution(NamedTuple):
         return action * jax.lax.stop_gradient(1.0 / jnp.maximum(1.0, jnp.abs(action)))
 
 
+
+
+class Networks(NamedTuple):
+    """The modules of one task, whose parameters live in `DreamerState`."""
+
+    world_model: WorldModel
+    actor: Head
+    """Reads features s_t, gives the policy's raw outputs."""
+    critic: Head
+    """Reads features s_t, gives the value's two-hot bin logits."""
+    policy: PolicyDistribution
+
+
+# THE WORLD MODEL'S LOSS on B sequences of T replayed steps
+
+
+def kl_balance(posterior, prior, free_nats):
+    """The two KL terms of the world model's loss per step, from log-probabilities
+    [..., stoch_size, classes], each KL summed over the latents and clipped below at `free_nats`:
+
+        dynamics       max(free_nats, KL(sg(q) || p))   trains the prior towards the posterior
+        representation max(free_nats, KL(q || sg(p)))   holds the posterior near what is predictable
+
+    Returns (dynamics term, representation term, dynamics KL, representation KL); the KLs are unclipped."""
+    sg = jax.lax.stop_gradient
+    dynamics_kl = categorical_kl(sg(posterior), prior).sum(-1)
+    representation_kl = categorical_kl(posterior, sg(prior)).sum(-1)
+    dynamics, representation = jnp.maximum(dynamics_kl, free_nats), jnp.maximum(representation_kl, free_nats)
+    return dynamics, representation, dynamics_kl, representation_kl
+
+
+def world_model_loss(params, world_model: WorldModel, batch, key, dyn_scale, rep_scale, free_nats):
+    """Reconstruction, reward and continue losses and the balanced KLs (weights `dyn_scale`,
+    `rep_scale`), averaged over a batch of sequences ([B, T, ...] entries of the replay). Returns
+    (loss, (posterior states [B, T] under a stop-gradient, metrics))."""
+    B, T = batch["is_first"].shape
+    embed = world_model.apply(params, batch["obs"], method=WorldModel.encode)
+    # The action that led into step t is the one stored at t - 1; each sequence starts afresh.
+    prev_action = jnp.concatenate([jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
+    is_first = batch["is_first"].at[:, 0].set(1.0)
+
+    def observe(latent, inputs):
+        embed_t, action_t, first_t, key_t = inputs
+        latent, posterior, prior = world_model.apply(
+            params, latent, action_t, embed_t, first_t, key_t, method=WorldModel.observe_step
+        )
+        return latent, (latent, posterior, prior)
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    _, (latents, posterior, prior) = jax.lax.scan(
+        observe,
+        world_model.apply(params, B, method=WorldModel.initial),
+        (time_major(embed), time_major(prev_action), time_major(is_first), jax.random.split(key, T)),
+    )
+    latents, posterior, prior = jax.tree_util.tree_map(time_major, (latents, posterior, prior))
+    feats = features(latents)
+    decoded = world_model.apply(params, feats, method=WorldModel.decode)
+    if len(world_model.obs_shape) == 3:
+        target = batch["obs"].astype(jnp.float32) / 255.0 - 0.5
+        reconstruction = ((decoded - target) ** 2).sum((-3, -2, -1))
+    else:
+        reconstruction = ((decoded - symlog(batch["obs"])) ** 2).sum(-1)
+    reward_logits, continue_logit = world_model.apply(params, feats, method=WorldModel.reward_and_continue)
+    reward_loss = two_hot_loss(reward_logits, batch["reward"])
+    continue_loss = optax.sigmoid_binary_cross_entropy(continue_logit, 1.0 - batch["is_terminal"])
+    dynamics, representation, dynamics_kl, representation_kl = kl_balance(posterior, prior, free_nats)
+    loss = (reconstruction + reward_loss + continue_loss + dyn_scale * dynamics + rep_scale * representation).mean()
+    metrics = {
+        "model_loss": loss,
+        "reconstruction_loss": reconstruction.mean(),
+        "reward_loss": reward_loss.mean(),
+        "continue_loss": continue_loss.mean(),
+        "dynamics_kl": dynamics_kl.mean(),
+        "representation_kl": representation_kl.mean(),
+    }
+    return loss, (jax.lax.stop_gradient(latents), metrics)
+
+
+# IMAGINE horizon steps from every posterior state
+
+
+def imagine(model_params, actor_params, networks: Networks, start, key, horizon: int):
+    """Paths the actor takes in the world model from the states `start` ([N] latents): features
+    [H + 1, N, F] (the first are the start's) and actions [H, N, A]. The actor reads the state under
+    a stop-gradient, so with `actor_gradient="dynamics"` its gradient flows only through the actions
+    it takes, into the model's next states (DreamerV1/V2)."""
+    world_model, policy = networks.world_model, networks.policy
+
+    def step(latent, step_key):
+        action_key, model_key = jax.random.split(step_key)
+        raw = networks.actor.apply(actor_params, jax.lax.stop_gradient(features(latent)))
+        action = policy.sample(raw, action_key)
+        next_latent, _ = world_model.apply(
+            model_params, latent, policy.executed(action), model_key, method=WorldModel.imagine_step
+        )
+        return next_latent, (latent, action)
+
+    last, (latents, actions) = jax.lax.scan(step, start, jax.random.split(key, horizon))
+    latents = jax.tree_util.tree_map(lambda seq, x: jnp.concatenate([seq, x[None]]), latents, last)
+    return features(latents), actions
+
+
 # RETURNS
 
 
@@ -573,6 +669,22 @@ def lambda_returns(rewards, continues, values, discount, lam):
     return returns
 
 
+def imagined_returns(model_params, critic_params, networks: Networks, feats, first_continue, discount, return_lambda):
+    """lambda-returns [H, N] of imagined paths (features [H + 1, N, F]), the critic's values v(s_t)
+    [H, N] at their states, and their weights: a path that the model says ended counts no more after
+    its end. `first_continue` [1, N]: the start states' continuation, known from the data."""
+    reward_logits, continue_logit = networks.world_model.apply(
+        model_params, feats[1:], method=WorldModel.reward_and_continue
+    )
+    # Later continuations are the head's mode.
+    continues = jnp.concatenate([first_continue, (continue_logit > 0).astype(jnp.float32)])
+    rewards = jnp.concatenate([jnp.zeros_like(first_continue), two_hot_mean(reward_logits)])
+    values = two_hot_mean(networks.critic.apply(critic_params, feats))
+    returns = lambda_returns(rewards, continues, values, discount, return_lambda)
+    weights = jnp.cumprod(discount * continues, 0)[:-1] / discount
+    return returns, values[:-1], jax.lax.stop_gradient(weights)
+
+
 def updated_return_scale(return_scale, returns, decay):
     """S <- decay S + (1 - decay) (P95 - P5) of the returns. The 2023 code (dreamerv3/jaxutils.py,
     Moments, impl perc_ema) keeps one EMA of each percentile, both from 0; their difference is this
@@ -582,7 +694,10 @@ def updated_return_scale(return_scale, returns, decay):
     return decay * return_scale + (1.0 - decay) * spread
 
 
-def actor_loss_of(returns, values, weights, log_prob, entropy, return_scale, entropy_scale, gradient: str):
+# UPDATE ACTOR on the imagined paths
+
+
+def actor_loss(returns, values, weights, log_prob, entropy, return_scale, entropy_scale, gradient: str):
     """The actor's loss over imagined steps [H, N], as ImagActorCritic.loss of the 2023 code
     (danijar/dreamerv3 at 8fa35f8, dreamerv3/agent.py):
 
@@ -608,320 +723,297 @@ def actor_loss_of(returns, values, weights, log_prob, entropy, return_scale, ent
     return -(sg(weights) * (objective + entropy_scale * entropy)).mean()
 
 
-class DreamerState(NamedTuple):
-    env_state: Any
-    is_first: jax.Array
-    """[num_envs]: the current observation starts an episode."""
-    latent: Any
-    """The acting model state of each environment, and the last executed action."""
-    prev_action: jax.Array
-    buffer: replay.TrajectoryBuffer
-    episode: jax.Array
-    world_model: Any
-    actor: Any
-    critic: Any
-    slow_critic: Any
-    model_opt: Any
-    actor_opt: Any
-    critic_opt: Any
-    return_scale: jax.Array
-    """EMA of the 5th-95th percentile range of imagined returns."""
-    key: jax.Array
-    episode_return: jax.Array
-    last_episode_return: jax.Array
+def imagined_actor_loss(
+    actor_params,
+    networks: Networks,
+    model_params,
+    critic_params,
+    return_scale,
+    start,
+    first_continue,
+    key,
+    *,
+    horizon: int,
+    discount,
+    return_lambda,
+    entropy_scale,
+    return_scale_decay: float,
+    gradient: str,
+):
+    """`actor_loss` on paths the actor imagines from `start` in the world model (held fixed). With
+    REINFORCE the paths are constants; with the dynamics gradient the return and the baseline are
+    differentiated back through the imagined states into the actor's actions. Returns (loss,
+    ((features, returns, weights) of the paths, the updated return scale, the mean entropy))."""
+    model_params = jax.lax.stop_gradient(model_params)
+    feats, actions = imagine(model_params, actor_params, networks, start, key, horizon)
+    if gradient == "reinforce":
+        feats, actions = jax.lax.stop_gradient((feats, actions))
+    returns, values, weights = imagined_returns(
+        model_params, critic_params, networks, feats, first_continue, discount, return_lambda
+    )
+    return_scale = updated_return_scale(return_scale, returns, return_scale_decay)
+    raw = networks.actor.apply(actor_params, jax.lax.stop_gradient(feats[:-1]))
+    entropy = networks.policy.entropy(raw)
+    loss = actor_loss(
+        returns,
+        values,
+        weights,
+        networks.policy.log_prob(raw, jax.lax.stop_gradient(actions)),
+        entropy,
+        return_scale,
+        entropy_scale,
+        gradient,
+    )
+    paths = jax.lax.stop_gradient((feats, returns, weights))
+    return loss, (paths, return_scale, entropy.mean())
 
 
-def make_train(config: Config) -> Trainer:
+# UPDATE CRITIC towards the lambda-returns, held near the slow critic
+
+
+def critic_loss(critic_params, critic_apply, slow_critic_params, feats, returns, weights):
+    """Weighted two-hot cross-entropy of the critic's bins at the imagined states `feats[:-1]`
+    against the lambda-returns and against the slow critic's values there (its regulariser).
+    `critic_apply(params, feats)` gives the bins' logits."""
+    logits = critic_apply(critic_params, feats[:-1])
+    slow_values = two_hot_mean(critic_apply(slow_critic_params, feats[:-1]))
+    return (weights * (two_hot_loss(logits, returns) + two_hot_loss(logits, slow_values))).mean()
+
+
+# ONE UPDATE of world model, actor and critic
+
+
+def optimizers(config: Config, hparams):
+    """Adam of the world model, the actor and the critic, with their learning rates (traced) and clips."""
+    return (
+        adam(hparams["model_lr"], config.model_grad_clip),
+        adam(hparams["actor_lr"], config.actor_grad_clip),
+        adam(hparams["critic_lr"], config.actor_grad_clip),
+    )
+
+
+def resolved_actor_gradient(config: Config, discrete: bool) -> str:
+    """"dynamics" or "reinforce"; "auto" as the 2023 code's actor_grad_cont: backprop and
+    actor_grad_disc: reinforce (configs.yaml). A ConfigError for "dynamics" with discrete actions."""
+    if discrete and config.actor_gradient == "dynamics":
+        raise ConfigError(
+            f"actor_gradient dynamics needs continuous actions to differentiate; {config.env} has discrete ones "
+            "(use reinforce)"
+        )
+    if config.actor_gradient == "auto":
+        return "reinforce" if discrete else "dynamics"
+    return config.actor_gradient
+
+
+def train_step(state: DreamerState, key, hparams, networks: Networks, config: Config, actor_gradient: str):
+    """Sample B sequences of T steps, then one step of the world model, of the actor on the paths it
+    imagines from the batch's posterior states, and of the critic on the same paths; the slow critic
+    follows. `actor_gradient`: "dynamics" or "reinforce" ("auto" already resolved)."""
+    model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, hparams)
+    B, T = config.batch_size, config.sequence_length
+    sample_key, model_key, imagine_key = jax.random.split(key, 3)
+    batch = replay.sample_sequences(state.buffer, sample_key, B, T)
+    world_model, model_opt, _, (latents, metrics) = gradient_update(
+        world_model_loss,
+        state.world_model,
+        state.model_opt,
+        model_optimizer,
+        networks.world_model,
+        batch,
+        model_key,
+        hparams["dyn_scale"],
+        hparams["rep_scale"],
+        hparams["free_nats"],
+    )
+
+    # Imagination starts from the posterior states of the world model before this update and
+    # steps with the updated one, as the 2023 code does (dreamerv3/agent.py, Agent.train: its
+    # optimiser writes the new parameters before the behaviour imagines).
+    start = jax.tree_util.tree_map(lambda x: x.reshape((B * T,) + x.shape[2:]), latents)
+    first_continue = 1.0 - batch["is_terminal"].reshape(1, -1)
+    behaviour = dict(
+        horizon=config.horizon,
+        discount=hparams["discount"],
+        return_lambda=hparams["return_lambda"],
+        entropy_scale=hparams["entropy_scale"],
+        return_scale_decay=config.return_scale_decay,
+        gradient=actor_gradient,
+    )
+    actor, actor_opt, pi_loss, (paths, return_scale, entropy) = gradient_update(
+        lambda actor, *args: imagined_actor_loss(actor, *args, **behaviour),
+        state.actor,
+        state.actor_opt,
+        actor_optimizer,
+        networks,
+        world_model,
+        state.critic,
+        state.return_scale,
+        start,
+        first_continue,
+        imagine_key,
+    )
+
+    feats, returns, weights = paths
+    critic, critic_opt, v_loss, _ = gradient_update(
+        lambda critic, *args: (critic_loss(critic, *args), None),
+        state.critic,
+        state.critic_opt,
+        critic_optimizer,
+        networks.critic.apply,
+        state.slow_critic,
+        feats,
+        returns,
+        weights,
+    )
+    slow_critic = optax.incremental_update(critic, state.slow_critic, hparams["slow_critic_rate"])
+    state = state._replace(
+        world_model=world_model,
+        actor=actor,
+        critic=critic,
+        slow_critic=slow_critic,
+        model_opt=model_opt,
+        actor_opt=actor_opt,
+        critic_opt=critic_opt,
+        return_scale=return_scale,
+    )
+    metrics.update(
+        actor_loss=pi_loss,
+        critic_loss=v_loss,
+        actor_entropy=entropy,
+        imagined_return=returns.mean(),
+        return_scale=return_scale,
+    )
+    return state, metrics
+
+
+# ACT: update each environment's model state with its observation, act, store the step, step or reset
+
+
+def observe_and_act(
+    model_params, actor_params, networks: Networks, latent, prev_action, obs, is_first, key, greedy: bool
+):
+    """The executed action (the actor's mode if `greedy`, else a sample) and the posterior state."""
+    model_key, action_key = jax.random.split(key)
+    world_model, policy = networks.world_model, networks.policy
+    embed = world_model.apply(model_params, obs, method=WorldModel.encode)
+    latent, _, _ = world_model.apply(
+        model_params, latent, prev_action, embed, is_first, model_key, method=WorldModel.observe_step
+    )
+    raw = networks.actor.apply(actor_params, features(latent))
+    action = policy.mode(raw) if greedy else policy.sample(raw, action_key)
+    return policy.executed(action), latent
+
+
+def env_action(action, task: training.Setup):
+    """A policy's action as the task takes it: one-hot, or scaled from [-1, 1] to the task's bounds."""
+    return action if task.spec.discrete else scale_action(action, task.low, task.high)
+
+
+def environment_step(state: DreamerState, key, task: training.Setup, networks: Networks, explore: bool):
+    """One step of every environment: act (uniformly at random if `explore`), store the step with
+    its observation, reward, first and terminal flags, then step each environment, or reset the ones
+    whose episode ended (a reset takes a step of its own, so the terminal observation is stored)."""
+    act_key, random_key, reset_key = jax.random.split(key, 3)
+    env_state = state.env_state
+    action, latent = observe_and_act(
+        state.world_model,
+        state.actor,
+        networks,
+        state.latent,
+        state.prev_action,
+        env_state.obs,
+        state.is_first,
+        act_key,
+        False,
+    )
+    if explore:
+        (num_envs, action_size), spec = action.shape, task.spec
+        if spec.discrete:
+            action = jax.nn.one_hot(jax.random.randint(random_key, (num_envs,), 0, action_size), action_size)
+        else:
+            action = jax.random.uniform(random_key, (num_envs, action_size), minval=-1.0, maxval=1.0)
+    entry = {
+        "obs": env_state.obs,
+        "action": action,
+        "reward": env_state.reward,
+        "is_first": state.is_first,
+        "is_terminal": env_state.done * (1.0 - env_state.info["truncation"]),
+    }
+    buffer = replay.add_step(state.buffer, entry, state.episode)
+    # An environment whose episode ended has had its last observation stored; it resets now.
+    ended = env_state.done > 0
+    next_env_state = restart_or_step(task.env, env_state, env_action(action, task), reset_key)
+    episode_return, last_return = track_returns(
+        state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
+    )
+    return state._replace(
+        env_state=next_env_state,
+        is_first=ended.astype(jnp.float32),
+        latent=latent,
+        prev_action=action,
+        buffer=buffer,
+        episode=state.episode + ended.astype(jnp.int32),
+        episode_return=episode_return,
+        last_episode_return=last_return,
+    )
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program of `config`; `env`: None for the task `config.env` names, or a user's own
+    `(environment, EnvSpec)` on Brax's protocol. Dreamer keeps its own resets (see the docstring)."""
     config.validate()
-    try:
-        env, spec = make_env(config, num_envs=config.num_envs)
-        eval_env, _ = make_env(config, num_envs=config.eval_episodes)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    task = training.setup(config, env, auto_reset=False)
+    env, eval_env, spec = task.env, task.eval_env, task.spec
     obs_shape = tuple(spec.image_shape) if spec.image_shape else (spec.observation_size,)
     if len(obs_shape) == 3 and (obs_shape[0] % 16 or obs_shape[1] % 16):
         raise ConfigError(
             f"the image encoder halves the image 4 times, so its height and width must divide by 16; "
             f"{config.env} gives images of shape {obs_shape}"
         )
-
-    num_envs, B, T, H = config.num_envs, config.batch_size, config.sequence_length, config.horizon
-    action_size = spec.action_size
-    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    num_envs, action_size = config.num_envs, spec.action_size
     schedule = make_schedule(config.total_steps, config.initial_steps, config.steps_per_update, config.eval_every)
     steps_per_env = schedule.total_steps // num_envs
     capacity = min(config.buffer_capacity or steps_per_env, steps_per_env)
-    if T > capacity:
-        raise ConfigError(f"sequence_length ({T}) is longer than the run's {capacity} steps per environment")
-    if spec.discrete and config.actor_gradient == "dynamics":
+    if config.sequence_length > capacity:
         raise ConfigError(
-            f"actor_gradient dynamics needs continuous actions to differentiate; {config.env} has discrete ones "
-            "(use reinforce)"
+            f"sequence_length ({config.sequence_length}) is longer than the run's {capacity} steps per environment"
         )
-    # "auto": the 2023 code's actor_grad_cont: backprop and actor_grad_disc: reinforce (configs.yaml).
-    actor_gradient = config.actor_gradient
-    if actor_gradient == "auto":
-        actor_gradient = "reinforce" if spec.discrete else "dynamics"
+    actor_gradient = resolved_actor_gradient(config, spec.discrete)
     cycle_steps, cycle_updates = config.cycle
-    world_model = WorldModel(config, obs_shape, action_size)
-    policy = PolicyDistribution(spec.discrete, config.unimix)
-    actor_net = Head(config.hidden_size, config.layers, action_size * (1 if spec.discrete else 2))
-    critic_net = Head(config.hidden_size, config.layers, len(BINS), zero_init=True)
-    model_optimizer = lambda hp: adam(hp["model_lr"], config.model_grad_clip)  # noqa: E731
-    actor_optimizer = lambda hp: adam(hp["actor_lr"], config.actor_grad_clip)  # noqa: E731
-    critic_optimizer = lambda hp: adam(hp["critic_lr"], config.actor_grad_clip)  # noqa: E731
-
-    def env_action(action):
-        return action if spec.discrete else scale_action(action, low, high)
-
-    # WORLD MODEL LOSS on B sequences of T replayed steps.
-
-    def world_model_loss(params, batch, key, hparams):
-        embed = world_model.apply(params, batch["obs"], method=WorldModel.encode)
-        # The action that led into step t is the one stored at t - 1; each sequence starts afresh.
-        prev_action = jnp.concatenate([jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
-        is_first = batch["is_first"].at[:, 0].set(1.0)
-
-        def observe(latent, inputs):
-            embed_t, action_t, first_t, key_t = inputs
-            latent, posterior, prior = world_model.apply(
-                params, latent, action_t, embed_t, first_t, key_t, method=WorldModel.observe_step
-            )
-            return latent, (latent, posterior, prior)
-
-        time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-        _, (latents, posterior, prior) = jax.lax.scan(
-            observe,
-            world_model.apply(params, B, method=WorldModel.initial),
-            (time_major(embed), time_major(prev_action), time_major(is_first), jax.random.split(key, T)),
-        )
-        latents, posterior, prior = jax.tree_util.tree_map(time_major, (latents, posterior, prior))
-        feats = features(latents)
-        decoded = world_model.apply(params, feats, method=WorldModel.decode)
-        if len(obs_shape) == 3:
-            target = batch["obs"].astype(jnp.float32) / 255.0 - 0.5
-            reconstruction = ((decoded - target) ** 2).sum((-3, -2, -1))
-        else:
-            reconstruction = ((decoded - symlog(batch["obs"])) ** 2).sum(-1)
-        reward_logits, continue_logit = world_model.apply(params, feats, method=WorldModel.reward_and_continue)
-        reward_loss = two_hot_loss(reward_logits, batch["reward"])
-        continue_loss = optax.sigmoid_binary_cross_entropy(continue_logit, 1.0 - batch["is_terminal"])
-        # KL balancing with free bits: the prior moves towards the posterior faster than the reverse.
-        sg = jax.lax.stop_gradient
-        dynamics_kl = categorical_kl(sg(posterior), prior).sum(-1)
-        representation_kl = categorical_kl(posterior, sg(prior)).sum(-1)
-        loss = (
-            reconstruction
-            + reward_loss
-            + continue_loss
-            + hparams["dyn_scale"] * jnp.maximum(dynamics_kl, hparams["free_nats"])
-            + hparams["rep_scale"] * jnp.maximum(representation_kl, hparams["free_nats"])
-        ).mean()
-        metrics = {
-            "model_loss": loss,
-            "reconstruction_loss": reconstruction.mean(),
-            "reward_loss": reward_loss.mean(),
-            "continue_loss": continue_loss.mean(),
-            "dynamics_kl": dynamics_kl.mean(),
-            "representation_kl": representation_kl.mean(),
-        }
-        return loss, (sg(latents), metrics)
-
-    # IMAGINE horizon steps from every posterior state.
-
-    def imagine(model_params, actor_params, start, key):
-        """Imagined paths: [H + 1, N, F] features and [H, N, A] actions. The actor reads the state
-        under a stop-gradient, so with `actor_gradient="dynamics"` its gradient flows only through
-        the actions it takes, into the model's next states (DreamerV1/V2)."""
-
-        def step(latent, step_key):
-            action_key, model_key = jax.random.split(step_key)
-            raw = actor_net.apply(actor_params, jax.lax.stop_gradient(features(latent)))
-            action = policy.sample(raw, action_key)
-            next_latent, _ = world_model.apply(
-                model_params, latent, policy.executed(action), model_key, method=WorldModel.imagine_step
-            )
-            return next_latent, (latent, action)
-
-        last, (latents, actions) = jax.lax.scan(step, start, jax.random.split(key, H))
-        latents = jax.tree_util.tree_map(lambda seq, x: jnp.concatenate([seq, x[None]]), latents, last)
-        return features(latents), actions
-
-    def returns_of(model_params, critic, feats, first_continue, hparams):
-        """lambda-returns [H, N] of imagined paths, the critic's values v(s_t) [H, N] at their
-        states, and their weights: a path that the model says ended counts no more after its end."""
-        reward_logits, continue_logit = world_model.apply(
-            model_params, feats[1:], method=WorldModel.reward_and_continue
-        )
-        # The first step's continuation is known from the data; later ones are the head's mode.
-        continues = jnp.concatenate([first_continue, (continue_logit > 0).astype(jnp.float32)])
-        rewards = jnp.concatenate([jnp.zeros_like(first_continue), two_hot_mean(reward_logits)])
-        values = two_hot_mean(critic_net.apply(critic, feats))
-        returns = lambda_returns(rewards, continues, values, hparams["discount"], hparams["return_lambda"])
-        weights = jnp.cumprod(hparams["discount"] * continues, 0)[:-1] / hparams["discount"]
-        return returns, values[:-1], jax.lax.stop_gradient(weights)
-
-    # UPDATE ACTOR on the imagined paths.
-
-    def actor_loss(actor, model, state: DreamerState, start, first_continue, key, hparams):
-        """`actor_loss_of` on paths imagined by the actor in `model`. With REINFORCE the paths are
-        constants; with the dynamics gradient the return and the baseline are differentiated back
-        through the imagined states into the actor's actions."""
-        model = jax.lax.stop_gradient(model)
-        feats, actions = imagine(model, actor, start, key)
-        if actor_gradient == "reinforce":
-            feats, actions = jax.lax.stop_gradient((feats, actions))
-        returns, values, weights = returns_of(model, state.critic, feats, first_continue, hparams)
-        return_scale = updated_return_scale(state.return_scale, returns, config.return_scale_decay)
-        raw = actor_net.apply(actor, jax.lax.stop_gradient(feats[:-1]))
-        entropy = policy.entropy(raw)
-        loss = actor_loss_of(
-            returns,
-            values,
-            weights,
-            policy.log_prob(raw, jax.lax.stop_gradient(actions)),
-            entropy,
-            return_scale,
-            hparams["entropy_scale"],
-            actor_gradient,
-        )
-        paths = jax.lax.stop_gradient((feats, returns, weights))
-        return loss, (paths, return_scale, entropy.mean())
-
-    # UPDATE CRITIC towards the lambda-returns, held near the slow critic.
-
-    def critic_loss(critic, slow_critic, feats, returns, weights):
-        logits = critic_net.apply(critic, feats[:-1])
-        slow_values = two_hot_mean(critic_net.apply(slow_critic, feats[:-1]))
-        return (weights * (two_hot_loss(logits, returns) + two_hot_loss(logits, slow_values))).mean()
-
-    def train_step(state: DreamerState, key, hparams):
-        sample_key, model_key, imagine_key = jax.random.split(key, 3)
-        batch = replay.sample_sequences(state.buffer, sample_key, B, T)
-        (_, (latents, metrics)), grads = jax.value_and_grad(world_model_loss, has_aux=True)(
-            state.world_model, batch, model_key, hparams
-        )
-        updates, model_opt = model_optimizer(hparams).update(grads, state.model_opt)
-        world_model_params = optax.apply_updates(state.world_model, updates)
-
-        # Imagination starts from the posterior states of the world model before this update and
-        # steps with the updated one, as the 2023 code does (dreamerv3/agent.py, Agent.train: its
-        # optimiser writes the new parameters before the behaviour imagines).
-        start = jax.tree_util.tree_map(lambda x: x.reshape((B * T,) + x.shape[2:]), latents)
-        first_continue = 1.0 - batch["is_terminal"].reshape(1, -1)
-        (pi_loss, (paths, return_scale, entropy)), grads = jax.value_and_grad(actor_loss, has_aux=True)(
-            state.actor, world_model_params, state, start, first_continue, imagine_key, hparams
-        )
-        updates, actor_opt = actor_optimizer(hparams).update(grads, state.actor_opt)
-        actor = optax.apply_updates(state.actor, updates)
-
-        feats, returns, weights = paths
-        v_loss, grads = jax.value_and_grad(critic_loss)(state.critic, state.slow_critic, feats, returns, weights)
-        updates, critic_opt = critic_optimizer(hparams).update(grads, state.critic_opt)
-        critic = optax.apply_updates(state.critic, updates)
-        slow_critic = optax.incremental_update(critic, state.slow_critic, hparams["slow_critic_rate"])
-        state = state._replace(
-            world_model=world_model_params,
-            actor=actor,
-            critic=critic,
-            slow_critic=slow_critic,
-            model_opt=model_opt,
-            actor_opt=actor_opt,
-            critic_opt=critic_opt,
-            return_scale=return_scale,
-        )
-        metrics.update(
-            actor_loss=pi_loss,
-            critic_loss=v_loss,
-            actor_entropy=entropy,
-            imagined_return=returns.mean(),
-            return_scale=return_scale,
-        )
-        return state, metrics
-
-    # ACT: update each environment's model state with its observation, act, store, step or reset.
-
-    def observe_and_act(model_params, actor_params, latent, prev_action, obs, is_first, key, greedy: bool):
-        model_key, action_key = jax.random.split(key)
-        embed = world_model.apply(model_params, obs, method=WorldModel.encode)
-        latent, _, _ = world_model.apply(
-            model_params, latent, prev_action, embed, is_first, model_key, method=WorldModel.observe_step
-        )
-        raw = actor_net.apply(actor_params, features(latent))
-        action = policy.mode(raw) if greedy else policy.sample(raw, action_key)
-        return policy.executed(action), latent
-
-    def vector_step(state: DreamerState, key, explore: bool):
-        act_key, random_key, reset_key = jax.random.split(key, 3)
-        env_state = state.env_state
-        action, latent = observe_and_act(
-            state.world_model,
-            state.actor,
-            state.latent,
-            state.prev_action,
-            env_state.obs,
-            state.is_first,
-            act_key,
-            False,
-        )
-        if explore:
-            if spec.discrete:
-                action = jax.nn.one_hot(jax.random.randint(random_key, (num_envs,), 0, action_size), action_size)
-            else:
-                action = jax.random.uniform(random_key, (num_envs, action_size), minval=-1.0, maxval=1.0)
-        entry = {
-            "obs": env_state.obs,
-            "action": action,
-            "reward": env_state.reward,
-            "is_first": state.is_first,
-            "is_terminal": env_state.done * (1.0 - env_state.info["truncation"]),
-        }
-        buffer = replay.add_step(state.buffer, entry, state.episode)
-        # An environment whose episode ended has had its last observation stored; it resets now.
-        ended = env_state.done > 0
-        next_env_state = restart_or_step(env, env_state, env_action(action), reset_key)
-        episode_return, last_return = track_returns(
-            state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
-        )
-        return state._replace(
-            env_state=next_env_state,
-            is_first=ended.astype(jnp.float32),
-            latent=latent,
-            prev_action=action,
-            buffer=buffer,
-            episode=state.episode + ended.astype(jnp.int32),
-            episode_return=episode_return,
-            last_episode_return=last_return,
-        )
-
-    def example_entry(obs):
-        zero = jnp.float32(0.0)
-        return {"obs": obs, "action": jnp.zeros(action_size), "reward": zero, "is_first": zero, "is_terminal": zero}
+    networks = Networks(
+        world_model=WorldModel(config, obs_shape, action_size),
+        actor=Head(config.hidden_size, config.layers, action_size * (1 if spec.discrete else 2)),
+        critic=Head(config.hidden_size, config.layers, len(BINS), zero_init=True),
+        policy=PolicyDistribution(spec.discrete, config.unimix),
+    )
 
     def init(key, hparams):
         env_key, model_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 6)
         env_state = env.reset(env_key)
         obs = env_state.obs
-        model_params = world_model.init(
+        model_params = networks.world_model.init(
             model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0)
         )
         feat_size = config.deter_size + config.stoch_size * config.classes
-        actor = actor_net.init(actor_key, jnp.zeros((1, feat_size)))
-        critic = critic_net.init(critic_key, jnp.zeros((1, feat_size)))
+        actor = networks.actor.init(actor_key, jnp.zeros((1, feat_size)))
+        critic = networks.critic.init(critic_key, jnp.zeros((1, feat_size)))
+        model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, hparams)
+        zero = jnp.float32(0.0)
+        entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero}
         state = DreamerState(
             env_state=env_state,
             is_first=jnp.ones(num_envs),
-            latent=world_model.apply(model_params, num_envs, method=WorldModel.initial),
+            latent=networks.world_model.apply(model_params, num_envs, method=WorldModel.initial),
             prev_action=jnp.zeros((num_envs, action_size)),
-            buffer=replay.init_trajectories(example_entry(obs[0]), capacity, num_envs),
+            buffer=replay.init_trajectories(dict(entry, is_terminal=zero), capacity, num_envs),
             episode=jnp.zeros(num_envs, jnp.int32),
             world_model=model_params,
             actor=actor,
             critic=critic,
             slow_critic=critic,
-            model_opt=model_optimizer(hparams).init(model_params),
-            actor_opt=actor_optimizer(hparams).init(actor),
-            critic_opt=critic_optimizer(hparams).init(critic),
+            model_opt=model_optimizer.init(model_params),
+            actor_opt=actor_optimizer.init(actor),
+            critic_opt=critic_optimizer.init(critic),
             return_scale=jnp.float32(0.0),
             key=key,
             episode_return=jnp.zeros(num_envs),
@@ -929,7 +1021,7 @@ def make_train(config: Config) -> Trainer:
         )
         # PREFILL the replay with uniformly random actions.
         state, _ = jax.lax.scan(
-            lambda s, k: (vector_step(s, k, True), None),
+            lambda s, k: (environment_step(s, k, task, networks, True), None),
             state,
             jax.random.split(explore_key, config.initial_steps // num_envs),
         )
@@ -937,16 +1029,22 @@ def make_train(config: Config) -> Trainer:
 
     def update(state: DreamerState, hparams, update_index):
         """steps_per_update environment steps in train-ratio cycles: `cycle_steps` vector steps, then
-        `cycle_updates` updates of world model, critic and actor."""
+        `cycle_updates` updates of world model, actor and critic."""
         del update_index
 
         def cycle(state, cycle_key):
             act_key, learn_key = jax.random.split(cycle_key)
+            # ACT
             state, _ = jax.lax.scan(
-                lambda s, k: (vector_step(s, k, False), None), state, jax.random.split(act_key, cycle_steps)
+                lambda s, k: (environment_step(s, k, task, networks, False), None),
+                state,
+                jax.random.split(act_key, cycle_steps),
             )
+            # TRAIN
             state, metrics = jax.lax.scan(
-                lambda s, k: train_step(s, k, hparams), state, jax.random.split(learn_key, cycle_updates)
+                lambda s, k: train_step(s, k, hparams, networks, config, actor_gradient),
+                state,
+                jax.random.split(learn_key, cycle_updates),
             )
             return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
@@ -957,25 +1055,35 @@ def make_train(config: Config) -> Trainer:
         metrics["train_episode_return"] = state.last_episode_return
         return state, metrics
 
+    # EVALUATE the actor's mode, the model state filtered along each episode.
+
     def evaluate(state: DreamerState, key, hparams):
-        """Returns of the actor's mode, the model state filtered along each episode."""
         episodes = config.eval_episodes
 
         def act(carry, obs, step_key):
             latent, prev_action, is_first = carry
             action, latent = observe_and_act(
-                state.world_model, state.actor, latent, prev_action, obs, is_first, step_key, True
+                state.world_model, state.actor, networks, latent, prev_action, obs, is_first, step_key, True
             )
-            return env_action(action), (latent, action, jnp.zeros(episodes))
+            return env_action(action, task), (latent, action, jnp.zeros(episodes))
 
         carry = (
-            world_model.apply(state.world_model, episodes, method=WorldModel.initial),
+            networks.world_model.apply(state.world_model, episodes, method=WorldModel.initial),
             jnp.zeros((episodes, action_size)),
             jnp.ones(episodes),
         )
         return evaluate_episodes(eval_env, key, episodes, spec.episode_length, act, carry)
 
-    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+    return Trainer(
+        init=init,
+        update=update,
+        evaluate=evaluate,
+        schedule=schedule,
+        spec=spec,
+        fresh_episodes=restart_episodes(
+            "env_state", "is_first", "latent", "prev_action", "episode_return", episode_counter="episode"
+        ),
+    )
 
 
 def main(argv=None) -> int:
