@@ -342,9 +342,10 @@ def test_dreamer_learns_pendulum_from_state():
     """The issue's bar: after a short budget, the return on pendulum is well above a random policy's
     (about -1200). -600 needs the pendulum swung up and held for part of most episodes; a world model
     that predicts no reward, or an actor that does not follow the critic, stays near the random return.
-    Measured on a 2-core CPU with DREAMER_CI, returns at 3,000 steps of seeds 0 to 4: -219, -165,
-    -138, -394, -139 (5 seeds vmapped; -600 was first passed between 2,000 and 2,500 steps), in
-    about 2 minutes a seed, compilation included; the preset's setting took 5,000 steps and 16 minutes."""
+    Measured on a 2-core CPU with DREAMER_CI: returns after 3,000 steps of seeds 0 to 4, vmapped
+    (seeds 2 to 4 in runs of 3,500 steps), -219, -165, -138, -394, -139; this test's run of seed 0
+    -1503, -1570, -883, -756, -276 at 1,000 to 3,000 steps, in 70 s with compilation. The preset's
+    own setting (5,000 steps) took 987 s in CI."""
     config = dataclasses.replace(dreamer.Config(), **{**dreamer.PRESETS["pendulum"], **DREAMER_CI})
     _, metrics = jax.jit(dreamer.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
     returns = np.asarray(metrics["eval"]["eval_return"])
