@@ -135,6 +135,10 @@ class Config(RunConfig):
     """Classes of each latent."""
     cnn_depth: int = setting(32, positive=True)
     """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
+    convolution: str = setting("xla", choices=("xla", "matmul"))
+    """How the image encoder and decoder convolve: "xla" (its convolution) or "matmul" (strided slices
+    and one matrix product a layer: the same sums, rounded differently; under vmap over seeds it
+    stays a batched matmul where a convolution with per-seed kernels becomes a grouped one)."""
     # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
     unimix: float = setting(0.01, within="(0, 1]")
     """Share of the uniform distribution mixed into every categorical."""
@@ -389,18 +393,69 @@ class NormGRU(nn.Module):
         return update * candidate + (1.0 - update) * state
 
 
+def stride2_convolution(x, kernel):
+    """A 4 x 4 convolution with stride 2 and SAME padding of NHWC `x` with an HWIO `kernel`, as
+    XLA's convolution computes it, written as 16 strided slices and one matrix product."""
+    height, width = x.shape[1] // 2, x.shape[2] // 2
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    slices = [padded[:, i : i + 2 * height : 2, j : j + 2 * width : 2, :] for i in range(4) for j in range(4)]
+    return jnp.concatenate(slices, -1) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+# Transposed convolution, stride 2, kernel 4, SAME (lax.conv_transpose pads the dilated input by 2 on
+# each side): output row 2m + a sums rows m + offset of the input padded by 1, times the kernel's tap.
+TRANSPOSE_TAPS = {0: ((0, 0), (1, 2)), 1: ((1, 1), (2, 3))}  # phase a -> ((offset, tap), (offset, tap))
+
+
+def stride2_transposed_convolution(x, kernel):
+    """flax's ConvTranspose (4 x 4, stride 2, SAME, kernel not flipped) of NHWC `x`, as four
+    matrix products, one per phase of the output's rows and columns, interleaved."""
+    n, height, width, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = []
+    for a in (0, 1):
+        phases = []
+        for b in (0, 1):
+            taps = [(i, ti, j, tj) for i, ti in TRANSPOSE_TAPS[a] for j, tj in TRANSPOSE_TAPS[b]]
+            inputs = jnp.concatenate([padded[:, i : i + height, j : j + width, :] for i, _, j, _ in taps], -1)
+            phases.append(inputs @ jnp.concatenate([kernel[ti, tj] for _, ti, _, tj in taps], 0))
+        rows.append(jnp.stack(phases, 3))
+    return jnp.stack(rows, 2).reshape(n, 2 * height, 2 * width, -1)
+
+
+class StridedConv(nn.Module):
+    """nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME") (or its ConvTranspose), the same
+    parameters, computed as matrix products (`Config.convolution`)."""
+
+    features: int
+    transpose: bool = False
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features))
+        y = (stride2_transposed_convolution if self.transpose else stride2_convolution)(x, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
 class ImageEncoder(nn.Module):
     """Four stride-2 convolutions (64 x 64 -> 4 x 4) of depth d, 2d, 4d, 8d, flattened."""
 
     depth: int
+    convolution: str = "xla"
 
     @nn.compact
     def __call__(self, image):
         x = image.astype(jnp.float32) / 255.0 - 0.5
         lead = x.shape[:-3]
         x = x.reshape((-1,) + x.shape[-3:])
-        for multiple in (1, 2, 4, 8):
-            x = nn.Conv(self.depth * multiple, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
+        for i, multiple in enumerate((1, 2, 4, 8)):
+            if self.convolution == "matmul":
+                x = StridedConv(self.depth * multiple, name=f"Conv_{i}")(x)
+            else:
+                x = nn.Conv(self.depth * multiple, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
             x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
         return x.reshape(lead + (-1,))
 
@@ -410,16 +465,21 @@ class ImageDecoder(nn.Module):
 
     depth: int
     shape: tuple[int, int, int]
+    convolution: str = "xla"
 
     @nn.compact
     def __call__(self, features):
         lead = features.shape[:-1]
         height, width, channels = self.shape[0] // 16, self.shape[1] // 16, 8 * self.depth
         x = nn.Dense(height * width * channels)(features).reshape((-1, height, width, channels))
-        for multiple in (4, 2, 1):
-            x = nn.ConvTranspose(self.depth * multiple, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
-            x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
-        x = nn.ConvTranspose(self.shape[-1], (4, 4), strides=(2, 2), padding="SAME")(x)
+        outputs = [(self.depth * multiple, False) for multiple in (4, 2, 1)] + [(self.shape[-1], True)]
+        for i, (size, last) in enumerate(outputs):
+            if self.convolution == "matmul":
+                x = StridedConv(size, transpose=True, use_bias=last, name=f"ConvTranspose_{i}")(x)
+            else:
+                x = nn.ConvTranspose(size, (4, 4), strides=(2, 2), padding="SAME", use_bias=last)(x)
+            if not last:
+                x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
         return x.reshape(lead + self.shape)
 
 
@@ -441,8 +501,8 @@ class WorldModel(nn.Module):
         c = self.config
         self.image = len(self.obs_shape) == 3
         if self.image:
-            self.encoder = ImageEncoder(c.cnn_depth)
-            self.decoder = ImageDecoder(c.cnn_depth, self.obs_shape)
+            self.encoder = ImageEncoder(c.cnn_depth, c.convolution)
+            self.decoder = ImageDecoder(c.cnn_depth, self.obs_shape, c.convolution)
         else:
             self.encoder = nn.Sequential([Block(c.hidden_size) for _ in range(c.layers)])
             self.decoder = Head(c.hidden_size, c.layers, self.obs_shape[0])

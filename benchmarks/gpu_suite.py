@@ -158,6 +158,13 @@ THROUGHPUT = [
                    "--repeats", "1"),
         throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--num-seeds", "2", *DREAMER_TINY),
         "replayed_per_s", "replayed steps/s", 1.5, min_s=105),
+    # Under vmap, per-seed convolution kernels make grouped convolutions; the matmul form avoids them.
+    Row("dreamer-12m-pixels-8seeds-matmul", "Dreamer 12m from pixels, 8 seeds vmapped, --convolution matmul",
+        throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--dreamer-sizes", "12m", "--num-seeds", "8",
+                   "--repeats", "1", "--override", "convolution=matmul"),
+        throughput("dreamer", "--dreamer-tasks", "pendulum_pixels", "--num-seeds", "2", *DREAMER_TINY,
+                   "--override", "convolution=matmul"),
+        "replayed_per_s", "replayed steps/s", 1.5, min_s=105),
     Row("dreamer-small-state-1seed", "Dreamer small from state (pendulum), 1 seed",
         throughput("dreamer", "--dreamer-tasks", "pendulum", "--dreamer-sizes", "small", "--num-seeds", "1",
                    "--repeats", "2"),

@@ -362,3 +362,32 @@ def test_dreamer_learns_pendulum_from_state():
     print(f"random policy return {random_return:.0f}")
     assert random_return < -1000
     assert returns[-1] > -600, returns
+
+
+@pytest.mark.parametrize("module", ["encoder", "decoder"])
+def test_matmul_convolutions_are_xlas_to_rounding_and_stay_ungrouped_under_vmap(module):
+    """`--convolution matmul`: the same parameters (same names, same initial values) and the same
+    outputs to float32 rounding as XLA's convolutions. Under vmap over two seeds' parameters, XLA's
+    convolutions become grouped convolutions (feature_group_count 2 in the lowered program, which
+    GPUs run slowly); the matmul form lowers to no convolution at all."""
+    key = jax.random.PRNGKey(0)
+    if module == "encoder":
+        build = lambda convolution: dreamer.ImageEncoder(8, convolution)  # noqa: E731
+        x = jax.random.randint(key, (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
+    else:
+        build = lambda convolution: dreamer.ImageDecoder(8, (64, 64, 3), convolution)  # noqa: E731
+        x = jax.random.normal(key, (3, 40))
+    xla, matmul = build("xla"), build("matmul")
+    params = xla.init(key, x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, matmul.init(key, x))
+    np.testing.assert_allclose(matmul.apply(params, x), xla.apply(params, x), atol=1e-5, rtol=1e-5)
+
+    def lowered(net):
+        def loss(p):
+            return jnp.square(net.apply(p, x)).sum()
+
+        two_seeds = jax.vmap(net.init, (0, None))(jax.random.split(key, 2), x)
+        return jax.jit(jax.vmap(jax.grad(loss))).lower(two_seeds).as_text()
+
+    assert "feature_group_count = 2" in lowered(xla)
+    assert "convolution" not in lowered(matmul)
