@@ -123,13 +123,6 @@ def split_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, eval_key
 
 
-def require_positive(config, names) -> None:
-    """A ConfigError naming the first of `names` whose value in `config` is not positive."""
-    for name in names:
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
-
-
 def require_continuous_vector_task(spec: envs.EnvSpec, algorithm: str) -> None:
     """A ConfigError unless the task has continuous actions and vector observations, which every
     algorithm but Dreamer assumes (its networks are MLPs over obs, its policies Gaussian)."""
