@@ -455,7 +455,7 @@ def actor_loss(actor, critic, obs, goals, key, alpha, *, nets, config, spec):
 def gradient_step(state, key, hparams, *, nets, config, spec):
     """One gradient step of classifier, actor (and temperature) on a relabelled batch, then the targets'."""
     sample_key, permute_key, target_key, actor_key, _ = jax.random.split(key, 5)
-    optimizer, learned = adam(hparams["lr"]), dict(nets=nets, config=config, spec=spec)
+    optimizer, learned = adam(), dict(nets=nets, config=config, spec=spec)  # the rate is in the states
     # RELABEL: future goals of each transition's own episode, random goals of the batch.
     batch, future = replay.sample_with_future(
         state.buffer, sample_key, config.batch_size, hparams["discount"], spec.episode_length
@@ -542,10 +542,10 @@ def make_train(config: Config, env=None) -> Trainer:
             actor=actor,
             critic=critic,
             target_critic=critic,
-            actor_opt=adam(0.0).init(actor),
-            critic_opt=adam(0.0).init(critic),
+            actor_opt=adam(hparams["lr"]).init(actor),
+            critic_opt=adam(hparams["lr"]).init(critic),
             log_alpha=jnp.float32(0.0),
-            alpha_opt=adam(0.0).init(jnp.float32(0.0)),
+            alpha_opt=adam(hparams["lr"]).init(jnp.float32(0.0)),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),

@@ -843,13 +843,12 @@ def critic_loss(critic_params, critic_apply, slow_critic_params, feats, returns,
 # ONE UPDATE of world model, actor and critic
 
 
-def optimizers(config: Config, hparams):
-    """Adam of the world model, the actor and the critic, with their learning rates (traced) and clips."""
-    return (
-        adam(hparams["model_lr"], config.model_grad_clip),
-        adam(hparams["actor_lr"], config.actor_grad_clip),
-        adam(hparams["critic_lr"], config.actor_grad_clip),
-    )
+def optimizers(config: Config, hparams=None):
+    """Adam of the world model, the actor and the critic, with their clips: given `hparams`, to start
+    states with the run's learning rates (traced); without, to step states, which keep their rates."""
+    rates = (None, None, None) if hparams is None else (hparams["model_lr"], hparams["actor_lr"], hparams["critic_lr"])
+    clips = (config.model_grad_clip, config.actor_grad_clip, config.actor_grad_clip)
+    return tuple(adam(rate, clip) for rate, clip in zip(rates, clips))
 
 
 def resolved_actor_gradient(config: Config, discrete: bool) -> str:
@@ -869,7 +868,7 @@ def train_step(state: DreamerState, key, hparams, networks: Networks, config: Co
     """Sample B sequences of T steps, then one step of the world model, of the actor on the paths it
     imagines from the batch's posterior states, and of the critic on the same paths; the slow critic
     follows. `actor_gradient`: "dynamics" or "reinforce" ("auto" already resolved)."""
-    model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, hparams)
+    model_optimizer, actor_optimizer, critic_optimizer = optimizers(config)
     B, T = config.batch_size, config.sequence_length
     sample_key, model_key, imagine_key = jax.random.split(key, 3)
     batch = replay.sample_sequences(state.buffer, sample_key, B, T)

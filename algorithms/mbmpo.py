@@ -569,8 +569,9 @@ def trpo_step(objective_fn, kl_fn, params, max_kl, *, cg_iterations, damping, ba
 # OUTER STEP: the meta-update of theta on the post-adaptation objective, given the paths.
 
 
-def adam_ascent(learning_rate):
-    """Adam up the gradient (PPO's outer step raises its objective): Adam on the negated gradient."""
+def adam_ascent(learning_rate=None):
+    """Adam up the gradient (PPO's outer step raises its objective): Adam on the negated gradient,
+    its rate kept in its state from `init` (`training.adam`)."""
     negate = optax.stateless(lambda grads, params: jax.tree_util.tree_map(jnp.negative, grads))
     return optax.chain(negate, adam(learning_rate))
 
@@ -608,7 +609,7 @@ def outer_step(apply, theta, opt_state, pre_paths, post_paths, hparams, config):
             params, opt_state = carry
             clipped = lambda p: (objective_fn(p, hparams["clip_eps"]), None)  # noqa: E731
             params, opt_state, objective, _ = gradient_update(
-                clipped, params, opt_state, adam_ascent(hparams["outer_lr"])
+                clipped, params, opt_state, adam_ascent()
             )
             return (params, opt_state), objective
 
@@ -740,9 +741,11 @@ def make_train(config: Config, env=None) -> Trainer:
         state = MBMPOState(
             env_state=env_state,
             buffer=replay.init(transition_example(env_state.obs[0], action_size), schedule.total_steps),
-            model=ensemble.init(model_key, model_config, obs_size, action_size),
+            model=ensemble.init(
+                model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
+            ),
             policy=policy,
-            policy_opt=adam_ascent(0.0).init(policy),
+            policy_opt=adam_ascent(hparams["outer_lr"]).init(policy),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
@@ -758,8 +761,8 @@ def make_train(config: Config, env=None) -> Trainer:
         key, fit_key, meta_key, adapt_key, collect_key = jax.random.split(state.key, 5)
 
         # TRAIN MODELS on all real data.
-        buffer, lr, decay = state.buffer, hparams["model_lr"], hparams["model_weight_decay"]
-        model, model_metrics = ensemble.train(model_config, state.model, buffer.data, buffer.count, fit_key, lr, decay)
+        buffer = state.buffer
+        model, model_metrics = ensemble.train(model_config, state.model, buffer.data, buffer.count, fit_key)
 
         # META-LEARN in imagination.
         imagine_fn = imagination(model, hparams)

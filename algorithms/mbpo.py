@@ -455,8 +455,10 @@ def make_train(
             env_state=env_state,
             buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
             model_buffer=replay.init(example, model_capacity) if model_data else None,
-            model=None if config.sac_only else ensemble.init(model_key, model_config, obs_size, action_size),
-            agent=sac.init(agent_key, agent_config, obs_size),
+            model=None if config.sac_only else ensemble.init(
+                model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
+            ),
+            agent=sac.init(agent_key, agent_config, obs_size, hparams["sac_lr"]),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
@@ -471,9 +473,8 @@ def make_train(
         state, metrics, retained = state._replace(key=key), {}, None
         if not config.sac_only:
             # TRAIN MODEL on all real data.
-            lr, weight_decay = hparams["model_lr"], hparams["model_weight_decay"]
             data, count = state.buffer.data, state.buffer.count
-            model, model_metrics = ensemble.train(model_config, state.model, data, count, train_key, lr, weight_decay)
+            model, model_metrics = ensemble.train(model_config, state.model, data, count, train_key)
             state, metrics = state._replace(model=model), dict(model_metrics)
         if model_data:
             # ROLLOUT k steps of the current policy through random elites, from real states.
@@ -492,7 +493,7 @@ def make_train(
             retained = model_pool_size(rollouts_per_epoch, k, config.model_retain_epochs)
             state = state._replace(model_buffer=model_buffer)
             metrics.update(rollout_length=k, rollouts_alive=still_alive)
-        sac_hparams = dict(learning_rate=hparams["sac_lr"], discount=hparams["discount"], tau=hparams["tau"])
+        sac_hparams = dict(discount=hparams["discount"], tau=hparams["tau"])
         sac_hparams["target_entropy"] = hparams.get("target_entropy", jnp.float32(target_entropy))
         objective = None if actor_objective is None else functools.partial(actor_objective, state.model, hparams)
 

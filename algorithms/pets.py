@@ -600,7 +600,9 @@ def make_train(config: Config, env=None) -> Trainer:
         state = PETSState(
             env_state=env_state,
             buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
-            model=ensemble.init(model_key, model_config, obs_size, action_size),
+            model=ensemble.init(
+                model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
+            ),
             plan=jnp.broadcast_to(middle, (num_envs, H, action_size)),
             key=key,
             episode_return=jnp.zeros(num_envs),
@@ -614,15 +616,7 @@ def make_train(config: Config, env=None) -> Trainer:
         key, train_key, act_key = jax.random.split(state.key, 3)
 
         # TRAIN MODEL on everything stored so far.
-        model, model_metrics = ensemble.train(
-            model_config,
-            state.model,
-            state.buffer.data,
-            state.buffer.count,
-            train_key,
-            hparams["model_lr"],
-            hparams["model_weight_decay"],
-        )
+        model, model_metrics = ensemble.train(model_config, state.model, state.buffer.data, state.buffer.count, train_key)
         state = state._replace(model=model, key=key)
 
         # PLAN and ACT for retrain_every steps.

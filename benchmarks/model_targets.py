@@ -84,8 +84,8 @@ def main(argv=None) -> int:
         for normalize in (True, False):
             config = dataclasses.replace(base, normalize_targets=normalize)
             start = time.time()
-            state = ensemble.init(init_key, config, spec.observation_size, spec.action_size)
-            fit = jax.jit(lambda s, d, n, k, c=config: ensemble.train(c, s, d, n, k, 1e-3, 5e-5))
+            state = ensemble.init(init_key, config, spec.observation_size, spec.action_size, 1e-3, 5e-5)
+            fit = jax.jit(lambda s, d, n, k, c=config: ensemble.train(c, s, d, n, k))
             state, metrics = fit(state, data, jnp.int32(args.steps), fit_key)
             error, nll = scores(config, state, test)
             print(

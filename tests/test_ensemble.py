@@ -48,8 +48,14 @@ def _strong(tree):
     return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=x.dtype), tree)
 
 
-def _init(cfg: E.EnsembleConfig, seed: int = 0) -> E.EnsembleState:
-    return _strong(E.init(jax.random.key(seed), cfg, OBS, ACT))
+def _init(cfg: E.EnsembleConfig, seed: int = 0, lr: float = 3e-3, wd: float = 1e-5) -> E.EnsembleState:
+    return _strong(E.init(jax.random.key(seed), cfg, OBS, ACT, lr, wd))
+
+
+def _with_rates(state: E.EnsembleState, lr, wd) -> E.EnsembleState:
+    """The state with other learning rate and weight decay in its optimiser's state."""
+    rates = dict(learning_rate=jnp.asarray(lr, jnp.float32), weight_decay=jnp.asarray(wd, jnp.float32))
+    return dataclasses.replace(state, opt_state=state.opt_state._replace(hyperparams=rates))
 
 
 def _fit(
@@ -61,9 +67,8 @@ def _fit(
     wd: float = 1e-5,
     state: E.EnsembleState | None = None,
 ):
-    if state is None:
-        state = _init(cfg, seed)
-    return _fit_fn(cfg)(state, data, jnp.int32(count), jax.random.key(seed + 1), jnp.float32(lr), jnp.float32(wd))
+    state = _init(cfg, seed, lr, wd) if state is None else _with_rates(state, lr, wd)
+    return _fit_fn(cfg)(state, data, jnp.int32(count), jax.random.key(seed + 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -245,7 +250,7 @@ def test_decay_rates_per_layer_and_biases():
         num_members=2, num_elites=1, hidden_sizes=(4, 4, 4, 4), layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
         decay_biases=False,
     )
-    params = E.init(jax.random.key(0), cfg, OBS, ACT).params
+    params = E.init(jax.random.key(0), cfg, OBS, ACT, 1e-2, 1e-4).params
     rates = E._decay_rates(cfg, params, 1e-4)
     for i, expected in enumerate([2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4]):
         np.testing.assert_allclose(rates["net"]["params"][f"Dense_{i}"]["kernel"], expected)
@@ -261,12 +266,12 @@ def test_decay_rates_per_layer_and_biases():
     assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["bias"]).max()) == 0.0
     assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["kernel"]).max()) > 0.0
     with pytest.raises(ValueError, match="layer_decay_scale"):
-        E.init(jax.random.key(0), dataclasses.replace(cfg, layer_decay_scale=(1.0,)), OBS, ACT)
+        E.init(jax.random.key(0), dataclasses.replace(cfg, layer_decay_scale=(1.0,)), OBS, ACT, 1e-3, 0.0)
 
 
 def test_authors_init_is_truncated_normal_with_half_lecun_std():
     cfg = E.EnsembleConfig(num_members=4, num_elites=2, hidden_sizes=(200, 200), authors_init=True)
-    net = E.init(jax.random.key(0), cfg, 20, 4).params["net"]["params"]
+    net = E.init(jax.random.key(0), cfg, 20, 4, 1e-3, 0.0).params["net"]["params"]
     for name, fan_in in (("Dense_0", 24), ("Dense_1", 200), ("Dense_2", 200)):
         kernel, bias = np.asarray(net[name]["kernel"]), np.asarray(net[name]["bias"])
         std = 1.0 / (2.0 * np.sqrt(fan_in))
@@ -289,7 +294,7 @@ def test_logvar_bounds_fixed_unless_learned():
 def test_train_keeps_state_types():
     cfg = TINY_CFG
     trained, _ = _fit(cfg, _linear_data(MASK_CAPACITY, seed=0), MASK_COUNT)
-    initial = E.init(jax.random.key(0), cfg, OBS, ACT)
+    initial = E.init(jax.random.key(0), cfg, OBS, ACT, 3e-3, 1e-5)
     chex.assert_trees_all_equal_structs(trained, initial)
     spec = lambda x: (x.shape, str(x.dtype), bool(jax.typeof(x).weak_type))  # noqa: E731
     assert jax.tree_util.tree_map(spec, initial) == jax.tree_util.tree_map(spec, trained)
@@ -323,15 +328,18 @@ def test_same_key_same_result_and_vmap_equivalence():
     count, wd = jnp.int32(MASK_COUNT), jnp.float32(1e-5)
     keys = jax.random.split(jax.random.key(7), 2)
     lrs = jnp.array([1e-3, 3e-3], jnp.float32)  # a traced hyperparameter swept alongside the seed
-    fit = _fit_fn(cfg)
-    first = jax.device_get(fit(state0, data, count, keys[0], lrs[0], wd))
-    again = jax.device_get(fit(state0, data, count, keys[0], lrs[0], wd))
-    other = jax.device_get(fit(state0, data, count, keys[1], lrs[1], wd))
+
+    def fit(state, data, count, key, lr, wd):
+        return E.train(cfg, _with_rates(state, lr, wd), data, count, key)
+
+    first = jax.device_get(jax.jit(fit)(state0, data, count, keys[0], lrs[0], wd))
+    again = jax.device_get(jax.jit(fit)(state0, data, count, keys[0], lrs[0], wd))
+    other = jax.device_get(jax.jit(fit)(state0, data, count, keys[1], lrs[1], wd))
     chex.assert_trees_all_equal(first, again)
     assert not np.allclose(
         first[0].params["net"]["params"]["Dense_0"]["kernel"], other[0].params["net"]["params"]["Dense_0"]["kernel"]
     )
-    batched = jax.jit(jax.vmap(functools.partial(E.train, cfg), in_axes=(None, None, None, 0, 0, None)))
+    batched = jax.jit(jax.vmap(fit, in_axes=(None, None, None, 0, 0, None)))
     batched = jax.device_get(batched(state0, data, count, keys, lrs, wd))
     for i, single in enumerate((first, other)):
         got = jax.tree_util.tree_map(lambda x: x[i], batched)
@@ -342,11 +350,11 @@ def test_same_key_same_result_and_vmap_equivalence():
 
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="num_elites"):
-        E.init(jax.random.key(0), E.EnsembleConfig(num_members=3, num_elites=4), OBS, ACT)
+        E.init(jax.random.key(0), E.EnsembleConfig(num_members=3, num_elites=4), OBS, ACT, 1e-3, 0.0)
     with pytest.raises(ValueError, match="sampling"):
-        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, sampling="jackknife"), OBS, ACT)
+        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, sampling="jackknife"), OBS, ACT, 1e-3, 0.0)
     with pytest.raises(ValueError, match="holdout_ratio"):
-        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, holdout_ratio=1.0), OBS, ACT)
+        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, holdout_ratio=1.0), OBS, ACT, 1e-3, 0.0)
 
 
 # PROPAGATION (against predict's per-member outputs; an untrained ensemble whose members differ)
@@ -358,7 +366,7 @@ P_ELITES = np.array([4, 1, 3], np.int32)  # deliberately not sorted and not a pr
 
 @functools.lru_cache(maxsize=None)
 def _prop_state():
-    state = E.init(jax.random.key(11), P_CFG, P_OBS, P_ACT)
+    state = E.init(jax.random.key(11), P_CFG, P_OBS, P_ACT, 1e-3, 0.0)
     rng = np.random.default_rng(12)
     out = E.target_size(P_CFG, P_OBS)
     # Non-trivial normalisation, so that the propagation has to undo it like predict does.

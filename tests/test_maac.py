@@ -122,7 +122,7 @@ def test_one_step_objective_by_hand_and_termination_mask():
 
 def test_zero_horizon_is_sacs_actor_objective():
     cfg = sac.SACConfig(action_size=2, hidden_sizes=(16, 16), batch_size=8)
-    state = sac.init(jax.random.PRNGKey(0), cfg, obs_size=3)
+    state = sac.init(jax.random.PRNGKey(0), cfg, obs_size=3, learning_rate=1e-3)
     obs = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
     key, alpha = jax.random.PRNGKey(2), jnp.float32(0.3)
     value, log_prob = maac.pathwise_objective(

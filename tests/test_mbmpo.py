@@ -348,7 +348,7 @@ def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
             linear_gaussian, t, pre, post, hparams["inner_lr"], clip
         )
         kl = lambda t: mbmpo.post_adaptation_kl(linear_gaussian, t, pre, post, hparams["inner_lr"])  # noqa: E731
-        opt_state = mbmpo.adam_ascent(0.0).init(theta)
+        opt_state = mbmpo.adam_ascent(hparams["outer_lr"]).init(theta)
 
         outer_step = jax.jit(mbmpo.outer_step, static_argnums=(0, 6))
         config = mbmpo.Config(cg_iterations=4)

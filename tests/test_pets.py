@@ -216,7 +216,7 @@ def deterministic_ensemble(members: int, elites: int, learn_reward: bool, identi
     cfg = ensemble.EnsembleConfig(
         num_members=members, num_elites=elites, hidden_sizes=(8,), probabilistic=False, learn_reward=learn_reward
     )
-    state = init_ensemble(jax.random.PRNGKey(3), cfg, 2, 1)
+    state = init_ensemble(jax.random.PRNGKey(3), cfg, 2, 1, 1e-3, 0.0)
     if identical:
         net = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p[:1], p.shape), state.params["net"])
         state = state.replace(params=dict(state.params, net=net))
@@ -291,7 +291,7 @@ def test_tsinf_gives_every_sequence_the_same_even_split_of_members(particles, me
     assert pets.particles_per_sequence(particles, members, "ts1") == particles
     # Which member ensemble.propagate uses for each row, laid out as PETS lays out its particles.
     cfg = ensemble.EnsembleConfig(num_members=members, num_elites=members, hidden_sizes=(8,))
-    state = init_ensemble(jax.random.PRNGKey(1), cfg, 2, 1)
+    state = init_ensemble(jax.random.PRNGKey(1), cfg, 2, 1, 1e-3, 0.0)
     sequences = 4
     obs = jnp.asarray(np.random.default_rng(0).normal(size=(sequences * P_run, 2)), jnp.float32)
     action = jnp.zeros((sequences * P_run, 1))

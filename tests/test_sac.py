@@ -13,8 +13,8 @@ from mbrlax.networks import tanh_gaussian_mode, tanh_gaussian_sample
 
 OBS, ACT = 3, 2
 CFG = sac.SACConfig(action_size=ACT, hidden_sizes=(32, 32), batch_size=8)
+LEARNING_RATE = 1e-3
 HP = {
-    "learning_rate": jnp.float32(1e-3),
     "discount": jnp.float32(0.99),
     "tau": jnp.float32(5e-3),
     "target_entropy": jnp.float32(-ACT),
@@ -108,7 +108,7 @@ _update = jax.jit(sac.update, static_argnums=0)
 
 
 def test_update_shapes_and_metrics():
-    state = _init(jax.random.PRNGKey(0), CFG, OBS)
+    state = _init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE)
     new_state, metrics = _update(CFG, state, _random_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2), HP)
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), new_state, state)
@@ -161,7 +161,7 @@ def test_critic_target_ignores_next_state_when_terminated():
         def step(state, step_key):
             return sac.update(CFG, state, batch, step_key, hp)
 
-        state, _ = jax.lax.scan(step, sac.init(key, CFG, OBS), jax.random.split(key, 300))
+        state, _ = jax.lax.scan(step, sac.init(key, CFG, OBS, LEARNING_RATE), jax.random.split(key, 300))
         return sac._critic(CFG).apply(state.critic, obs, action)[:, 0]
 
     q = np.asarray(jax.jit(jax.vmap(fit))(jnp.array([1.0, 0.0, 0.0]), jnp.array([0.99, 0.0, 0.99])))
@@ -172,7 +172,7 @@ def test_critic_target_ignores_next_state_when_terminated():
 def test_temperature_moves_towards_target_entropy():
     """Entropy above the target (a very low target): alpha falls at every step; below (a very high
     one): it rises."""
-    state = _init(jax.random.PRNGKey(0), CFG, OBS)
+    state = _init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE)
     batch = _random_batch(jax.random.PRNGKey(1))
 
     def run(target_entropy):
@@ -189,23 +189,32 @@ def test_temperature_moves_towards_target_entropy():
 
 
 def test_jit_and_vmap_over_keys_agree_with_unbatched():
-    """vmap over keys (and a traced learning rate) gives what separate jitted calls give."""
-    state = _init(jax.random.PRNGKey(0), CFG, OBS)
+    """vmap over keys and learning rates (kept in the optimisers' states from `init`) gives what
+    separate jitted calls give, and the rate the state keeps is the one that steps."""
     batch = _random_batch(jax.random.PRNGKey(1))
     keys = jax.random.split(jax.random.PRNGKey(2), 3)
     rates = jnp.array([1e-3, 1e-3, 1e-2])
 
     def update(key, learning_rate):
-        return sac.update(CFG, state, batch, key, dict(HP, learning_rate=learning_rate))
+        state = sac.init(jax.random.PRNGKey(0), CFG, OBS, learning_rate)
+        return sac.update(CFG, state, batch, key, HP)
 
     batched = jax.jit(jax.vmap(update))(keys, rates)
     for i in range(3):
-        single = _update(CFG, state, batch, keys[i], dict(HP, learning_rate=rates[i]))
-        again = _update(CFG, state, batch, keys[i], dict(HP, learning_rate=rates[i]))
+        single = jax.jit(update)(keys[i], rates[i])
+        again = jax.jit(update)(keys[i], rates[i])
         jax.tree_util.tree_map(np.testing.assert_array_equal, single, again)
         jax.tree_util.tree_map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-5, atol=1e-6), batched, single)
     # Different keys really give different updates (the target and actor samples differ).
     assert not np.allclose(batched[1]["actor_loss"][0], batched[1]["actor_loss"][1])
+    # A ten times larger rate moves the critic further from its initial parameters.
+    initial = sac.init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE).critic
+    moved = [
+        max(np.abs(np.asarray(b[i]) - np.asarray(a)).max() for a, b in zip(
+            jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(batched[0].critic)))
+        for i in (1, 2)
+    ]
+    assert moved[1] > 5 * moved[0], moved
 
 
 # UPDATE ORDER
@@ -229,7 +238,7 @@ def test_actor_loss_reads_the_critic_the_order_says(order):
     "sequential" (SAC-SVG's svg/agent.py): the actor's loss reads the stepped critic. Both are
     checked against one Adam step by hand."""
     cfg = sac.SACConfig(action_size=ACT, hidden_sizes=(32, 32), batch_size=8, update_order=order)
-    state = sac.init(jax.random.PRNGKey(0), cfg, OBS)
+    state = sac.init(jax.random.PRNGKey(0), cfg, OBS, LEARNING_RATE)
     batch = _random_batch(jax.random.PRNGKey(1))
     key = jax.random.PRNGKey(2)
     new_state, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, batch, key, HP)
@@ -244,7 +253,7 @@ def test_actor_loss_reads_the_critic_the_order_says(order):
     def actor_loss(params):
         return sac.soft_actor_objective(cfg, params, critic, alpha, batch["obs"], actor_key)[0]
 
-    expected = _adam_step(state.actor, jax.grad(actor_loss)(state.actor), HP["learning_rate"])
+    expected = _adam_step(state.actor, jax.grad(actor_loss)(state.actor), LEARNING_RATE)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), new_state.actor, expected
     )
@@ -257,11 +266,28 @@ def test_actor_loss_reads_the_critic_the_order_says(order):
 
 
 def test_initial_temperature_and_bad_settings():
-    assert np.isclose(np.exp(sac.init(jax.random.PRNGKey(0), CFG, OBS).log_alpha), 1.0)
+    assert np.isclose(np.exp(sac.init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE).log_alpha), 1.0)
     cfg = sac.SACConfig(action_size=ACT, initial_alpha=0.1)
-    np.testing.assert_allclose(np.exp(sac.init(jax.random.PRNGKey(0), cfg, OBS).log_alpha), 0.1, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(sac.init(jax.random.PRNGKey(0), cfg, OBS, LEARNING_RATE).log_alpha), 0.1, rtol=1e-6)
     assert sac.SACConfig(action_size=ACT).update_order == "simultaneous"
     with pytest.raises(ValueError, match="update_order"):
         sac.SACConfig(action_size=ACT, update_order="critic-last")
     with pytest.raises(ValueError, match="initial_alpha"):
         sac.SACConfig(action_size=ACT, initial_alpha=0.0)
+
+
+def test_adam_keeps_its_learning_rate_in_its_state():
+    """training.adam (optax's inject_hyperparams): `init` stores the rate, a step built without one
+    uses the stored rate (the first Adam step moves each parameter by about the rate, clipped or
+    not), and a state cannot start without a rate."""
+    from mbrlax.training import adam
+
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    grads = {"w": jnp.array([0.5, -4.0, 100.0])}
+    for rate, clip in ((1e-3, None), (3e-2, 1.0)):
+        state = adam(rate, clip).init(params)
+        np.testing.assert_allclose(state.hyperparams["learning_rate"], rate)
+        updates, _ = adam(max_grad_norm=clip).update(grads, state, params)
+        np.testing.assert_allclose(updates["w"], -rate * np.sign(grads["w"]), rtol=1e-4)
+    with pytest.raises(TypeError, match="learning rate"):
+        adam().init(params)

@@ -165,8 +165,7 @@ def _decay_rates(cfg: EnsembleConfig, params: Any, weight_decay) -> Any:
     return jax.tree_util.tree_map_with_path(rate, params)
 
 
-def _optimizer(cfg: EnsembleConfig, learning_rate, weight_decay) -> optax.GradientTransformation:
-    # Built inside the traced program so that the rate and decay can be swept as traced values.
+def _adam_with_decay(learning_rate, weight_decay, cfg: EnsembleConfig) -> optax.GradientTransformation:
     # Decay is coupled (added to the gradient: the gradient of the authors' penalty
     # decay * ||W||^2 / 2, and what torch's Adam does in mbrl-lib) and spares the bounds.
     def add_decay(updates, state, params):
@@ -175,6 +174,12 @@ def _optimizer(cfg: EnsembleConfig, learning_rate, weight_decay) -> optax.Gradie
 
     decay = optax.GradientTransformation(lambda params: optax.EmptyState(), add_decay)
     return optax.chain(decay, optax.scale_by_adam(), optax.scale(-learning_rate))
+
+
+def _optimizer(cfg: EnsembleConfig, learning_rate=0.0, weight_decay=0.0) -> optax.GradientTransformation:
+    """Adam with weight decay, the rate and decay kept in its state (optax's `inject_hyperparams`):
+    `init` stores the run's (traced, so a sweep over them is a vmap) and `update` reads them there."""
+    return optax.inject_hyperparams(_adam_with_decay, static_args="cfg")(learning_rate, weight_decay, cfg)
 
 
 def _authors_init(key: jax.Array, net: Any) -> Any:
@@ -194,7 +199,11 @@ def _authors_init(key: jax.Array, net: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def init(key: jax.Array, cfg: EnsembleConfig, obs_size: int, action_size: int) -> EnsembleState:
+def init(
+    key: jax.Array, cfg: EnsembleConfig, obs_size: int, action_size: int, learning_rate, weight_decay
+) -> EnsembleState:
+    """Members' parameters, and an optimiser state that keeps `learning_rate` and `weight_decay`
+    (traced: a sweep's) for every later `train`."""
     cfg.validate()
     input_size, output_size = obs_size + action_size, target_size(cfg, obs_size)
     network = _network(cfg, output_size)
@@ -210,7 +219,7 @@ def init(key: jax.Array, cfg: EnsembleConfig, obs_size: int, action_size: int) -
     }
     return EnsembleState(
         params=params,
-        opt_state=_optimizer(cfg, 0.0, 0.0).init(params),
+        opt_state=_optimizer(cfg, jnp.float32(learning_rate), jnp.float32(weight_decay)).init(params),
         input_mean=jnp.zeros(input_size),
         input_std=jnp.ones(input_size),
         target_mean=jnp.zeros(output_size),
@@ -350,15 +359,14 @@ def train(
     data: dict,
     count: jax.Array,
     key: jax.Array,
-    learning_rate: jax.Array,
-    weight_decay: jax.Array,
 ):
     """Fit the ensemble on the first `count` entries of `data` (keys obs, action, next_obs and, when
-    the reward is learned, reward; each [capacity, ...]). Returns the new state and metrics."""
+    the reward is learned, reward; each [capacity, ...]), at the learning rate and weight decay its
+    optimiser state keeps (from `init`). Returns the new state and metrics."""
     capacity = data["obs"].shape[0]
     output_size = state.target_mean.shape[0]
     K, B = cfg.num_members, cfg.batch_size
-    optimizer = _optimizer(cfg, learning_rate, weight_decay)
+    optimizer = _optimizer(cfg)  # the rate and decay come from state.opt_state
 
     inputs_raw = jnp.concatenate([data["obs"], data["action"]], axis=-1)
     targets_raw = data["next_obs"] - data["obs"]

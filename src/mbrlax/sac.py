@@ -94,13 +94,14 @@ def _critic(cfg: SACConfig) -> TwinQ:
     return TwinQ(cfg.hidden_sizes, cfg.activation)
 
 
-def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
+def init(key: jax.Array, cfg: SACConfig, obs_size: int, learning_rate) -> SACState:
+    """Networks, targets and optimisers; the optimisers keep `learning_rate` (traced: a sweep's)."""
     actor_key, critic_key = jax.random.split(key)
     obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, cfg.action_size))
     actor = _actor(cfg).init(actor_key, obs)
     critic = _critic(cfg).init(critic_key, obs, action)
     log_alpha = jnp.log(jnp.float32(cfg.initial_alpha))
-    clipped_adam = adam(0.0, cfg.max_grad_norm)
+    clipped_adam = adam(learning_rate, cfg.max_grad_norm)
     return SACState(
         actor=actor,
         critic=critic,
@@ -108,7 +109,7 @@ def init(key: jax.Array, cfg: SACConfig, obs_size: int) -> SACState:
         log_alpha=log_alpha,
         actor_opt=clipped_adam.init(actor),
         critic_opt=clipped_adam.init(critic),
-        alpha_opt=adam(0.0).init(log_alpha),
+        alpha_opt=adam(learning_rate).init(log_alpha),
     )
 
 
@@ -145,12 +146,12 @@ def update(
     actor_objective: Callable | None = None,
 ) -> tuple[SACState, dict]:
     """One gradient step of critic, actor and temperature on `batch` (obs, action, reward, next_obs,
-    terminated, each [B, ...]). `hp` holds traced scalars: learning_rate, discount, tau,
-    target_entropy. `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss,
+    terminated, each [B, ...]). `hp` holds traced scalars: discount, tau, target_entropy (the
+    learning rate is in the optimisers' states, from `init`). `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss,
     log_prob)` replaces SAC's own actor loss (`soft_actor_objective`); it sees the critic from before
     this update's critic step, or after it, as `cfg.update_order` says."""
     target_key, actor_key = jax.random.split(key)
-    clipped_adam = adam(hp["learning_rate"], cfg.max_grad_norm)
+    clipped_adam = adam(max_grad_norm=cfg.max_grad_norm)
     critic = _critic(cfg)
     alpha = jnp.exp(state.log_alpha)
     if actor_objective is None:
@@ -181,7 +182,7 @@ def update(
     # TEMPERATURE: move the policy's entropy towards the target.
     entropy_gap = jax.lax.stop_gradient(log_prob + hp["target_entropy"]).mean()
     alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * (log_prob + target_entropy)
-    updates, alpha_opt = adam(hp["learning_rate"]).update(alpha_grad, state.alpha_opt)
+    updates, alpha_opt = adam().update(alpha_grad, state.alpha_opt, state.log_alpha)
     log_alpha = optax.apply_updates(state.log_alpha, updates)
 
     # TARGETS: Polyak averaging.

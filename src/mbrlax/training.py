@@ -134,11 +134,24 @@ def require_continuous_vector_task(spec: envs.EnvSpec, algorithm: str) -> None:
         )
 
 
-def adam(learning_rate, max_grad_norm: float | None = None) -> optax.GradientTransformation:
-    """Adam whose learning rate may be a traced value (built inside the training program, so a sweep
-    over it is a vmap), optionally after clipping the gradients to a global norm."""
+def _clipped_adam(learning_rate, max_grad_norm):
     clip = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
     return optax.chain(*clip, optax.scale_by_adam(), optax.scale(-learning_rate))
+
+
+def _needs_learning_rate(params):
+    raise TypeError("an Adam state starts from the run's learning rate: adam(learning_rate, ...).init(params)")
+
+
+def adam(learning_rate=None, max_grad_norm: float | None = None) -> optax.GradientTransformation:
+    """Adam, optionally after clipping the gradients to a global norm, whose learning rate lives in its
+    state (optax's `inject_hyperparams`). `init` stores the run's rate, a traced value from its
+    hparams, so a sweep over it is a vmap; `update` reads the rate from that state, so a learner's step
+    builds it without one: `adam(max_grad_norm=c).update(grads, opt_state, params)`."""
+    injected = optax.inject_hyperparams(_clipped_adam, static_args="max_grad_norm")
+    if learning_rate is None:
+        return injected(0.0, max_grad_norm)._replace(init=_needs_learning_rate)
+    return injected(learning_rate, max_grad_norm)
 
 
 def gradient_update(loss_fn: Callable, params, opt_state, optimizer: optax.GradientTransformation, *args):
