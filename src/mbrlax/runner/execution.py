@@ -94,27 +94,6 @@ def _first_non_finite(metrics: dict) -> str | None:
 # RESUMING
 
 
-def fresh_episodes(restored, fresh):
-    """A host (gym/) simulator's state is not in a checkpoint, and the simulators of a resumed process
-    are new: the restored run takes the environments `init` just made and starts new episodes there,
-    keeping everything it learned (a recurrent agent's memory and first-step flags start afresh, and
-    the new episodes get new ids). The fields are named here only for a Trainer that does not say
-    which are its own (`Trainer.fresh_episodes`)."""
-    names = ("env_state", "is_first", "latent", "prev_action", "episode_return")
-    fields = {name: getattr(fresh, name) for name in names if name in restored._fields}
-    if "episode" in restored._fields:
-        fields["episode"] = restored.episode + 1
-    return restored._replace(**fields)
-
-
-def restart_episodes_of(trainer: Trainer):
-    """How a run of `trainer` resumed with new host simulators starts new episodes."""
-    if trainer.fresh_episodes is not None:
-        return trainer.fresh_episodes
-    # FALLBACK for an algorithm whose Trainer does not say yet: today's field names.
-    return fresh_episodes
-
-
 def restore_newest(checkpoints, like, run_dir: pathlib.Path, schedule):
     """The newest checkpoint that restores into `like`, as (state, meta, update), or None when there
     is none yet. A newer one that does not restore (damaged by a crash of the disk, say) is set aside
@@ -201,8 +180,10 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
         fresh = state
         state, meta, first_update = restored
         history = meta["history"]
-        if steps_on_host(trainer, program.config):
-            state = restart_episodes_of(trainer)(state, fresh)
+        if steps_on_host(trainer):
+            # A host simulator's state is in no checkpoint and this process's simulators are new: the
+            # Trainer says how its run takes the fresh environments and starts new episodes there.
+            state = trainer.fresh_episodes(state, fresh)
         del fresh, restored  # the initial state (replay buffers included) is not held beside the run's
         earlier_wall, earlier_compile = meta.get("wall_time_s", 0.0), meta.get("compile_time_s", 0.0)
     log = MetricsLog(run_dir, options.track, jsonable(program.config), history)

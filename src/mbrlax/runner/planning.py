@@ -271,20 +271,19 @@ def check_memory(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...])
         )
 
 
-def steps_on_host(trainer: Trainer, config) -> bool:
-    """Whether the task steps on the host (gym/), as the task's spec says."""
-    if trainer.spec is not None:
-        return trainer.spec.steps_on_host
-    # FALLBACK for a Trainer that does not carry its task's spec yet: judge the task by its name.
-    from mbrlax.envs import gym_bridge
-
-    return gym_bridge.is_gym(config.env)
+def steps_on_host(trainer: Trainer) -> bool:
+    """Whether the task steps on the host (gym/), as the task's spec says; such a Trainer must also
+    say how a resumed run starts new episodes (`fresh_episodes`)."""
+    on_host = trainer.spec is not None and trainer.spec.steps_on_host
+    if on_host and trainer.fresh_episodes is None:
+        raise ConfigError("a task that steps on the host needs a Trainer that says its fresh_episodes")
+    return on_host
 
 
 def check_host_task(trainer: Trainer, config, runs: list[dict]) -> None:
     """A task that steps on the host does so through a callback, which cannot be vmapped: one run a
     process."""
-    if steps_on_host(trainer, config) and len(runs) > 1:
+    if steps_on_host(trainer) and len(runs) > 1:
         raise ConfigError(
             f"{config.env} steps on the host, so a process runs one run of it, not {len(runs)}; run the seeds "
             "or sweep values as separate processes (--coordinator host:port --num-processes N --process-id i)"
