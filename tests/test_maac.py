@@ -291,16 +291,16 @@ def test_model_free_warm_up_takes_sacs_actor_step():
 
 @pytest.mark.slow
 def test_maac_learns_pendulum():
-    """The issue's bar: -250 or better within 5,000 steps (a random policy scores about -1200). The
-    default pendulum settings, 4,000 steps (1,000 of them random), five evaluation episodes of the
-    deterministic policy after 2,000, 3,000 and 4,000 steps."""
-    config = dataclasses.replace(maac.Config(), total_steps=4000)
+    """The issue's bar, -250 or better within 5,000 steps (a random policy scores about -1200), met
+    sooner: the default pendulum settings, 3,000 steps (1,000 of them random), five evaluation
+    episodes of the deterministic policy after 2,000 and 3,000 steps."""
+    config = dataclasses.replace(maac.Config(), total_steps=3000)
     hparams = runner.hparams_of(config)
     hparams = {k: jnp.float32(v) for k, v in hparams.items()}
     _, metrics = jax.jit(maac.make_train(config))(jax.random.PRNGKey(0), hparams)
     returns = np.asarray(metrics["eval"]["eval_return"])
     print(f"MAAC {returns.round(1)}")
-    assert len(returns) == 3
+    assert len(returns) == 2
     assert returns[-1] >= -250.0, returns
 
 
