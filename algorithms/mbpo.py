@@ -407,14 +407,18 @@ def make_train(
     env=None,
     *,
     make_actor_objective: Callable | None = None,
+    make_critic_objective: Callable | None = None,
     sac_options: dict | None = None,
     name: str = "MBPO",
 ) -> Trainer:
     """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
     EnvSpec)`. MAAC (maac.py) shares this loop and changes only the actor's loss:
     `make_actor_objective(spec, model_config, agent_config)` returns `objective(model, hparams, actor,
-    critic, alpha, obs, key) -> (loss, log_prob)`; `sac_options` sets more `sac.SACConfig` fields, and
-    the hparams may carry a "target_entropy". `name`: what an error about the task calls the algorithm."""
+    critic, alpha, obs, key) -> (loss, log_prob)`; value expansion (steve.py) changes the critic's:
+    `make_critic_objective(spec, model_config, agent_config)` returns `objective(model, hparams,
+    critic, target_critic, actor, alpha, batch, key) -> (loss, q)`. `sac_options` sets more
+    `sac.SACConfig` fields, and the hparams may carry a "target_entropy". `name`: what an error about
+    the task calls the algorithm."""
     config.validate()
     task = setup(config, env, algorithm=name)
     spec = task.spec
@@ -433,6 +437,7 @@ def make_train(
     rollouts_per_epoch = config.rollout_batch_size * config.epoch_length // config.model_train_freq
     model_capacity = model_pool_size(rollouts_per_epoch, max(config.rollout_schedule[2:]), config.model_retain_epochs)
     actor_objective = None if make_actor_objective is None else make_actor_objective(spec, model_config, agent_config)
+    critic_objective = None if make_critic_objective is None else make_critic_objective(spec, model_config, agent_config)
 
     def to_env_action(action):
         return scale_action(action, task.low, task.high)
@@ -496,6 +501,7 @@ def make_train(
         sac_hparams = dict(discount=hparams["discount"], tau=hparams["tau"])
         sac_hparams["target_entropy"] = hparams.get("target_entropy", jnp.float32(target_entropy))
         objective = None if actor_objective is None else functools.partial(actor_objective, state.model, hparams)
+        critic_loss = None if critic_objective is None else functools.partial(critic_objective, state.model, hparams)
 
         def real_step(state: MBPOState, step_key):
             # ACT, then UPDATE POLICY G times on batches of real and imagined transitions.
@@ -507,7 +513,7 @@ def make_train(
                 batch_key, update_key = jax.random.split(update_key)
                 ratio, batch_size = hparams["real_ratio"], config.sac_batch_size
                 batch = training_batch(state.buffer, state.model_buffer, batch_key, batch_size, ratio, retained)
-                return sac.update(agent_config, agent, batch, update_key, sac_hparams, objective)
+                return sac.update(agent_config, agent, batch, update_key, sac_hparams, objective, critic_loss)
 
             learn_keys = jax.random.split(learn_key, config.updates_per_step * num_envs)
             agent, agent_metrics = jax.lax.scan(gradient_step, state.agent, learn_keys)

@@ -3,6 +3,8 @@ termination, the temperature's direction, and jit/vmap agreement of one update."
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,3 +293,27 @@ def test_adam_keeps_its_learning_rate_in_its_state():
         np.testing.assert_allclose(updates["w"], -rate * np.sign(grads["w"]), rtol=1e-4)
     with pytest.raises(TypeError, match="learning rate"):
         adam().init(params)
+
+
+def test_a_given_critic_objective_replaces_sacs():
+    """`critic_objective`: SAC's own, passed explicitly, gives the same bits as the default; one whose
+    gradient is zero leaves the critics where they were while the actor still steps."""
+    state = _init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE)
+    batch, key = _random_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
+    default, _ = _update(CFG, state, batch, key, HP)
+
+    def explicit_update(state, batch, key, hp):
+        own = functools.partial(sac.soft_critic_objective, CFG, discount=hp["discount"])
+        return sac.update(CFG, state, batch, key, hp, critic_objective=own)
+
+    explicit, _ = jax.jit(explicit_update)(state, batch, key, HP)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, default, explicit)
+
+    def flat(critic, target_critic, actor, alpha, batch, key):
+        q = sac._critic(CFG).apply(critic, batch["obs"], batch["action"])
+        return 0.0 * q.sum(), q
+
+    frozen, _ = jax.jit(lambda: sac.update(CFG, state, batch, key, HP, critic_objective=flat))()
+    jax.tree_util.tree_map(np.testing.assert_array_equal, frozen.critic, state.critic)
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(frozen.actor), jax.tree_util.tree_leaves(state.actor))]
+    assert all(moved)

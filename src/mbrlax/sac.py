@@ -137,6 +137,20 @@ def soft_actor_objective(cfg: SACConfig, actor_params, critic_params, alpha, obs
     return (alpha * log_prob - soft_q(cfg, critic_params, obs, action)).mean(), log_prob
 
 
+def soft_critic_objective(
+    cfg: SACConfig, critic_params, target_critic_params, actor_params, alpha, batch: dict, key: jax.Array, discount
+):
+    """SAC's critic loss: each twin's squared error to the soft Bellman target r + discount (1 - terminated)
+    (min target Q(s', a') - alpha log pi(a'|s')), a' ~ pi (no bootstrap after termination). Returns the
+    loss and the twins' values [2, B]."""
+    next_action, next_log_prob = sample_action(cfg, actor_params, batch["next_obs"], key)
+    next_q = soft_q(cfg, target_critic_params, batch["next_obs"], next_action)
+    soft_value = next_q - alpha * next_log_prob
+    target = jax.lax.stop_gradient(batch["reward"] + discount * (1.0 - batch["terminated"]) * soft_value)
+    q = _critic(cfg).apply(critic_params, batch["obs"], batch["action"])
+    return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
+
+
 def update(
     cfg: SACConfig,
     state: SACState,
@@ -144,29 +158,27 @@ def update(
     key: jax.Array,
     hp: dict,
     actor_objective: Callable | None = None,
+    critic_objective: Callable | None = None,
 ) -> tuple[SACState, dict]:
     """One gradient step of critic, actor and temperature on `batch` (obs, action, reward, next_obs,
     terminated, each [B, ...]). `hp` holds traced scalars: discount, tau, target_entropy (the
-    learning rate is in the optimisers' states, from `init`). `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss,
-    log_prob)` replaces SAC's own actor loss (`soft_actor_objective`); it sees the critic from before
-    this update's critic step, or after it, as `cfg.update_order` says."""
+    learning rate is in the optimisers' states, from `init`).
+    `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss, log_prob)` replaces SAC's
+    own actor loss (`soft_actor_objective`); it sees the critic from before this update's critic
+    step, or after it, as `cfg.update_order` says. `critic_objective(critic_params,
+    target_critic_params, actor_params, alpha, batch, key) -> (loss, q [2, B])` replaces SAC's own
+    critic loss (`soft_critic_objective`)."""
     target_key, actor_key = jax.random.split(key)
     clipped_adam = adam(max_grad_norm=cfg.max_grad_norm)
-    critic = _critic(cfg)
     alpha = jnp.exp(state.log_alpha)
     if actor_objective is None:
         actor_objective = functools.partial(soft_actor_objective, cfg)
+    if critic_objective is None:
+        critic_objective = functools.partial(soft_critic_objective, cfg, discount=hp["discount"])
 
-    # CRITIC: soft Bellman target from the min of the target twins; no bootstrap after termination.
-    next_action, next_log_prob = sample_action(cfg, state.actor, batch["next_obs"], target_key)
-    next_q = soft_q(cfg, state.target_critic, batch["next_obs"], next_action)
-    soft_value = next_q - alpha * next_log_prob
-    target = batch["reward"] + hp["discount"] * (1.0 - batch["terminated"]) * soft_value
-    target = jax.lax.stop_gradient(target)
-
+    # CRITIC: SAC's soft Bellman target from the min of the target twins, or the objective given.
     def critic_loss(params):
-        q = critic.apply(params, batch["obs"], batch["action"])
-        return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
+        return critic_objective(params, state.target_critic, state.actor, alpha, batch, target_key)
 
     critic_params, critic_opt, q_loss, q = gradient_update(critic_loss, state.critic, state.critic_opt, clipped_adam)
 
