@@ -408,6 +408,7 @@ def make_train(
     *,
     make_actor_objective: Callable | None = None,
     make_critic_objective: Callable | None = None,
+    make_rollouts: Callable | None = None,
     sac_options: dict | None = None,
     name: str = "MBPO",
 ) -> Trainer:
@@ -416,7 +417,12 @@ def make_train(
     `make_actor_objective(spec, model_config, agent_config)` returns `objective(model, hparams, actor,
     critic, alpha, obs, key) -> (loss, log_prob)`; value expansion (steve.py) changes the critic's:
     `make_critic_objective(spec, model_config, agent_config)` returns `objective(model, hparams,
-    critic, target_critic, actor, alpha, batch, key) -> (loss, q)`. `sac_options` sets more
+    critic, target_critic, actor, alpha, batch, key) -> (loss, q)`; M2AC (m2ac.py) changes the model
+    data: `make_rollouts(spec, model_config, agent_config)` returns `rollouts(model, hparams, actor,
+    real_buffer, model_buffer, key, length) -> (model_buffer, added, metrics)` in place of
+    `branched_rollouts`, where `added` (may be traced) is the transitions it stored, of which SAC's
+    batches then draw from the newest `added` x (model periods per epoch) x model_retain_epochs, and
+    `metrics` a dict of scalars. `sac_options` sets more
     `sac.SACConfig` fields, and the hparams may carry a "target_entropy". `name`: what an error about
     the task calls the algorithm."""
     config.validate()
@@ -438,6 +444,7 @@ def make_train(
     model_capacity = model_pool_size(rollouts_per_epoch, max(config.rollout_schedule[2:]), config.model_retain_epochs)
     actor_objective = None if make_actor_objective is None else make_actor_objective(spec, model_config, agent_config)
     critic_objective = None if make_critic_objective is None else make_critic_objective(spec, model_config, agent_config)
+    rollouts = None if make_rollouts is None else make_rollouts(spec, model_config, agent_config)
 
     def to_env_action(action):
         return scale_action(action, task.low, task.high)
@@ -484,20 +491,28 @@ def make_train(
         if model_data:
             # ROLLOUT k steps of the current policy through random elites, from real states.
             k = rollout_length(update_index * config.model_train_freq // config.epoch_length, config.rollout_schedule)
-            model_buffer, still_alive = branched_rollouts(
-                functools.partial(sac.sample_action, agent_config, state.agent.actor),
-                functools.partial(ensemble.propagate, model_config, state.model, mode="ts1", elites_only=True),
-                lambda obs, action, next_obs: spec.termination_fn(obs, to_env_action(action), next_obs),
-                state.buffer,
-                state.model_buffer,
-                rollout_key,
-                length=k,
-                batch_size=config.rollout_batch_size,
-                can_terminate=spec.can_terminate,
-            )
-            retained = model_pool_size(rollouts_per_epoch, k, config.model_retain_epochs)
+            if rollouts is None:
+                model_buffer, still_alive = branched_rollouts(
+                    functools.partial(sac.sample_action, agent_config, state.agent.actor),
+                    functools.partial(ensemble.propagate, model_config, state.model, mode="ts1", elites_only=True),
+                    lambda obs, action, next_obs: spec.termination_fn(obs, to_env_action(action), next_obs),
+                    state.buffer,
+                    state.model_buffer,
+                    rollout_key,
+                    length=k,
+                    batch_size=config.rollout_batch_size,
+                    can_terminate=spec.can_terminate,
+                )
+                retained = model_pool_size(rollouts_per_epoch, k, config.model_retain_epochs)
+                rollout_metrics = dict(rollouts_alive=still_alive)
+            else:
+                # A method's own rollouts (M2AC's masked ones), which store a varying number of transitions.
+                model_buffer, added, rollout_metrics = rollouts(
+                    state.model, hparams, state.agent.actor, state.buffer, state.model_buffer, rollout_key, k
+                )
+                retained = added * (config.epoch_length // config.model_train_freq) * config.model_retain_epochs
             state = state._replace(model_buffer=model_buffer)
-            metrics.update(rollout_length=k, rollouts_alive=still_alive)
+            metrics.update(rollout_length=k, **rollout_metrics)
         sac_hparams = dict(discount=hparams["discount"], tau=hparams["tau"])
         sac_hparams["target_entropy"] = hparams.get("target_entropy", jnp.float32(target_entropy))
         objective = None if actor_objective is None else functools.partial(actor_objective, state.model, hparams)

@@ -190,6 +190,12 @@ THROUGHPUT = [
     Row("maac-8seeds", "MAAC, authors' HalfCheetah, model period 250, 8 seeds vmapped",
         throughput("maac", "--num-seeds", "8", "--period", "250", "--repeats", "1"),
         throughput("maac", "--num-seeds", "2", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 1.5, min_s=170),
+    Row("steve-1seed", "STEVE, its authors' settings on HalfCheetah (H = 3, G = 4), model period 250, 1 seed",
+        throughput("steve", "--num-seeds", "1", "--period", "250", "--repeats", "1"),
+        throughput("steve", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 0.75),
+    Row("m2ac-1seed", "M2AC, macura's HalfCheetah (H = 10, G = 40), model period 250, 1 seed",
+        throughput("m2ac", "--num-seeds", "1", "--period", "250", "--repeats", "1"),
+        throughput("m2ac", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 0.75),
 ]  # fmt: skip
 
 

@@ -322,6 +322,24 @@ def bench_maac(args) -> list[dict]:
     return _time_model_periods("maac", maac, config, setting, args)
 
 
+def bench_m2ac(args) -> list[dict]:
+    from mbrlax.algorithms import m2ac
+
+    config = _period_config(m2ac.Config, m2ac.PRESETS["brax/halfcheetah"], args)
+    setting = "macura's HalfCheetah M2AC: H = 10, masking rate 0.5, 400 rollouts and 40 updates per step"
+    return _time_model_periods("m2ac", m2ac, config, setting, args)
+
+
+def bench_steve(args) -> list[dict]:
+    from mbrlax.algorithms import steve
+
+    config = _period_config(steve.Config, steve.PRESETS["brax/halfcheetah"], args)
+    # STEVE's critic learns from real data only: no rollouts into a model buffer.
+    config = dataclasses.replace(config, rollout_batch_size=0)
+    setting = "STEVE authors' settings on HalfCheetah: H = 3, batch 512, 4 updates per step"
+    return _time_model_periods("steve", steve, config, setting, args)
+
+
 def model_period_markdown(r: dict, meta: dict) -> str:
     return (
         f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.2f} env steps/s "
@@ -477,6 +495,8 @@ BENCHMARKS = {
     "pets": (bench_pets, pets_markdown),
     "mbpo": (bench_mbpo, model_period_markdown),
     "maac": (bench_maac, model_period_markdown),
+    "steve": (bench_steve, model_period_markdown),
+    "m2ac": (bench_m2ac, model_period_markdown),
     "mbmpo": (bench_mbmpo, mbmpo_markdown),
     "clearning": (bench_clearning, clearning_markdown),
     "dreamer": (bench_dreamer, dreamer_markdown),

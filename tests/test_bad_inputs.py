@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from mbrlax.algorithms import clearning, dreamer, maac, mbmpo, mbpo, pets, svg
+from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, steve, svg
 
 # ENTRY POINTS
 
@@ -67,6 +67,9 @@ ENTRY_POINTS = [
     EntryPoint("mbmpo", mbmpo, mbmpo.Config, other="pets", bad_sweep="discount=0.99,5"),
     EntryPoint("clearning", clearning, clearning.Config, other="pets", bad_sweep="discount=0.99,5"),
     EntryPoint("dreamer", dreamer, dreamer.Config, other="pets", bad_sweep="discount=0.99,5"),
+    # Both extend mbpo's Config: resuming an mbpo folder must still be refused.
+    EntryPoint("steve", steve, steve.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
+    EntryPoint("m2ac", m2ac, m2ac.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
 ]
 BY_NAME = {entry.name: entry for entry in ENTRY_POINTS}
 

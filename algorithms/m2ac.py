@@ -1,0 +1,290 @@
+"""M2AC: masked model-based actor-critic (Pan, He, Tu, He, "Trust the Model When It Is Confident:
+Masked Model-based Actor-Critic", NeurIPS 2020, arXiv:2010.04893).
+
+MBPO's loop (mbpo.py, which this file runs) with other model data. Every `model_train_freq` steps
+the probabilistic ensemble is refitted and B = `rollout_batch_size` rollouts of H steps start from
+real states; at each step h = 0..H-1 every live sample goes through a random elite member k and
+
+    u(s, a)   = KL( N(mu_k, Sigma_k) || N(mu_-k, Sigma_-k) )       one-vs-rest uncertainty
+    r~(s, a)  = r - alpha * u(s, a)                                  penalised model reward
+    keep      = the floor(w_h B) live samples with the lowest u      the mask
+    w_h       = (H - h) / (2 (H + 1)) for H > 1, w (0.5) for H = 1   the masking rate
+
+(k and the draw are MBPO's: a random split of the batch over the elites, `ensemble.propagate`),
+where N(mu_k, Sigma_k) is member k's diagonal Gaussian over (next state, reward) and N(mu_-k,
+Sigma_-k) the Gaussian with the mean and variance of the mixture of the other K - 1 members (all of
+them, elites or not). Only the kept transitions go into the model buffer, and only they go on: a
+rollout ends at its first masked-out or terminated step, so over H steps about B H / 4 transitions
+are stored where MBPO stores B H. SAC then learns from batches that are `real_ratio` real data and
+the rest these masked transitions, G updates per real step, as in MBPO.
+
+Sources, and what was checked against them. The paper's own text could not be read here, so its
+equations, its H and its settings are not checked against it. Its authors link no code (a
+reproducibility summary of the paper, ri.k117.org/papers/trust_the_model_when_it_is_confident_
+masked_modelbased_actorcritic__7960f941, says it builds on MBPO's open-source code and gives no link;
+that page also names the experiments: four MuJoCo-v2 tasks, Figure 3, and noisy HalfCheetah and
+Walker2d with action noise sigma 0.05, 0.1, 0.2). So the references are two reimplementations:
+- tianshou's `M2ACPolicy` (Jimenius/tianshou, tianshou/policy/modelbased/m2ac.py) and its
+  `MBPOPolicy._choose_from_ensemble`: the uncertainty is the KL divergence of the chosen member's
+  Gaussian from the moment-matched Gaussian of the other ensemble_size - 1 members, over the next
+  state's change and the reward (the same KL as over the next state, which shifts all alike); the
+  reward is penalised by `rew_penalty_coeff` (default 0.001) times it; the kept share is
+  (H - length) / (2 (H + 1)) for H > 1 and 0.5 for H = 1, of the samples at hand; `stop_uncertain`
+  continues only the kept samples.
+- Data-Science-in-Mechanical-Engineering/macura, mbrl/algorithms/m2ac.py (`get_masking_rate`,
+  `calc_uncertainty_score`, `rollout_model_and_populate_sac_buffer`): the same KL and penalty; the
+  rate (H - i) / (2 (H + 1)) with i counted from 0, of the whole batch B; masked-out samples are not
+  stored but (unlike here) their rollouts go on.
+Here the step index counts from 0 as macura's does (tianshou's reads `info.get("length", 1)`, so its
+first step keeps (H - 1) / (2 (H + 1))), the share is of B as macura's is, and masked-out rollouts
+stop as tianshou's `stop_uncertain=True` does: the issue asks for rollouts that stop per sample.
+
+What this file does differently, and why:
+- H is MBPO's rollout length k (`rollout_schedule`, which may grow with the epoch); the masking rate
+  follows the current k. The presets fix it, k_a = k_b: 5 on pendulum (our choice), 10 on the Brax
+  tasks (macura's `max_rollout_length`).
+- Brax's tasks differ from the gym MuJoCo tasks (see mbpo.py), and the Brax presets are MBPO's with
+  macura's H, mask, penalty and budgets only.
+- SAC's batches draw from the newest `added` x (model periods per epoch) x `model_retain_epochs`
+  model transitions, where `added` is how many the last round stored: the pool of the last epoch at
+  the present rate of masking (the model buffer itself is sized as MBPO's, for B H a round).
+- The rest's variance is computed as the mean of the variances plus the spread of the means about
+  their mean (both references subtract squared means from second moments, which float32 can round
+  to zero or below where observations are large).
+- The elite each sample goes through is drawn as MBPO's rollouts draw it (`ensemble.propagate`), so
+  with w = 1 (H = 1) and alpha = 0 the rollouts store what MBPO's one-step rollouts store.
+
+Published numbers: not checked (the paper reports learning curves in figures, which could not be
+read here); none is compared with.
+
+Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/m2ac.py --env pendulum
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from mbrlax import buffer as replay
+from mbrlax import ensemble, runner, sac
+from mbrlax.algorithms import mbpo
+from mbrlax.config import setting
+from mbrlax.training import ConfigError, Trainer, scale_action
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(mbpo.Config):
+    """M2AC settings: MBPO's, with the mask and the penalty."""
+
+    rollout_schedule: tuple[int, int, int, int] = (0, 1, 5, 5)
+    """[epoch_a, epoch_b, k_a, k_b]: H, the rollout length, rises linearly from k_a to k_b over these
+    epochs (MBPO's schedule; M2AC fixes H, k_a = k_b)."""
+    masking_rate: float = setting(0.5, sweepable=True, within="(0, 1]")
+    """w: share of the B samples kept when rollouts are one step long (H = 1); longer ones use
+    (H - h) / (2 (H + 1)) at step h (tianshou's and macura's default: 0.5)."""
+    penalty_coef: float = setting(1e-3, sweepable=True, within="[0, inf)")
+    """alpha: the model reward is r - alpha * u, u the one-vs-rest KL (tianshou's default: 0.001)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sac_only:
+            raise ConfigError("sac_only turns off the model whose masked rollouts M2AC is; run mbpo.py --sac-only")
+        if self.ensemble_size < 2:
+            raise ConfigError(
+                f"ensemble_size ({self.ensemble_size}) must be at least 2: "
+                "the uncertainty compares one member with the rest"
+            )
+
+
+# macura's M2AC settings (mbrl/examples/conf/algorithm/m2ac.yaml: max_rollout_length 10, masking_rate_H1
+# 0.5, model_error_penalty_coefficient 0.001, real_data_ratio 0.05) and its per-task budgets
+# (conf/overrides/m2ac_*.yaml, num_steps), on MBPO's presets for Brax's versions of the tasks; the
+# rest of macura's per-task settings (updates per step, SAC widths and rates) are not taken.
+MACURA = dict(rollout_schedule=(0, 1, 10, 10), masking_rate=0.5, penalty_coef=1e-3, real_ratio=0.05)
+
+TASKS: dict[str, dict[str, Any]] = {
+    # Small enough to learn in a few minutes on a laptop CPU: MBPO's pendulum settings, H = 5.
+    "pendulum": dict(env="pendulum"),
+    "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **MACURA, total_steps=400_000),
+    "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **MACURA, total_steps=125_000),
+    "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **MACURA, total_steps=200_000),
+    "brax/ant": dict(mbpo.TASKS["brax/ant"], **MACURA, total_steps=300_000),
+}
+
+# Variants name no task, so they apply on top of the task's preset.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # One-step rollouts at the fixed masking rate w.
+    "h1": dict(rollout_schedule=(0, 1, 1, 1)),
+    # End to end in seconds: MBPO's tiny settings with H = 3.
+    "tiny": dict(mbpo.VARIANTS["tiny"], rollout_schedule=(0, 1, 3, 3)),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+# UNCERTAINTY
+
+
+def one_vs_rest_uncertainty(mean: jax.Array, var: jax.Array, chosen: jax.Array) -> jax.Array:
+    """KL(N(mean[k], var[k]) || N(rest mean, rest var)) per sample, k = chosen[i]: mean, var [K, n, d]
+    diagonal Gaussians of the K members; the rest is the moment-matched Gaussian of the mixture of
+    the other K - 1 members. Returns [n]."""
+    num_members, n = mean.shape[0], mean.shape[1]
+    rows = jnp.arange(n)
+    own_mean, own_var = mean[chosen, rows], var[chosen, rows]
+    rest_mean = (mean.sum(0) - own_mean) / (num_members - 1)
+    # The mixture's variance as mean variance plus spread of the means about rest_mean: no cancellation
+    # of large second moments, which float32 would round to a zero or negative variance.
+    spread = var + (mean - rest_mean) ** 2
+    rest_var = (spread.sum(0) - spread[chosen, rows]) / (num_members - 1)
+    kl = jnp.log(rest_var) - jnp.log(own_var) - 1.0 + own_var / rest_var + (own_mean - rest_mean) ** 2 / rest_var
+    return 0.5 * kl.sum(-1)
+
+
+# MASK
+
+
+def masking_rate(step: jax.Array, horizon: jax.Array, one_step_rate: float) -> jax.Array:
+    """w_h, the share of the rollout batch kept at step h = 0..H-1: (H - h) / (2 (H + 1)), or
+    `one_step_rate` when H = 1 (macura's `get_masking_rate`)."""
+    return jnp.where(horizon == 1, one_step_rate, (horizon - step) / (2.0 * (horizon + 1.0)))
+
+
+def confident_mask(uncertainty: jax.Array, eligible: jax.Array, keep: jax.Array) -> jax.Array:
+    """[n] bool: the `keep` (may be traced) eligible samples of lowest uncertainty (all eligible ones if
+    fewer); ties go to the lower index."""
+    ranked = jnp.where(eligible, uncertainty, jnp.inf)
+    order = jnp.argsort(ranked, stable=True)
+    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+    return eligible & (rank < keep)
+
+
+def penalised_reward(reward: jax.Array, uncertainty: jax.Array, penalty_coef: jax.Array) -> jax.Array:
+    """The model reward M2AC learns from: r - alpha * u."""
+    return reward - penalty_coef * uncertainty
+
+
+# MASKED ROLLOUTS
+
+
+def ts1_members(key: jax.Array, n: int, elites: jax.Array) -> jax.Array:
+    """[n] the member that `ensemble.propagate(..., key, mode="ts1", elites_only=True)` sends each of n
+    samples through: its random permutation `order` of the samples, split so that order[j] goes to
+    elite j mod G (tests/test_m2ac.py checks this against propagate itself)."""
+    perm_key, _ = jax.random.split(key)
+    order = jax.random.permutation(perm_key, n)
+    return jnp.zeros(n, jnp.int32).at[order].set(elites[jnp.arange(n) % elites.shape[0]].astype(jnp.int32))
+
+
+def masked_rollouts(
+    policy: Callable,
+    dynamics: Callable,
+    members: Callable,
+    termination: Callable,
+    real_buffer: replay.ReplayBuffer,
+    model_buffer: replay.ReplayBuffer,
+    key: jax.Array,
+    *,
+    length: jax.Array,
+    batch_size: int,
+    one_step_rate: float,
+    penalty_coef: jax.Array,
+) -> tuple[replay.ReplayBuffer, jax.Array, dict]:
+    """`batch_size` masked rollouts of `length` steps (H) from states of the real buffer.
+
+    policy(obs, key) -> (action, log_prob); dynamics(obs, action, key) -> (next_obs, reward, chosen),
+    a draw from a random member of the elites for each sample and that member's index [n];
+    members(obs, action) -> (mean, var) [K, n, obs + 1], every member's Gaussian over (next state,
+    reward); termination(obs, action, next_obs) -> [n] bool. At each step the
+    floor(w_h batch_size) live samples of lowest one-vs-rest uncertainty are stored with the
+    penalised reward, and only they go on, unless terminated. Returns the model buffer, the number
+    of transitions stored, and metrics."""
+    start_key, key = jax.random.split(key)
+    obs = replay.sample(real_buffer, start_key, batch_size)["obs"]
+
+    def model_step(t, carry):
+        obs, alive, model_buffer, added, total_uncertainty = carry
+        act_key, model_key = jax.random.split(jax.random.fold_in(key, t))
+        action, _ = policy(obs, act_key)
+        next_obs, reward, chosen = dynamics(obs, action, model_key)
+        mean, var = members(obs, action)
+        uncertainty = one_vs_rest_uncertainty(mean, var, chosen)
+        # MASK: the confident share of the whole batch, among the rollouts still going.
+        keep = jnp.floor(masking_rate(t, length, one_step_rate) * batch_size).astype(jnp.int32)
+        kept = confident_mask(uncertainty, alive, keep)
+        terminated = termination(obs, action, next_obs)
+        imagined = {
+            "obs": obs,
+            "action": action,
+            "reward": penalised_reward(reward, uncertainty, penalty_coef),
+            "next_obs": next_obs,
+            "terminated": terminated.astype(jnp.float32),
+        }
+        model_buffer = replay.add(model_buffer, imagined, mask=kept)
+        total_uncertainty = total_uncertainty + jnp.where(kept, uncertainty, 0.0).sum()
+        return next_obs, kept & ~terminated, model_buffer, added + kept.sum(), total_uncertainty
+
+    start = (obs, jnp.ones(batch_size, bool), model_buffer, jnp.int32(0), jnp.float32(0.0))
+    _, alive, model_buffer, added, total_uncertainty = jax.lax.fori_loop(0, length, model_step, start)
+    metrics = dict(
+        rollouts_alive=alive.mean(),
+        model_share_kept=added / (batch_size * length),
+        kept_uncertainty=total_uncertainty / jnp.maximum(added, 1),
+    )
+    return model_buffer, added, metrics
+
+
+# TRAINING PROGRAM: MBPO's loop with masked rollouts
+
+
+def make_train(config: Config, env=None, name: str = "M2AC") -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
+    config.validate()
+
+    def make_rollouts(spec, model_config, agent_config):
+        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+
+        def dynamics(model, obs, action, key):
+            # MBPO's draw (a random split of the batch over the elites), and which member drew each sample.
+            next_obs, reward = ensemble.propagate(model_config, model, obs, action, key, mode="ts1", elites_only=True)
+            return next_obs, reward, ts1_members(key, obs.shape[0], model.elites)
+
+        def members(model, obs, action):
+            next_mean, next_var, reward_mean, reward_var = ensemble.predict(model_config, model, obs, action)
+            mean = jnp.concatenate([next_mean, reward_mean[..., None]], axis=-1)
+            var = jnp.concatenate([next_var, reward_var[..., None]], axis=-1)
+            return mean, var
+
+        def rollouts(model, hparams, actor, real_buffer, model_buffer, key, length):
+            # ROLLOUT H masked steps of the current policy through random elites, from real states.
+            return masked_rollouts(
+                functools.partial(sac.sample_action, agent_config, actor),
+                functools.partial(dynamics, model),
+                functools.partial(members, model),
+                lambda obs, action, next_obs: spec.termination_fn(obs, scale_action(action, low, high), next_obs),
+                real_buffer,
+                model_buffer,
+                key,
+                length=length,
+                batch_size=config.rollout_batch_size,
+                one_step_rate=hparams["masking_rate"],
+                penalty_coef=hparams["penalty_coef"],
+            )
+
+        return rollouts
+
+    return mbpo.make_train(config, env, make_rollouts=make_rollouts, name=name)
+
+
+def main(argv=None) -> int:
+    return runner.main("m2ac", Config, PRESETS, functools.partial(make_train, name="m2ac.py"), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
