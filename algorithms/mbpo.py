@@ -443,7 +443,9 @@ def make_train(
     rollouts_per_epoch = config.rollout_batch_size * config.epoch_length // config.model_train_freq
     model_capacity = model_pool_size(rollouts_per_epoch, max(config.rollout_schedule[2:]), config.model_retain_epochs)
     actor_objective = None if make_actor_objective is None else make_actor_objective(spec, model_config, agent_config)
-    critic_objective = None if make_critic_objective is None else make_critic_objective(spec, model_config, agent_config)
+    critic_objective = (
+        None if make_critic_objective is None else make_critic_objective(spec, model_config, agent_config)
+    )
     rollouts = None if make_rollouts is None else make_rollouts(spec, model_config, agent_config)
 
     def to_env_action(action):

@@ -616,7 +616,8 @@ def make_train(config: Config, env=None) -> Trainer:
         key, train_key, act_key = jax.random.split(state.key, 3)
 
         # TRAIN MODEL on everything stored so far.
-        model, model_metrics = ensemble.train(model_config, state.model, state.buffer.data, state.buffer.count, train_key)
+        buffer = state.buffer
+        model, model_metrics = ensemble.train(model_config, state.model, buffer.data, buffer.count, train_key)
         state = state._replace(model=model, key=key)
 
         # PLAN and ACT for retrain_every steps.
