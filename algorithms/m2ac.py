@@ -172,15 +172,6 @@ def penalised_reward(reward: jax.Array, uncertainty: jax.Array, penalty_coef: ja
 # MASKED ROLLOUTS
 
 
-def ts1_members(key: jax.Array, n: int, elites: jax.Array) -> jax.Array:
-    """[n] the member that `ensemble.propagate(..., key, mode="ts1", elites_only=True)` sends each of n
-    samples through: its random permutation `order` of the samples, split so that order[j] goes to
-    elite j mod G (tests/test_m2ac.py checks this against propagate itself)."""
-    perm_key, _ = jax.random.split(key)
-    order = jax.random.permutation(perm_key, n)
-    return jnp.zeros(n, jnp.int32).at[order].set(elites[jnp.arange(n) % elites.shape[0]].astype(jnp.int32))
-
-
 def masked_rollouts(
     policy: Callable,
     dynamics: Callable,
@@ -253,7 +244,7 @@ def make_train(config: Config, env=None, name: str = "M2AC") -> Trainer:
         def dynamics(model, obs, action, key):
             # MBPO's draw (a random split of the batch over the elites), and which member drew each sample.
             next_obs, reward = ensemble.propagate(model_config, model, obs, action, key, mode="ts1", elites_only=True)
-            return next_obs, reward, ts1_members(key, obs.shape[0], model.elites)
+            return next_obs, reward, ensemble.ts1_members(key, obs.shape[0], model.elites)
 
         def members(model, obs, action):
             next_mean, next_var, reward_mean, reward_var = ensemble.predict(model_config, model, obs, action)

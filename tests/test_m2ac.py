@@ -157,7 +157,7 @@ def test_ts1_members_are_the_members_propagate_uses():
     next_obs, reward = ensemble.propagate(
         model_config, model, obs, action, key, mode="ts1", elites_only=True, sample=False
     )
-    chosen = m2ac.ts1_members(key, 11, model.elites)
+    chosen = ensemble.ts1_members(key, 11, model.elites)
     assert set(np.asarray(chosen).tolist()) == {0, 2}
     next_mean, _, reward_mean, _ = ensemble.predict(model_config, model, obs, action)
     rows = jnp.arange(11)
@@ -181,7 +181,7 @@ def test_one_step_rollouts_keeping_everything_unpenalised_are_mbpos():
         return ensemble.propagate(model_config, model, obs, action, key, mode="ts1", elites_only=True)
 
     def dynamics(obs, action, key):
-        return (*propagate(obs, action, key), m2ac.ts1_members(key, obs.shape[0], model.elites))
+        return (*propagate(obs, action, key), ensemble.ts1_members(key, obs.shape[0], model.elites))
 
     def members(obs, action):
         next_mean, next_var, reward_mean, reward_var = ensemble.predict(model_config, model, obs, action)

@@ -295,7 +295,7 @@ def propagate(
         params = dict(params, net=jax.tree_util.tree_map(lambda p: p[state.elites], params["net"]))
     groups = cfg.num_elites if elites_only else cfg.num_members
     inputs = _normalise_inputs(state, obs, action)
-    perm_key, noise_key = jax.random.split(key)
+    _, noise_key = jax.random.split(key)
 
     if mode == "expectation":
         mean, _ = _apply_members(cfg, params, jnp.broadcast_to(inputs, (groups,) + inputs.shape), output_size)
@@ -303,8 +303,7 @@ def propagate(
     else:
         # Particle order[j] goes to member j mod G. A batch that does not divide by G is padded.
         padded = -(-n // groups) * groups
-        order = jax.random.permutation(perm_key, n) if mode == "ts1" else jnp.arange(n)
-        order = jnp.concatenate([order, jnp.arange(padded - n)])
+        order = jnp.concatenate([_particle_order(key, n, mode), jnp.arange(padded - n)])
         grouped = inputs[order].reshape(padded // groups, groups, -1).swapaxes(0, 1)
         mean, logvar = _apply_members(cfg, params, grouped, output_size)
         if sample and cfg.probabilistic:
@@ -316,6 +315,20 @@ def propagate(
     next_obs = obs + out[:, :obs_size]
     reward = out[:, obs_size] if cfg.learn_reward else None
     return next_obs, reward
+
+
+def _particle_order(key: jax.Array, n: int, mode: str) -> jax.Array:
+    """The order in which `propagate(..., key, mode)` deals n particles out: order[j] goes to member j mod G."""
+    perm_key, _ = jax.random.split(key)
+    return jax.random.permutation(perm_key, n) if mode == "ts1" else jnp.arange(n)
+
+
+def ts1_members(key: jax.Array, n: int, members: jax.Array) -> jax.Array:
+    """[n] the member `propagate(..., key, mode="ts1")` sends each of n particles through, of `members`
+    (the elites' indices with `elites_only`, else all): for a method that must know which member drew
+    each sample (M2AC's one-vs-rest uncertainty)."""
+    dealt = members[jnp.arange(n) % members.shape[0]].astype(jnp.int32)
+    return jnp.zeros(n, jnp.int32).at[_particle_order(key, n, "ts1")].set(dealt)
 
 
 def member_mean(cfg: EnsembleConfig, state: EnsembleState, member: jax.Array, obs: jax.Array, action: jax.Array):
