@@ -298,8 +298,11 @@ class PETSState(NamedTuple):
     env_state: Any
     buffer: replay.ReplayBuffer
     model: ensemble.EnsembleState
-    plan: jax.Array
-    """[num_envs, H, A] previous solution of each environment's planner, for the warm start."""
+    plan: Any
+    """Each environment's planning memory, leading axis num_envs (CEM: the previous plan [H, A], for
+    the warm start); an environment's is reset to the planner's `fresh` when its episode ends."""
+    planner: Any
+    """What the planner learns across the run (POPLIN: its policy); () for CEM, iCEM and random."""
     key: jax.Array
     episode_return: jax.Array
     """[num_envs] return of each environment's current episode so far."""
@@ -533,48 +536,91 @@ def mpc_actions(plan_fn, obs, previous_plans, key, fill):
     return plans[:, 0], plans
 
 
+class Planner(NamedTuple):
+    """How the PETS loop chooses actions with the model; other planners (POPLIN) plug in through
+    `make_train(..., make_planner=)`. `model_step_fn(model)` is the trajectory-sampling step of
+    `model_step` that `sequence_returns` takes."""
+
+    init: Callable
+    """(key, hparams) -> what the planner learns across the run (() when nothing)."""
+    fresh: Any
+    """One environment's planning memory at the start of an episode (CEM: the middle plan [H, A])."""
+    act: Callable
+    """(learned, model, obs [n, obs], memory [n, ...], key, hparams) -> (actions [n, A], memory)."""
+    fit: Callable
+    """(learned, buffer, key, hparams) -> (learned, metrics dict), after every model fit."""
+
+
+class PlannerContext(NamedTuple):
+    """What `make_train` gives a planner factory: the run's task, the ensemble's settings and the
+    model's trajectory-sampling step, `model_step_fn(model) -> step_fn(states, actions, key)`."""
+
+    task: Any
+    model_config: ensemble.EnsembleConfig
+    model_step_fn: Callable
+    particle_rows: int
+
+
+def action_sequence_planner(config: Config, context: PlannerContext) -> Planner:
+    """PETS's planners over open-loop action sequences: `config.planner` (CEM, iCEM or random
+    shooting) searches for each state from its previous plan shifted by one step, with a spread of a
+    quarter of the action range; each sequence is scored by `sequence_returns`."""
+    low, high, horizon = context.task.low, context.task.high, config.horizon
+    middle = jnp.broadcast_to((low + high) / 2.0, (horizon, low.shape[-1]))
+    initial_std = jnp.broadcast_to((high - low) / 4.0, (horizon, low.shape[-1]))
+
+    def act(learned, model, obs, plans, key, hparams):
+        step_fn = context.model_step_fn(model)
+
+        def plan_one(obs, warm_start, key):
+            score_fn = functools.partial(
+                sequence_returns, step_fn, obs, particles=config.particles, particle_rows=context.particle_rows
+            )
+            return plan(config, score_fn, warm_start, initial_std, key, hparams["alpha"], low, high)
+
+        return mpc_actions(plan_one, obs, plans, key, middle[0])
+
+    return Planner(init=lambda key, hparams: (), fresh=middle, act=act, fit=lambda learned, *_: (learned, {}))
+
+
 # TRAINING PROGRAM
 
 
-def make_train(config: Config, env=None) -> Trainer:
+def make_train(
+    config: Config, env=None, *, make_planner: Callable = action_sequence_planner, name: str = "PETS"
+) -> Trainer:
+    """PETS's loop: explore, then fit the model on all data and act with `make_planner(config,
+    PlannerContext) -> Planner` for `retrain_every` steps, again and again."""
     config.validate()
-    task = setup(config, env, algorithm="PETS")
+    task = setup(config, env, algorithm=name)
     spec, low, high = task.spec, task.low, task.high
     if spec.can_terminate and spec.termination_fn is None:
         raise ConfigError(f"{config.env} can terminate but has no termination function for the model")
 
     learn_reward = config.learn_reward or spec.reward_learned
     model_config = ensemble_config(config, learn_reward)
-    obs_size, action_size, num_envs, H = spec.observation_size, spec.action_size, config.num_envs, config.horizon
+    obs_size, action_size, num_envs = spec.observation_size, spec.action_size, config.num_envs
     initial_steps = spec.episode_length * num_envs if config.initial_steps is None else config.initial_steps
     initial_steps = -(-initial_steps // num_envs) * num_envs
     schedule = make_schedule(config.total_steps, initial_steps, config.retrain_every, config.eval_every)
-    # Each search starts from the previous plan, shifted, with a spread of a quarter of the range.
-    middle = jnp.broadcast_to((low + high) / 2.0, (H, action_size))
-    initial_std = jnp.broadcast_to((high - low) / 4.0, (H, action_size))
-    # The planner propagates through the elites only when fewer than all members are elites.
-    elites_only = model_config.num_elites < model_config.num_members
-    particle_rows = particles_per_sequence(config.particles, model_config.num_elites, config.propagation)
 
-    def act(model, obs, plans, key, alpha):
-        """PLAN for every state at once with the model: obs [n, obs] -> actions [n, A], plans [n, H, A]."""
-        step_fn = functools.partial(
+    def model_step_fn(model):
+        # The planner propagates through the elites only when fewer than all members are elites.
+        return functools.partial(
             model_step,
             model_config,
             model,
             propagation=config.propagation,
-            elites_only=elites_only,
+            elites_only=model_config.num_elites < model_config.num_members,
             reward_fn=None if learn_reward else spec.reward_fn,
             termination_fn=spec.termination_fn,
         )
 
-        def plan_one(obs, warm_start, key):
-            score_fn = functools.partial(
-                sequence_returns, step_fn, obs, particles=config.particles, particle_rows=particle_rows
-            )
-            return plan(config, score_fn, warm_start, initial_std, key, alpha, low, high)
+    particle_rows = particles_per_sequence(config.particles, model_config.num_elites, config.propagation)
+    planner = make_planner(config, PlannerContext(task, model_config, model_step_fn, particle_rows))
 
-        return mpc_actions(plan_one, obs, plans, key, middle[0])
+    def fresh_memory(n: int):
+        return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (n,) + leaf.shape), planner.fresh)
 
     def env_step(state: PETSState, action):
         """ACT in the real environment and store the transition."""
@@ -584,7 +630,12 @@ def make_train(config: Config, env=None) -> Trainer:
         episode_return, last_return = track_returns(
             state.episode_return, state.last_episode_return, next_env_state.reward, done
         )
-        plan = jnp.where(done[:, None, None] > 0, middle, state.plan)
+        ended = done > 0
+        plan = jax.tree_util.tree_map(
+            lambda fresh, kept: jnp.where(ended.reshape((-1,) + (1,) * fresh.ndim), fresh, kept),
+            planner.fresh,
+            state.plan,
+        )
         return state._replace(
             env_state=next_env_state,
             buffer=buffer,
@@ -603,7 +654,8 @@ def make_train(config: Config, env=None) -> Trainer:
             model=ensemble.init(
                 model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
             ),
-            plan=jnp.broadcast_to(middle, (num_envs, H, action_size)),
+            plan=fresh_memory(num_envs),
+            planner=planner.init(jax.random.fold_in(model_key, 1), hparams),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
@@ -615,29 +667,31 @@ def make_train(config: Config, env=None) -> Trainer:
     def update(state: PETSState, hparams, update_index):
         key, train_key, act_key = jax.random.split(state.key, 3)
 
-        # TRAIN MODEL on everything stored so far.
+        # TRAIN MODEL on everything stored so far (and whatever the planner learns from the data).
         buffer = state.buffer
         model, model_metrics = ensemble.train(model_config, state.model, buffer.data, buffer.count, train_key)
-        state = state._replace(model=model, key=key)
+        learned, planner_metrics = planner.fit(state.planner, buffer, jax.random.fold_in(train_key, 1), hparams)
+        state = state._replace(model=model, planner=learned, key=key)
 
         # PLAN and ACT for retrain_every steps.
         def plan_and_step(state, step_key):
-            action, plans = act(state.model, state.env_state.obs, state.plan, step_key, hparams["alpha"])
+            action, plans = planner.act(state.planner, state.model, state.env_state.obs, state.plan, step_key, hparams)
             state = env_step(state._replace(plan=plans), action)
             return state, state.env_state.reward.mean()
 
         steps = config.retrain_every // num_envs
         state, rewards = jax.lax.scan(plan_and_step, state, jax.random.split(act_key, steps))
-        metrics = dict(model_metrics, train_reward=rewards.mean(), train_episode_return=state.last_episode_return)
+        metrics = dict(model_metrics, **planner_metrics, train_reward=rewards.mean())
+        metrics["train_episode_return"] = state.last_episode_return
         return state, metrics
 
     def evaluate(state: PETSState, key, hparams):
         """EVALUATE: `eval_episodes` fresh episodes, planned for all at once with the current model."""
 
         def plan_action(plans, obs, step_key):
-            return act(state.model, obs, plans, step_key, hparams["alpha"])
+            return planner.act(state.planner, state.model, obs, plans, step_key, hparams)
 
-        plans = jnp.broadcast_to(middle, (config.eval_episodes, H, action_size))
+        plans = fresh_memory(config.eval_episodes)
         return evaluate_episodes(task.eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plans)
 
     return Trainer(
