@@ -143,8 +143,13 @@ ALGORITHMS = {
 }
 
 
-@pytest.mark.parametrize("task", ["gym/Pendulum-v1", "gym/InvertedPendulum-v5"])
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+# Every algorithm on the terminating task; on Pendulum-v1 all but MBPO and Dreamer, whose resume test
+# below runs them there first, and SVG, which is MAAC's loop with another actor objective.
+GYM_RUNS = [(name, "gym/InvertedPendulum-v5") for name in ALGORITHMS]
+GYM_RUNS += [(name, "gym/Pendulum-v1") for name in ALGORITHMS if name not in ("mbpo", "dreamer", "svg")]
+
+
+@pytest.mark.parametrize("algorithm, task", GYM_RUNS)
 def test_every_algorithm_runs_on_gymnasium_tasks(algorithm, task, tmp_path):
     main, args = ALGORITHMS[algorithm]
     summary = _summary(main, ["--env", task, *args], tmp_path)

@@ -232,7 +232,6 @@ def test_model_period_longer_than_an_epoch_is_a_config_error():
         mbpo.make_train(config)
 
 
-@pytest.mark.slow
 def test_brax_hopper_with_termination_and_learned_reward():
     """The Brax path (compiles in ~50 s): a terminating task whose reward the model learns and whose
     termination function cuts the rollouts."""

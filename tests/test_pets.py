@@ -422,7 +422,6 @@ def test_learns_pendulum():
     assert final > -400, f"PETS reached only {final:.0f} on pendulum"
 
 
-@pytest.mark.slow
 def test_brax_task_with_learned_reward_and_known_termination():
     """The Brax path: a terminating task, the reward learned by the ensemble, termination known."""
     config = dataclasses.replace(
