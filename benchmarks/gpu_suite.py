@@ -196,6 +196,10 @@ THROUGHPUT = [
     Row("m2ac-1seed", "M2AC, macura's HalfCheetah (H = 10, G = 40), model period 250, 1 seed",
         throughput("m2ac", "--num-seeds", "1", "--period", "250", "--repeats", "1"),
         throughput("m2ac", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 0.75),
+    Row("poplin-1env", "POPLIN-A (headline) and POPLIN-P planning, pendulum defaults (pop 100, H 30), 1 env",
+        throughput("poplin", "--num-envs", "1", "--steps", "10", "--repeats", "2"),
+        throughput("poplin", "--num-envs", "1", *PETS_TINY, *overrides(policy_hidden_sizes=(16,))),
+        "ms_per_action_step", "ms per action", 0.75),
 ]  # fmt: skip
 
 

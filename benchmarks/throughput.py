@@ -172,37 +172,49 @@ def report_compile(compile_s: float) -> None:
 # PETS
 
 
+def _time_planning(module, preset: dict, args, num_envs: int):
+    """Planning alone, timed through `evaluate`, which plans for `eval_episodes` environments at once
+    for `episode_length` steps; the environment step itself is negligible next to planning. Returns
+    (config, compile seconds, seconds per evaluation, the compiled evaluation)."""
+    config = module.Config(
+        **overridden(
+            dict(
+                preset,
+                episode_length=args.steps,
+                eval_episodes=num_envs,
+                total_steps=2 * args.steps,
+                eval_every=args.steps,
+                initial_steps=args.steps,
+                retrain_every=args.steps,
+            ),
+            args,
+        )
+    )
+    trainer = module.make_train(config)
+    hparams = {k: jnp.float32(getattr(config, k)) for k in module.Config.SWEEPABLE}
+    key = jax.random.PRNGKey(0)
+    start = time.perf_counter()
+    state = jax.jit(trainer.init)(key, hparams)
+    evaluate = jax.jit(trainer.evaluate).lower(state, key, hparams).compile()
+    compile_s = time.perf_counter() - start
+    report_compile(compile_s)
+    return config, compile_s, timed(evaluate, state, key, hparams, repeats=args.repeats), evaluate
+
+
+def _planner_setting(config) -> str:
+    return (
+        f"pop {config.population}, H {config.horizon}, {config.cem_iterations} iters, P {config.particles}, "
+        f"{config.ensemble_size} x ({len(config.hidden_sizes)} x {config.hidden_sizes[0]})"
+    )
+
+
 def bench_pets(args) -> list[dict]:
     from mbrlax.algorithms import pets
 
     rows = []
     peak, peak_source = fp32_peak(args.peak_matmul)
     for num_envs in args.num_envs:
-        # Planning alone is timed through `evaluate`, which plans for `eval_episodes` environments at
-        # once for `episode_length` steps; the environment step itself is negligible next to planning.
-        config = pets.Config(
-            **overridden(
-                dict(
-                    pets.PRESETS["cartpole_swingup"],
-                    episode_length=args.steps,
-                    eval_episodes=num_envs,
-                    total_steps=2 * args.steps,
-                    eval_every=args.steps,
-                    initial_steps=args.steps,
-                    retrain_every=args.steps,
-                ),
-                args,
-            )
-        )
-        trainer = pets.make_train(config)
-        hparams = {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
-        key = jax.random.PRNGKey(0)
-        start = time.perf_counter()
-        state = jax.jit(trainer.init)(key, hparams)
-        evaluate = jax.jit(trainer.evaluate).lower(state, key, hparams).compile()
-        compile_s = time.perf_counter() - start
-        report_compile(compile_s)
-        seconds = timed(evaluate, state, key, hparams, repeats=args.repeats)
+        config, compile_s, seconds, evaluate = _time_planning(pets, pets.PRESETS["cartpole_swingup"], args, num_envs)
         actions = num_envs * args.steps
         evals_per_action = config.population * config.particles * config.horizon * config.cem_iterations
         obs_size, action_size = 5, 1
@@ -211,11 +223,7 @@ def bench_pets(args) -> list[dict]:
         rows.append(
             {
                 "algorithm": "pets",
-                "setting": (
-                    f"mbrl-lib cartpole: pop {config.population}, H {config.horizon}, {config.cem_iterations} iters, "
-                    f"P {config.particles}, {config.ensemble_size} x ({len(config.hidden_sizes)} x "
-                    f"{config.hidden_sizes[0]})"
-                ),
+                "setting": f"mbrl-lib cartpole: {_planner_setting(config)}",
                 "num_envs": num_envs,
                 "actions_per_s": actions / seconds,
                 "ms_per_action_step": 1e3 * seconds / args.steps,
@@ -233,12 +241,48 @@ def bench_pets(args) -> list[dict]:
     return rows
 
 
+def bench_poplin(args) -> list[dict]:
+    """POPLIN-A (the first row, the headline) and POPLIN-P planning on the pendulum preset, as PETS's."""
+    from mbrlax.algorithms import poplin
+
+    rows = []
+    for variant in ("poplin-a", "poplin-p"):
+        for num_envs in args.num_envs:
+            preset = dict(poplin.PRESETS["pendulum"], **poplin.VARIANTS[variant])
+            config, compile_s, seconds, evaluate = _time_planning(poplin, preset, args, num_envs)
+            rows.append(
+                {
+                    "algorithm": "poplin",
+                    "setting": (
+                        f"{config.search} on pendulum: {_planner_setting(config)}, "
+                        f"policy {list(config.policy_hidden_sizes)}"
+                    ),
+                    "num_envs": num_envs,
+                    "actions_per_s": num_envs * args.steps / seconds,
+                    "ms_per_action_step": 1e3 * seconds / args.steps,
+                    "compile_s": compile_s,
+                    **memory_mb(evaluate),
+                    "steps_timed": args.steps,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def pets_markdown(r: dict, meta: dict) -> str:
     return (
         f"| {r['algorithm']} | {r['setting']} | {r['num_envs']} envs | {r['actions_per_s']:.2f} actions/s "
         f"({r['ms_per_action_step']:.0f} ms per planning step) | {r['member_evals_per_s']:.3g} member evals/s | "
         f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_fp32_peak']:.0f} % of FP32 peak ({r['peak_source']}) "
         f"| compile {r['compile_s']:.0f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
+def poplin_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_envs']} envs | {r['actions_per_s']:.2f} actions/s "
+        f"({r['ms_per_action_step']:.0f} ms per planning step) | compile {r['compile_s']:.0f} s "
+        f"| {meta['device']} | {meta['commit']} | {meta['date']} |"
     )
 
 
@@ -496,6 +540,7 @@ BENCHMARKS = {
     "mbpo": (bench_mbpo, model_period_markdown),
     "maac": (bench_maac, model_period_markdown),
     "steve": (bench_steve, model_period_markdown),
+    "poplin": (bench_poplin, poplin_markdown),
     "m2ac": (bench_m2ac, model_period_markdown),
     "mbmpo": (bench_mbmpo, mbmpo_markdown),
     "clearning": (bench_clearning, clearning_markdown),

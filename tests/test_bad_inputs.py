@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, steve, svg
+from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, poplin, steve, svg
 
 # ENTRY POINTS
 
@@ -70,6 +70,8 @@ ENTRY_POINTS = [
     # Both extend mbpo's Config: resuming an mbpo folder must still be refused.
     EntryPoint("steve", steve, steve.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
     EntryPoint("m2ac", m2ac, m2ac.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
+    # POPLIN's Config extends PETS's: resuming a pets folder must still be refused.
+    EntryPoint("poplin", poplin, poplin.Config, other="pets", bad_sweep="alpha=0.1,1.5"),
 ]
 BY_NAME = {entry.name: entry for entry in ENTRY_POINTS}
 
@@ -262,6 +264,13 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("unimix-0", ("--unimix", "0"), "unimix"),
         Case("hidden-size-0", ("--hidden-size", "0"), "hidden_size"),
         Case("sequence-length-0", ("--sequence-length", "0"), "sequence_length"),
+    ],
+    "poplin": [
+        Case("planner-not-cem", ("--planner", "random"), "planner"),
+        Case("search-unknown", ("--search", "nope"), "search"),
+        Case("policy-hidden-sizes-negative", ("--policy-hidden-sizes", "-1"), "policy_hidden_sizes"),
+        Case("policy-epochs-0", ("--policy-epochs", "0"), "policy_epochs"),
+        Case("action-noise-var-0", ("--action-noise-var", "0"), "action_noise_var"),
     ],
 }
 

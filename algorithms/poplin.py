@@ -1,0 +1,437 @@
+"""POPLIN: model-based policy planning (Wang and Ba, "Exploring Model-based Planning with Policy
+Networks", ICLR 2020), on PETS's ensemble, trajectory sampling and loop (algorithms/pets.py).
+
+PETS's CEM searches over open-loop action sequences drawn around a warm start. POPLIN lets a policy
+network pi_theta(s) (tanh hidden layers, a linear output clipped to [-1, 1], inputs whitened) shape
+that search, and distils the planner's choices back into the policy after every model fit:
+
+- POPLIN-A ("poplina-init", the default): from the current state s_0 the policy is rolled out
+  through the model, a_t^pi = pi(s_t), s_{t+1} = f(s_t, a_t^pi), giving a proposal [H, A]; CEM then
+  searches over action noise d [H, A] (truncated normal at 2 std, warm-started from the previous
+  step's solution shifted by one step with zeros appended), scoring each candidate sequence
+  clip(a^pi + d) by PETS's trajectory-sampled mean return; the executed action is
+  clip(pi(s_0) + d*_0). "poplina-replan" instead computes each candidate's actions closed loop on
+  each particle's own predicted state: a_t = clip(pi(s_t) + d_t).
+- POPLIN-P ("poplinp-sep"): CEM searches over perturbations of all of the policy's weights and
+  biases, a separate one for each time step (w [H, W], W the number of parameters); candidate i's
+  action on particle state s at step t is clip(pi_{theta + w_{i,t}}(s)), and the executed action is
+  clip(pi_{theta + w*_0}(s_0)).
+- Distillation (behaviour cloning): after each model fit the policy minimises the mean squared error
+  between pi_theta(s) and the executed action a over the (s, a) the planner produced since the last
+  fit, `policy_epochs` passes of minibatches of `policy_batch_size` with Adam (`policy_lr`). The
+  random-exploration data is never cloned (there is nothing to distil before the first plan).
+
+Checked against the authors' code (WilsonWangTHU/POPLIN, a fork of handful-of-trials):
+- dmbrl/misc/optimizers/POPLIN_A.py: POPLINA-INIT builds the proposal in `forward_policy_propose`
+  by rolling the policy through `predict_next_obs` from the current state; CEM samples
+  `tf.truncated_normal(mean, sqrt(var))` noise (no shrinking of the spread at the action bounds,
+  unlike their CEM); `obtain_solution` executes `first_base_acs + sol[:dU]` and records the elites'
+  first actions as "imaginary" data; the warm start is `update_prev_sol` (optimizer.py): the
+  solution shifted by one step, zeros appended.
+- dmbrl/controllers/MPC.py `_compile_POPLINA_cost`: INIT scores `clip(noise[t] + proposed[t])`,
+  REPLAN `clip(policy(cur_obs) + noise[t])` on each particle's state; `_compile_POPLINP_cost`
+  scores `clip(policy(cur_obs, weight_input[t]))`; NaN costs become 1e6.
+- dmbrl/misc/optimizers/POPLIN_P.py: POPLINP-SEP searches over H x W parameter noise (UNI over one
+  W shared by every step), truncated normal at 2 std, initial variance `init_var` for every
+  parameter, always `max_iters` iterations (no early stop); the warm start is the shifted solution.
+- dmbrl/misc/optimizers/policy_network/tf_networks.py `W_MLP`: the noise is added to every layer's
+  weights and biases (w + dw, b + db). BC_A_policy.py and base_policy.py: tanh hidden layers, a
+  linear output, normc initialisation (std 1, output layer 0.01), zero biases, inputs whitened by
+  whitening_util.py's running mean and std (variance floored at 0.01), outputs clipped to [-1, 1];
+  the loss is the MSE of the unclipped output against the target action, Adam at `policy_lr`.
+- dmbrl/config/default.py `_create_cem_config`: cem_type POPLINA-INIT, training_scheme BC-AR
+  (behaviour cloning on the real data), policy [64, 64], 100 epochs, lr 3e-3, minibatch 64, 20 %
+  held out for early stopping. demo_scripts/: POPLINA_INIT.sh uses BC-AI; POPLINP_BC.sh
+  POPLINP-SEP with BC-PR, a [32] policy, init_var 0.03; POPLINP_AVG.sh AVG-R with init_var 0.1;
+  every demo uses `-ca prop-type E` (the ensemble's mean, one particle).
+
+What this file does differently from the authors' code, and why:
+- POPLIN-A-Init's proposal is one rollout through the ensemble's mean ("expectation"), shared by
+  all candidates and particles; the authors' graph rolls one proposal per candidate and particle
+  through `predict_next_obs`, which is the same thing under their demos' prop-type E and a
+  different random path per particle under TS1/TSinf. REPLAN needs no proposal.
+- Distillation is BC on the real (state, executed action) pairs since the last fit: the authors'
+  default BC-AR for POPLIN-A. Their POPLIN-A demo uses BC-AI, which also clones the elites' first
+  actions at each visited state (not done). For POPLIN-P their BC-PR clones, at the real states,
+  the actions of the policy with the chosen perturbation (`target_MLP(s, sol_weight)`), which are
+  the executed actions up to the clip: BC here. Their AVG-R (POPLINP_AVG.sh, the README's
+  example) sets the weights to the mean of the chosen perturbations, and GAN-R/GAN-I train the
+  policy adversarially (gan_policy.py, wgan_policy.py): neither is done.
+- Each fit runs a fixed `policy_epochs * max(retrain_every // policy_batch_size, 1)` Adam steps on
+  minibatches drawn with replacement from the newest `retrain_every` transitions (a fixed shape
+  under jit); the authors shuffle epochs over 80 % of the latest episodes and stop early on the
+  other 20 %. The whitening statistics are the mean and std of every stored observation, the
+  random ones included (theirs: of the real data given to the policy trainer).
+- CEM always runs `cem_iterations`; the authors' POPLIN-A stops early when the largest variance
+  falls below 0.001. The CEM mean (not the best sample) is the solution, as in their code.
+- POPLINP-UNI (one perturbation for all steps) is not offered.
+- The executed action is clipped to the bounds here; the authors' POPLIN-A returns
+  `first_base_acs + sol[:dU]` unclipped (their environment clips it). A return that is not finite
+  counts as -1e10, as in pets.py (theirs: a NaN cost counts as 1e6).
+- Actions are searched in [-1, 1] and scaled to the task's bounds; the authors' tasks are in
+  [-1, 1] already.
+
+Published numbers (the authors' README image img/table.png = the paper's Table 1: mean and std over
+4 seeds of the return in a 3,000-step window at the end of training, their MBBL/gym MuJoCo tasks
+with their own reward definitions; NOT comparable to our pendulum runs, whose task, reward and
+budget differ):
+
+    task (budget, env steps)       POPLIN-P             POPLIN-A             PETS
+    Cheetah (50,000)               12227.9 +- 5652.8    4651.1 +- 1088.5     4204.5 +- 789.0
+    Ant (200,000)                  2330.1 +- 320.9      1148.4 +- 438.3      1165.5 +- 226.9
+    Hopper (200,000)               2055.2 +- 613.8      202.5 +- 962.5       114.9 +- 621.0
+    Swimmer (50,000)               334.4 +- 34.2        344.9 +- 7.1         326.2 +- 12.6
+    Cheetah-v0 (200,000)           4235.0 +- 1133.0     1562.8 +- 1136.7     2288.4 +- 1019.0
+    Walker2d (200,000)             597.0 +- 478.8       -105.0 +- 249.8      282.5 +- 501.6
+    Reacher3D (50,000)             -29.0 +- 25.2        -27.7 +- 25.2        -47.7 +- 43.6
+    Pusher (50,000)                -55.8 +- 23.1        -56.0 +- 24.3        -52.7 +- 23.5
+    Pendulum (50,000)              167.9 +- 45.9        178.3 +- 19.3        155.7 +- 79.3
+    InvertedPendulum (50,000)      -0.0 +- 0.0          -0.0 +- 0.0          -29.5 +- 37.8
+    Acrobot (50,000)               23.2 +- 27.2         20.5 +- 20.1         -18.4 +- 46.3
+    Cartpole (50,000)              200.8 +- 0.3         200.6 +- 1.3         199.6 +- 4.6
+
+The table does not say which POPLIN-A (Init or Replan) or which distillation each row uses.
+
+Reproduce:  python algorithms/poplin.py --env pendulum        (POPLIN-A-Init)
+            python algorithms/poplin.py --env pendulum --preset poplin-p
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from mbrlax import buffer as replay
+from mbrlax import ensemble, runner
+from mbrlax.algorithms import pets
+from mbrlax.config import setting
+from mbrlax.training import ConfigError, Trainer, adam, gradient_update, scale_action
+
+SEARCHES = ("poplina-init", "poplina-replan", "poplinp-sep")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(pets.Config):
+    """POPLIN settings: PETS's (the model, the loop, and CEM's population, elites, iterations and
+    momentum, which POPLIN's search uses) and the policy's."""
+
+    search: str = setting("poplina-init", choices=SEARCHES)
+    """"poplina-init" (CEM over action noise around the policy's model rollout), "poplina-replan"
+    (the noise added to the policy's action on each particle's state) or "poplinp-sep" (CEM over
+    perturbations of the policy's parameters, one per time step)."""
+    policy_hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the policy (tanh); the authors' default [64, 64], [32] for POPLIN-P."""
+    policy_lr: float = setting(3e-3, sweepable=True)
+    """Adam learning rate of the policy's distillation."""
+    policy_epochs: int = setting(100, positive=True)
+    """Distillation passes over the data since the last fit, after every model fit."""
+    policy_batch_size: int = setting(64, positive=True)
+    """Minibatch size of the distillation."""
+    action_noise_var: float = setting(0.25, sweepable=True, positive=True)
+    """POPLIN-A: initial variance of the action noise, in units of half the action range (the
+    authors' INIT_VAR 0.25)."""
+    parameter_noise_var: float = setting(0.03, sweepable=True, positive=True)
+    """POPLIN-P: initial variance of every parameter's perturbation (the authors' BC demo: 0.03)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.planner != "cem":
+            raise ConfigError(f"planner must be 'cem' for POPLIN (its search is CEM), got {self.planner!r}")
+
+
+TASKS: dict[str, dict[str, Any]] = {
+    # PETS's pendulum settings (2,000 steps, horizon 30, 100 candidates, 10 elites, 5 iterations).
+    "pendulum": dict(env="pendulum"),
+    # The authors' halfcheetah (dmbrl/config/halfcheetah.py and default.py, run as their demo
+    # scripts: -ca model-type PE -ca prop-type E): PETS's original model (pets.py's
+    # brax/halfcheetah-original: 5 members of 4 x 200, 5 epochs a fit after each 1000-step episode),
+    # CEM with population 500, 50 elites, 5 iterations, alpha 0.1, horizon 30, the ensemble's mean
+    # with one particle, and the paper's Cheetah budget of 50,000 steps. Differs: Brax's cheetah
+    # and a learned reward (theirs is known), as in pets.py.
+    "brax/halfcheetah": dict(
+        pets.VARIANTS["brax/halfcheetah-original"],
+        propagation="expectation",
+        particles=1,
+        total_steps=50_000,
+        eval_every=5000,
+    ),
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    # The default: POPLIN-A-Init, the authors' default cem_type.
+    "poplin-a": dict(search="poplina-init"),
+    "poplin-a-replan": dict(search="poplina-replan"),
+    # POPLIN-P as demo_scripts/POPLINP_BC.sh: per-step parameter noise of variance 0.03 on a
+    # policy with one hidden layer of 32.
+    "poplin-p": dict(search="poplinp-sep", policy_hidden_sizes=(32,), parameter_noise_var=0.03),
+    # End to end in seconds: PETS's tiny settings and a small policy distilled briefly.
+    "tiny": dict(pets.VARIANTS["tiny"], policy_hidden_sizes=(16,), policy_epochs=2, policy_batch_size=16),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+# POLICY: an MLP as the authors' (tanh hidden layers, linear output, whitened inputs, normc init),
+# kept as a list of {"w", "b"} so that a perturbation of all its parameters is one flat vector.
+
+
+def init_policy(key, sizes: tuple[int, ...]) -> list[dict]:
+    """Layers for widths `sizes` (observation, hidden..., action): normc weights (each output
+    unit's incoming weights scaled to norm 1; 0.01 for the output layer), zero biases."""
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        key, layer_key = jax.random.split(key)
+        scale = 0.01 if i == len(sizes) - 2 else 1.0
+        w = jax.random.normal(layer_key, (fan_in, fan_out))
+        layers.append({"w": w * scale / jnp.linalg.norm(w, axis=0, keepdims=True), "b": jnp.zeros(fan_out)})
+    return layers
+
+
+def policy_output(layers, obs_mean, obs_std, obs):
+    """The policy's unclipped output [..., A] for observations [..., obs], whitened by (mean, std)."""
+    x = (obs - obs_mean) / obs_std
+    for i, layer in enumerate(layers):
+        x = x @ layer["w"] + layer["b"]
+        if i < len(layers) - 1:
+            x = jnp.tanh(x)
+    return x
+
+
+def whitening_stats(obs, mask):
+    """Mean and std [obs] of the rows of `obs` [N, obs] where `mask` [N] holds, the variance floored
+    at 0.01 and the std sqrt(var + 1e-6), as the authors' whitening_util.py."""
+    weight = mask.astype(obs.dtype)[:, None]
+    count = jnp.maximum(weight.sum(), 1.0)
+    mean = (weight * obs).sum(axis=0) / count
+    var = jnp.maximum((weight * obs**2).sum(axis=0) / count - mean**2, 1e-2)
+    return mean, jnp.sqrt(var + 1e-6)
+
+
+def distillation_loss(layers, obs_mean, obs_std, obs, target_actions):
+    """Behaviour cloning: mean over batch and action dimensions of (pi(obs) - target)^2, the
+    unclipped output against targets in [-1, 1]."""
+    return jnp.mean((policy_output(layers, obs_mean, obs_std, obs) - target_actions) ** 2)
+
+
+def normalised_actions(actions, low, high):
+    """Actions in the task's bounds -> [-1, 1] (the inverse of `scale_action`)."""
+    return 2.0 * (actions - low) / (high - low) - 1.0
+
+
+# PROPOSE: the policy's own plan from a state, through the model.
+
+
+def policy_sequence(next_state_fn: Callable, policy_fn: Callable, obs, key, *, horizon: int):
+    """The policy's open-loop proposal [H, A] from the state `obs` [obs]: a_t = policy_fn(s_t),
+    s_{t+1} = next_state_fn(s_t [1, obs], a_t [1, A], key) with one key a step."""
+
+    def step(state, step_key):
+        action = policy_fn(state)
+        return next_state_fn(state, action, step_key), action[0]
+
+    _, actions = jax.lax.scan(step, obs[None], jax.random.split(key, horizon))
+    return actions
+
+
+# SEARCH: CEM's samples and the returns of POPLIN's candidates.
+
+
+def noise_samples(key, mean, std, n: int):
+    """n samples around `mean` [...] with spread `std`: a normal truncated at 2 std, the authors'
+    `tf.truncated_normal` (no shrinking at the action bounds, unlike pets.gaussian_sequences)."""
+    return mean + std * jax.random.truncated_normal(key, -2.0, 2.0, (n,) + mean.shape)
+
+
+def noise_sequence_returns(step_fn: Callable, obs, proposal, noise, key, *, particles: int, particle_rows=None):
+    """POPLIN-A-Init: the mean predicted return of each candidate clip(proposal [H, A] + noise
+    [n, H, A], -1, 1) from `obs`, by pets.sequence_returns with `step_fn` (actions in [-1, 1])."""
+    sequences = jnp.clip(proposal + noise, -1.0, 1.0)
+    return pets.sequence_returns(step_fn, obs, sequences, key, particles=particles, particle_rows=particle_rows)
+
+
+def closed_loop_returns(
+    step_fn: Callable, obs, action_fn: Callable, candidates, key, *, horizon: int, particles: int, particle_rows=None
+):
+    """Mean predicted return of each candidate (a pytree with leading axis n) whose actions are
+    chosen closed loop: at step t, `action_fn(candidate, t, states [rows, obs]) -> [rows, A]` on its
+    particles' own states. Particles, termination and non-finite returns as pets.sequence_returns
+    (the same row layout and one key a step, so an open-loop action_fn gives its numbers)."""
+    n = jax.tree_util.tree_leaves(candidates)[0].shape[0]
+    rows = particle_rows or particles
+    states = jnp.broadcast_to(obs, (n * rows, obs.shape[-1]))
+
+    def step(carry, inputs):
+        states, alive, total = carry
+        t, step_key = inputs
+        grouped = states.reshape(n, rows, -1)
+        actions = jax.vmap(lambda candidate, s: action_fn(candidate, t, s))(candidates, grouped)
+        next_states, reward, done = step_fn(states, actions.reshape(n * rows, -1), step_key)
+        total = total + alive * reward
+        alive = alive * (1.0 - done.astype(jnp.float32))
+        return (next_states, alive, total), None
+
+    carry = (states, jnp.ones(n * rows), jnp.zeros(n * rows))
+    (_, _, totals), _ = jax.lax.scan(step, carry, (jnp.arange(horizon), jax.random.split(key, horizon)))
+    returns = totals.reshape(n, rows)[:, :particles].mean(axis=1)
+    return jnp.where(jnp.isfinite(returns), returns, -1e10)
+
+
+def replan_returns(step_fn: Callable, obs, policy_fn: Callable, noise, key, *, particles: int, particle_rows=None):
+    """POPLIN-A-Replan: each candidate noise [n, H, A] acts as clip(policy_fn(s_t) + noise_t, -1, 1)
+    on every particle's state s_t."""
+
+    def action_fn(candidate, t, states):
+        return jnp.clip(policy_fn(states) + candidate[t], -1.0, 1.0)
+
+    horizon = noise.shape[1]
+    return closed_loop_returns(
+        step_fn, obs, action_fn, noise, key, horizon=horizon, particles=particles, particle_rows=particle_rows
+    )
+
+
+def parameter_space_returns(
+    step_fn: Callable, obs, apply_fn: Callable, flat_params, noise, key, *, particles: int, particle_rows=None
+):
+    """POPLIN-P: each candidate perturbation noise [n, H, W] of the flat parameters [W] acts as
+    clip(apply_fn(flat_params + noise_t, s_t), -1, 1) on every particle's state s_t."""
+
+    def action_fn(candidate, t, states):
+        return jnp.clip(apply_fn(flat_params + candidate[t], states), -1.0, 1.0)
+
+    horizon = noise.shape[1]
+    return closed_loop_returns(
+        step_fn, obs, action_fn, noise, key, horizon=horizon, particles=particles, particle_rows=particle_rows
+    )
+
+
+class PolicyState(NamedTuple):
+    """What POPLIN learns across the run: the policy, its optimiser and its input whitening."""
+
+    layers: Any
+    opt_state: Any
+    obs_mean: jax.Array
+    obs_std: jax.Array
+
+
+def poplin_planner(config: Config, context: pets.PlannerContext) -> pets.Planner:
+    """POPLIN's planner for pets.make_train: CEM over `config.search`'s candidates around the
+    policy (warm-started from the previous solution shifted by one step, zeros appended), and
+    behaviour cloning of the executed actions after every model fit."""
+    task, model_config = context.task, context.model_config
+    low, high, spec = task.low, task.high, task.spec
+    horizon, action_size = config.horizon, spec.action_size
+    sizes = (spec.observation_size, *config.policy_hidden_sizes, action_size)
+    _, unravel = ravel_pytree(init_policy(jax.random.PRNGKey(0), sizes))
+    num_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    elites_only = model_config.num_elites < model_config.num_members
+    # The random exploration before the first fit, as pets.make_train counts it; never cloned.
+    initial = spec.episode_length * config.num_envs if config.initial_steps is None else config.initial_steps
+    initial_steps = -(-initial // config.num_envs) * config.num_envs
+    updates_per_fit = config.policy_epochs * max(config.retrain_every // config.policy_batch_size, 1)
+    search_size = num_params if config.search == "poplinp-sep" else action_size
+    optimizer = adam()
+
+    def init(key, hparams):
+        layers = init_policy(key, sizes)
+        obs_size = spec.observation_size
+        opt_state = adam(learning_rate=hparams["policy_lr"]).init(layers)
+        return PolicyState(layers, opt_state, jnp.zeros(obs_size), jnp.ones(obs_size))
+
+    def act(learned: PolicyState, model, obs, solutions, key, hparams):
+        model_step = context.model_step_fn(model)
+
+        def step_fn(states, actions, step_key):
+            return model_step(states, scale_action(actions, low, high), step_key)
+
+        def mean_next_state(states, actions, step_key):
+            next_states, _ = ensemble.propagate(
+                model_config, model, states, scale_action(actions, low, high), step_key, "expectation", elites_only
+            )
+            return next_states
+
+        def policy_fn(states):
+            return jnp.clip(policy_output(learned.layers, learned.obs_mean, learned.obs_std, states), -1.0, 1.0)
+
+        def apply_flat(flat, states):
+            return policy_output(unravel(flat), learned.obs_mean, learned.obs_std, states)
+
+        keywords = dict(particles=config.particles, particle_rows=context.particle_rows)
+        flat_params, _ = ravel_pytree(learned.layers)
+
+        def plan_one(obs, warm_start, key):
+            propose_key, search_key = jax.random.split(key)
+            if config.search == "poplina-init":
+                proposal = policy_sequence(mean_next_state, policy_fn, obs, propose_key, horizon=horizon)
+                score_fn = functools.partial(noise_sequence_returns, step_fn, obs, proposal, **keywords)
+                first_action = lambda solution: proposal[0] + solution[0]  # noqa: E731
+                variance = hparams["action_noise_var"]
+            elif config.search == "poplina-replan":
+                score_fn = functools.partial(replan_returns, step_fn, obs, policy_fn, **keywords)
+                first_action = lambda solution: policy_fn(obs[None])[0] + solution[0]  # noqa: E731
+                variance = hparams["action_noise_var"]
+            else:
+                score_fn = functools.partial(parameter_space_returns, step_fn, obs, apply_flat, flat_params, **keywords)
+                first_action = lambda solution: apply_flat(flat_params + solution[0], obs[None])[0]  # noqa: E731
+                variance = hparams["parameter_noise_var"]
+            std = jnp.sqrt(variance) * jnp.ones_like(warm_start)
+            sample_fn = functools.partial(noise_samples, n=config.population)
+            solution, _ = pets.cem(
+                score_fn,
+                sample_fn,
+                warm_start,
+                std,
+                search_key,
+                iterations=config.cem_iterations,
+                elites=config.num_elites,
+                alpha=hparams["alpha"],
+            )
+            return jnp.clip(first_action(solution), -1.0, 1.0), solution
+
+        warm = jnp.concatenate([solutions[:, 1:], jnp.zeros_like(solutions[:, :1])], axis=1)
+        actions, solutions = jax.vmap(plan_one)(obs, warm, jax.random.split(key, len(obs)))
+        return scale_action(actions, low, high), solutions
+
+    def fit(learned: PolicyState, buffer, key, hparams):
+        # DISTIL: behaviour cloning of the actions the planner executed since the last fit.
+        planned = jnp.minimum(config.retrain_every, buffer.count - initial_steps)
+        obs_mean, obs_std = whitening_stats(buffer.data["obs"], replay.valid_mask(buffer))
+
+        def loss_fn(layers, obs, targets):
+            return distillation_loss(layers, obs_mean, obs_std, obs, targets), None
+
+        def update(carry, batch_key):
+            layers, opt_state = carry
+            batch = replay.sample(buffer, batch_key, config.policy_batch_size, newest=planned)
+            targets = normalised_actions(batch["action"], low, high)
+            layers, opt_state, loss, _ = gradient_update(loss_fn, layers, opt_state, optimizer, batch["obs"], targets)
+            return (layers, opt_state), loss
+
+        carry = (learned.layers, learned.opt_state)
+        (layers, opt_state), losses = jax.lax.scan(update, carry, jax.random.split(key, updates_per_fit))
+        distilled = PolicyState(layers, opt_state, obs_mean, obs_std)
+        learned = jax.tree_util.tree_map(lambda new, old: jnp.where(planned > 0, new, old), distilled, learned)
+        return learned, {"policy_bc_loss": jnp.where(planned > 0, losses.mean(), 0.0)}
+
+    return pets.Planner(init=init, fresh=jnp.zeros((horizon, search_size)), act=act, fit=fit)
+
+
+# TRAINING PROGRAM
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """PETS's loop with POPLIN's planner."""
+    return pets.make_train(config, env, make_planner=poplin_planner, name="POPLIN")
+
+
+def main(argv=None) -> int:
+    return runner.main("poplin", Config, PRESETS, make_train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
