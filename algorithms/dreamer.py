@@ -491,11 +491,18 @@ def features(latent):
 
 class WorldModel(nn.Module):
     """Encoder, RSSM and heads. Each method is one step; the loops over time live outside, in
-    `jax.lax.scan`, calling `apply(..., method=...)`."""
+    `jax.lax.scan`, calling `apply(..., method=...)`.
 
-    config: Config
+    `latent`: "categorical", DreamerV3's `stoch_size` one-hot latents of `classes` classes (z is
+    [..., stoch_size, classes], the statistics are unimix log-probabilities of that shape), or
+    "gaussian", PlaNet's diagonal normal of `stoch_size` dimensions with std softplus(.) +
+    `config.min_std` (z is [..., stoch_size, 1], the statistics [..., stoch_size, 2] are (mean, std)
+    stacked; algorithms/planet.py). Only the fields the chosen latent needs are read from `config`."""
+
+    config: Any
     obs_shape: tuple[int, ...]
     action_size: int
+    latent: str = "categorical"
 
     def setup(self):
         c = self.config
@@ -508,8 +515,9 @@ class WorldModel(nn.Module):
             self.decoder = Head(c.hidden_size, c.layers, self.obs_shape[0])
         self.dynamics_input = Block(c.hidden_size)
         self.gru = NormGRU(c.deter_size)
-        self.prior_net = Head(c.hidden_size, 1, c.stoch_size * c.classes)
-        self.posterior_net = Head(c.hidden_size, 1, c.stoch_size * c.classes)
+        stats_size = c.stoch_size * (2 if self.latent == "gaussian" else c.classes)
+        self.prior_net = Head(c.hidden_size, 1, stats_size)
+        self.posterior_net = Head(c.hidden_size, 1, stats_size)
         self.reward_head = Head(c.hidden_size, c.layers, len(BINS), zero_init=True)
         self.continue_head = Head(c.hidden_size, c.layers, 1)
 
@@ -520,7 +528,8 @@ class WorldModel(nn.Module):
 
     def initial(self, batch: int):
         c = self.config
-        return {"deter": jnp.zeros((batch, c.deter_size)), "stoch": jnp.zeros((batch, c.stoch_size, c.classes))}
+        classes = 1 if self.latent == "gaussian" else c.classes
+        return {"deter": jnp.zeros((batch, c.deter_size)), "stoch": jnp.zeros((batch, c.stoch_size, classes))}
 
     def encode(self, obs):
         return self.encoder(obs if self.image else symlog(obs))
@@ -533,10 +542,24 @@ class WorldModel(nn.Module):
         """(reward bin logits, continue logit)."""
         return self.reward_head(feats), self.continue_head(feats)[..., 0]
 
-    def _sample(self, raw, key):
-        """Straight-through sample of the latents from raw logits; returns (one-hot z, log-probs)."""
+    def _statistics(self, raw):
+        """The latent distribution from a prior or posterior network's raw output: unimix
+        log-probabilities [..., stoch_size, classes], or (mean, std) [..., stoch_size, 2]."""
         c = self.config
-        logits = unimix_logits(raw.reshape(raw.shape[:-1] + (c.stoch_size, c.classes)), c.unimix)
+        if self.latent == "gaussian":
+            mean, std = jnp.split(raw, 2, -1)
+            return jnp.stack([mean, jax.nn.softplus(std) + c.min_std], -1)
+        return unimix_logits(raw.reshape(raw.shape[:-1] + (c.stoch_size, c.classes)), c.unimix)
+
+    def _sample(self, raw, key):
+        """A sample of the latents from a network's raw output and the distribution's statistics:
+        categorical, a straight-through one-hot z with its log-probs; gaussian, a reparameterised
+        sample [..., stoch_size, 1] with (mean, std)."""
+        if self.latent == "gaussian":
+            stats = self._statistics(raw)
+            mean, std = stats[..., 0], stats[..., 1]
+            return (mean + std * jax.random.normal(key, mean.shape))[..., None], stats
+        logits = self._statistics(raw)
         sample = sample_one_hot(key, logits)
         probs = jnp.exp(logits)
         return sample + probs - jax.lax.stop_gradient(probs), logits
@@ -557,10 +580,7 @@ class WorldModel(nn.Module):
         keep = 1.0 - is_first.astype(jnp.float32)
         latent = jax.tree_util.tree_map(lambda x: x * keep.reshape(keep.shape + (1,) * (x.ndim - 1)), latent)
         deter = self._recur(latent, action * keep[..., None])
-        prior_logits = unimix_logits(
-            self.prior_net(deter).reshape(deter.shape[:-1] + (self.config.stoch_size, self.config.classes)),
-            self.config.unimix,
-        )
+        prior_logits = self._statistics(self.prior_net(deter))
         stoch, posterior_logits = self._sample(self.posterior_net(jnp.concatenate([deter, embed], -1)), key)
         return {"deter": deter, "stoch": stoch}, posterior_logits, prior_logits
 
@@ -642,10 +662,10 @@ def kl_balance(posterior, prior, free_nats):
     return dynamics, representation, dynamics_kl, representation_kl
 
 
-def world_model_loss(params, world_model: WorldModel, batch, key, dyn_scale, rep_scale, free_nats):
-    """Reconstruction, reward and continue losses and the balanced KLs (weights `dyn_scale`,
-    `rep_scale`), averaged over a batch of sequences ([B, T, ...] entries of the replay). Returns
-    (loss, (posterior states [B, T] under a stop-gradient, metrics))."""
+def observe_sequences(params, world_model: WorldModel, batch, key):
+    """Filter B replayed sequences of T steps with the posterior, each from the zero state: the
+    posterior states [B, T] and the statistics of the posterior and of the prior [B, T, ...] at each
+    step (categorical log-probabilities, or Gaussian (mean, std): `WorldModel.latent`)."""
     B, T = batch["is_first"].shape
     embed = world_model.apply(params, batch["obs"], method=WorldModel.encode)
     # The action that led into step t is the one stored at t - 1; each sequence starts afresh.
@@ -665,14 +685,26 @@ def world_model_loss(params, world_model: WorldModel, batch, key, dyn_scale, rep
         world_model.apply(params, B, method=WorldModel.initial),
         (time_major(embed), time_major(prev_action), time_major(is_first), jax.random.split(key, T)),
     )
-    latents, posterior, prior = jax.tree_util.tree_map(time_major, (latents, posterior, prior))
+    return jax.tree_util.tree_map(time_major, (latents, posterior, prior))
+
+
+def reconstruction_loss(world_model: WorldModel, decoded, obs):
+    """Squared error summed over the observation: of the image scaled to [-0.5, 0.5], or of symlog
+    of the vector observation."""
+    if len(world_model.obs_shape) == 3:
+        target = obs.astype(jnp.float32) / 255.0 - 0.5
+        return ((decoded - target) ** 2).sum((-3, -2, -1))
+    return ((decoded - symlog(obs)) ** 2).sum(-1)
+
+
+def world_model_loss(params, world_model: WorldModel, batch, key, dyn_scale, rep_scale, free_nats):
+    """Reconstruction, reward and continue losses and the balanced KLs (weights `dyn_scale`,
+    `rep_scale`), averaged over a batch of sequences ([B, T, ...] entries of the replay). Returns
+    (loss, (posterior states [B, T] under a stop-gradient, metrics))."""
+    latents, posterior, prior = observe_sequences(params, world_model, batch, key)
     feats = features(latents)
     decoded = world_model.apply(params, feats, method=WorldModel.decode)
-    if len(world_model.obs_shape) == 3:
-        target = batch["obs"].astype(jnp.float32) / 255.0 - 0.5
-        reconstruction = ((decoded - target) ** 2).sum((-3, -2, -1))
-    else:
-        reconstruction = ((decoded - symlog(batch["obs"])) ** 2).sum(-1)
+    reconstruction = reconstruction_loss(world_model, decoded, batch["obs"])
     reward_logits, continue_logit = world_model.apply(params, feats, method=WorldModel.reward_and_continue)
     reward_loss = two_hot_loss(reward_logits, batch["reward"])
     continue_loss = optax.sigmoid_binary_cross_entropy(continue_logit, 1.0 - batch["is_terminal"])
@@ -968,6 +1000,27 @@ def env_action(action, task: training.Setup):
     return action if task.spec.discrete else scale_action(action, task.low, task.high)
 
 
+# What a resumed run takes fresh (`Trainer.fresh_episodes`): the environments and, with them, the
+# model state filtered along each episode; the episode ids go on. PlaNet's state has the same fields.
+FRESH_EPISODES = restart_episodes(
+    "env_state", "is_first", "latent", "prev_action", "episode_return", episode_counter="episode"
+)
+
+
+def evaluate_filtering(task: training.Setup, eval_env, key, episodes: int, initial_latent, choose):
+    """EVALUATE `episodes` fresh episodes of an agent that filters its model state along each:
+    `choose(latent, prev_action, obs, is_first, key) -> (action in [-1, 1] or one-hot, latent)`,
+    from `initial_latent` and a zero previous action (Dreamer's actor, PlaNet's planner)."""
+
+    def act(carry, obs, step_key):
+        latent, prev_action, is_first = carry
+        action, latent = choose(latent, prev_action, obs, is_first, step_key)
+        return env_action(action, task), (latent, action, jnp.zeros(episodes))
+
+    carry = (initial_latent, jnp.zeros((episodes, task.spec.action_size)), jnp.ones(episodes))
+    return evaluate_episodes(eval_env, key, episodes, task.spec.episode_length, act, carry)
+
+
 def environment_step(state: DreamerState, key, task: training.Setup, networks: Networks, explore: bool):
     """One step of every environment: act (uniformly at random if `explore`), store the step with
     its observation, reward, first and terminal flags, then step each environment, or reset the ones
@@ -991,6 +1044,16 @@ def environment_step(state: DreamerState, key, task: training.Setup, networks: N
             action = jax.nn.one_hot(jax.random.randint(random_key, (num_envs,), 0, action_size), action_size)
         else:
             action = jax.random.uniform(random_key, (num_envs, action_size), minval=-1.0, maxval=1.0)
+    return store_and_step(state, action, latent, reset_key, task)
+
+
+def store_and_step(state, action, latent, reset_key, task: training.Setup):
+    """Store the step (the current observation, `action` in [-1, 1] or one-hot, the reward that came
+    with the observation, first and terminal flags), then step each environment with `action`, or
+    reset the ones whose episode ended; `latent` is the posterior state that chose the action. The
+    `state` has DreamerState's acting fields (env_state, is_first, latent, prev_action, buffer,
+    episode, episode_return, last_episode_return): PlaNet's loop (algorithms/planet.py) uses it too."""
+    env_state = state.env_state
     entry = {
         "obs": env_state.obs,
         "action": action,
@@ -1117,21 +1180,13 @@ def make_train(config: Config, env=None) -> Trainer:
     # EVALUATE the actor's mode, the model state filtered along each episode.
 
     def evaluate(state: DreamerState, key, hparams):
-        episodes = config.eval_episodes
-
-        def act(carry, obs, step_key):
-            latent, prev_action, is_first = carry
-            action, latent = observe_and_act(
+        def choose(latent, prev_action, obs, is_first, step_key):
+            return observe_and_act(
                 state.world_model, state.actor, networks, latent, prev_action, obs, is_first, step_key, True
             )
-            return env_action(action, task), (latent, action, jnp.zeros(episodes))
 
-        carry = (
-            networks.world_model.apply(state.world_model, episodes, method=WorldModel.initial),
-            jnp.zeros((episodes, action_size)),
-            jnp.ones(episodes),
-        )
-        return evaluate_episodes(eval_env, key, episodes, spec.episode_length, act, carry)
+        initial = networks.world_model.apply(state.world_model, config.eval_episodes, method=WorldModel.initial)
+        return evaluate_filtering(task, eval_env, key, config.eval_episodes, initial, choose)
 
     return Trainer(
         init=init,
@@ -1139,9 +1194,7 @@ def make_train(config: Config, env=None) -> Trainer:
         evaluate=evaluate,
         schedule=schedule,
         spec=spec,
-        fresh_episodes=restart_episodes(
-            "env_state", "is_first", "latent", "prev_action", "episode_return", episode_counter="episode"
-        ),
+        fresh_episodes=FRESH_EPISODES,
     )
 
 

@@ -122,6 +122,7 @@ DREAMER_TINY = ("--dreamer-sizes", "tiny", "--dreamer-env-steps", "2", "--repeat
 CLEARNING_TINY = ("--goal-tasks", "point_maze_open", "--vector-steps", "2", "--repeats", "1") + overrides(
     num_envs=4, hidden_sizes=(16, 16), batch_size=16, updates_per_step=1, repr_size=8,
 )  # fmt: skip
+PLANET_TINY = ("--planet-variants", "tiny", "--repeats", "1")
 MBMPO_TINY = ("--meta-steps", "1", "--repeats", "1") + overrides(
     env="pendulum", num_envs=2, initial_steps=20, real_steps_per_iteration=20, eval_every=20, eval_episodes=1,
     num_models=2, tasks_per_model=1, imagined_trajectories=2, imagined_horizon=4, cg_iterations=2,
@@ -196,6 +197,16 @@ THROUGHPUT = [
     Row("m2ac-1seed", "M2AC, macura's HalfCheetah (H = 10, G = 40), model period 250, 1 seed",
         throughput("m2ac", "--num-seeds", "1", "--period", "250", "--repeats", "1"),
         throughput("m2ac", "--num-seeds", "1", *PERIOD_TINY), "env_steps_per_s", "env steps/s", 0.75),
+    Row("planet-paper-pixels-1seed", "PlaNet at the paper's sizes and planner from pixels (pendulum_pixels), 1 seed",
+        throughput("planet", "--planet-tasks", "pendulum_pixels", "--planet-variants", "paper", "--num-seeds", "1",
+                   "--repeats", "1"),
+        throughput("planet", "--planet-tasks", "pendulum_pixels", "--num-seeds", "1", *PLANET_TINY),
+        "env_steps_per_s", "env steps/s", 0.75),
+    Row("planet-state-8seeds", "PlaNet's pendulum preset from state, 8 seeds vmapped",
+        throughput("planet", "--planet-tasks", "pendulum", "--planet-variants", "task", "--num-seeds", "8",
+                   "--repeats", "1"),
+        throughput("planet", "--planet-tasks", "pendulum", "--num-seeds", "2", *PLANET_TINY),
+        "env_steps_per_s", "env steps/s", 0.75),
     Row("poplin-1env", "POPLIN-A (headline) and POPLIN-P planning, pendulum defaults (pop 100, H 30), 1 env",
         throughput("poplin", "--num-envs", "1", "--steps", "10", "--repeats", "2"),
         throughput("poplin", "--num-envs", "1", *PETS_TINY, *overrides(policy_hidden_sizes=(16,))),

@@ -286,6 +286,48 @@ def poplin_markdown(r: dict, meta: dict) -> str:
     )
 
 
+def bench_planet(args) -> list[dict]:
+    from mbrlax.algorithms import planet
+
+    rows = []
+    for task in args.planet_tasks:
+        for variant in args.planet_variants:
+            # One update: `model_updates` gradient steps, then `collect_steps` planned steps of one environment.
+            fields = dict(planet.PRESETS[task], **({} if variant == "task" else planet.VARIANTS[variant]))
+            fields = overridden(dict(fields, eval_every=fields["collect_steps"]), args)
+            steps = fields["collect_steps"]
+            config = planet.Config(**dict(fields, total_steps=fields["initial_steps"] + 2 * steps))
+            trainer = planet.make_train(config)
+            for num_seeds in args.num_seeds:
+                seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
+                rows.append(
+                    {
+                        "algorithm": "planet",
+                        "setting": (
+                            f"{config.env}, {variant}: model {config.deter_size}/{config.hidden_size}/"
+                            f"{config.stoch_size}, {config.model_updates} updates of {config.batch_size} x "
+                            f"{config.sequence_length} per {steps} steps, CEM {config.population}/"
+                            f"{config.num_elites}/{config.cem_iterations} over {config.horizon} steps, 1 env"
+                        ),
+                        "num_seeds": num_seeds,
+                        "env_steps_per_s": num_seeds * steps / seconds,
+                        "seconds_per_update": seconds,
+                        "compile_s": compile_s,
+                        **memory,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def planet_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.2f} env steps/s "
+        f"(with the model's updates) | {r['seconds_per_update']:.1f} s per update | compile {r['compile_s']:.0f} s "
+        f"| {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[float, float, dict]:
     """Seconds of one `update` of `num_seeds` vmapped runs of a training program (after its `init`),
     the seconds spent compiling both, and the update's memory (`memory_mb`). One seed runs
@@ -541,6 +583,7 @@ BENCHMARKS = {
     "maac": (bench_maac, model_period_markdown),
     "steve": (bench_steve, model_period_markdown),
     "poplin": (bench_poplin, poplin_markdown),
+    "planet": (bench_planet, planet_markdown),
     "m2ac": (bench_m2ac, model_period_markdown),
     "mbmpo": (bench_mbmpo, mbmpo_markdown),
     "clearning": (bench_clearning, clearning_markdown),
@@ -569,6 +612,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dreamer-sizes", default="tiny,small,12m", type=lambda s: s.split(","), help="Dreamer: size presets"
+    )
+    parser.add_argument(
+        "--planet-tasks", default="pendulum,pendulum_pixels", type=lambda s: s.split(","), help="PlaNet: tasks"
+    )
+    parser.add_argument(
+        "--planet-variants",
+        default="task,paper",
+        type=lambda s: s.split(","),
+        help="PlaNet: 'task' (the task's preset) or a VARIANTS name, applied on top",
     )
     parser.add_argument(
         "--dreamer-seeds",

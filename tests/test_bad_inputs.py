@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, poplin, steve, svg
+from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
 
 # ENTRY POINTS
 
@@ -72,6 +72,7 @@ ENTRY_POINTS = [
     EntryPoint("m2ac", m2ac, m2ac.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
     # POPLIN's Config extends PETS's: resuming a pets folder must still be refused.
     EntryPoint("poplin", poplin, poplin.Config, other="pets", bad_sweep="alpha=0.1,1.5"),
+    EntryPoint("planet", planet, planet.Config, other="dreamer", bad_sweep="exploration_noise=0.3,5"),
 ]
 BY_NAME = {entry.name: entry for entry in ENTRY_POINTS}
 
@@ -271,6 +272,13 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("policy-hidden-sizes-negative", ("--policy-hidden-sizes", "-1"), "policy_hidden_sizes"),
         Case("policy-epochs-0", ("--policy-epochs", "0"), "policy_epochs"),
         Case("action-noise-var-0", ("--action-noise-var", "0"), "action_noise_var"),
+    ],
+    "planet": [
+        Case("horizon-0", ("--horizon", "0"), "horizon"),
+        Case("elites-over-population", ("--num-elites", "2000"), "num_elites"),
+        Case("buffer-capacity-under-sequence", ("--buffer-capacity", "5"), "buffer_capacity"),
+        Case("min-std-0", ("--min-std", "0"), "min_std"),
+        Case("discrete-actions", ("--env", "cartpole_discrete"), "discrete"),
     ],
 }
 

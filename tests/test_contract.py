@@ -1,4 +1,4 @@
-"""The guarantees every algorithm gives, tested the same way for all ten entry points, each with its
+"""The guarantees every algorithm gives, tested the same way for all eleven entry points, each with its
 `tiny` preset (VARIANTS["tiny"]: end to end in seconds):
 
 - a run from the command line: two seeds, the run folder's files, a summary with the promised fields;
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from mbrlax import runner
-from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, poplin, steve, svg
+from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
 from mbrlax.envs import registry
 from mbrlax.training import split_keys
 
@@ -45,6 +45,7 @@ ALGORITHMS = {
     "steve": (steve, steve.PRESETS, steve.make_train),
     "m2ac": (m2ac, m2ac.PRESETS, m2ac.make_train),
     "poplin": (poplin, poplin.PRESETS, poplin.make_train),
+    "planet": (planet, planet.PRESETS, planet.make_train),
 }
 # Each algorithm's tests run on one pytest-xdist worker (--dist loadgroup in pyproject.toml), so the
 # programs and runs cached below are compiled and run once per algorithm.

@@ -1,0 +1,625 @@
+"""PlaNet: the Deep Planning Network (Hafner, Lillicrap, Fischer, Villegas, Ha, Lee, Davidson,
+"Learning Latent Dynamics for Planning from Pixels", ICML 2019).
+
+A recurrent state-space model (RSSM) learns a compact state of the task from replayed sequences,
+and the agent has no policy: at every step it plans in the model's latent space with the
+cross-entropy method (CEM) and executes the first action of the plan (model predictive control).
+The model, with a deterministic GRU state h_t and a Gaussian stochastic state s_t,
+
+    h_t = GRU(h_{t-1}, s_{t-1}, a_{t-1})      prior      p(s_t | h_t)      = N(mu, sigma)
+    posterior  q(s_t | h_t, o_t) = N(mu', sigma')         heads  o_t ~ N(dec(h_t, s_t), 1)
+                                                                 r_t ~ N(rew(h_t, s_t), 1)
+
+is trained on B sequences of L replayed steps by the negative evidence lower bound per step,
+
+    loss = observation_scale * -log p(o_t | h_t, s_t) + reward_scale * -log p(r_t | h_t, s_t)
+           + kl_scale * max(0, KL(q(s_t | h_t, o_t) || p(s_t | h_t)) - free_nats)
+
+(`planet_model_loss`; the KL of diagonal normals in closed form, `gaussian_kl`, summed over the
+latent's dimensions; free nats: a KL below `free_nats` is left alone, its gradient is zero). Both
+sides of the KL get its gradient: PlaNet has no KL balancing (DreamerV2/V3 added it). At each step
+the belief is filtered with the posterior, then CEM searches over action sequences of `horizon`
+steps in [-1, 1]: `population` sequences drawn from N(mean, std) (clipped to the bounds) are scored
+by the predicted return, the sum of the reward head's means along the prior's sampled path from the
+current posterior state (`latent_returns`), and mean and std are refitted to the `num_elites` best
+(`plan_in_latent`). The first action of the final mean, plus N(0, `exploration_noise`) while
+collecting (clipped to [-1, 1]), is executed. After the random seed episodes the loop alternates
+`model_updates` gradient steps with `collect_steps` environment steps.
+
+The model is Dreamer's RSSM (algorithms/dreamer.py `WorldModel` with `latent="gaussian"`, its
+`observe_sequences`, replay and environment-step plumbing `store_and_step`), and the search is
+PETS's CEM (algorithms/pets.py `cem`, `gaussian_sequences`, `cem_refit`) with no momentum.
+
+Checked against the authors' code (google-research/planet at c04226b):
+- planet/scripts/configs.py: belief (deter) 200, state (stoch) 30, embedding/hidden 200, min std
+  0.1, heads 3 x 300 ReLU; batch 50 x 50; free nats 3; divergence scale 1; reward loss scale 10
+  (`defaults = {'reward': 10.0}`); overshooting scale 0 and distance 0, so latent overshooting is off
+  in the released default (the README's "PlaNet | No additional parameters"), and so here (not
+  implemented); global divergence 0; Adam lr 1e-3, epsilon 1e-4, gradient clipping 1000; 5 seed
+  episodes; `train_action_noise` 0.3 (test episodes 0); an episode collected every `collect_every`
+  5000 trainer steps counted in sequences of the batch of 50, i.e. every 100 updates; planner CEM
+  with amount 1000, topk 100, iterations 10, horizon 12; 5-bit images.
+- planet/models/rssm.py: transition = dense(s, a) -> GRU -> dense -> (mean, softplus + min_std);
+  posterior = dense(belief, embedding) -> (mean, softplus + min_std); features (sample, belief).
+- planet/control/planning.py, `cross_entropy_method`: every step starts from mean 0 and std 1 (no
+  warm start from the previous plan), samples are clipped to [-1, 1], the refit has no smoothing
+  (`tf.nn.moments` of the top k; std sqrt(var + 1e-6)), the mean is returned; it scores with
+  planet/scripts/objectives.py `reward`: the sum over the horizon of the reward head's mean.
+- planet/control/mpc_agent.py: the posterior step with the observation, the plan's first action,
+  plus Normal(0, scale) exploration noise, clipped to [-1, 1].
+- planet/training/utility.py `compute_objectives`: divergence = max(0, KL(posterior || prior) -
+  free_nats) elementwise, every term averaged over batch and time, scaled and summed.
+- planet/scripts/tasks.py: action repeat 8 (cartpole), 4 (reacher, cheetah, cup), 2 (finger,
+  walker); episodes of 1000 / repeat agent steps.
+
+What this file does differently, and why:
+- The networks are Dreamer's: LayerNorm + SiLU hidden layers, a GRU with LayerNorm
+  (`NormGRU`), the conv encoder/decoder of DreamerV3 (depth `cnn_depth`, LayerNorm, SiLU; the
+  authors' conv_ha is ReLU without norms, a 1024-wide embedding and 5/5/6/6 transposed kernels),
+  one width `hidden_size` everywhere (the authors' heads are 3 x 300), so one RSSM serves both files.
+- Images are scaled to [-0.5, 0.5] without the authors' 5-bit quantisation and dequantisation noise.
+  From state (which the authors' code does not do: its encoder is for images) the observation
+  passes Dreamer's symlog and MLP encoder, and the decoder predicts symlog(o).
+- The log-likelihoods drop their constants: -log N(x; mu, 1) is taken as 0.5 (x - mu)^2.
+- From state, the pendulum preset weighs the observation's NLL by `observation_scale` 100 (the
+  authors' `image_loss_scale` knob, default 1; as a unit-variance likelihood with std 0.1). With 1,
+  the 3 numbers of the observation weigh too little against the KL: the latent holds the state
+  loosely, open-loop reward predictions drift (mean error 3-5 per step after 12 steps of the prior),
+  and CEM exploits them: the default pendulum run gave -1339, -1216, -1122 at its 3 evaluations
+  (1,700 steps, seed 0); free nats 1 or 0 instead did not help (-1153, -1127 after 10 planned
+  episodes). With 100 it swings up after 5 planned episodes (-200, then -156 after 10).
+- CEM's std is sqrt(var) of the elites (the authors add 1e-6 under the root): PETS's `cem_refit`
+  with alpha 0. Adam's epsilon is optax's 1e-8 (the authors': 1e-4).
+- Every replayed sequence starts from the zero state, the environment loop stores the terminal
+  observation and restarts with a step of its own (Dreamer's plumbing): the step count includes resets.
+- Planning is batched over the parallel environments; the authors collect with one agent.
+- There is no continue head (the authors' has none either): plans are scored as though the episode
+  never ends, which fits the tasks PlaNet was made for (none terminates).
+- The DMC presets run the suite from Playground's state vectors (dmc/), not from pixels as in the
+  paper: there are no DMC pixel tasks here.
+- The pendulum presets are CPU-sized (model 64 wide, 300 candidates, 30 elites, 5 iterations);
+  `--preset paper` gives the authors' sizes and planner. The pendulum_pixels preset (observation
+  scale 1, as the authors' images) has not been run to its end: on the 2-core CPU its first round
+  of 100 updates on 16 x 50 images had not finished after 9 minutes, so it needs an accelerator;
+  only smoke runs from pixels are measured (tests/test_planet.py, benchmarks/RESULTS.md).
+
+Published numbers (not comparable to pendulum: other tasks, from pixels): the paper's Table 1
+compares PlaNet on six DMC tasks from 64 x 64 pixels (cartpole swing-up, reacher easy, cheetah run,
+finger spin, cup catch, walker walk) after a budget counted in episodes of 1000 frames (agent steps
+= frames / action repeat). NOT CHECKED: the search tools here returned the paper's abstract but not
+its table, so no figure, budget or variant from it is quoted; the action repeats above are checked
+in the authors' code. The dmc/ presets (from state) are not comparable to it either.
+
+Measured here (benchmarks/RESULTS.md): `python algorithms/planet.py --env pendulum`, seed 0, 2-core
+CPU at load about 7: evaluation returns -681, -212, -253, -204 after 500, 800, 1,100 and 1,400
+agent steps (3, 6, 9 and 12 planned episodes of 100 agent steps = 200 frames), 290 s (81 s compiling).
+
+Reproduce:  python algorithms/planet.py --env pendulum
+From pixels: python algorithms/planet.py --env pendulum_pixels
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mbrlax import buffer as replay
+from mbrlax import runner, training
+from mbrlax.algorithms import dreamer, pets
+from mbrlax.config import RunConfig, setting
+from mbrlax.training import (
+    ConfigError,
+    Trainer,
+    adam,
+    gradient_update,
+    make_schedule,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    """PlaNet settings (the run's fields come from `RunConfig`). Steps are agent steps: with
+    `action_repeat` R each step simulates R frames."""
+
+    total_steps: int = 2000
+    """Agent steps in all, over all parallel environments, the random seed episodes and resets included."""
+    initial_steps: int = setting(400, positive=True)
+    """Steps with uniformly random actions before learning starts (the authors: 5 seed episodes)."""
+    collect_steps: int = setting(200, positive=True)
+    """Environment steps collected between rounds of model training (one jitted update)."""
+    model_updates: int = setting(100, positive=True)
+    """Gradient steps of the model before each collection (the authors: 100 per episode)."""
+    eval_every: int = 400
+    """Environment steps between evaluations."""
+    eval_episodes: int = 3
+    """Evaluation episodes, planned without exploration noise, run in parallel."""
+    # Replay
+    batch_size: int = setting(50, positive=True)
+    """B: sequences per update."""
+    sequence_length: int = setting(50, positive=True)
+    """L: steps per replayed sequence."""
+    buffer_capacity: int | None = None
+    """Steps of each environment kept (default: all of the run's)."""
+    # Model (Dreamer's RSSM with Gaussian latents)
+    deter_size: int = setting(200, positive=True)
+    """Size of the GRU's deterministic state h (the authors' belief size)."""
+    hidden_size: int = setting(200, positive=True)
+    """Width of every hidden layer (encoder/decoder MLPs, RSSM, heads)."""
+    layers: int = setting(2, positive=True)
+    """Hidden layers of the vector encoder/decoder MLPs and of the reward head."""
+    stoch_size: int = setting(30, positive=True)
+    """Dimensions of the Gaussian stochastic state s."""
+    min_std: float = setting(0.1, positive=True)
+    """Added to the softplus of the latent's std (the authors' min_stddev)."""
+    cnn_depth: int = setting(32, positive=True)
+    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
+    convolution: str = setting("xla", choices=("xla", "matmul"))
+    """How the image encoder and decoder convolve (see dreamer.Config.convolution)."""
+    # Model learning
+    model_lr: float = setting(1e-3, sweepable=True)
+    """Adam learning rate of the model."""
+    free_nats: float = setting(3.0, sweepable=True)
+    """KL below this many nats (per step, summed over the latent) is not penalised."""
+    kl_scale: float = setting(1.0, sweepable=True)
+    """Weight of the KL term (the authors' divergence_scale)."""
+    observation_scale: float = setting(1.0, sweepable=True)
+    """Weight of the observation's negative log-likelihood (the authors' image_loss_scale)."""
+    reward_scale: float = setting(10.0, sweepable=True)
+    """Weight of the reward's negative log-likelihood (the authors' reward_loss_scale)."""
+    model_grad_clip: float = setting(1000.0, positive=True)
+    """Global gradient-norm clip of the model."""
+    # Planner (CEM in latent space)
+    horizon: int = setting(12, positive=True)
+    """Planning horizon H (agent steps)."""
+    population: int = setting(1000, positive=True)
+    """Candidate action sequences per CEM iteration."""
+    num_elites: int = setting(100, positive=True)
+    """Best sequences the mean and std are refitted to."""
+    cem_iterations: int = setting(10, positive=True)
+    """CEM iterations per planned action."""
+    exploration_noise: float = setting(0.3, sweepable=True, within="[0, 2]")
+    """Std of the Gaussian noise added to the planned action while collecting (not in evaluation)."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("initial_steps", "collect_steps"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+        if self.initial_steps // self.num_envs < self.sequence_length:
+            raise ConfigError(
+                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
+                f"sequence (sequence_length {self.sequence_length})"
+            )
+        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
+            raise ConfigError(
+                f"sequence_length ({self.sequence_length}) is longer than the buffer "
+                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
+            )
+        if self.num_elites > self.population:
+            raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
+
+
+# The authors' sizes and planner (planet/scripts/configs.py); the heads are hidden_size wide here.
+PAPER: dict[str, Any] = dict(
+    deter_size=200,
+    hidden_size=200,
+    stoch_size=30,
+    cnn_depth=32,
+    batch_size=50,
+    sequence_length=50,
+    horizon=12,
+    population=1000,
+    num_elites=100,
+    cem_iterations=10,
+)
+# Learns pendulum on a CPU in minutes: a model 64 wide, batches of 16 x 50, a third of the paper's
+# candidates and half its iterations.
+CPU: dict[str, Any] = dict(
+    deter_size=64,
+    hidden_size=64,
+    stoch_size=16,
+    layers=2,
+    batch_size=16,
+    sequence_length=50,
+    population=300,
+    num_elites=30,
+    cem_iterations=5,
+)
+
+
+def _dmc(task: str, action_repeat: int) -> dict[str, Any]:
+    """The paper's DMC task from state: its action repeat, and its 500 episodes of 1000 frames, 5 of
+    them random, an episode collected after every 100 updates."""
+    episode = 1000 // action_repeat
+    return dict(
+        PAPER,
+        env=task,
+        action_repeat=action_repeat,
+        total_steps=500 * episode,
+        initial_steps=5 * episode,
+        collect_steps=episode,
+        model_updates=100,
+        eval_every=10 * episode,
+        eval_episodes=5,
+    )
+
+
+TASKS: dict[str, dict[str, Any]] = {
+    # Pendulum: 200 frames an episode, action repeat 2 (a horizon of 12 looks 1.2 s ahead), so
+    # episodes of 100 agent steps: 2 random, then 100 updates before each planned episode.
+    # observation_scale 100 (a unit-variance likelihood of the 3 numbers weighs too little against
+    # the KL: the latent then holds the state loosely and open-loop predictions drift; see the
+    # docstring's measurements).
+    "pendulum": dict(
+        CPU,
+        env="pendulum",
+        action_repeat=2,
+        observation_scale=100.0,
+        total_steps=1400,
+        initial_steps=200,
+        collect_steps=100,
+        model_updates=100,
+        eval_every=300,
+        eval_episodes=3,
+    ),
+    "pendulum_pixels": dict(
+        CPU,
+        env="pendulum_pixels",
+        action_repeat=2,
+        cnn_depth=16,
+        total_steps=3000,
+        initial_steps=200,
+        collect_steps=100,
+        model_updates=100,
+        eval_every=500,
+        eval_episodes=3,
+    ),
+    "dmc/cartpole_swingup": _dmc("dmc/cartpole_swingup", 8),
+    "dmc/reacher_easy": _dmc("dmc/reacher_easy", 4),
+    "dmc/cheetah_run": _dmc("dmc/cheetah_run", 4),
+    "dmc/finger_spin": _dmc("dmc/finger_spin", 2),
+    "dmc/ball_in_cup": _dmc("dmc/ball_in_cup", 4),
+    "dmc/walker_walk": _dmc("dmc/walker_walk", 2),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    # Runs end to end in seconds once compiled (tests/test_contract.py): episodes of 40 steps, a
+    # model 16 wide, 4 x 10 replayed steps, 2 updates per 40 collected steps, CEM over 16 sequences.
+    # It shows that the program runs, not that it learns.
+    "tiny": dict(
+        deter_size=16,
+        hidden_size=16,
+        stoch_size=4,
+        layers=1,
+        cnn_depth=4,
+        episode_length=40,
+        total_steps=200,
+        initial_steps=40,
+        collect_steps=40,
+        model_updates=2,
+        eval_every=80,
+        eval_episodes=2,
+        batch_size=4,
+        sequence_length=10,
+        horizon=4,
+        population=16,
+        num_elites=4,
+        cem_iterations=2,
+    ),
+    # The authors' model sizes and planner on top of the task's preset.
+    "paper": PAPER,
+}
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+# THE MODEL: Dreamer's RSSM with Gaussian latents and a Gaussian reward head
+
+
+class PlanetModel(dreamer.WorldModel):
+    """dreamer.WorldModel (encoder, RSSM, decoder) with `latent="gaussian"` and a reward head that
+    predicts the mean of a unit-variance normal; Dreamer's two-hot reward and continue heads are
+    never called, so they have no parameters."""
+
+    def setup(self):
+        super().setup()
+        self.reward_mean = dreamer.Head(self.config.hidden_size, self.config.layers, 1)
+
+    def __call__(self, obs, action, is_first, key):
+        """Touches every layer once; used only to initialise the parameters."""
+        latent, _, _ = self.observe_step(self.initial(obs.shape[0]), action, self.encode(obs), is_first, key)
+        feats = dreamer.features(latent)
+        return self.decode(feats), self.reward(feats)
+
+    def reward(self, feats):
+        """The predicted reward (the normal's mean) at features (h, s)."""
+        return self.reward_mean(feats)[..., 0]
+
+
+# THE MODEL'S LOSS
+
+
+def gaussian_kl(posterior, prior):
+    """KL(q || p) of diagonal normals given as (mean, std) stacked on the last axis [..., S, 2],
+    summed over the S dimensions: sum log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) /
+    (2 sigma_p^2) - 1/2."""
+    mean_q, std_q = posterior[..., 0], posterior[..., 1]
+    mean_p, std_p = prior[..., 0], prior[..., 1]
+    return (jnp.log(std_p / std_q) + (std_q**2 + (mean_q - mean_p) ** 2) / (2.0 * std_p**2) - 0.5).sum(-1)
+
+
+def free_nats_kl(kl, free_nats):
+    """max(0, KL - free_nats), as planet/training/utility.py: a KL below the threshold costs
+    nothing and passes no gradient."""
+    return jnp.maximum(0.0, kl - free_nats)
+
+
+def planet_model_loss(params, model: PlanetModel, batch, key, free_nats, kl_scale, observation_scale, reward_scale):
+    """The negative ELBO per step, averaged over B sequences of L replayed steps ([B, L, ...]
+    entries): observation_scale * observation NLL + reward_scale * reward NLL + kl_scale *
+    free-nats KL, the NLLs of
+    unit-variance normals without their constants. Returns (loss, (posterior states [B, L], metrics))."""
+    latents, posterior, prior = dreamer.observe_sequences(params, model, batch, key)
+    feats = dreamer.features(latents)
+    decoded = model.apply(params, feats, method=dreamer.WorldModel.decode)
+    observation_nll = 0.5 * dreamer.reconstruction_loss(model, decoded, batch["obs"])
+    reward_nll = 0.5 * (model.apply(params, feats, method=PlanetModel.reward) - batch["reward"]) ** 2
+    kl = gaussian_kl(posterior, prior)
+    kl_loss = free_nats_kl(kl, free_nats)
+    loss = observation_scale * observation_nll.mean() + reward_scale * reward_nll.mean() + kl_scale * kl_loss.mean()
+    metrics = {
+        "model_loss": loss,
+        "observation_loss": observation_nll.mean(),
+        "reward_loss": reward_nll.mean(),
+        "kl": kl.mean(),
+        "kl_loss": kl_loss.mean(),
+    }
+    return loss, (jax.lax.stop_gradient(latents), metrics)
+
+
+# PLAN in latent space
+
+
+def latent_returns(imagine_fn, reward_fn, start, sequences, key):
+    """The predicted return of each action sequence [n, H, A] from one latent state `start`: the sum
+    over k = 1..H of reward_fn(s_k), where s_k = imagine_fn(s_{k-1}, a_k, key_k) steps the prior
+    (sampled, as the authors' planner does). Returns [n]."""
+    n, horizon = sequences.shape[:2]
+    latent = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), start)
+
+    def step(latent, inputs):
+        action, step_key = inputs
+        latent = imagine_fn(latent, action, step_key)
+        return latent, reward_fn(latent)
+
+    _, rewards = jax.lax.scan(step, latent, (jnp.swapaxes(sequences, 0, 1), jax.random.split(key, horizon)))
+    return rewards.sum(0)
+
+
+def plan_in_latent(score_fn, key, horizon: int, action_size: int, *, population: int, elites: int, iterations: int):
+    """The authors' CEM (planet/control/planning.py): from mean 0 and std 1 at every step, sequences
+    N(mean, std) clipped to [-1, 1], scored by `score_fn(sequences [n, H, A], key) -> [n]`, mean and
+    std refitted to the elites without smoothing. PETS's `cem` with alpha 0. Returns the plan [H, A]."""
+
+    def sample(sample_key, mean, std):
+        return pets.gaussian_sequences(sample_key, mean, std, population, -1.0, 1.0, truncated=False)
+
+    mean, std = jnp.zeros((horizon, action_size)), jnp.ones((horizon, action_size))
+    mean, _ = pets.cem(score_fn, sample, mean, std, key, iterations=iterations, elites=elites, alpha=0.0)
+    return mean
+
+
+def explore(action, key, noise_scale):
+    """The executed action: `action` plus N(0, noise_scale), clipped to [-1, 1] (mpc_agent.py)."""
+    return jnp.clip(action + noise_scale * jax.random.normal(key, action.shape), -1.0, 1.0)
+
+
+# STATE
+
+
+class PlanetState(NamedTuple):
+    env_state: Any
+    is_first: jax.Array
+    """[num_envs]: the current observation starts an episode."""
+    latent: Any
+    """The posterior state of each environment, and the last executed action."""
+    prev_action: jax.Array
+    buffer: replay.TrajectoryBuffer
+    episode: jax.Array
+    world_model: Any
+    model_opt: Any
+    key: jax.Array
+    episode_return: jax.Array
+    last_episode_return: jax.Array
+
+
+# ACT: filter the belief with the observation, plan from it, take the first action
+
+
+def observe_and_plan(params, model: PlanetModel, config: Config, latent, prev_action, obs, is_first, key):
+    """The posterior states [n] after `obs` [n, ...] and each one's planned first action [n, A]."""
+    observe_key, plan_key = jax.random.split(key)
+    embed = model.apply(params, obs, method=dreamer.WorldModel.encode)
+    latent, _, _ = model.apply(
+        params, latent, prev_action, embed, is_first, observe_key, method=dreamer.WorldModel.observe_step
+    )
+
+    def imagine(latent, action, step_key):
+        return model.apply(params, latent, action, step_key, method=dreamer.WorldModel.imagine_step)[0]
+
+    def reward(latent):
+        return model.apply(params, dreamer.features(latent), method=PlanetModel.reward)
+
+    def plan_one(start, one_key):
+        score_fn = functools.partial(latent_returns, imagine, reward, start)
+        plan = plan_in_latent(
+            score_fn,
+            one_key,
+            config.horizon,
+            prev_action.shape[-1],
+            population=config.population,
+            elites=config.num_elites,
+            iterations=config.cem_iterations,
+        )
+        return plan[0]
+
+    actions = jax.vmap(plan_one)(latent, jax.random.split(plan_key, len(prev_action)))
+    return actions, latent
+
+
+def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel, config: Config, random: bool):
+    """One step of every environment: uniformly random actions if `random` (the seed episodes), else
+    the plan's first action with exploration noise; then store and step (dreamer.store_and_step)."""
+    act_key, noise_key, reset_key = jax.random.split(key, 3)
+    env_state = state.env_state
+    if random:
+        embed = model.apply(state.world_model, env_state.obs, method=dreamer.WorldModel.encode)
+        latent, _, _ = model.apply(
+            state.world_model,
+            state.latent,
+            state.prev_action,
+            embed,
+            state.is_first,
+            act_key,
+            method=dreamer.WorldModel.observe_step,
+        )
+        action = jax.random.uniform(noise_key, state.prev_action.shape, minval=-1.0, maxval=1.0)
+    else:
+        planned, latent = observe_and_plan(
+            state.world_model,
+            model,
+            config,
+            state.latent,
+            state.prev_action,
+            env_state.obs,
+            state.is_first,
+            act_key,
+        )
+        action = explore(planned, noise_key, hparams["exploration_noise"])
+    return dreamer.store_and_step(state, action, latent, reset_key, task)
+
+
+# TRAINING PROGRAM
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program of `config`; `env`: None for the task `config.env` names, or a user's own
+    `(environment, EnvSpec)` on Brax's protocol. Resets are the loop's own, as Dreamer's."""
+    config.validate()
+    task = training.setup(config, env, auto_reset=False)
+    env, eval_env, spec = task.env, task.eval_env, task.spec
+    if spec.discrete:
+        raise ConfigError(f"PlaNet plans continuous actions; {spec.name} has a discrete action space")
+    obs_shape = tuple(spec.image_shape) if spec.image_shape else (spec.observation_size,)
+    if len(obs_shape) == 3 and (obs_shape[0] % 16 or obs_shape[1] % 16):
+        raise ConfigError(
+            f"the image encoder halves the image 4 times, so its height and width must divide by 16; "
+            f"{config.env} gives images of shape {obs_shape}"
+        )
+    num_envs, action_size = config.num_envs, spec.action_size
+    schedule = make_schedule(config.total_steps, config.initial_steps, config.collect_steps, config.eval_every)
+    steps_per_env = schedule.total_steps // num_envs
+    capacity = min(config.buffer_capacity or steps_per_env, steps_per_env)
+    if config.sequence_length > capacity:
+        raise ConfigError(
+            f"sequence_length ({config.sequence_length}) is longer than the run's {capacity} steps per environment"
+        )
+    model = PlanetModel(config, obs_shape, action_size, latent="gaussian")
+    optimizer = adam(max_grad_norm=config.model_grad_clip)
+
+    def init(key, hparams):
+        env_key, model_key, explore_key, key = jax.random.split(key, 4)
+        env_state = env.reset(env_key)
+        obs = env_state.obs
+        params = model.init(model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0))
+        zero = jnp.float32(0.0)
+        entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero, "is_terminal": zero}
+        state = PlanetState(
+            env_state=env_state,
+            is_first=jnp.ones(num_envs),
+            latent=model.apply(params, num_envs, method=dreamer.WorldModel.initial),
+            prev_action=jnp.zeros((num_envs, action_size)),
+            buffer=replay.init_trajectories(entry, capacity, num_envs),
+            episode=jnp.zeros(num_envs, jnp.int32),
+            world_model=params,
+            model_opt=adam(hparams["model_lr"], config.model_grad_clip).init(params),
+            key=key,
+            episode_return=jnp.zeros(num_envs),
+            last_episode_return=jnp.float32(0.0),
+        )
+        # SEED EPISODES with uniformly random actions.
+        state, _ = jax.lax.scan(
+            lambda s, k: (environment_step(s, k, hparams, task, model, config, True), None),
+            state,
+            jax.random.split(explore_key, config.initial_steps // num_envs),
+        )
+        return state
+
+    def train_step(state: PlanetState, key, hparams):
+        sample_key, model_key = jax.random.split(key)
+        batch = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
+        params, opt_state, _, (_, metrics) = gradient_update(
+            planet_model_loss,
+            state.world_model,
+            state.model_opt,
+            optimizer,
+            model,
+            batch,
+            model_key,
+            hparams["free_nats"],
+            hparams["kl_scale"],
+            hparams["observation_scale"],
+            hparams["reward_scale"],
+        )
+        return state._replace(world_model=params, model_opt=opt_state), metrics
+
+    def update(state: PlanetState, hparams, update_index):
+        """TRAIN the model `model_updates` steps, then COLLECT `collect_steps` steps with the planner."""
+        del update_index
+        key, train_key, collect_key = jax.random.split(state.key, 3)
+        state, metrics = jax.lax.scan(
+            lambda s, k: train_step(s, k, hparams), state, jax.random.split(train_key, config.model_updates)
+        )
+        metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+
+        def collect(state, step_key):
+            state = environment_step(state, step_key, hparams, task, model, config, False)
+            return state, state.env_state.reward.mean()
+
+        state, rewards = jax.lax.scan(
+            collect, state._replace(key=key), jax.random.split(collect_key, config.collect_steps // num_envs)
+        )
+        metrics["train_reward"] = rewards.mean()
+        metrics["train_episode_return"] = state.last_episode_return
+        return state, metrics
+
+    # EVALUATE the planner without exploration noise, the belief filtered along each episode.
+
+    def evaluate(state: PlanetState, key, hparams):
+        del hparams
+
+        def choose(latent, prev_action, obs, is_first, step_key):
+            return observe_and_plan(state.world_model, model, config, latent, prev_action, obs, is_first, step_key)
+
+        initial = model.apply(state.world_model, config.eval_episodes, method=dreamer.WorldModel.initial)
+        return dreamer.evaluate_filtering(task, eval_env, key, config.eval_episodes, initial, choose)
+
+    return Trainer(
+        init=init,
+        update=update,
+        evaluate=evaluate,
+        schedule=schedule,
+        spec=spec,
+        fresh_episodes=dreamer.FRESH_EPISODES,
+    )
+
+
+def main(argv=None) -> int:
+    return runner.main("planet", Config, PRESETS, make_train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
