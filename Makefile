@@ -22,12 +22,14 @@ run: install
 
 # The tests in two sessions: first all but the learning tests with XLA's slow CPU optimisations off
 # (they compile small programs and run them briefly, and compile two to three times faster so), then
-# the learning tests (`slow`: long programs) and the claims about XLA's own rounding, with its defaults.
+# the long programs (`slow`: learning tests, pixel runs) and the claims about XLA's own rounding, with
+# XLA's defaults.
 FAST_COMPILE := --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 FAST_COMPILE += --xla_cpu_use_fusion_emitters=false
 
 test: install-test
-	XLA_FLAGS="$(FAST_COMPILE) $$XLA_FLAGS" $(BIN)/python -m pytest -n 2 --durations=15 -m "not slow and not xla_defaults" tests
+	XLA_FLAGS="$(FAST_COMPILE) $$XLA_FLAGS" \
+		$(BIN)/python -m pytest -n 2 --durations=15 -m "not slow and not xla_defaults" tests
 	$(BIN)/python -m pytest -n 2 --durations=15 -m "slow or xla_defaults" tests
 
 clean:
