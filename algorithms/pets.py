@@ -326,6 +326,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         hidden_sizes=(16, 16),
         model_max_epochs=3,
     ),
+    # On top of tiny (`--preset tiny tiny-ilqr`, as tests/test_contract.py runs it): a 2-iteration iLQR.
+    "tiny-ilqr": dict(planner="ilqr", ilqr_iterations=2, ilqr_line_search_steps=3),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}

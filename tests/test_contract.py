@@ -1,5 +1,5 @@
-"""The guarantees every algorithm gives, tested the same way for all eleven entry points, each with its
-`tiny` preset (VARIANTS["tiny"]: end to end in seconds):
+"""The guarantees every algorithm gives, tested the same way for the eleven entry points and PETS with
+iLQR, each with its `tiny` preset (VARIANTS["tiny"]: end to end in seconds):
 
 - a run from the command line: two seeds, the run folder's files, a summary with the promised fields;
 - kill and resume: a run resumed from a mid-run checkpoint ends with the same numbers and rows as
@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +34,26 @@ from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets,
 from mbrlax.envs import registry
 from mbrlax.training import split_keys
 
+
+
+def _pets_ilqr_main(argv=None) -> int:
+    """PETS's CLI with iLQR as the planner: `--preset tiny` stands for `--preset tiny tiny-ilqr`."""
+    argv = list(argv or [])
+    if argv[:2] == ["--preset", "tiny"]:
+        argv[1:2] = ["tiny", "tiny-ilqr"]
+    return pets.main(argv)
+
+
+PETS_ILQR = types.SimpleNamespace(Config=pets.Config, main=_pets_ilqr_main)
+
 # name -> (module with Config and main, the presets its CLI takes, make_train)
 ALGORITHMS = {
     "pets": (pets, pets.PRESETS, pets.make_train),
+    "pets-ilqr": (
+        PETS_ILQR,
+        {**pets.PRESETS, "tiny": pets.VARIANTS["tiny"] | pets.VARIANTS["tiny-ilqr"]},
+        pets.make_train,
+    ),
     "mbpo": (mbpo, mbpo.PRESETS, mbpo.make_train),
     "maac": (maac, maac.PRESETS, maac.make_train),
     "svg": (svg, svg.PRESETS, functools.partial(maac.make_train, name="SVG")),

@@ -6,13 +6,11 @@ its learned-reward and one-member paths, and learning pendulum."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import cli_args
 from mbrlax import ensemble
 from mbrlax.algorithms import pets
 from mbrlax.training import setup
@@ -162,20 +160,8 @@ def hparams_for(config):
     return {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
 
 
-def test_the_cli_runs_ilqr_and_two_vmapped_seeds_are_two_single_runs(tmp_path):
-    """`pets.main` with the tiny preset, `--planner ilqr` and two seeds (one program vmapped over
-    them) writes its evaluations, and each seed's final evaluation is that of the seed's own single
-    run of the compiled loop."""
-    run_dir = tmp_path / "run"
-    assert pets.main(cli_args(TINY) + ["--num-seeds", "2", "--no-progress", "--run-dir", str(run_dir)]) == 0
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["env_steps"] == TINY.total_steps
-    together = summary["final_eval_return_per_run"]
-    assert len(together) == 2 and np.all(np.isfinite(together)) and together[0] != together[1]
-    single = jax.jit(pets.make_train(TINY))
-    for seed in (0, 1):
-        _, alone = single(jax.random.PRNGKey(seed), hparams_for(TINY))
-        np.testing.assert_allclose(together[seed], alone["eval"]["eval_return"][-1], rtol=1e-4)
+# The CLI run, kill and resume, determinism, vmapped neighbours and bad input: tests/test_contract.py
+# ("pets-ilqr").
 
 
 @pytest.mark.parametrize("learn_reward, member", [(True, None), (False, 1)], ids=["learned-reward", "one-member"])
