@@ -20,7 +20,7 @@ install-test: $(BIN)/python
 run: install
 	$(BIN)/python algorithms/pets.py --env pendulum
 
-# The tests in two sessions: first all but the learning tests with XLA's slow CPU optimisations off
+# The tests in two sessions: first all but the long programs with XLA's slow CPU optimisations off
 # (they compile small programs and run them briefly, and compile two to three times faster so), then
 # the long programs (`slow`: learning tests, pixel runs) and the claims about XLA's own rounding, with
 # XLA's defaults.
