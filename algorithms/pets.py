@@ -768,12 +768,24 @@ class PlannerContext(NamedTuple):
     particle_rows: int
 
 
+def middle_plan(context: PlannerContext, horizon: int):
+    """The plan [H, A] of actions in the middle of the bounds: where every search starts an episode."""
+    low, high = context.task.low, context.task.high
+    return jnp.broadcast_to((low + high) / 2.0, (horizon, low.shape[-1]))
+
+
+def plan_keeping_planner(act, middle) -> Planner:
+    """A planner that learns nothing across the run and keeps each environment's last plan [H, A]
+    as its memory (`middle` at an episode's start)."""
+    return Planner(init=lambda key, hparams: (), fresh=middle, act=act, fit=lambda learned, *_: (learned, {}))
+
+
 def action_sequence_planner(config: Config, context: PlannerContext) -> Planner:
     """PETS's planners over open-loop action sequences: `config.planner` (CEM, iCEM or random
     shooting) searches for each state from its previous plan shifted by one step, with a spread of a
     quarter of the action range; each sequence is scored by `sequence_returns`."""
     low, high, horizon = context.task.low, context.task.high, config.horizon
-    middle = jnp.broadcast_to((low + high) / 2.0, (horizon, low.shape[-1]))
+    middle = middle_plan(context, horizon)
     initial_std = jnp.broadcast_to((high - low) / 4.0, (horizon, low.shape[-1]))
 
     def act(learned, model, obs, plans, key, hparams):
@@ -787,7 +799,7 @@ def action_sequence_planner(config: Config, context: PlannerContext) -> Planner:
 
         return mpc_actions(plan_one, obs, plans, key, middle[0])
 
-    return Planner(init=lambda key, hparams: (), fresh=middle, act=act, fit=lambda learned, *_: (learned, {}))
+    return plan_keeping_planner(act, middle)
 
 
 def ilqr_planner(config: Config, context: PlannerContext) -> Planner:
@@ -802,7 +814,7 @@ def ilqr_planner(config: Config, context: PlannerContext) -> Planner:
     Terminations are ignored in the cost (a smooth approximation: pendulum and cartpole_swingup never
     terminate; on a task that does, the plan values reward after a predicted termination too)."""
     low, high, horizon = context.task.low, context.task.high, config.horizon
-    middle = jnp.broadcast_to((low + high) / 2.0, (horizon, low.shape[-1]))
+    middle = middle_plan(context, horizon)
     model_config, reward_fn = context.model_config, context.task.spec.reward_fn
     elites_only = model_config.num_elites < model_config.num_members
     learn_reward = model_config.learn_reward
@@ -844,7 +856,7 @@ def ilqr_planner(config: Config, context: PlannerContext) -> Planner:
 
         return mpc_actions(plan_one, obs, plans, key, middle[0])
 
-    return Planner(init=lambda key, hparams: (), fresh=middle, act=act, fit=lambda learned, *_: (learned, {}))
+    return plan_keeping_planner(act, middle)
 
 
 # TRAINING PROGRAM

@@ -15,3 +15,20 @@ def cli_args(config) -> list[str]:
             values = value if isinstance(value, tuple) else (value,)
             args += [f"--{field.name.replace('_', '-')}", *map(str, values)]
     return args
+
+
+def random_pendulum_return(episodes: int = 50) -> float:
+    """The mean return of uniformly random torques on pendulum, `episodes` episodes: the learning
+    tests' floor (about -1200)."""
+    import jax
+
+    from mbrlax import envs
+    from mbrlax.training import evaluate_episodes
+
+    env, spec = envs.make("pendulum", num_envs=episodes)
+
+    def uniform(carry, obs, key):
+        return jax.random.uniform(key, (episodes, 1), minval=-2.0, maxval=2.0), carry
+
+    returns = evaluate_episodes(env, jax.random.PRNGKey(1), episodes, spec.episode_length, uniform)
+    return float(returns["eval_return"])

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_pendulum_return
 
 from mbrlax import envs, runner
 from mbrlax.algorithms import dreamer
-from mbrlax.training import evaluate_episodes
 
 
 def test_symlog_inverts_and_two_hot_decodes_to_its_value():
@@ -354,14 +354,7 @@ def test_dreamer_learns_pendulum_from_state():
     returns = np.asarray(metrics["eval"]["eval_return"])
     print(f"Dreamer pendulum returns {returns.round(0)}")
 
-    env, spec = envs.make("pendulum", num_envs=50)
-
-    def uniform(carry, obs, key):
-        return jax.random.uniform(key, (50, 1), minval=-2.0, maxval=2.0), carry
-
-    random_return = float(
-        evaluate_episodes(env, jax.random.PRNGKey(1), 50, spec.episode_length, uniform)["eval_return"]
-    )
+    random_return = random_pendulum_return()
     print(f"random policy return {random_return:.0f}")
     assert random_return < -1000
     assert returns[-1] > -600, returns

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_pendulum_return
 
-from mbrlax import envs, runner
+from mbrlax import runner
 from mbrlax.algorithms import dreamer, planet
-from mbrlax.training import evaluate_episodes
 
 
 def hparams_for(config):
@@ -224,14 +224,7 @@ def test_planet_learns_pendulum_from_state():
     losses = np.asarray(metrics["train"]["model_loss"])
     print(f"PlaNet pendulum returns {returns.round(0)}, model losses {losses.round(2)}")
 
-    env, spec = envs.make("pendulum", num_envs=50)
-
-    def uniform(carry, obs, key):
-        return jax.random.uniform(key, (50, 1), minval=-2.0, maxval=2.0), carry
-
-    random_return = float(
-        evaluate_episodes(env, jax.random.PRNGKey(1), 50, spec.episode_length, uniform)["eval_return"]
-    )
+    random_return = random_pendulum_return()
     print(f"random policy return {random_return:.0f}")
     assert random_return < -1000
     assert losses[-1] < 0.1 * losses[0], losses
