@@ -127,10 +127,10 @@ def _run_unscaled(name: str, seeds: tuple[int, ...], updates: int, own_environme
     return _run(name, seeds, updates, None, own_environment)
 
 
-def _run(name, seeds, updates, scale, own_environment) -> dict:
+def _run(name, seeds, updates, scale, own_environment, evaluate: bool = True) -> dict:
     config = tiny(name)
     trainer = own_environment_trainer(name) if own_environment else trainer_of(name)
-    init, update, evaluate = programs(name, len(seeds), own_environment)
+    init, update, evaluate_program = programs(name, len(seeds), own_environment)
     runs = [{"seed": s, **runner.hparams_of(config)} for s in seeds]
     keys, hparams = runner.batch_inputs(runs, type(config).SWEEPABLE)
     for field, factors in (scale or {}).items():
@@ -142,8 +142,9 @@ def _run(name, seeds, updates, scale, own_environment) -> dict:
         state, metrics = update(state, hparams, jnp.int32(u))
         out["states"].append(jax.device_get(state))
         out["train"].append(jax.device_get(metrics))
-    eval_metrics = evaluate(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, 0), hparams)
-    out["eval"].append(jax.device_get(eval_metrics))
+    if evaluate:
+        eval_metrics = evaluate_program(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, 0), hparams)
+        out["eval"].append(jax.device_get(eval_metrics))
     return out
 
 

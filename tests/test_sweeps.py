@@ -54,7 +54,9 @@ def _run_in_subprocess(tmp_path, name: str, devices: int) -> dict:
         f"assert jax.device_count() == {devices}, jax.devices(); "
         "sys.exit(pets.main(sys.argv[1:]))"
     )
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    # Added to the session's XLA flags, not in their place (make test's first session compiles fast).
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     args = TINY_ARGS + ["--num-seeds", "4", "--fused", "--run-dir", str(run)]
     done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
