@@ -1,4 +1,4 @@
-"""iLQR in PETS (`--planner ilqr`): `pets.ilqr` against the closed-form finite-horizon LQR solution
+"""iLQR in PETS (`--planner ilqr`): `mbrlax.ilqr.solve` against the closed-form finite-horizon LQR solution
 (a Riccati recursion in numpy), its line search and regulariser on problems where a plain Newton
 step fails, the planner through PETS's loop (a CLI run; vmap over seeds equals single runs) and on
 its learned-reward and one-member paths, and learning pendulum."""
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mbrlax import ensemble
+from mbrlax import ensemble, ilqr
 from mbrlax.algorithms import pets
 from mbrlax.training import setup
 
@@ -58,7 +58,7 @@ def test_ilqr_is_the_closed_form_lqr_solution_on_a_linear_system():
     step is the optimum: the actions equal the Riccati solution's and the feedback gains its -K_t;
     later iterations change the cost by rounding at most."""
     gains, actions = riccati()
-    run = jax.jit(lambda x0: pets.ilqr(linear, quadratic_cost, x0, jnp.zeros((H, M)), -10.0, 10.0, iterations=3,
+    run = jax.jit(lambda x0: ilqr.solve(linear, quadratic_cost, x0, jnp.zeros((H, M)), -10.0, 10.0, iterations=3,
                                        mu_init=0.0, mu_min=0.0))
     result = run(jnp.asarray(X0, jnp.float32))
     np.testing.assert_allclose(result.actions, actions, atol=1e-5)
@@ -74,7 +74,7 @@ def test_ilqr_vmaps_over_states():
     """Two initial states at once give what each gives alone (the LQR solution from each)."""
 
     def solve(x0):
-        return pets.ilqr(linear, quadratic_cost, x0, jnp.zeros((H, M)), -10.0, 10.0, iterations=3)
+        return ilqr.solve(linear, quadratic_cost, x0, jnp.zeros((H, M)), -10.0, 10.0, iterations=3)
 
     starts = jnp.asarray([X0, -2.0 * X0], jnp.float32)
     batched = jax.jit(jax.vmap(solve))(starts)
@@ -86,13 +86,13 @@ def test_ilqr_keeps_the_bounds_and_beats_the_clipped_lqr_plan():
     """With a bound that binds (|u| <= 0.3 on both actions, where the unbounded optimum reaches 1.3)
     every action stays within it, and the cost ends below that of the LQR plan clipped to the bound."""
     x0 = jnp.asarray(-2.0 * X0, jnp.float32)
-    result = jax.jit(lambda x0: pets.ilqr(linear, quadratic_cost, x0, jnp.zeros((H, M)), -0.3, 0.3, iterations=6))(x0)
+    result = jax.jit(lambda x0: ilqr.solve(linear, quadratic_cost, x0, jnp.zeros((H, M)), -0.3, 0.3, iterations=6))(x0)
     assert float(jnp.abs(result.actions).max()) <= 0.3 + 1e-7
     x, plan = -2.0 * X0, []
     for k in riccati()[0]:
         plan.append(np.clip(-k @ x, -0.3, 0.3))
         x = A @ x + B @ plan[-1]
-    _, _, clipped_cost = pets.ilqr_rollout(linear, quadratic_cost, x0, jnp.asarray(plan, jnp.float32), -0.3, 0.3)
+    _, _, clipped_cost = ilqr.rollout(linear, quadratic_cost, x0, jnp.asarray(plan, jnp.float32), -0.3, 0.3)
     assert float(result.cost) < float(clipped_cost), (float(result.cost), float(clipped_cost))
 
 
@@ -111,7 +111,7 @@ def test_the_line_search_shortens_a_step_that_would_not_lower_the_cost():
         return ((next_x - 1.2) ** 2).sum()
 
     def run(steps):
-        return pets.ilqr(dynamics, cost, jnp.zeros(1), jnp.zeros((1, 1)), -5.0, 5.0, iterations=1,
+        return ilqr.solve(dynamics, cost, jnp.zeros(1), jnp.zeros((1, 1)), -5.0, 5.0, iterations=1,
                          line_search_steps=steps, mu_init=0.0, mu_min=0.0)
 
     full_step_only = run(1)
@@ -138,11 +138,11 @@ def test_regularisation_handles_a_concave_control_cost():
     x0, init = jnp.array([0.2]), jnp.full((5, 1), 0.05)
     jac_x, jac_u = jax.vmap(jax.jacfwd(dynamics, argnums=(0, 1)))(jnp.zeros((5, 1)), init)
     hess = jnp.broadcast_to(jnp.diag(jnp.array([0.0, -2.0, 0.2])), (5, 3, 3))
-    k, gains, ok = pets.ilqr_backward(jac_x, jac_u, jnp.zeros((5, 3)), hess, init, -1.0, 1.0, 0.0)
+    k, gains, ok = ilqr.backward_pass(jac_x, jac_u, jnp.zeros((5, 3)), hess, init, -1.0, 1.0, 0.0)
     assert not bool(ok) and not np.any(np.asarray(k)) and not np.any(np.asarray(gains))
 
-    _, _, start = pets.ilqr_rollout(dynamics, cost, x0, init, -1.0, 1.0)
-    result = jax.jit(lambda x0: pets.ilqr(dynamics, cost, x0, init, -1.0, 1.0, iterations=30, mu_init=1.0))(x0)
+    _, _, start = ilqr.rollout(dynamics, cost, x0, init, -1.0, 1.0)
+    result = jax.jit(lambda x0: ilqr.solve(dynamics, cost, x0, init, -1.0, 1.0, iterations=30, mu_init=1.0))(x0)
     costs = np.concatenate([[float(start)], np.asarray(result.costs)])
     assert np.all(np.isfinite(costs)) and np.all(np.diff(costs) <= 0.0), costs
     assert not bool(result.accepted[0]) and bool(result.accepted[1])  # mu = 1 refused, mu = 4 works
