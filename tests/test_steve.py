@@ -149,10 +149,11 @@ def test_steve_target_by_hand():
     np.testing.assert_allclose(target, (w0 * 1.5 + w1 * 4.0) / (w0 + w1), rtol=1e-5)
 
 
-def objective_inputs(horizon: int, estimator: str):
+def objective_inputs(horizon: int, estimator: str, expansion_model: str = "sample"):
     """The critic objective on pendulum, a fresh ensemble and SAC, a batch of real transitions."""
+    sizes = dict(sac_hidden_sizes=(16, 16), model_hidden_sizes=(8,))
     config = dataclasses.replace(
-        steve.Config(), horizon=horizon, estimator=estimator, sac_hidden_sizes=(16, 16), model_hidden_sizes=(8,)
+        steve.Config(), horizon=horizon, estimator=estimator, expansion_model=expansion_model, **sizes
     )
     _, spec = registry.make("pendulum")
     agent_config = mbpo.sac_settings(config, spec.action_size)
@@ -192,9 +193,9 @@ def test_horizon_zero_is_sacs_soft_target(estimator):
         assert abs(float(loss) - float(want_loss)) < 0.2 * abs(float(want_loss))
 
 
-@pytest.mark.parametrize("estimator", ["mve", "steve"])
-def test_critic_objective_expands_and_differentiates(estimator):
-    _, _, model, agent, target_critic, batch, objective = objective_inputs(3, estimator)
+@pytest.mark.parametrize("estimator, expansion_model", [("mve", "mean"), ("mve", "sample"), ("steve", "sample")])
+def test_critic_objective_expands_and_differentiates(estimator, expansion_model):
+    _, _, model, agent, target_critic, batch, objective = objective_inputs(3, estimator, expansion_model)
     hparams = {"discount": jnp.float32(0.99)}
 
     def loss(critic):
@@ -209,7 +210,7 @@ def test_critic_objective_expands_and_differentiates(estimator):
 
 def test_presets_and_bad_input():
     mve = dataclasses.replace(steve.Config(), **steve.PRESETS["mve"])
-    assert mve.estimator == "mve" and mve.horizon == 3
+    assert mve.estimator == "mve" and mve.horizon == 3 and mve.expansion_model == "mean"
     assert steve.Config().rollout_batch_size == 0 and steve.Config().estimator == "steve"
     for task in ("brax/halfcheetah", "brax/hopper", "pendulum"):
         assert steve.PRESETS[task]["env"] == task
@@ -218,19 +219,22 @@ def test_presets_and_bad_input():
     dataclasses.replace(steve.Config(), sac_only=True, horizon=0).validate()
     with pytest.raises(ConfigError, match="estimator"):
         dataclasses.replace(steve.Config(), estimator="nope").validate()
+    with pytest.raises(ConfigError, match="STEVE samples one path per elite"):
+        dataclasses.replace(steve.Config(), expansion_model="mean").validate()
 
 
 @pytest.mark.slow
-def test_steve_learns_pendulum():
+@pytest.mark.parametrize("preset", ["steve", "mve"])
+def test_learns_pendulum(preset):
     """The issue's bar, -250 or better within 5,000 steps (a random policy scores about -1200; SAC at one
-    update per step: -912 at 5,000 steps, seed 0), met sooner: the default pendulum settings, 3,000
-    steps (1,000 of them random), five evaluation episodes of the deterministic policy after 2,000 and
-    3,000 steps."""
-    config = dataclasses.replace(steve.Config(), total_steps=3000)
+    update per step: -912 at 5,000 steps, seed 0), met sooner: the default pendulum settings (STEVE) or
+    `--preset mve`, 3,000 steps (1,000 of them random), five evaluation episodes of the deterministic
+    policy after 2,000 and 3,000 steps. Seed 0 gives STEVE -650, -146 and MVE -1322, -149. Over seeds 0
+    to 3 neither is ahead of SAC at the same five updates per step on pendulum (RESULTS.md)."""
+    config = dataclasses.replace(steve.Config(), **steve.VARIANTS[preset], total_steps=3000)
     hparams = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
     _, metrics = jax.jit(steve.make_train(config))(jax.random.PRNGKey(0), hparams)
     returns = np.asarray(metrics["eval"]["eval_return"])
-    print(f"STEVE {returns.round(1)}")
+    print(f"{preset} {returns.round(1)}")
     assert len(returns) == 2
     assert returns[-1] >= -250.0, returns
-
