@@ -77,16 +77,16 @@ refitted every 250 steps; one CPU run each, `python algorithms/steve.py --env pe
 - MVE (`--preset mve`): -1099, -148, -154, -144 at the same steps (as one fused program of 3,000
   steps, as tests/test_steve.py runs it: -1322, -149). Through a sampled elite instead
   (`--expansion-model sample`): -1047, -148, -632, -146, a dip at 4,000 steps.
-- Seeds 0 to 3 vmapped (`--num-seeds 4`), mean over the seeds after 2,000 / 3,000 / 4,000 / 5,000
-  steps: MVE -909, -325, -184, -204 (seed 1 -305 at the end); MVE through a sampled elite -910, -389,
-  -246, -206; SAC at G = 5 -634, -146, -136, -179. On pendulum MVE does not beat SAC at the same
-  updates per step.
 - SAC at one update per step (`mbpo.py --sac-only --updates-per-step 1`): -1729, -1166, -974, -912.
-- SAC at the same G = 5 (`mbpo.py --sac-only --updates-per-step 5`): -1202, -148, -124, -147. On
-  pendulum, the margin over SAC at one update per step comes from the updates per step; the model's
-  share is at most the earlier rise (-622 against -1202 at 2,000 steps, one seed). After 3,000 steps
-  (seed 0, on 1,024 transitions drawn from the real buffer) STEVE's mean weights on T^0..T^3 were
-  0.45, 0.23, 0.17, 0.15: the model's candidates do carry over half the target.
+- SAC at the same G = 5 (`mbpo.py --sac-only --updates-per-step 5`): -1202, -148, -124, -147.
+- Seeds 0 to 3 vmapped (`--num-seeds 4`), the mean over the seeds after 2,000 / 3,000 / 4,000 /
+  5,000 steps: STEVE -627, -202, -147, -178; MVE -909, -325, -184, -204 (seed 1: -345 at the end);
+  MVE through a sampled elite -910, -389, -246, -206; SAC at G = 5 -634, -146, -136, -179; SAC at
+  one update per step -1728, -1261, -830, -826.
+On pendulum the margin over SAC at one update per step comes from the updates per step; the model's
+share is at most seed 0's earlier rise with STEVE (-622 against -1202 at 2,000 steps). After 3,000
+steps (seed 0, on 1,024 transitions drawn from the real buffer) STEVE's mean weights on T^0..T^3 were
+0.45, 0.23, 0.17, 0.15: the model's candidates do carry over half the target.
 
 Published numbers: not checked (the STEVE paper reports learning curves, whose values were not read
 off for this file; its tasks are gym MuJoCo -v1 and Roboschool, not comparable with Brax's).
