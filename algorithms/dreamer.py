@@ -16,7 +16,8 @@ left alone. From every posterior state of the batch the actor imagines `horizon`
 learns the lambda-returns of those imagined paths, and the actor maximises the advantage (the
 lambda-return less the critic's value) divided by the spread of the returns: for continuous actions
 by differentiating it back through the imagined dynamics, for discrete ones by REINFORCE, as the
-2023 code does (`actor_loss`).
+2023 code does (`actor_loss`). The model, its layers and transforms live in `mbrlax.rssm`, which
+PlaNet shares; this file holds the losses, imagination, the actor and critic, and the loop.
 
 The robustness tricks of DreamerV3, each named where it is used:
 - symlog: vector inputs are squashed by symlog(x) = sign(x) log(1 + |x|), and the vector decoder
@@ -75,7 +76,6 @@ import fractions
 import sys
 from typing import Any, Literal, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -83,18 +83,23 @@ import optax
 from mbrlax import buffer as replay
 from mbrlax import runner, training
 from mbrlax.config import RunConfig, setting
-from mbrlax.envs import restart_or_step
-from mbrlax.training import (
-    ConfigError,
-    Trainer,
-    adam,
-    evaluate_episodes,
-    gradient_update,
-    make_schedule,
-    restart_episodes,
-    scale_action,
-    track_returns,
+from mbrlax.rssm import (
+    BINS,
+    FRESH_EPISODES,
+    Head,
+    WorldModel,
+    categorical_kl,
+    evaluate_filtering,
+    features,
+    observe_sequences,
+    reconstruction_loss,
+    sample_one_hot,
+    store_and_step,
+    two_hot_loss,
+    two_hot_mean,
+    unimix_logits,
 )
+from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,296 +300,6 @@ class DreamerState(NamedTuple):
 
 
 
-# DREAMERV3'S TRANSFORMS AND DISTRIBUTIONS
-
-
-def symlog(x):
-    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
-
-
-def symexp(x):
-    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
-
-
-BINS = jnp.linspace(-20.0, 20.0, 255)
-
-
-def two_hot(y):
-    """[..., 255]: y (already in symlog space) split between its two nearest bins, by closeness."""
-    y = jnp.clip(y, BINS[0], BINS[-1])
-    below = jnp.clip(jnp.searchsorted(BINS, y, side="right") - 1, 0, len(BINS) - 2)
-    upper = (y - BINS[below]) / (BINS[below + 1] - BINS[below])
-    return (
-        jax.nn.one_hot(below, len(BINS)) * (1.0 - upper)[..., None]
-        + jax.nn.one_hot(below + 1, len(BINS)) * upper[..., None]
-    )
-
-
-def two_hot_loss(logits, target):
-    """Cross-entropy of the bins' logits against the two-hot code of symlog(target)."""
-    return -(jax.lax.stop_gradient(two_hot(symlog(target))) * jax.nn.log_softmax(logits)).sum(-1)
-
-
-def two_hot_mean(logits):
-    return symexp((jax.nn.softmax(logits) * BINS).sum(-1))
-
-
-def unimix_logits(logits, unimix: float):
-    """Log-probabilities of softmax(logits) mixed with `unimix` of the uniform distribution."""
-    probs = (1.0 - unimix) * jax.nn.softmax(logits) + unimix / logits.shape[-1]
-    return jnp.log(probs)
-
-
-def sample_one_hot(key, logits):
-    """A one-hot sample of each categorical by inverting its CDF: one uniform number per categorical
-    rather than one per class (the Gumbel trick's), which on a CPU makes imagination markedly faster."""
-    cdf = jnp.cumsum(jax.nn.softmax(logits), -1)
-    uniform = jax.random.uniform(key, logits.shape[:-1] + (1,))
-    index = jnp.minimum((cdf < uniform * cdf[..., -1:]).sum(-1), logits.shape[-1] - 1)
-    return jax.nn.one_hot(index, logits.shape[-1])
-
-
-def categorical_kl(logits_p, logits_q):
-    """KL(p || q) of categoricals given as log-probabilities, summed over the last axis."""
-    return (jnp.exp(logits_p) * (logits_p - logits_q)).sum(-1)
-
-
-# NETWORKS
-
-
-class Block(nn.Module):
-    """Dense, LayerNorm, SiLU: DreamerV3's hidden layer (no bias: the norm has one)."""
-
-    units: int
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.silu(nn.LayerNorm(epsilon=1e-3)(nn.Dense(self.units, use_bias=False)(x)))
-
-
-class Head(nn.Module):
-    """`layers` Blocks then a linear output; `zero_init` starts the output at exactly 0 (two-hot heads)."""
-
-    units: int
-    layers: int
-    outputs: int
-    zero_init: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        for _ in range(self.layers):
-            x = Block(self.units)(x)
-        init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
-        return nn.Dense(self.outputs, kernel_init=init)(x)
-
-
-class NormGRU(nn.Module):
-    """A GRU whose gates see a LayerNorm of their inputs; the update gate is biased towards keeping
-    the state (sigmoid(u - 1)), which eases learning over long sequences."""
-
-    size: int
-
-    @nn.compact
-    def __call__(self, x, state):
-        parts = nn.LayerNorm(epsilon=1e-3)(nn.Dense(3 * self.size, use_bias=False)(jnp.concatenate([x, state], -1)))
-        reset, candidate, update = jnp.split(parts, 3, -1)
-        candidate = jnp.tanh(jax.nn.sigmoid(reset) * candidate)
-        update = jax.nn.sigmoid(update - 1.0)
-        return update * candidate + (1.0 - update) * state
-
-
-def stride2_convolution(x, kernel):
-    """A 4 x 4 convolution with stride 2 and SAME padding of NHWC `x` with an HWIO `kernel`, as
-    XLA's convolution computes it, written as 16 strided slices and one matrix product."""
-    height, width = x.shape[1] // 2, x.shape[2] // 2
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    slices = [padded[:, i : i + 2 * height : 2, j : j + 2 * width : 2, :] for i in range(4) for j in range(4)]
-    return jnp.concatenate(slices, -1) @ kernel.reshape(-1, kernel.shape[-1])
-
-
-# Transposed convolution, stride 2, kernel 4, SAME (lax.conv_transpose pads the dilated input by 2 on
-# each side): output row 2m + a sums rows m + offset of the input padded by 1, times the kernel's tap.
-TRANSPOSE_TAPS = {0: ((0, 0), (1, 2)), 1: ((1, 1), (2, 3))}  # phase a -> ((offset, tap), (offset, tap))
-
-
-def stride2_transposed_convolution(x, kernel):
-    """flax's ConvTranspose (4 x 4, stride 2, SAME, kernel not flipped) of NHWC `x`, as four
-    matrix products, one per phase of the output's rows and columns, interleaved."""
-    n, height, width, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    rows = []
-    for a in (0, 1):
-        phases = []
-        for b in (0, 1):
-            taps = [(i, ti, j, tj) for i, ti in TRANSPOSE_TAPS[a] for j, tj in TRANSPOSE_TAPS[b]]
-            inputs = jnp.concatenate([padded[:, i : i + height, j : j + width, :] for i, _, j, _ in taps], -1)
-            phases.append(inputs @ jnp.concatenate([kernel[ti, tj] for _, ti, _, tj in taps], 0))
-        rows.append(jnp.stack(phases, 3))
-    return jnp.stack(rows, 2).reshape(n, 2 * height, 2 * width, -1)
-
-
-class StridedConv(nn.Module):
-    """nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME") (or its ConvTranspose), the same
-    parameters, computed as matrix products (`Config.convolution`)."""
-
-    features: int
-    transpose: bool = False
-    use_bias: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features))
-        y = (stride2_transposed_convolution if self.transpose else stride2_convolution)(x, kernel)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
-
-
-class ImageEncoder(nn.Module):
-    """Four stride-2 convolutions (64 x 64 -> 4 x 4) of depth d, 2d, 4d, 8d, flattened."""
-
-    depth: int
-    convolution: str = "xla"
-
-    @nn.compact
-    def __call__(self, image):
-        x = image.astype(jnp.float32) / 255.0 - 0.5
-        lead = x.shape[:-3]
-        x = x.reshape((-1,) + x.shape[-3:])
-        for i, multiple in enumerate((1, 2, 4, 8)):
-            if self.convolution == "matmul":
-                x = StridedConv(self.depth * multiple, name=f"Conv_{i}")(x)
-            else:
-                x = nn.Conv(self.depth * multiple, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
-            x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
-        return x.reshape(lead + (-1,))
-
-
-class ImageDecoder(nn.Module):
-    """The encoder mirrored: features -> 4 x 4 x 8d -> transposed convolutions -> image - 0.5."""
-
-    depth: int
-    shape: tuple[int, int, int]
-    convolution: str = "xla"
-
-    @nn.compact
-    def __call__(self, features):
-        lead = features.shape[:-1]
-        height, width, channels = self.shape[0] // 16, self.shape[1] // 16, 8 * self.depth
-        x = nn.Dense(height * width * channels)(features).reshape((-1, height, width, channels))
-        outputs = [(self.depth * multiple, False) for multiple in (4, 2, 1)] + [(self.shape[-1], True)]
-        for i, (size, last) in enumerate(outputs):
-            if self.convolution == "matmul":
-                x = StridedConv(size, transpose=True, use_bias=last, name=f"ConvTranspose_{i}")(x)
-            else:
-                x = nn.ConvTranspose(size, (4, 4), strides=(2, 2), padding="SAME", use_bias=last)(x)
-            if not last:
-                x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
-        return x.reshape(lead + self.shape)
-
-
-def features(latent):
-    """s_t = (h_t, z_t) flattened: what every head, the actor and the critic read."""
-    stoch = latent["stoch"]
-    return jnp.concatenate([latent["deter"], stoch.reshape(stoch.shape[:-2] + (-1,))], -1)
-
-
-class WorldModel(nn.Module):
-    """Encoder, RSSM and heads. Each method is one step; the loops over time live outside, in
-    `jax.lax.scan`, calling `apply(..., method=...)`.
-
-    `latent`: "categorical", DreamerV3's `stoch_size` one-hot latents of `classes` classes (z is
-    [..., stoch_size, classes], the statistics are unimix log-probabilities of that shape), or
-    "gaussian", PlaNet's diagonal normal of `stoch_size` dimensions with std softplus(.) +
-    `config.min_std` (z is [..., stoch_size, 1], the statistics [..., stoch_size, 2] are (mean, std)
-    stacked; algorithms/planet.py). Only the fields the chosen latent needs are read from `config`."""
-
-    config: Any
-    obs_shape: tuple[int, ...]
-    action_size: int
-    latent: str = "categorical"
-
-    def setup(self):
-        c = self.config
-        self.image = len(self.obs_shape) == 3
-        if self.image:
-            self.encoder = ImageEncoder(c.cnn_depth, c.convolution)
-            self.decoder = ImageDecoder(c.cnn_depth, self.obs_shape, c.convolution)
-        else:
-            self.encoder = nn.Sequential([Block(c.hidden_size) for _ in range(c.layers)])
-            self.decoder = Head(c.hidden_size, c.layers, self.obs_shape[0])
-        self.dynamics_input = Block(c.hidden_size)
-        self.gru = NormGRU(c.deter_size)
-        stats_size = c.stoch_size * (2 if self.latent == "gaussian" else c.classes)
-        self.prior_net = Head(c.hidden_size, 1, stats_size)
-        self.posterior_net = Head(c.hidden_size, 1, stats_size)
-        self.reward_head = Head(c.hidden_size, c.layers, len(BINS), zero_init=True)
-        self.continue_head = Head(c.hidden_size, c.layers, 1)
-
-    def __call__(self, obs, action, is_first, key):
-        """Touches every layer once; used only to initialise the parameters."""
-        latent, _, _ = self.observe_step(self.initial(obs.shape[0]), action, self.encode(obs), is_first, key)
-        return self.decode(features(latent)), self.reward_and_continue(features(latent))
-
-    def initial(self, batch: int):
-        c = self.config
-        classes = 1 if self.latent == "gaussian" else c.classes
-        return {"deter": jnp.zeros((batch, c.deter_size)), "stoch": jnp.zeros((batch, c.stoch_size, classes))}
-
-    def encode(self, obs):
-        return self.encoder(obs if self.image else symlog(obs))
-
-    def decode(self, feats):
-        """The image (minus 0.5) or symlog of the vector observation."""
-        return self.decoder(feats)
-
-    def reward_and_continue(self, feats):
-        """(reward bin logits, continue logit)."""
-        return self.reward_head(feats), self.continue_head(feats)[..., 0]
-
-    def _statistics(self, raw):
-        """The latent distribution from a prior or posterior network's raw output: unimix
-        log-probabilities [..., stoch_size, classes], or (mean, std) [..., stoch_size, 2]."""
-        c = self.config
-        if self.latent == "gaussian":
-            mean, std = jnp.split(raw, 2, -1)
-            return jnp.stack([mean, jax.nn.softplus(std) + c.min_std], -1)
-        return unimix_logits(raw.reshape(raw.shape[:-1] + (c.stoch_size, c.classes)), c.unimix)
-
-    def _sample(self, raw, key):
-        """A sample of the latents from a network's raw output and the distribution's statistics:
-        categorical, a straight-through one-hot z with its log-probs; gaussian, a reparameterised
-        sample [..., stoch_size, 1] with (mean, std)."""
-        if self.latent == "gaussian":
-            stats = self._statistics(raw)
-            mean, std = stats[..., 0], stats[..., 1]
-            return (mean + std * jax.random.normal(key, mean.shape))[..., None], stats
-        logits = self._statistics(raw)
-        sample = sample_one_hot(key, logits)
-        probs = jnp.exp(logits)
-        return sample + probs - jax.lax.stop_gradient(probs), logits
-
-    def _recur(self, latent, action):
-        stoch = latent["stoch"].reshape(latent["stoch"].shape[:-2] + (-1,))
-        return self.gru(self.dynamics_input(jnp.concatenate([stoch, action], -1)), latent["deter"])
-
-    def imagine_step(self, latent, action, key):
-        """Prior step: h_t from (h, z, a) of the step before, z_t ~ p(z_t | h_t)."""
-        deter = self._recur(latent, action)
-        stoch, logits = self._sample(self.prior_net(deter), key)
-        return {"deter": deter, "stoch": stoch}, logits
-
-    def observe_step(self, latent, action, embed, is_first, key):
-        """Posterior step: as `imagine_step`, then z_t ~ q(z_t | h_t, x_t). Where `is_first`, the
-        previous state and action are zeroed: a new episode starts from the initial state."""
-        keep = 1.0 - is_first.astype(jnp.float32)
-        latent = jax.tree_util.tree_map(lambda x: x * keep.reshape(keep.shape + (1,) * (x.ndim - 1)), latent)
-        deter = self._recur(latent, action * keep[..., None])
-        prior_logits = self._statistics(self.prior_net(deter))
-        stoch, posterior_logits = self._sample(self.posterior_net(jnp.concatenate([deter, embed], -1)), key)
-        return {"deter": deter, "stoch": stoch}, posterior_logits, prior_logits
-
-
 # THE POLICY'S DISTRIBUTIONS: a bounded normal for continuous actions, a categorical for discrete ones.
 
 
@@ -660,41 +375,6 @@ def kl_balance(posterior, prior, free_nats):
     representation_kl = categorical_kl(posterior, sg(prior)).sum(-1)
     dynamics, representation = jnp.maximum(dynamics_kl, free_nats), jnp.maximum(representation_kl, free_nats)
     return dynamics, representation, dynamics_kl, representation_kl
-
-
-def observe_sequences(params, world_model: WorldModel, batch, key):
-    """Filter B replayed sequences of T steps with the posterior, each from the zero state: the
-    posterior states [B, T] and the statistics of the posterior and of the prior [B, T, ...] at each
-    step (categorical log-probabilities, or Gaussian (mean, std): `WorldModel.latent`)."""
-    B, T = batch["is_first"].shape
-    embed = world_model.apply(params, batch["obs"], method=WorldModel.encode)
-    # The action that led into step t is the one stored at t - 1; each sequence starts afresh.
-    prev_action = jnp.concatenate([jnp.zeros_like(batch["action"][:, :1]), batch["action"][:, :-1]], 1)
-    is_first = batch["is_first"].at[:, 0].set(1.0)
-
-    def observe(latent, inputs):
-        embed_t, action_t, first_t, key_t = inputs
-        latent, posterior, prior = world_model.apply(
-            params, latent, action_t, embed_t, first_t, key_t, method=WorldModel.observe_step
-        )
-        return latent, (latent, posterior, prior)
-
-    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    _, (latents, posterior, prior) = jax.lax.scan(
-        observe,
-        world_model.apply(params, B, method=WorldModel.initial),
-        (time_major(embed), time_major(prev_action), time_major(is_first), jax.random.split(key, T)),
-    )
-    return jax.tree_util.tree_map(time_major, (latents, posterior, prior))
-
-
-def reconstruction_loss(world_model: WorldModel, decoded, obs):
-    """Squared error summed over the observation: of the image scaled to [-0.5, 0.5], or of symlog
-    of the vector observation."""
-    if len(world_model.obs_shape) == 3:
-        target = obs.astype(jnp.float32) / 255.0 - 0.5
-        return ((decoded - target) ** 2).sum((-3, -2, -1))
-    return ((decoded - symlog(obs)) ** 2).sum(-1)
 
 
 def world_model_loss(params, world_model: WorldModel, batch, key, dyn_scale, rep_scale, free_nats):
@@ -995,32 +675,6 @@ def observe_and_act(
     return policy.executed(action), latent
 
 
-def env_action(action, task: training.Setup):
-    """A policy's action as the task takes it: one-hot, or scaled from [-1, 1] to the task's bounds."""
-    return action if task.spec.discrete else scale_action(action, task.low, task.high)
-
-
-# What a resumed run takes fresh (`Trainer.fresh_episodes`): the environments and, with them, the
-# model state filtered along each episode; the episode ids go on. PlaNet's state has the same fields.
-FRESH_EPISODES = restart_episodes(
-    "env_state", "is_first", "latent", "prev_action", "episode_return", episode_counter="episode"
-)
-
-
-def evaluate_filtering(task: training.Setup, eval_env, key, episodes: int, initial_latent, choose):
-    """EVALUATE `episodes` fresh episodes of an agent that filters its model state along each:
-    `choose(latent, prev_action, obs, is_first, key) -> (action in [-1, 1] or one-hot, latent)`,
-    from `initial_latent` and a zero previous action (Dreamer's actor, PlaNet's planner)."""
-
-    def act(carry, obs, step_key):
-        latent, prev_action, is_first = carry
-        action, latent = choose(latent, prev_action, obs, is_first, step_key)
-        return env_action(action, task), (latent, action, jnp.zeros(episodes))
-
-    carry = (initial_latent, jnp.zeros((episodes, task.spec.action_size)), jnp.ones(episodes))
-    return evaluate_episodes(eval_env, key, episodes, task.spec.episode_length, act, carry)
-
-
 def environment_step(state: DreamerState, key, task: training.Setup, networks: Networks, explore: bool):
     """One step of every environment: act (uniformly at random if `explore`), store the step with
     its observation, reward, first and terminal flags, then step each environment, or reset the ones
@@ -1045,39 +699,6 @@ def environment_step(state: DreamerState, key, task: training.Setup, networks: N
         else:
             action = jax.random.uniform(random_key, (num_envs, action_size), minval=-1.0, maxval=1.0)
     return store_and_step(state, action, latent, reset_key, task)
-
-
-def store_and_step(state, action, latent, reset_key, task: training.Setup):
-    """Store the step (the current observation, `action` in [-1, 1] or one-hot, the reward that came
-    with the observation, first and terminal flags), then step each environment with `action`, or
-    reset the ones whose episode ended; `latent` is the posterior state that chose the action. The
-    `state` has DreamerState's acting fields (env_state, is_first, latent, prev_action, buffer,
-    episode, episode_return, last_episode_return): PlaNet's loop (algorithms/planet.py) uses it too."""
-    env_state = state.env_state
-    entry = {
-        "obs": env_state.obs,
-        "action": action,
-        "reward": env_state.reward,
-        "is_first": state.is_first,
-        "is_terminal": env_state.done * (1.0 - env_state.info["truncation"]),
-    }
-    buffer = replay.add_step(state.buffer, entry, state.episode)
-    # An environment whose episode ended has had its last observation stored; it resets now.
-    ended = env_state.done > 0
-    next_env_state = restart_or_step(task.env, env_state, env_action(action, task), reset_key)
-    episode_return, last_return = track_returns(
-        state.episode_return, state.last_episode_return, next_env_state.reward, next_env_state.done
-    )
-    return state._replace(
-        env_state=next_env_state,
-        is_first=ended.astype(jnp.float32),
-        latent=latent,
-        prev_action=action,
-        buffer=buffer,
-        episode=state.episode + ended.astype(jnp.int32),
-        episode_return=episode_return,
-        last_episode_return=last_return,
-    )
 
 
 def make_train(config: Config, env=None) -> Trainer:

@@ -26,8 +26,8 @@ current posterior state (`latent_returns`), and mean and std are refitted to the
 collecting (clipped to [-1, 1]), is executed. After the random seed episodes the loop alternates
 `model_updates` gradient steps with `collect_steps` environment steps.
 
-The model is Dreamer's RSSM (algorithms/dreamer.py `WorldModel` with `latent="gaussian"`, its
-`observe_sequences`, replay and environment-step plumbing `store_and_step`), and the search is
+The model is Dreamer's RSSM (`mbrlax.rssm`: `WorldModel` with `latent="gaussian"`,
+`observe_sequences`, and the replay and environment-step plumbing `store_and_step`), and the search is
 PETS's CEM (algorithms/pets.py `cem`, `gaussian_sequences`, `cem_refit`) with no momentum.
 
 Checked against the authors' code (google-research/planet at c04226b):
@@ -109,8 +109,8 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import runner, training
-from mbrlax.algorithms import dreamer, pets
+from mbrlax import rssm, runner, training
+from mbrlax.algorithms import pets
 from mbrlax.config import RunConfig, setting
 from mbrlax.training import (
     ConfigError,
@@ -159,7 +159,7 @@ class Config(RunConfig):
     cnn_depth: int = setting(32, positive=True)
     """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
     convolution: str = setting("xla", choices=("xla", "matmul"))
-    """How the image encoder and decoder convolve (see dreamer.Config.convolution)."""
+    """How the image encoder and decoder convolve (see algorithms/dreamer.py's Config.convolution)."""
     # Model learning
     model_lr: float = setting(1e-3, sweepable=True)
     """Adam learning rate of the model."""
@@ -319,19 +319,19 @@ PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 # THE MODEL: Dreamer's RSSM with Gaussian latents and a Gaussian reward head
 
 
-class PlanetModel(dreamer.WorldModel):
-    """dreamer.WorldModel (encoder, RSSM, decoder) with `latent="gaussian"` and a reward head that
+class PlanetModel(rssm.WorldModel):
+    """rssm.WorldModel (encoder, RSSM, decoder) with `latent="gaussian"` and a reward head that
     predicts the mean of a unit-variance normal; Dreamer's two-hot reward and continue heads are
     never called, so they have no parameters."""
 
     def setup(self):
         super().setup()
-        self.reward_mean = dreamer.Head(self.config.hidden_size, self.config.layers, 1)
+        self.reward_mean = rssm.Head(self.config.hidden_size, self.config.layers, 1)
 
     def __call__(self, obs, action, is_first, key):
         """Touches every layer once; used only to initialise the parameters."""
         latent, _, _ = self.observe_step(self.initial(obs.shape[0]), action, self.encode(obs), is_first, key)
-        feats = dreamer.features(latent)
+        feats = rssm.features(latent)
         return self.decode(feats), self.reward(feats)
 
     def reward(self, feats):
@@ -362,10 +362,10 @@ def planet_model_loss(params, model: PlanetModel, batch, key, free_nats, kl_scal
     entries): observation_scale * observation NLL + reward_scale * reward NLL + kl_scale *
     free-nats KL, the NLLs of
     unit-variance normals without their constants. Returns (loss, (posterior states [B, L], metrics))."""
-    latents, posterior, prior = dreamer.observe_sequences(params, model, batch, key)
-    feats = dreamer.features(latents)
-    decoded = model.apply(params, feats, method=dreamer.WorldModel.decode)
-    observation_nll = 0.5 * dreamer.reconstruction_loss(model, decoded, batch["obs"])
+    latents, posterior, prior = rssm.observe_sequences(params, model, batch, key)
+    feats = rssm.features(latents)
+    decoded = model.apply(params, feats, method=rssm.WorldModel.decode)
+    observation_nll = 0.5 * rssm.reconstruction_loss(model, decoded, batch["obs"])
     reward_nll = 0.5 * (model.apply(params, feats, method=PlanetModel.reward) - batch["reward"]) ** 2
     kl = gaussian_kl(posterior, prior)
     kl_loss = free_nats_kl(kl, free_nats)
@@ -442,16 +442,16 @@ class PlanetState(NamedTuple):
 def observe_and_plan(params, model: PlanetModel, config: Config, latent, prev_action, obs, is_first, key):
     """The posterior states [n] after `obs` [n, ...] and each one's planned first action [n, A]."""
     observe_key, plan_key = jax.random.split(key)
-    embed = model.apply(params, obs, method=dreamer.WorldModel.encode)
+    embed = model.apply(params, obs, method=rssm.WorldModel.encode)
     latent, _, _ = model.apply(
-        params, latent, prev_action, embed, is_first, observe_key, method=dreamer.WorldModel.observe_step
+        params, latent, prev_action, embed, is_first, observe_key, method=rssm.WorldModel.observe_step
     )
 
     def imagine(latent, action, step_key):
-        return model.apply(params, latent, action, step_key, method=dreamer.WorldModel.imagine_step)[0]
+        return model.apply(params, latent, action, step_key, method=rssm.WorldModel.imagine_step)[0]
 
     def reward(latent):
-        return model.apply(params, dreamer.features(latent), method=PlanetModel.reward)
+        return model.apply(params, rssm.features(latent), method=PlanetModel.reward)
 
     def plan_one(start, one_key):
         score_fn = functools.partial(latent_returns, imagine, reward, start)
@@ -472,11 +472,11 @@ def observe_and_plan(params, model: PlanetModel, config: Config, latent, prev_ac
 
 def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel, config: Config, random: bool):
     """One step of every environment: uniformly random actions if `random` (the seed episodes), else
-    the plan's first action with exploration noise; then store and step (dreamer.store_and_step)."""
+    the plan's first action with exploration noise; then store and step (rssm.store_and_step)."""
     act_key, noise_key, reset_key = jax.random.split(key, 3)
     env_state = state.env_state
     if random:
-        embed = model.apply(state.world_model, env_state.obs, method=dreamer.WorldModel.encode)
+        embed = model.apply(state.world_model, env_state.obs, method=rssm.WorldModel.encode)
         latent, _, _ = model.apply(
             state.world_model,
             state.latent,
@@ -484,7 +484,7 @@ def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel,
             embed,
             state.is_first,
             act_key,
-            method=dreamer.WorldModel.observe_step,
+            method=rssm.WorldModel.observe_step,
         )
         action = jax.random.uniform(noise_key, state.prev_action.shape, minval=-1.0, maxval=1.0)
     else:
@@ -499,7 +499,7 @@ def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel,
             act_key,
         )
         action = explore(planned, noise_key, hparams["exploration_noise"])
-    return dreamer.store_and_step(state, action, latent, reset_key, task)
+    return rssm.store_and_step(state, action, latent, reset_key, task)
 
 
 # TRAINING PROGRAM
@@ -540,7 +540,7 @@ def make_train(config: Config, env=None) -> Trainer:
         state = PlanetState(
             env_state=env_state,
             is_first=jnp.ones(num_envs),
-            latent=model.apply(params, num_envs, method=dreamer.WorldModel.initial),
+            latent=model.apply(params, num_envs, method=rssm.WorldModel.initial),
             prev_action=jnp.zeros((num_envs, action_size)),
             buffer=replay.init_trajectories(entry, capacity, num_envs),
             episode=jnp.zeros(num_envs, jnp.int32),
@@ -604,8 +604,8 @@ def make_train(config: Config, env=None) -> Trainer:
         def choose(latent, prev_action, obs, is_first, step_key):
             return observe_and_plan(state.world_model, model, config, latent, prev_action, obs, is_first, step_key)
 
-        initial = model.apply(state.world_model, config.eval_episodes, method=dreamer.WorldModel.initial)
-        return dreamer.evaluate_filtering(task, eval_env, key, config.eval_episodes, initial, choose)
+        initial = model.apply(state.world_model, config.eval_episodes, method=rssm.WorldModel.initial)
+        return rssm.evaluate_filtering(task, eval_env, key, config.eval_episodes, initial, choose)
 
     return Trainer(
         init=init,
@@ -613,7 +613,7 @@ def make_train(config: Config, env=None) -> Trainer:
         evaluate=evaluate,
         schedule=schedule,
         spec=spec,
-        fresh_episodes=dreamer.FRESH_EPISODES,
+        fresh_episodes=rssm.FRESH_EPISODES,
     )
 
 

@@ -14,37 +14,37 @@ import numpy as np
 import pytest
 from helpers import random_pendulum_return
 
-from mbrlax import envs, runner
+from mbrlax import envs, rssm, runner
 from mbrlax.algorithms import dreamer
 
 
 def test_symlog_inverts_and_two_hot_decodes_to_its_value():
     y = jnp.array([-3000.0, -7.5, -1.0, 0.0, 0.3, 42.0, 1e5])
-    np.testing.assert_allclose(dreamer.symexp(dreamer.symlog(y)), y, rtol=1e-5)
-    code = dreamer.two_hot(dreamer.symlog(y))
+    np.testing.assert_allclose(rssm.symexp(rssm.symlog(y)), y, rtol=1e-5)
+    code = rssm.two_hot(rssm.symlog(y))
     assert code.shape == (7, 255)
     np.testing.assert_allclose(code.sum(-1), 1.0, rtol=1e-6)
     assert ((code > 0).sum(-1) <= 2).all()
     # The expected bin of the code is symlog(y), so decoding logits = log(code) gives y back.
-    np.testing.assert_allclose(dreamer.two_hot_mean(jnp.log(code + 1e-30)), y, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rssm.two_hot_mean(jnp.log(code + 1e-30)), y, rtol=1e-4, atol=1e-6)
     # The loss is smallest at the code itself, and the zero-initialised head predicts 0.
     target = jnp.float32(5.0)
-    assert dreamer.two_hot_loss(
-        jnp.log(dreamer.two_hot(dreamer.symlog(target)) + 1e-30), target
-    ) < dreamer.two_hot_loss(jnp.zeros(255), target)
-    assert float(dreamer.two_hot_mean(jnp.zeros(255))) == pytest.approx(0.0, abs=1e-5)
+    assert rssm.two_hot_loss(
+        jnp.log(rssm.two_hot(rssm.symlog(target)) + 1e-30), target
+    ) < rssm.two_hot_loss(jnp.zeros(255), target)
+    assert float(rssm.two_hot_mean(jnp.zeros(255))) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_unimix_and_inverse_cdf_sampling():
     logits = jnp.log(jnp.array([[0.7, 0.2, 0.1, 0.0]]))
-    mixed = jnp.exp(dreamer.unimix_logits(logits, 0.01))
+    mixed = jnp.exp(rssm.unimix_logits(logits, 0.01))
     np.testing.assert_allclose(mixed, 0.99 * jnp.array([[0.7, 0.2, 0.1, 0.0]]) + 0.0025, rtol=1e-6)
-    samples = jax.vmap(lambda k: dreamer.sample_one_hot(k, jnp.log(mixed[0])))(
+    samples = jax.vmap(lambda k: rssm.sample_one_hot(k, jnp.log(mixed[0])))(
         jax.random.split(jax.random.PRNGKey(0), 40_000)
     )
     assert ((samples == 0) | (samples == 1)).all() and (samples.sum(-1) == 1).all()
     np.testing.assert_allclose(samples.mean(0), mixed[0], atol=0.01)
-    assert float(dreamer.categorical_kl(jnp.log(mixed), jnp.log(mixed)).sum()) == pytest.approx(0.0, abs=1e-6)
+    assert float(rssm.categorical_kl(jnp.log(mixed), jnp.log(mixed)).sum()) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_lambda_returns_match_a_loop():
@@ -150,9 +150,9 @@ SMALL = dict(deter_size=8, hidden_size=8, layers=1, stoch_size=2, classes=3)
 def small_networks(obs_size=3, action_size=1):
     config = dataclasses.replace(dreamer.Config(), **SMALL)
     networks = dreamer.Networks(
-        world_model=dreamer.WorldModel(config, (obs_size,), action_size),
-        actor=dreamer.Head(8, 1, 2 * action_size),
-        critic=dreamer.Head(8, 1, len(dreamer.BINS), zero_init=True),
+        world_model=rssm.WorldModel(config, (obs_size,), action_size),
+        actor=rssm.Head(8, 1, 2 * action_size),
+        critic=rssm.Head(8, 1, len(rssm.BINS), zero_init=True),
         policy=dreamer.PolicyDistribution(False, 0.01),
     )
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -217,7 +217,7 @@ def test_imagine_starts_from_the_given_states():
     imagine = jax.jit(lambda start: dreamer.imagine(model, actor, networks, start, keys[2], H))
     feats, actions = imagine(start)
     assert feats.shape == (H + 1, N, 8 + 2 * 3) and actions.shape == (H, N, 1)
-    np.testing.assert_array_equal(feats[0], dreamer.features(start))
+    np.testing.assert_array_equal(feats[0], rssm.features(start))
     # Each path follows from its own start: moving the first start moves the first path only.
     moved = dict(start, deter=start["deter"].at[0].add(1.0))
     moved_feats, moved_actions = imagine(moved)
@@ -368,10 +368,10 @@ def test_matmul_convolutions_are_xlas_to_rounding_and_stay_ungrouped_under_vmap(
     GPUs run slowly); the matmul form lowers to no convolution at all."""
     key = jax.random.PRNGKey(0)
     if module == "encoder":
-        build = lambda convolution: dreamer.ImageEncoder(8, convolution)  # noqa: E731
+        build = lambda convolution: rssm.ImageEncoder(8, convolution)  # noqa: E731
         x = jax.random.randint(key, (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
     else:
-        build = lambda convolution: dreamer.ImageDecoder(8, (64, 64, 3), convolution)  # noqa: E731
+        build = lambda convolution: rssm.ImageDecoder(8, (64, 64, 3), convolution)  # noqa: E731
         x = jax.random.normal(key, (3, 40))
     xla, matmul = build("xla"), build("matmul")
     seeds = jax.random.split(key, 2)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import random_pendulum_return
 
-from mbrlax import runner
-from mbrlax.algorithms import dreamer, planet
+from mbrlax import rssm, runner
+from mbrlax.algorithms import planet
 
 
 def hparams_for(config):
@@ -60,14 +60,14 @@ def test_gaussian_rssm_shapes_and_reparameterised_samples():
     # Dreamer's two-hot reward and continue heads are never built for PlaNet.
     assert set(params["params"]) >= {"prior_net", "posterior_net", "gru", "reward_mean", "encoder", "decoder"}
     assert "reward_head" not in params["params"] and "continue_head" not in params["params"]
-    start = model.apply(params, 5, method=dreamer.WorldModel.initial)
+    start = model.apply(params, 5, method=rssm.WorldModel.initial)
     assert start["stoch"].shape == (5, 2, 1)
     action = jnp.linspace(-1, 1, 5)[:, None]
-    latent, prior = model.apply(params, start, action, jax.random.PRNGKey(1), method=dreamer.WorldModel.imagine_step)
+    latent, prior = model.apply(params, start, action, jax.random.PRNGKey(1), method=rssm.WorldModel.imagine_step)
     assert latent["stoch"].shape == (5, 2, 1) and prior.shape == (5, 2, 2)
     assert float(prior[..., 1].min()) >= 0.1  # min_std
     # The sample is mean + std * eps with eps ~ N(0, 1): the same key gives the same eps.
-    _, again = model.apply(params, start, action, jax.random.PRNGKey(1), method=dreamer.WorldModel.imagine_step)
+    _, again = model.apply(params, start, action, jax.random.PRNGKey(1), method=rssm.WorldModel.imagine_step)
     eps = (latent["stoch"][..., 0] - prior[..., 0]) / prior[..., 1]
     np.testing.assert_allclose(again, prior)
     np.testing.assert_allclose(eps, jax.random.normal(jax.random.PRNGKey(1), (5, 2)), rtol=1e-4, atol=1e-5)
