@@ -59,7 +59,7 @@ def test_ilqr_is_the_closed_form_lqr_solution_on_a_linear_system():
     later iterations change the cost by rounding at most."""
     gains, actions = riccati()
     run = jax.jit(lambda x0: ilqr.solve(linear, quadratic_cost, x0, jnp.zeros((H, M)), -10.0, 10.0, iterations=3,
-                                       mu_init=0.0, mu_min=0.0))
+                                        mu_init=0.0, mu_min=0.0))
     result = run(jnp.asarray(X0, jnp.float32))
     np.testing.assert_allclose(result.actions, actions, atol=1e-5)
     np.testing.assert_allclose(result.gains, -gains, atol=1e-4)
@@ -112,7 +112,7 @@ def test_the_line_search_shortens_a_step_that_would_not_lower_the_cost():
 
     def run(steps):
         return ilqr.solve(dynamics, cost, jnp.zeros(1), jnp.zeros((1, 1)), -5.0, 5.0, iterations=1,
-                         line_search_steps=steps, mu_init=0.0, mu_min=0.0)
+                          line_search_steps=steps, mu_init=0.0, mu_min=0.0)
 
     full_step_only = run(1)
     assert not bool(full_step_only.accepted[0]) and float(full_step_only.cost) == pytest.approx(1.44)

@@ -389,8 +389,8 @@ def store_and_step(state, action, latent, reset_key, task: training.Setup):
     """Store the step (the current observation, `action` in [-1, 1] or one-hot, the reward that came
     with the observation, first and terminal flags), then step each environment with `action`, or
     reset the ones whose episode ended; `latent` is the posterior state that chose the action. The
-    `state` has DreamerState's acting fields (env_state, is_first, latent, prev_action, buffer,
-    episode, episode_return, last_episode_return): PlaNet's loop (algorithms/planet.py) uses it too."""
+    `state` has the acting fields that Dreamer's and PlaNet's states share (env_state, is_first,
+    latent, prev_action, buffer, episode, episode_return, last_episode_return)."""
     env_state = state.env_state
     entry = {
         "obs": env_state.obs,
