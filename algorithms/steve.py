@@ -122,7 +122,7 @@ class Config(mbpo.Config):
     estimator: str = setting("steve", choices=ESTIMATORS)
     """"steve": candidates for 0..H model steps weighted by inverse variance; "mve": H steps, TD-k trick."""
     horizon: int = setting(3, within="[0, inf)")
-    """H: model steps of the expansion (both papers: 3; 0: SAC's own critic)."""
+    """H: model steps of the expansion (STEVE's authors: 3, for MVE too; MVE's authors ran 5; 0: SAC's critic)."""
     expansion_model: str = setting("sample", choices=EXPANSION_MODELS)
     """MVE's model steps: "sample" a random elite a step, drawing from its Gaussian (MBPO's rollouts);
     "mean" the elites' mean prediction, deterministic. STEVE always samples, one path per elite."""
