@@ -19,7 +19,8 @@ by differentiating it back through the imagined dynamics, for discrete ones by R
 2023 code does (`actor_loss`). The model, its layers and transforms live in `mbrlax.rssm`, which
 PlaNet shares; this file holds the losses, imagination, the actor and critic, and the loop.
 
-The robustness tricks of DreamerV3, each named where it is used:
+The robustness tricks of DreamerV3, each named where it is used (the model's in mbrlax.rssm, the actor's
+and critic's here):
 - symlog: vector inputs are squashed by symlog(x) = sign(x) log(1 + |x|), and the vector decoder
   predicts symlog(x), so no observation scale needs tuning.
 - two-hot: reward and value heads classify over 255 bins spread evenly on [-20, 20] in symlog

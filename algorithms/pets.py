@@ -10,12 +10,12 @@ on all data every `retrain_every` steps.
 
 iLQR (`--planner ilqr`, `ilqr_planner`, the search itself in `mbrlax.ilqr`; the method of Li and
 Todorov 2004, "Iterative Linear Quadratic Regulator Design for Nonlinear Biological Movement
-Systems") optimises one action sequence
-locally instead of sampling many: each iteration linearises the model along the current plan
-(`jax.jacfwd`), quadratises the stage cost -reward(obs, action, next_obs) (`jax.hessian`), solves
-the resulting time-varying LQR problem backwards for a step and feedback gains, and rolls the new
-feedback law out at several step sizes at once, keeping the cheapest if it lowers the cost. This
-file's choices: the dynamics are the ensemble's deterministic mean over the elites (or one elite's,
+Systems") optimises one action sequence locally instead of sampling many: each iteration linearises
+the model along the current plan (`jax.jacfwd`), quadratises the stage cost -reward(obs, action,
+next_obs) (`jax.hessian`), solves the resulting time-varying LQR problem backwards for a step and
+feedback gains, and rolls the new feedback law out at several step sizes at once, keeping the
+cheapest if it lowers the cost. The planner's choices (`ilqr_planner` here, the search in
+`mbrlax.ilqr`): the dynamics are the ensemble's deterministic mean over the elites (or one elite's,
 `ilqr_member`), so the model uncertainty that CEM's particles average over is not seen; Q_uu is
 regularised by mu I, mu multiplied or divided by `ilqr_mu_factor` after each rejected or accepted
 iteration; bounds are kept by clipping actions in the rollout and clamping the step (and dropping

@@ -71,8 +71,9 @@ What this file does differently from the papers, and why:
   (`--preset mve-authors`, with their batch, networks and rates).
 
 Measured on pendulum (this package's pendulum, 200-step episodes; five episodes of the deterministic
-policy per evaluation; seed 0; the default settings: H = 3, G = 5, critic on real data only, model
-refitted every 250 steps; one CPU run each, `python algorithms/steve.py --env pendulum [--preset mve]`):
+policy per evaluation; the default settings: H = 3, G = 5, critic on real data only, model refitted
+every 250 steps; one CPU run each, `python algorithms/steve.py --env pendulum [--preset mve]`, seed 0
+unless a line says otherwise):
 - STEVE: -622, -326, -124, -150 after 2,000, 3,000, 4,000, 5,000 steps (as one fused program, as
   tests/test_steve.py runs it: -650, -146 after 2,000 and 3,000; -630, -147, -127 with 4,000 in all).
 - MVE (`--preset mve`): -1099, -148, -154, -144 at the same steps (as one fused program of 3,000
@@ -93,7 +94,8 @@ Published numbers: not checked (the STEVE paper reports learning curves, whose v
 off for this file; its tasks are gym MuJoCo -v1 and Roboschool, not comparable with Brax's).
 
 Reproduce the pendulum rows:  python algorithms/steve.py --env pendulum
-                              python algorithms/steve.py --env pendulum --preset mve
+                              python algorithms/steve.py --env pendulum --preset mve [--expansion-model sample]
+                              the same with --num-seeds 4 for seeds 0 to 3
 """
 
 from __future__ import annotations
@@ -311,7 +313,8 @@ def make_critic_objective(config: Config) -> Callable:
         known_reward = spec.reward_fn if config.known_reward else None
         twin_q = TwinQ(agent_config.hidden_sizes, agent_config.activation)
         steve = config.estimator == "steve"
-        # STEVE: one path per elite, through that elite at every step; MVE: one path, a random elite a step.
+        # STEVE: one path per elite, through that elite at every step; MVE: one path, through a random
+        # elite a step ("sample") or the elites' mean ("mean").
         paths = model_config.num_elites if steve else 1
         mode = "tsinf" if steve else {"sample": "ts1", "mean": "expectation"}[config.expansion_model]
 

@@ -129,7 +129,6 @@ def _run_unscaled(name: str, seeds: tuple[int, ...], updates: int, own_environme
 
 def _run(name, seeds, updates, scale, own_environment, evaluate: bool = True) -> dict:
     config = tiny(name)
-    trainer = own_environment_trainer(name) if own_environment else trainer_of(name)
     init, update, evaluate_program = programs(name, len(seeds), own_environment)
     runs = [{"seed": s, **runner.hparams_of(config)} for s in seeds]
     keys, hparams = runner.batch_inputs(runs, type(config).SWEEPABLE)

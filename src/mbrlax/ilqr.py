@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 class Result(NamedTuple):
     actions: jax.Array
     """[H, A] the best plan found (within the bounds)."""

@@ -6,7 +6,8 @@ and a stochastic state z_t with a prior p(z_t | h_t) for imagination and a poste
 q(z_t | h_t, x_t) for filtering, and heads that decode the observation, the reward and the
 continuation from the features s_t = (h_t, z_t). Its latents are DreamerV3's categoricals
 (algorithms/dreamer.py) or PlaNet's diagonal Gaussians (algorithms/planet.py); its layers are
-DreamerV3's (LayerNorm and SiLU blocks, symlog inputs, two-hot reward bins) for both.
+DreamerV3's (LayerNorm and SiLU blocks, symlog inputs) for both, and Dreamer's reward and continue
+heads predict two-hot bins and a logit (PlaNet builds a Gaussian reward head of its own).
 
 Shared by Dreamer and PlaNet: `observe_sequences` filters replayed sequences with the posterior,
 `reconstruction_loss` scores the decoder, and `store_and_step`, `evaluate_filtering` and
