@@ -17,6 +17,14 @@ def cli_args(config) -> list[str]:
     return args
 
 
+# PETS's small planning settings on pendulum for the learning tests (PETS's and POPLIN's share them,
+# so their -400 bar is one claim): members of 2 x 32, CEM over 50 sequences with 5 elites and 3
+# iterations, one random and six planned episodes, an evaluation after the seventh.
+SMALL_PENDULUM_PLANNING = dict(
+    total_steps=1400, eval_every=1200, hidden_sizes=(32, 32), population=50, num_elites=5, cem_iterations=3
+)
+
+
 def random_pendulum_return(episodes: int = 50) -> float:
     """The mean return of uniformly random torques on pendulum, `episodes` episodes: the learning
     tests' floor (about -1200)."""

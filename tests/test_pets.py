@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import cli_args
+from helpers import SMALL_PENDULUM_PLANNING, cli_args
 from mbrlax import ensemble
 from mbrlax.algorithms import pets
 
@@ -407,15 +407,7 @@ def test_learns_pendulum():
     than -400. A planner that ignores the model, or a model that learned nothing, stays near -1000 or
     worse. Measured: -253, -202, -128 and -195 for seeds 0 to 3 (batched); the default settings
     reach -253 on seed 0, in six times the time."""
-    config = dataclasses.replace(
-        pets.Config(env="pendulum"),
-        total_steps=1400,
-        eval_every=1200,
-        hidden_sizes=(32, 32),
-        population=50,
-        num_elites=5,
-        cem_iterations=3,
-    )
+    config = dataclasses.replace(pets.Config(env="pendulum"), **SMALL_PENDULUM_PLANNING)
     _, metrics = jax.jit(pets.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
     assert metrics["eval"]["eval_return"].shape == (1,)
     final = float(metrics["eval"]["eval_return"][-1])

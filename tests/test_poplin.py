@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SMALL_PENDULUM_PLANNING
 from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import pets, poplin
 
@@ -339,15 +340,7 @@ def test_learns_pendulum():
     seeds 0 to 3 batched. The default settings reach -131 on seed 0 (-250 is the issue's bar for
     those)."""
     config = dataclasses.replace(
-        poplin.Config(env="pendulum"),
-        total_steps=1400,
-        eval_every=1200,
-        hidden_sizes=(32, 32),
-        population=50,
-        num_elites=5,
-        cem_iterations=3,
-        policy_hidden_sizes=(32,),
-        policy_epochs=20,
+        poplin.Config(env="pendulum"), **SMALL_PENDULUM_PLANNING, policy_hidden_sizes=(32,), policy_epochs=20
     )
     hparams = {k: jnp.float32(getattr(config, k)) for k in poplin.Config.SWEEPABLE}
     _, metrics = jax.jit(poplin.make_train(config))(jax.random.PRNGKey(0), hparams)
