@@ -15,6 +15,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import math
 import os
 import pathlib
@@ -91,12 +92,34 @@ def require_free_space(folder: pathlib.Path, state_bytes: int) -> None:
         raise OSError(errno.ENOSPC, f"{free / 2**20:.1f} MiB free, a checkpoint needs {needed / 2**20:.1f} MiB")
 
 
+class DiskFullRepeats(logging.Filter):
+    """Drops a library's log record of a full disk: orbax's writer threads log theirs, and asyncio
+    logs each writer task's error when the task is freed, at whatever moment the garbage collector
+    frees it. The run reports the full disk itself, in one line. (Formatting such a record's
+    traceback inside another `ast.parse`, as tyro's parsing of a resumed run's flags does, also
+    raises a SystemError on Python 3.11.7.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (disk_full(error) or "No space left on device" in record.getMessage())
+
+    @classmethod
+    def install(cls) -> None:
+        for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+            if not any(isinstance(f, cls) for f in logger.filters):
+                logger.addFilter(cls())
+
+
 @contextlib.contextmanager
-def quiet_background_errors():
+def quiet_background_errors(settle_s: float = 1.0):
     """Keep orbax's writer threads from printing their tracebacks (a disk that fills during a save):
-    the error that matters reaches the run from `wait_until_finished` and is reported in one line."""
-    import logging
+    the error that matters reaches the run from `wait_until_finished` and is reported in one line.
+    The first writer's error ends that wait, and orbax closes its event loop while the others' writes
+    are still in flight; each reports its own error to the closed loop a moment later, so on an error
+    the hooks stay quiet for `settle_s` more. What the writers log when freed is dropped by
+    `DiskFullRepeats`."""
     import threading
+    import time
 
     absl_logger = logging.getLogger("absl")
     level, thread_hook, unraisable_hook = absl_logger.level, threading.excepthook, sys.unraisablehook
@@ -105,6 +128,9 @@ def quiet_background_errors():
     sys.unraisablehook = lambda unraisable: None
     try:
         yield
+    except BaseException:
+        time.sleep(settle_s)
+        raise
     finally:
         absl_logger.setLevel(level)
         threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
@@ -439,6 +465,7 @@ class Checkpoints:
 
         self.ocp, self.directory = ocp, directory
         self.manager = self._manager()
+        DiskFullRepeats.install()
 
     def _manager(self):
         # Orbax writes a checkpoint into a temporary folder and renames it when whole; one left by a
