@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from typing import Callable
 
 import jax
@@ -108,6 +109,9 @@ class DiskFullRepeats(logging.Filter):
         for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
             if not any(isinstance(f, cls) for f in logger.filters):
                 logger.addFilter(cls())
+        # A full disk at the first checkpoint leaves some of orbax's writer coroutines never started;
+        # Python warns of each when it is freed.
+        warnings.filterwarnings("ignore", r"coroutine '.*write_fragment' was never awaited", RuntimeWarning)
 
 
 @contextlib.contextmanager
