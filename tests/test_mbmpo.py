@@ -20,7 +20,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import mbmpo
 
-from mbrlax import runner
+from mbrlax import runner, trpo
 
 
 def linear_gaussian(params, obs):
@@ -252,9 +252,9 @@ def test_conjugate_gradient_solves_a_linear_system():
         b = jnp.asarray(rng.normal(size=6))
         expected = np.linalg.solve(np.asarray(matrix), np.asarray(b))
         for iterations in (6, 20):
-            got = jax.jit(mbmpo.conjugate_gradient, static_argnums=(0, 2))(lambda v: matrix @ v, b, iterations)
+            got = jax.jit(trpo.conjugate_gradient, static_argnums=(0, 2))(lambda v: matrix @ v, b, iterations)
             np.testing.assert_allclose(got, expected, rtol=1e-8)
-        assert np.abs(mbmpo.conjugate_gradient(lambda v: matrix @ v, jnp.zeros(6), 6)).max() == 0.0
+        assert np.abs(trpo.conjugate_gradient(lambda v: matrix @ v, jnp.zeros(6), 6)).max() == 0.0
 
 
 def consistent_post_paths(theta, pre, post, inner_lr, estimator):
@@ -292,7 +292,7 @@ def test_trpo_step_is_the_natural_gradient_step_within_the_kl_bound(estimator):
         )
         kl = lambda t: mbmpo.post_adaptation_kl(linear_gaussian, t, pre, post, inner_lr, estimator)
         step = functools.partial(
-            mbmpo.trpo_step, objective, kl, cg_iterations=4, damping=damping, backtrack_ratio=ratio, max_backtracks=15
+            trpo.step, objective, kl, cg_iterations=4, damping=damping, backtrack_ratio=ratio, max_backtracks=15
         )
         assert abs(float(kl(theta))) < 1e-12
 
@@ -315,7 +315,7 @@ def test_trpo_step_is_the_natural_gradient_step_within_the_kl_bound(estimator):
             pairs = zip(jax.tree_util.tree_leaves(t), jax.tree_util.tree_leaves(theta))
             return -sum(jnp.sum((a - b) ** 2) for a, b in pairs)
 
-        kept, info = mbmpo.trpo_step(
+        kept, info = trpo.step(
             peaked_at_theta,
             kl,
             theta,
@@ -336,7 +336,7 @@ def test_trpo_step_is_the_natural_gradient_step_within_the_kl_bound(estimator):
 
 
 def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
-    """TRPO: `trpo_step` on the post-adaptation objective and KL, the KL reported after the step.
+    """TRPO: `trpo.step` on the post-adaptation objective and KL, the KL reported after the step.
     PPO: `outer_steps` Adam steps up the clipped objective, as a loop of optax.adam on its negative."""
     with jax.enable_x64(True):
         theta = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), THETA)
@@ -354,7 +354,7 @@ def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
         config = mbmpo.Config(cg_iterations=4)
         new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, hparams, config)
         trpo_step = functools.partial(
-            mbmpo.trpo_step, objective, kl, cg_iterations=4, damping=1e-5, backtrack_ratio=0.8, max_backtracks=15
+            trpo.step, objective, kl, cg_iterations=4, damping=1e-5, backtrack_ratio=0.8, max_backtracks=15
         )
         expected, info = jax.jit(trpo_step)(theta, 0.01)
         jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-12), new, expected)
