@@ -300,7 +300,6 @@ class DreamerState(NamedTuple):
     last_episode_return: jax.Array
 
 
-
 # THE POLICY'S DISTRIBUTIONS: a bounded normal for continuous actions, a categorical for discrete ones.
 
 
@@ -345,8 +344,6 @@ class PolicyDistribution(NamedTuple):
         if self.discrete:
             return action
         return action * jax.lax.stop_gradient(1.0 / jnp.maximum(1.0, jnp.abs(action)))
-
-
 
 
 class Networks(NamedTuple):

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, ilqr, runner
+from mbrlax import ensemble, ilqr, mpc, runner
 from mbrlax.config import RunConfig, setting
 from mbrlax.training import (
     ConfigError,
@@ -567,58 +567,12 @@ def plan(config: Config, score_fn, mean, std, key, alpha, low, high):
     return mean
 
 
-def mpc_actions(plan_fn, obs, previous_plans, key, fill):
-    """Model predictive control for a batch of states obs [n, ...]: `plan_fn(obs, warm_start, key) ->
-    plan [H, A]` for each, warm-started from its previous plan shifted by one step with `fill` [A] as
-    the new last step. Returns (the plans' first actions [n, A], the plans [n, H, A])."""
-    warm = jnp.concatenate([previous_plans[:, 1:], jnp.broadcast_to(fill, (len(obs), 1) + fill.shape)], axis=1)
-    plans = jax.vmap(plan_fn)(obs, warm, jax.random.split(key, len(obs)))
-    return plans[:, 0], plans
-
-
-class Planner(NamedTuple):
-    """How the PETS loop chooses actions with the model; other planners (POPLIN) plug in through
-    `make_train(..., make_planner=)`. `model_step_fn(model)` is the trajectory-sampling step of
-    `model_step` that `sequence_returns` takes."""
-
-    init: Callable
-    """(key, hparams) -> what the planner learns across the run (() when nothing)."""
-    fresh: Any
-    """One environment's planning memory at the start of an episode (CEM: the middle plan [H, A])."""
-    act: Callable
-    """(learned, model, obs [n, obs], memory [n, ...], key, hparams) -> (actions [n, A], memory)."""
-    fit: Callable
-    """(learned, buffer, key, hparams) -> (learned, metrics dict), after every model fit."""
-
-
-class PlannerContext(NamedTuple):
-    """What `make_train` gives a planner factory: the run's task, the ensemble's settings and the
-    model's trajectory-sampling step, `model_step_fn(model) -> step_fn(states, actions, key)`."""
-
-    task: Any
-    model_config: ensemble.EnsembleConfig
-    model_step_fn: Callable
-    particle_rows: int
-
-
-def middle_plan(context: PlannerContext, horizon: int):
-    """The plan [H, A] of actions in the middle of the bounds: where every search starts an episode."""
-    low, high = context.task.low, context.task.high
-    return jnp.broadcast_to((low + high) / 2.0, (horizon, low.shape[-1]))
-
-
-def plan_keeping_planner(act, middle) -> Planner:
-    """A planner that learns nothing across the run and keeps each environment's last plan [H, A]
-    as its memory (`middle` at an episode's start)."""
-    return Planner(init=lambda key, hparams: (), fresh=middle, act=act, fit=lambda learned, *_: (learned, {}))
-
-
-def action_sequence_planner(config: Config, context: PlannerContext) -> Planner:
+def action_sequence_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     """PETS's planners over open-loop action sequences: `config.planner` (CEM, iCEM or random
     shooting) searches for each state from its previous plan shifted by one step, with a spread of a
     quarter of the action range; each sequence is scored by `sequence_returns`."""
     low, high, horizon = context.task.low, context.task.high, config.horizon
-    middle = middle_plan(context, horizon)
+    middle = mpc.middle_plan(context, horizon)
     initial_std = jnp.broadcast_to((high - low) / 4.0, (horizon, low.shape[-1]))
 
     def act(learned, model, obs, plans, key, hparams):
@@ -630,12 +584,12 @@ def action_sequence_planner(config: Config, context: PlannerContext) -> Planner:
             )
             return plan(config, score_fn, warm_start, initial_std, key, hparams["alpha"], low, high)
 
-        return mpc_actions(plan_one, obs, plans, key, middle[0])
+        return mpc.replan(plan_one, obs, plans, key, middle[0])
 
-    return plan_keeping_planner(act, middle)
+    return mpc.plan_keeping_planner(act, middle)
 
 
-def ilqr_planner(config: Config, context: PlannerContext) -> Planner:
+def ilqr_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     """Model predictive control by `mbrlax.ilqr.solve` through the ensemble: for each state,
     `ilqr_iterations` iterations from its previous plan shifted by one step (the middle of the bounds as the new last
     step; the middle plan at an episode's start); the first action is executed.
@@ -647,7 +601,7 @@ def ilqr_planner(config: Config, context: PlannerContext) -> Planner:
     Terminations are ignored in the cost (a smooth approximation: pendulum and cartpole_swingup never
     terminate; on a task that does, the plan values reward after a predicted termination too)."""
     low, high, horizon = context.task.low, context.task.high, config.horizon
-    middle = middle_plan(context, horizon)
+    middle = mpc.middle_plan(context, horizon)
     model_config, reward_fn = context.model_config, context.task.spec.reward_fn
     elites_only = model_config.num_elites < model_config.num_members
     learn_reward = model_config.learn_reward
@@ -687,9 +641,9 @@ def ilqr_planner(config: Config, context: PlannerContext) -> Planner:
             )
             return result.actions
 
-        return mpc_actions(plan_one, obs, plans, key, middle[0])
+        return mpc.replan(plan_one, obs, plans, key, middle[0])
 
-    return plan_keeping_planner(act, middle)
+    return mpc.plan_keeping_planner(act, middle)
 
 
 # TRAINING PROGRAM
@@ -699,7 +653,7 @@ def make_train(
     config: Config, env=None, *, make_planner: Callable | None = None, name: str = "PETS"
 ) -> Trainer:
     """PETS's loop: explore, then fit the model on all data and act with `make_planner(config,
-    PlannerContext) -> Planner` for `retrain_every` steps, again and again. By default the planner
+    mpc.PlannerContext) -> mpc.Planner` for `retrain_every` steps, again and again. By default the planner
     `config.planner` names: `ilqr_planner` for "ilqr", else `action_sequence_planner`."""
     config.validate()
     if make_planner is None:
@@ -729,7 +683,7 @@ def make_train(
         )
 
     particle_rows = particles_per_sequence(config.particles, model_config.num_elites, config.propagation)
-    planner = make_planner(config, PlannerContext(task, model_config, model_step_fn, particle_rows))
+    planner = make_planner(config, mpc.PlannerContext(task, model_config, model_step_fn, particle_rows))
 
     def fresh_memory(n: int):
         return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (n,) + leaf.shape), planner.fresh)

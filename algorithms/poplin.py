@@ -108,7 +108,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, runner
+from mbrlax import ensemble, mpc, runner
 from mbrlax.algorithms import pets
 from mbrlax.config import setting
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, scale_action
@@ -319,7 +319,7 @@ class PolicyState(NamedTuple):
     obs_std: jax.Array
 
 
-def poplin_planner(config: Config, context: pets.PlannerContext) -> pets.Planner:
+def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     """POPLIN's planner for pets.make_train: CEM over `config.search`'s candidates around the
     policy (warm-started from the previous solution shifted by one step, zeros appended), and
     behaviour cloning of the executed actions after every model fit."""
@@ -418,7 +418,7 @@ def poplin_planner(config: Config, context: pets.PlannerContext) -> pets.Planner
         learned = jax.tree_util.tree_map(lambda new, old: jnp.where(planned > 0, new, old), distilled, learned)
         return learned, {"policy_bc_loss": jnp.where(planned > 0, losses.mean(), 0.0)}
 
-    return pets.Planner(init=init, fresh=jnp.zeros((horizon, search_size)), act=act, fit=fit)
+    return mpc.Planner(init=init, fresh=jnp.zeros((horizon, search_size)), act=act, fit=fit)
 
 
 # TRAINING PROGRAM

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mbrlax import ensemble, ilqr
+from mbrlax import ensemble, ilqr, mpc
 from mbrlax.algorithms import pets
 from mbrlax.training import setup
 
@@ -174,7 +174,7 @@ def test_the_planner_with_a_learned_reward_or_one_member(learn_reward, member):
     model_config = pets.ensemble_config(config, learn_reward)
     obs_size, action_size = task.spec.observation_size, task.spec.action_size
     model = ensemble.init(jax.random.PRNGKey(0), model_config, obs_size, action_size, 1e-3, 0.0)
-    planner = pets.ilqr_planner(config, pets.PlannerContext(task, model_config, None, config.particles))
+    planner = pets.ilqr_planner(config, mpc.PlannerContext(task, model_config, None, config.particles))
     obs = jax.random.normal(jax.random.PRNGKey(1), (2, obs_size))
     memory = jnp.broadcast_to(planner.fresh, (2,) + planner.fresh.shape)
     actions, plans = jax.jit(planner.act)((), model, obs, memory, jax.random.PRNGKey(2), {})

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import SMALL_PENDULUM_PLANNING, cli_args
-from mbrlax import ensemble
+from mbrlax import ensemble, mpc
 from mbrlax.algorithms import pets
 
 # The tiny preset as a Config (tests/test_gym.py, test_sweeps.py and test_determinism.py import it).
@@ -146,7 +146,7 @@ def test_mpc_warm_starts_from_the_shifted_plan_and_acts_its_first_step():
     def plan_fn(obs, warm_start, key):
         return warm_start + obs  # a stand-in planner: its result shows what it was given
 
-    actions, plans = pets.mpc_actions(plan_fn, obs, previous, jax.random.PRNGKey(0), jnp.array([-5.0]))
+    actions, plans = mpc.replan(plan_fn, obs, previous, jax.random.PRNGKey(0), jnp.array([-5.0]))
     np.testing.assert_array_equal(plans[:, :, 0], [[11, 12, 5], [24, 25, 15]])
     np.testing.assert_array_equal(actions, plans[:, 0])
 

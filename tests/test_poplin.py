@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import pets, poplin
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble
+from mbrlax import ensemble, mpc
 from mbrlax.training import ConfigError, setup, transition_example
 
 # A stub model: linear dynamics, a quadratic reward, termination when the first coordinate leaves
@@ -243,7 +243,7 @@ def tiny_planner():
     50 steps), with no model (its fit does not use one)."""
     config = poplin.Config(**poplin.VARIANTS["tiny"])
     model_config = pets.ensemble_config(config, False)
-    planner = poplin.poplin_planner(config, pets.PlannerContext(setup(config), model_config, None, config.particles))
+    planner = poplin.poplin_planner(config, mpc.PlannerContext(setup(config), model_config, None, config.particles))
     hparams = {k: jnp.float32(getattr(config, k)) for k in poplin.Config.SWEEPABLE}
     return planner, hparams
 
@@ -297,7 +297,7 @@ def test_without_search_noise_the_planner_executes_the_policys_action(search):
             reward_fn=spec.reward_fn, termination_fn=spec.termination_fn,
         )
 
-    planner = poplin.poplin_planner(config, pets.PlannerContext(task, model_config, model_step_fn, config.particles))
+    planner = poplin.poplin_planner(config, mpc.PlannerContext(task, model_config, model_step_fn, config.particles))
     hparams = {k: jnp.float32(getattr(config, k)) for k in poplin.Config.SWEEPABLE}
     hparams.update(action_noise_var=jnp.float32(1e-12), parameter_noise_var=jnp.float32(1e-12))
     learned = planner.init(jax.random.PRNGKey(0), hparams)
