@@ -40,3 +40,31 @@ def random_pendulum_return(episodes: int = 50) -> float:
 
     returns = evaluate_episodes(env, jax.random.PRNGKey(1), episodes, spec.episode_length, uniform)
     return float(returns["eval_return"])
+
+
+# The entry points as the command line runs them: the module under mbrlax.algorithms and the preset
+# flags that give its `tiny` run (PETS with iLQR is PETS with a second preset).
+TINY_PRESETS = {"pets-ilqr": ("pets", ["tiny", "tiny-ilqr"])}
+
+
+def run_sharded_then_resume(name: str, folder: str) -> None:
+    """In a process that sees several devices: the tiny run of two seeds in chunked mode into
+    `folder`/whole, then a copy of it without its newest checkpoint (a run killed after its
+    previous one) resumed in `folder`/resumed. Called by the contract test in a fresh process."""
+    import pathlib
+    import shutil
+    import sys
+
+    import importlib
+
+    module_name, presets = TINY_PRESETS.get(name, (name, ["tiny"]))
+    main = importlib.import_module(f"mbrlax.algorithms.{module_name}").main
+    whole, resumed = pathlib.Path(folder) / "whole", pathlib.Path(folder) / "resumed"
+    if main(["--preset", *presets, "--num-seeds", "2", "--no-progress", "--run-dir", str(whole)]):
+        sys.exit("the sharded run failed")
+    shutil.copytree(whole, resumed)
+    steps = sorted(int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit())
+    shutil.rmtree(resumed / "checkpoints" / str(steps[-1]))
+    (resumed / "summary.json").unlink()
+    if main(["--resume", str(resumed), "--no-progress"]):
+        sys.exit("the sharded resume failed")

@@ -113,6 +113,23 @@ def config_without_fields(entry, tmp: pathlib.Path):
     (tmp / "run" / "config.json").write_text(json.dumps({"algorithm": entry.name}))
 
 
+def a_run(entry, tmp: pathlib.Path):
+    (tmp / "run").mkdir()
+    (tmp / "run" / "config.json").write_text(config_json(entry))
+
+
+def config_of_the_wrong_type(entry, tmp: pathlib.Path):
+    (tmp / "run").mkdir()
+    saved = json.loads(config_json(entry))
+    saved["config"]["total_steps"] = "abc"
+    (tmp / "run" / "config.json").write_text(json.dumps(saved))
+
+
+def checkpoints_a_file(entry, tmp: pathlib.Path):
+    a_run(entry, tmp)
+    (tmp / "run" / "checkpoints").write_text("not a folder\n")
+
+
 def other_algorithms_run(entry, tmp: pathlib.Path):
     (tmp / "run").mkdir()
     (tmp / "run" / "config.json").write_text(config_json(BY_NAME[entry.other]))
@@ -196,20 +213,25 @@ GENERIC = [
         setup=other_algorithms_run,
         own_run_dir=True,
     ),
+    Case("resume-fused", ("--resume", "{run}", "--fused"), "--fused", setup=a_run, own_run_dir=True),
+    Case("resume-another-preset", ("--resume", "{run}", "--preset", "tiny"), "--preset tiny", setup=a_run, own_run_dir=True),
+    Case("resume-config-wrong-type", ("--resume", "{run}"), "total_steps", setup=config_of_the_wrong_type, own_run_dir=True),
+    Case("resume-checkpoints-a-file", ("--resume", "{run}"), "checkpoints", setup=checkpoints_a_file, own_run_dir=True),
     Case("num-processes-without-coordinator", ("--num-processes", "2"), "coordinator"),
     Case("process-id-without-coordinator", ("--process-id", "1"), "coordinator"),
 ]
 
 
 def derived_cases(entry: EntryPoint) -> list[Case]:
-    """GENERIC cases built from the entry point's Config: every learning rate NaN, infinite and
-    negative; every hidden-size tuple with a layer of 0 units."""
+    """GENERIC cases built from the entry point's Config: every learning rate NaN, infinite, negative
+    and beyond float32 (finite as the flag's float64, infinite in the program); every hidden-size tuple with a layer of 0 units."""
     cases = []
     for name in entry.lr_fields():
         flag = "--" + name.replace("_", "-")
         cases.append(Case(f"{name}-nan", (flag, "nan"), name))
         cases.append(Case(f"{name}-inf", (flag, "inf"), name))
         cases.append(Case(f"{name}-negative", (flag, "-0.1"), name))
+        cases.append(Case(f"{name}-beyond-float32", (flag, "1e39"), name))
     for field in dataclasses.fields(entry.Config):
         if field.name.endswith("hidden_sizes"):
             cases.append(Case(f"{field.name}-zero-layer", ("--" + field.name.replace("_", "-"), "64", "0"), field.name))

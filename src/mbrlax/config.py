@@ -27,6 +27,8 @@ from typing import Any
 
 INT32_MAX = 2**31 - 1
 """The largest count a compiled program holds: steps, capacities and sizes are int32 inside it."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest number a compiled program holds: its settings are float32 inside it."""
 
 
 class ConfigError(ValueError):
@@ -99,6 +101,9 @@ def check_fields(config) -> None:
                 continue
             if isinstance(item, float) and not math.isfinite(item):
                 raise ConfigError(f"{name} must be a finite number, got {item}")
+            if isinstance(item, float) and abs(item) > FLOAT32_MAX:
+                # The compiled program holds it as a float32, where it would be infinite.
+                raise ConfigError(f"{name} is {item:g}, beyond float32's largest ({FLOAT32_MAX:.4g}), which the program computes in")
             if isinstance(item, int) and item < 0:
                 raise ConfigError(f"{name} must not be negative, got {item}")
             if isinstance(item, int) and item > INT32_MAX:

@@ -12,12 +12,14 @@ import dataclasses
 import json
 import pathlib
 import sys
+import types
+import typing
 from typing import Any, Callable
 
 import jax
 import tyro
 
-from mbrlax.runner.execution import NonFiniteError, RunStopped, run_programs
+from mbrlax.runner.execution import NonFiniteError, RunStopped, Signalled, run_programs, scheduler_signals
 from mbrlax.runner.hosts import gather_rows, multi_host, processes_where, share_of_runs, start_distributed
 from mbrlax.runner.planning import Plan, RunOptions, check_options, parse_sweep, plan, preset_config
 from mbrlax.runner.records import (
@@ -25,9 +27,11 @@ from mbrlax.runner.records import (
     default_run_dir,
     device_description,
     disk_full,
+    folder_unwritable,
     holds_a_run,
     jsonable,
     make_run_dir,
+    shell_path,
     strict_json,
     write_collected,
     write_text_whole,
@@ -46,19 +50,21 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
         print(f"error: {error}", file=sys.stderr)
         return 2
     config, options = _parse(algorithm, Config, default_config, default_options, argv)
-    try:
-        planned, run_dir, lock = _prepare(algorithm, config, options, saved, make_train)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted before the run started; nothing was written", file=sys.stderr)
-        return 130
+    with scheduler_signals():
+        try:
+            planned, run_dir, lock = _prepare(algorithm, config, options, saved, make_train)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Signalled) as error:
+            how = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {error}"
+            print(f"error: {how} before the run started; nothing was written", file=sys.stderr)
+            return getattr(error, "exit_code", 130)
 
-    try:
-        return _run(algorithm, config, options, planned, run_dir)
-    finally:
-        lock.release()
+        try:
+            return _run(algorithm, config, options, planned, run_dir)
+        finally:
+            lock.release()
 
 
 # THE FLAGS
@@ -83,10 +89,27 @@ def _defaults(algorithm: str, Config, presets: dict, argv: list[str]):
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()},
             }
         )
+        if known.preset:
+            _refuse_changing_presets(presets, known.preset, default_config)
         default_options = dataclasses.replace(
             default_options, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["run"].items()}
         )
     return default_config, default_options, saved
+
+
+def _refuse_changing_presets(presets: dict, names: list[str], resumed) -> None:
+    """--preset beside --resume: a preset that would change the resumed run's config is refused, as
+    a flag that would is; one that matches it changes nothing and passes."""
+    for name in names:
+        if name not in presets:
+            raise ConfigError(f"--preset {name!r} is unknown; a resumed run keeps the config it started with")
+        changed = [field for field, value in presets[name].items() if getattr(resumed, field) != value]
+        if changed:
+            said = "; ".join(f"{field} is {getattr(resumed, field)!r} there, {presets[name][field]!r} in it" for field in changed)
+            raise ConfigError(
+                f"--resume: --preset {name} would change the run ({said}); a resumed run keeps the config it "
+                "started with: drop --preset"
+            )
 
 
 def _parse(algorithm: str, Config, default_config, default_options: RunOptions, argv: list[str]):
@@ -120,8 +143,11 @@ def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
     if other != algorithm:
         raise ConfigError(
             f"--resume {folder}: that folder holds a run of {other}; "
-            f"continue it with python algorithms/{other}.py --resume {folder}"
+            f"continue it with python algorithms/{other}.py --resume {shell_path(folder)}"
         )
+    for part, Fields in (("config", Config), ("run", RunOptions)):
+        if not isinstance(saved[part], dict):
+            raise ConfigError(f"--resume {folder}: its config.json's {part!r} is not a table of fields")
     unknown = sorted(set(saved["config"]) - {f.name for f in dataclasses.fields(Config)})
     unknown += sorted(set(saved["run"]) - {f.name for f in dataclasses.fields(RunOptions)})
     if unknown:
@@ -129,7 +155,44 @@ def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
             f"--resume {folder}: its config.json has fields this version of {algorithm} does not know "
             f"({', '.join(unknown)}); was it written by another version of mbrlax?"
         )
+    for part, Fields in (("config", Config), ("run", RunOptions)):
+        hints = typing.get_type_hints(Fields)
+        for name, value in saved[part].items():
+            if not _fits(value, hints[name]):
+                raise ConfigError(
+                    f"--resume {folder}: its config.json's {name} is {value!r}, not a value of {_type_name(hints[name])}"
+                )
     return saved
+
+
+def _fits(value, hint) -> bool:
+    """Whether a value read from JSON can be a field of type `hint` (a tuple is a JSON list)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin is typing.Annotated:
+        return _fits(value, args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -176,7 +239,7 @@ def _take_run_dir(algorithm: str, config, options: RunOptions, run_dir: pathlib.
         if taken:
             raise ConfigError(
                 f"--run-dir {run_dir} already holds a run (process {taken[0]} found it); "
-                f"continue it with --resume {run_dir}, or name a fresh folder"
+                f"continue it with --resume {shell_path(run_dir)}, or name a fresh folder"
             )
     config_json = strict_json(
         {
@@ -233,7 +296,7 @@ def _run(algorithm: str, config, options: RunOptions, planned: Plan, run_dir: pa
         f"{device_description()}; run folder {run_dir}",
         flush=True,
     )
-    resume_command = f"continue with: python algorithms/{algorithm}.py --resume {run_dir}"
+    resume_command = f"continue with: python algorithms/{algorithm}.py --resume {shell_path(run_dir)}"
     if options.fused:
         resume_command = "the fused mode keeps no checkpoint: run it again with a fresh --run-dir"
     try:
@@ -272,15 +335,20 @@ def _run(algorithm: str, config, options: RunOptions, planned: Plan, run_dir: pa
         return 2
     except RunStopped as error:
         resume = "" if options.fused else f"; {resume_command}"
-        print(f"error: {error}{resume}", file=sys.stderr)
+        print(f"{'stopped' if error.asked else 'error'}: {error}{resume}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print(f"error: interrupted; {resume_command}", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Signalled) as error:
+        how = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {error}"
+        print(f"error: {how}; {resume_command}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
     except OSError as error:
-        if not disk_full(error):
+        if disk_full(error):
+            print(f"error: the disk holding {run_dir} is full; free some space, then {resume_command}", file=sys.stderr)
+            return 1
+        reason = folder_unwritable(error)
+        if reason is None:
             raise
-        print(f"error: the disk holding {run_dir} is full; free some space, then {resume_command}", file=sys.stderr)
+        print(f"error: the run folder {run_dir} takes no more writes ({reason}); {resume_command}", file=sys.stderr)
         return 1
     per_run = summary["final_eval_return_per_run"]
     spread = f" (runs: {', '.join(f'{r:.1f}' for r in per_run)})" if len(per_run) > 1 else ""

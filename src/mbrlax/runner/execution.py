@@ -6,10 +6,13 @@ devices when they divide evenly, and stop on a NaN with the quantity named.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -22,6 +25,7 @@ from mbrlax.runner.records import (
     MetricsLog,
     ProcessCheckpoints,
     disk_full,
+    folder_unwritable,
     jsonable,
     metric_rows,
     plot_curves,
@@ -40,26 +44,95 @@ class NonFiniteError(RuntimeError):
 
 
 class RunStopped(RuntimeError):
-    """The run stopped before its end (Ctrl-C, a full disk) with its last complete checkpoint kept;
-    the message says where it stopped and what is kept. `exit_code` is the CLI's."""
+    """The run stopped before its end (Ctrl-C, a signal, a folder that takes no more writes) with its
+    last complete checkpoint kept; the message says where it stopped and what is kept. `exit_code`
+    is the CLI's; `asked` when the user asked for the stop (SIGUSR1), so it is no error."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, asked: bool = False):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.asked = exit_code, asked
+
+
+# SIGNALS FROM A SCHEDULER
+# SLURM and Kubernetes send SIGTERM some seconds before they kill; SLURM can send SIGUSR1 ahead of a
+# time limit (`#SBATCH --signal=USR1@120`). 128 + the signal's number is the exit code a shell
+# reports for a process that the signal ended.
+
+
+class Signalled(BaseException):
+    """SIGTERM (or SIGUSR1 where no checkpoint can be taken), raised where the run is, as Python
+    raises KeyboardInterrupt for Ctrl-C: a BaseException, so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _CheckpointRequest:
+    """SIGUSR1 inside the chunked loop: checkpoint after the update under way, then stop."""
+
+    loop_running = False
+    pending = False
+
+
+def _on_sigusr1(signum, frame):
+    if not _CheckpointRequest.loop_running:
+        raise Signalled(signum)
+    _CheckpointRequest.pending = True
+
+
+def _on_sigterm(signum, frame):
+    raise Signalled(signum)
+
+
+@contextlib.contextmanager
+def scheduler_signals():
+    """SIGTERM stops the run as Ctrl-C does; SIGUSR1 checkpoints after the current update and stops.
+    Python takes signals in the main thread only; elsewhere (a thread of the user's) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, _on_sigusr1)
+    _CheckpointRequest.pending = False
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # RUNS AS ONE PROGRAM
 
 
+def runs_sharding(num_runs: int) -> jax.sharding.NamedSharding | None:
+    """The leading run axis split across the local devices, or None when there is one device or the
+    runs do not divide evenly among them."""
+    devices = jax.local_devices()
+    if len(devices) == 1 or num_runs % len(devices):
+        return None
+    mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
+
+
 def shard_runs(tree):
     """Put the leading run axis across the local devices when it divides evenly; else leave it."""
-    devices = jax.local_devices()
-    leading = jax.tree_util.tree_leaves(tree)[0].shape[0]
-    if len(devices) == 1 or leading % len(devices):
-        return tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
-    return jax.device_put(tree, sharding)
+    sharding = runs_sharding(jax.tree_util.tree_leaves(tree)[0].shape[0])
+    return tree if sharding is None else jax.device_put(tree, sharding)
+
+
+def jit_over_runs(fn, num_runs: int, in_axes=0, **jit_options):
+    """`jax.jit(over_runs(...))` whose every output keeps the run axis sharded as the inputs are.
+    Left to itself XLA replicates an output it can compute anywhere (a buffer of zeros, a counter),
+    and the next program, compiled for sharded state, would refuse it."""
+    sharding = runs_sharding(num_runs)
+    if sharding is not None:
+        jit_options["out_shardings"] = sharding
+    return jax.jit(over_runs(fn, num_runs, in_axes), **jit_options)
 
 
 def over_runs(fn, num_runs: int, in_axes=0):
@@ -134,15 +207,38 @@ def kept_checkpoint(checkpoints, schedule, fused: bool = False) -> str:
 
 
 def stopped_by(error: BaseException, where: str, kept: str, run_dir: pathlib.Path) -> RunStopped | None:
-    """A Ctrl-C or a full disk as a RunStopped whose message says where the run stopped and what it
-    kept (the CLI adds the command that resumes); None for any other error."""
+    """A Ctrl-C, a scheduler's signal, a full disk or a folder that takes no more writes as a
+    RunStopped whose message says where the run stopped and what it kept (the CLI adds the command
+    that resumes); None for any other error."""
     if isinstance(error, KeyboardInterrupt):
         return RunStopped(f"interrupted {where}; {kept}", exit_code=130)
+    if isinstance(error, Signalled):
+        return RunStopped(f"stopped by {error} {where}; {kept}", exit_code=error.exit_code)
     if disk_full(error):
         detail = getattr(error, "strerror", None)
         detail = f": {detail}" if detail and detail != os.strerror(errno.ENOSPC) else ""
         return RunStopped(f"the disk holding {run_dir} is full ({where}{detail}); {kept}", exit_code=1)
+    reason = folder_unwritable(error)
+    if reason is not None:
+        return RunStopped(f"the run folder {run_dir} takes no more writes ({reason}, {where}); {kept}", exit_code=1)
     return None
+
+
+def _check_written_under(meta: dict, config, run_dir: pathlib.Path) -> None:
+    """A checkpoint restores only under the config it was written under (config.json can be edited
+    by hand after the checkpoint was written). Checkpoints from before the config was recorded in
+    them (written by earlier versions) pass."""
+    written = meta.get("config")
+    if written is None:
+        return
+    here = jsonable(config)
+    changed = [name for name in sorted(set(written) | set(here)) if written.get(name) != here.get(name)]
+    if changed:
+        said = "; ".join(f"{name} is {written.get(name)!r} there, {here.get(name)!r} here" for name in changed)
+        raise ConfigError(
+            f"--resume {run_dir}: its newest checkpoint was written under another config ({said}); "
+            "a resumed run keeps the config it started with"
+        )
 
 
 # THE CHUNKED LOOP
@@ -157,14 +253,17 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     init_keys, eval_keys = jax.vmap(split_keys)(keys)
     start = time.perf_counter()
 
-    init = jax.jit(over_runs(trainer.init, len(runs)))
-    update = jax.jit(over_runs(trainer.update, len(runs), in_axes=(0, 0, None)), donate_argnums=0)
-    evaluate = jax.jit(over_runs(trainer.evaluate, len(runs)))
+    init = jit_over_runs(trainer.init, len(runs))
+    update = jit_over_runs(trainer.update, len(runs), in_axes=(0, 0, None), donate_argnums=0)
+    evaluate = jit_over_runs(trainer.evaluate, len(runs))
     finite = jax.jit(all_finite)
 
     compile_start = time.perf_counter()
     init_c = init.lower(init_keys, hparams).compile()
-    state_shape = jax.eval_shape(init, init_keys, hparams)
+    sharding = runs_sharding(len(runs))
+    state_shape = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init, init_keys, hparams)
+    )
     update_c = update.lower(state_shape, hparams, jax.ShapeDtypeStruct((), jnp.int32)).compile()
     eval_c = evaluate.lower(state_shape, eval_keys, hparams).compile()
     compile_s = time.perf_counter() - compile_start
@@ -179,6 +278,7 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     if restored is not None:
         fresh = state
         state, meta, first_update = restored
+        _check_written_under(meta, program.config, run_dir)
         history = meta["history"]
         if steps_on_host(trainer):
             # A host simulator's state is in no checkpoint and this process's simulators are new: the
@@ -203,6 +303,7 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     last_eval = next((r["eval_return"] for r in reversed(history) if "eval_return" in r), None)
     env_steps = schedule.env_steps_after(first_update)
     failure: BaseException | None = None
+    _CheckpointRequest.loop_running = True
     try:
         for u in range(first_update, schedule.num_updates):
             state, metrics = update_c(state, hparams, jnp.int32(u))
@@ -224,18 +325,28 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
                 raise NonFiniteError(f"stopped at environment step {env_steps}: {bad} became NaN or infinite; {kept}")
             log.add(rows)
             eval_count = (u + 1) // schedule.updates_per_eval
-            if evaluated and (eval_count % options.checkpoint_every == 0 or u + 1 == schedule.num_updates):
+            due = evaluated and (eval_count % options.checkpoint_every == 0 or u + 1 == schedule.num_updates)
+            asked = _CheckpointRequest.pending
+            if due or asked:
                 spent = {
                     "wall_time_s": earlier_wall + time.perf_counter() - start,
                     "compile_time_s": earlier_compile + compile_s,
                 }
-                checkpoints.save(u + 1, state, {"history": log.rows, **spent})
+                meta = {"history": log.rows, "config": jsonable(program.config), **spent}
+                checkpoints.save(u + 1, state, meta)
+            if asked and u + 1 < schedule.num_updates:
+                raise RunStopped(
+                    f"SIGUSR1 at environment step {env_steps}: {kept_checkpoint(checkpoints, schedule)}",
+                    exit_code=128 + signal.SIGUSR1,
+                    asked=True,
+                )
             if progress is not None:
                 progress.update(schedule.steps_per_update)
                 if last_eval is not None:
                     progress.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
     except BaseException as error:  # Ctrl-C included: what was written stays whole
         failure = error
+    _CheckpointRequest.loop_running = _CheckpointRequest.pending = False
     closers = [checkpoints.close, log.close] + ([progress.close] if progress is not None else [])
     for close in closers:
         try:
@@ -269,13 +380,18 @@ def execute_fused(program: Program, run_dir: pathlib.Path, title: str) -> tuple[
     schedule = trainer.schedule
     keys, hparams = shard_runs(batch_inputs(runs, type(program.config).SWEEPABLE))
     start = time.perf_counter()
-    whole_run = jax.jit(over_runs(trainer, len(runs)))
+    whole_run = jit_over_runs(trainer, len(runs))
     try:
         compiled = whole_run.lower(keys, hparams).compile()
         compile_s = time.perf_counter() - start
         state, metrics = jax.block_until_ready(compiled(keys, hparams))
     except KeyboardInterrupt:
         raise RunStopped("interrupted; the fused mode keeps no checkpoint: run it again with a fresh --run-dir", 130) from None
+    except Signalled as signalled:
+        raise RunStopped(
+            f"stopped by {signalled}; the fused mode keeps no checkpoint: run it again with a fresh --run-dir",
+            signalled.exit_code,
+        ) from None
     state_finite = bool(jax.jit(all_finite)(state))
     del state
     log = MetricsLog(run_dir, "none", {}, [])

@@ -67,6 +67,11 @@ def check_options(options: RunOptions) -> None:
     """The run options' own checks, and the extras they need, before anything is built or written."""
     if options.num_seeds < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {options.num_seeds}")
+    if options.resume and options.fused:
+        raise ConfigError(
+            "--resume continues a run from its newest checkpoint, which the fused mode neither writes nor reads: "
+            "resume without --fused"
+        )
     if options.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be at least 1 (evaluations between checkpoints), got {options.checkpoint_every}")
     if not 0 <= options.seed <= INT32_MAX - options.num_seeds:
@@ -225,6 +230,11 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     """The runs of `options`' seeds and traced sweep (static fields left out), read from the options."""
     if options.num_seeds < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {options.num_seeds}")
+    if options.resume and options.fused:
+        raise ConfigError(
+            "--resume continues a run from its newest checkpoint, which the fused mode neither writes nor reads: "
+            "resume without --fused"
+        )
     return seeded_runs(config, parse_sweep(config, options.sweep).traced, options.seed, options.num_seeds)
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import pathlib
+import shlex
 import shutil
 import socket
 import subprocess
@@ -82,6 +83,24 @@ def disk_full(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+_UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only", errno.EIO: "I/O error"}
+_UNWRITABLE_WORDS = ("Permission denied", "PERMISSION_DENIED", "Read-only file system", "Input/output error")
+
+
+def folder_unwritable(error: BaseException | None) -> str | None:
+    """Why the run folder takes no more writes, when `error` (or one it was raised from) says so: a
+    permission taken away, a disk remounted read-only, an I/O error. None for any other error."""
+    while error is not None:
+        reason = _UNWRITABLE.get(getattr(error, "errno", None))
+        if reason is not None:
+            return reason
+        said = [word for word in _UNWRITABLE_WORDS if word in str(error)]
+        if said:
+            return said[0].replace("PERMISSION_DENIED", "Permission denied").lower()
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def require_free_space(folder: pathlib.Path, state_bytes: int) -> None:
@@ -179,6 +198,12 @@ def holds_a_run(folder: pathlib.Path) -> bool:
     return folder.is_dir() and any(entry.name != ".lock" for entry in folder.iterdir())
 
 
+def shell_path(path: pathlib.Path | str) -> str:
+    """A path as a command to paste into a shell needs it: quoted when it holds a space, a quote or
+    a letter outside ASCII."""
+    return shlex.quote(str(path))
+
+
 def check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
     """Refuse, before anything is built or written, a folder that cannot be this run's."""
     try:
@@ -192,13 +217,20 @@ def _check_run_dir(run_dir: pathlib.Path, resume: bool) -> None:
         raise ConfigError(f"--run-dir {run_dir} is a file, not a folder")
     if not resume and holds_a_run(run_dir):
         raise ConfigError(
-            f"--run-dir {run_dir} already holds a run; continue it with --resume {run_dir}, or name a fresh folder"
+            f"--run-dir {run_dir} already holds a run; continue it with --resume {shell_path(run_dir)}, "
+            "or name a fresh folder"
         )
     existing = next(parent for parent in [run_dir, *run_dir.absolute().parents] if parent.exists())
     if not existing.is_dir():
         raise ConfigError(f"--run-dir {run_dir}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--run-dir {run_dir}: {existing} cannot be written to")
+    checkpoints = run_dir / "checkpoints"
+    if resume and checkpoints.exists() and not checkpoints.is_dir():
+        raise ConfigError(
+            f"--resume {run_dir}: {checkpoints} is a file where the run's checkpoints folder should be; "
+            "move it away to resume from the start, or restore the folder"
+        )
 
 
 def make_run_dir(run_dir: pathlib.Path, lock_dir: pathlib.Path, resume: bool, multi_host: bool, config_json: str):
@@ -212,7 +244,7 @@ def make_run_dir(run_dir: pathlib.Path, lock_dir: pathlib.Path, resume: bool, mu
         if not resume and not multi_host and holds_a_run(run_dir):
             lock.release()
             raise ConfigError(
-                f"--run-dir {run_dir} was just taken by another run; continue it with --resume {run_dir}, "
+                f"--run-dir {run_dir} was just taken by another run; continue it with --resume {shell_path(run_dir)}, "
                 "or name a fresh folder"
             )
         if not resume:
@@ -471,11 +503,33 @@ class Checkpoints:
         self.manager = self._manager()
         DiskFullRepeats.install()
 
+    # An old checkpoint is first renamed into this folder (one atomic step), then deleted: a kill
+    # while the files go leaves no half-deleted checkpoint among the whole ones.
+    DELETED = ".deleted"
+
     def _manager(self):
         # Orbax writes a checkpoint into a temporary folder and renames it when whole; one left by a
         # kill or a full disk is removed when the manager opens the folder.
-        options = self.ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True)
+        self._finish_deleting()
+        options = self.ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, cleanup_tmp_directories=True, todelete_subdir=self.DELETED
+        )
         return self.ocp.CheckpointManager(self.directory.absolute(), options=options)
+
+    def _finish_deleting(self) -> None:
+        """Delete what a kill left half-deleted: the renamed old checkpoints, and (from versions that
+        deleted in place) a step folder without the metadata file that orbax writes first in every
+        checkpoint, where a newer whole one shows it was being deleted."""
+        if not self.directory.is_dir():
+            return
+        deleted = self.directory / self.DELETED
+        steps = self.steps()
+        whole = [step for step in steps if (self.directory / str(step) / "_CHECKPOINT_METADATA").exists()]
+        for step in steps:
+            if whole and step < whole[-1] and step not in whole:
+                deleted.mkdir(exist_ok=True)
+                (self.directory / str(step)).replace(deleted / str(step))
+        shutil.rmtree(deleted, ignore_errors=True)
 
     def steps(self) -> list[int]:
         """The updates after which a whole checkpoint was written, oldest first (orbax names each
@@ -515,6 +569,7 @@ class Checkpoints:
                 update, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
             )
             self.manager.wait_until_finished()
+        shutil.rmtree(self.directory / self.DELETED, ignore_errors=True)
 
     def restore(self, update: int, like):
         ocp = self.ocp
