@@ -4,6 +4,9 @@ iLQR, each with its `tiny` preset (VARIANTS["tiny"]: end to end in seconds):
 - a run from the command line: two seeds, the run folder's files, a summary with the promised fields;
 - kill and resume: a run resumed from a mid-run checkpoint ends with the same numbers and rows as
   the uninterrupted run;
+- the same two runs sharded over two devices (forced host devices, in a process of their own),
+  chunked, killed and resumed: the resumed run ends as the whole one did, bit for bit, and both
+  agree with the runs on one device to float32 rounding at the first evaluation;
 - the same program twice gives the same numbers, bit for bit;
 - a run's neighbours in a vmapped batch (their seeds, their hyperparameters, its place) change none
   of its bits;
@@ -236,9 +239,10 @@ def test_cli_run_two_seeds_then_kill_and_resume(name, tmp_path):
     assert one_device.keys() == two_devices.keys()
     for column, values in one_device.items():
         # The first evaluation's rows (one a run) to float32 rounding; later ones drift apart as a run
-        # alone and batched do (README: "Several devices"), the returns by a few percent at most here.
+        # alone and batched do (README: "Several devices"); through these few updates the returns stay
+        # within a percent (RESULTS: "Several devices").
         np.testing.assert_allclose(two_devices[column][:2], values[:2], rtol=1e-3, atol=1e-4, err_msg=column)
-    np.testing.assert_allclose(two_devices["eval_return"], one_device["eval_return"], rtol=0.1)
+    np.testing.assert_allclose(two_devices["eval_return"], one_device["eval_return"], rtol=1e-2, atol=1e-3)
 
 
 def _numbers(path) -> dict[str, np.ndarray]:

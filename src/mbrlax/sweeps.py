@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mbrlax.runner.execution import over_runs, shard_runs
+from mbrlax.runner.execution import jit_over_runs, shard_runs
 from mbrlax.runner.planning import RunOptions, Sweep, batch_inputs, check_options, plan, preset_config
 from mbrlax.training import ConfigError
 
@@ -61,7 +61,7 @@ def sweep(
     train, evals = [], []
     for program in planned.programs:
         keys, hparams = shard_runs(batch_inputs(program.runs, Config.SWEEPABLE))
-        _, metrics = jax.jit(over_runs(program.trainer, len(program.runs)))(keys, hparams)
+        _, metrics = jit_over_runs(program.trainer, len(program.runs))(keys, hparams)
         train.append(jax.tree_util.tree_map(np.asarray, metrics["train"]))
         evals.append(jax.tree_util.tree_map(np.asarray, metrics["eval"]))
     stack = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731

@@ -335,6 +335,7 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
                 meta = {"history": log.rows, "config": jsonable(program.config), **spent}
                 checkpoints.save(u + 1, state, meta)
             if asked and u + 1 < schedule.num_updates:
+                _CheckpointRequest.pending = False
                 raise RunStopped(
                     f"SIGUSR1 at environment step {env_steps}: {kept_checkpoint(checkpoints, schedule)}",
                     exit_code=128 + signal.SIGUSR1,
@@ -346,7 +347,9 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
                     progress.set_postfix(eval_return=f"{last_eval:.1f}", refresh=False)
     except BaseException as error:  # Ctrl-C included: what was written stays whole
         failure = error
-    _CheckpointRequest.loop_running = _CheckpointRequest.pending = False
+    # A request that came with the last update stays pending: a static sweep's next program stops
+    # after its first update.
+    _CheckpointRequest.loop_running = False
     closers = [checkpoints.close, log.close] + ([progress.close] if progress is not None else [])
     for close in closers:
         try:
