@@ -49,6 +49,11 @@ What this file does differently from the papers, and why:
   ReLU MLPs of `hidden_sizes` (JaxGCRL: 2 x 256 swish layers).
 - Many environments run in parallel (`num_envs`), with `updates_per_step` gradient steps per vector
   step, as JAX implementations on Brax do; the paper runs one environment at one update per step.
+- TD C-learning puts both terms on every transition; the authors' `critic_loss`
+  (c_learning/c_learning_agent.py) splits the batch, the next-state positives in its first half and
+  the weighted random goals in its second, and averages over the whole batch: the same expectation
+  with half the samples per term, and a loss half as large. Adam's step does not change with a
+  constant factor on the loss (no gradient clipping here), so the learning rate needs no change.
 
 Reproduce the point-maze row of benchmarks/RESULTS.md:  python algorithms/clearning.py --env point_maze_open
 JaxGCRL's Ant (their figure: 0.64 success after 10 M steps), its task, scale and critic:

@@ -33,7 +33,8 @@ paths below are in that repository):
   experiments/run_scripts/mb_comparison/mb_mpo_train.py): the natural-gradient direction by 10
   conjugate-gradient iterations on Hessian-vector products (damping 1e-5) of the mean KL between
   the adapted policies that sampled the post-update paths and the adapted policies of the new
-  theta (the post-adaptation KL, the authors' `kl_constrain_step = -1`), differentiated through
+  theta (the post-adaptation KL, the authors' `kl_constrain_step = -1`; the mean over all tasks'
+  live steps together, their `reduce_mean(concat(kls))`), differentiated through
   the inner step; then a line search over 0.8^n of the full step, n < 15, that takes the first step
   with KL <= 0.01 and a better surrogate, and keeps theta if none is. The authors' Hessian-vector
   products are finite differences of the KL's gradient; here they are exact (forward over reverse).
@@ -463,15 +464,18 @@ def post_adaptation_objective(apply, theta, pre_paths, post_paths, inner_lr, cli
 
 
 def post_adaptation_kl(apply, theta, pre_paths, post_paths, inner_lr, estimator="maml"):
-    """TRPO's constraint: mean over tasks of the mean over live post-update steps of
-    KL(sampling policy || pi_theta'_i(theta)), the adapted policies after the step (the authors'
-    `kl_constrain_step = -1` in model_maml_npo.py), differentiated through the inner step."""
+    """TRPO's constraint: the mean over every task's live post-update steps together of
+    KL(sampling policy || pi_theta'_i(theta)), the adapted policies after the step, differentiated
+    through the inner step (the authors' model_maml_npo.py: `kl_constrain_step = -1`, and
+    `reduce_mean(concat(kls))` over all tasks' samples, so a task with more live steps weighs more)."""
 
     def per_task(pre, post):
         mean, log_std = apply(adapt(apply, theta, pre, inner_lr, estimator), post["obs"])
-        return _live_mean(gaussian_kl(post["mean"], post["log_std"], mean, log_std), post)
+        kl = gaussian_kl(post["mean"], post["log_std"], mean, log_std)
+        return (kl * post["alive"]).sum(), post["alive"].sum()
 
-    return jax.vmap(per_task)(pre_paths, post_paths).mean()
+    total, live = jax.vmap(per_task)(pre_paths, post_paths)
+    return total.sum() / jnp.maximum(live.sum(), 1.0)
 
 
 # TASKS: each imagines through its own model and adapts on its own paths.

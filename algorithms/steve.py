@@ -69,6 +69,10 @@ What this file does differently from the papers, and why:
   by H (`div_by_h`, on in their experiments), a constant factor that Adam's step all but removes.
   The `mve` preset's H = 3 is the STEVE authors' `mve_tdk`; the MVE authors' own runs used H = 5
   (`--preset mve-authors`, with their batch, networks and rates).
+- The imagined actions a'_t are the current SAC policy's samples, as the STEVE authors' (valuerl.py
+  acts with the policy being learned); the MVE authors' DDPG takes them from its target actor
+  (mve/ddpg/ddpg.py, `actor.tf_target_action` in `_tf_compute_model_value_expansion`). SAC here has
+  no target actor, so `mve-authors` keeps the current policy too.
 
 Measured on pendulum (this package's pendulum, 200-step episodes; five episodes of the deterministic
 policy per evaluation; the default settings: H = 3, G = 5, critic on real data only, model refitted

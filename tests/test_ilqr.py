@@ -6,6 +6,7 @@ its learned-reward and one-member paths, and learning pendulum."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,79 @@ def test_ilqr_keeps_the_bounds_and_beats_the_clipped_lqr_plan():
 
 
 # LINE SEARCH AND REGULARISATION where a plain Gauss-Newton step fails
+
+
+# THE BOX QP of each backward step: projected Newton against every active set
+
+
+def brute_force_box_qp(h, g, lower, upper):
+    """The exact minimiser of 0.5 x'Hx + g'x on the box, in float64: for a convex QP it is the best
+    feasible point among the 3^n choices of each coordinate at its lower bound, its upper bound, or
+    free (the free ones solving their part of the Newton system)."""
+    best, best_value = None, np.inf
+    for choice in itertools.product((-1, 0, 1), repeat=len(g)):
+        choice = np.array(choice)
+        x = np.where(choice < 0, lower, np.where(choice > 0, upper, 0.0))
+        free = choice == 0
+        if free.any():
+            rhs = g[free] + h[np.ix_(free, ~free)] @ x[~free]
+            x[free] = -np.linalg.solve(h[np.ix_(free, free)], rhs)
+        if np.all(x >= lower - 1e-12) and np.all(x <= upper + 1e-12):
+            value = g @ x + 0.5 * x @ h @ x
+            if value < best_value:
+                best, best_value = x, value
+    return best, best_value
+
+
+def random_box_qps(size: int, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        factor = rng.normal(size=(size, size))
+        h = factor @ factor.T + 0.05 * np.eye(size)  # coupled: large off-diagonal terms
+        yield h, 2.0 * rng.normal(size=size), -0.5 * np.ones(size), 0.5 * np.ones(size)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_box_qp_is_the_exact_minimiser_on_random_coupled_problems(size):
+    """200 random coupled problems per size: the projected-Newton solution equals the brute-force one,
+    including problems whose clamped set changes after the clipped unconstrained start (the one-pass
+    estimate before it got some of these wrong, with a wrong sign in one dimension)."""
+    solve = jax.jit(jax.vmap(lambda h, g, lo, hi: ilqr.box_qp(h, g, lo, hi)))
+    problems = list(random_box_qps(size, 200, seed=size))
+    h, g, lower, upper = (np.array(part) for part in zip(*problems))
+    x, free = solve(*(jnp.asarray(part, jnp.float32) for part in (h, g, lower, upper)))
+    changed = 0
+    for i in range(len(problems)):
+        exact, exact_value = brute_force_box_qp(h[i], g[i], lower[i], upper[i])
+        np.testing.assert_allclose(x[i], exact, atol=2e-4, err_msg=f"problem {i}")
+        np.testing.assert_array_equal(free[i], (exact > lower[i] + 1e-6) & (exact < upper[i] - 1e-6))
+        start = np.clip(-np.linalg.solve(h[i], g[i]), lower[i], upper[i])
+        changed += not np.allclose(start, exact, atol=1e-4)
+    assert changed >= 20, changed  # the iterations, not the start, found these
+
+
+def test_a_backward_step_with_two_coupled_actions_solves_its_box_qp():
+    """One backward step whose Q_uu and Q_u are given by the stage cost alone (no dynamics): its step
+    k is the box QP's minimiser, and the clamped action's gain row is 0."""
+    h = np.array([[2.0, 1.8], [1.8, 2.0]])
+    g = np.array([2.0, 1.0])  # the optimum (-0.5, -0.05); the one-pass estimate gave (-0.5, +0.5)
+    exact, _ = brute_force_box_qp(h, g, -0.5 * np.ones(2), 0.5 * np.ones(2))
+    hess = np.zeros((4, 4))
+    hess[1:3, 1:3] = h
+    hess[1:3, 0] = hess[0, 1:3] = [0.3, -0.2]  # Q_ux, for the gains
+    grad = np.zeros(4)
+    grad[1:3] = g
+    k, gains, ok = ilqr.backward_pass(
+        jnp.zeros((1, 1, 1)), jnp.zeros((1, 1, 2)), jnp.asarray(grad[None], jnp.float32),
+        jnp.asarray(hess[None], jnp.float32), jnp.zeros((1, 2)), -0.5, 0.5, 0.0,
+    )
+    assert bool(ok)
+    np.testing.assert_allclose(k[0], exact, atol=1e-5)
+    clamped = np.abs(exact) >= 0.5 - 1e-6
+    assert clamped.any() and not clamped.all()
+    np.testing.assert_array_equal(gains[0][clamped], 0.0)
+    free = ~clamped
+    np.testing.assert_allclose(gains[0][free, 0], -np.array([0.3, -0.2])[free] / h[free, free], rtol=1e-5)
 
 
 def test_the_line_search_shortens_a_step_that_would_not_lower_the_cost():

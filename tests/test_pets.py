@@ -70,6 +70,37 @@ def test_icem_finds_the_maximum_of_a_quadratic():
     assert float(quadratic(mean)) > 0.02 * float(quadratic(mean0))
 
 
+def test_icem_samples_as_mbrl_libs_icem_optimizer():
+    """mbrl-lib's ICEMOptimizer within one search: iteration i samples ceil(max(population /
+    decay^i, 2 elites)) sequences; the middle iterations add ceil(0.3 elites) of the previous
+    iteration's elites, drawn at random (not always the best); the last adds the mean only."""
+    mean0, std0 = start()
+    seen = []
+
+    def score(samples, key):
+        seen.append(np.asarray(samples))
+        return quadratic(samples, key)
+
+    options = dict(iterations=3, population=10, elites=3, alpha=0.1, noise_beta=2.0, population_decay=1.25, keep_elites=0.3)
+    sizes, kept_ranks = [], []
+    for seed in range(8):
+        seen.clear()
+        pets.icem(score, mean0, std0, jax.random.PRNGKey(seed), LOW, HIGH, **options)
+        sizes.append([len(samples) for samples in seen])
+        # iteration 0's elites, best first; the one row iteration 1 adds is one of them
+        elites = seen[0][np.argsort(-np.asarray(quadratic(seen[0])), kind="stable")[:3]]
+        added = seen[1][-1]
+        kept_ranks.append(next(r for r in range(3) if np.array_equal(elites[r], added)))
+        # the last iteration's added row is the mean it sampled around, refitted twice
+        mean = np.asarray(mean0)
+        for samples in seen[:2]:
+            best = samples[np.argsort(-np.asarray(quadratic(samples)), kind="stable")[:3]]
+            mean = 0.1 * mean + 0.9 * best.mean(axis=0)
+        np.testing.assert_allclose(seen[2][-1], mean, atol=1e-6)
+    assert sizes == [[10, 8 + 1, 7 + 1]] * 8  # ceil(10 / 1.25^2) = 7: mbrl-lib's ceil, not a floor's 6
+    assert len(set(kept_ranks)) > 1, kept_ranks  # a random elite, not always the best
+
+
 def test_random_shooting_returns_its_best_sample_which_nears_the_maximum():
     """One step of one action: the best of 2000 uniform samples on [-1, 1] is within 0.01 of the
     maximiser except with probability below 1e-8; and it is the best sample of the score's own batch."""

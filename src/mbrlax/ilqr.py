@@ -23,7 +23,8 @@ class Result(NamedTuple):
     cost: jax.Array
     """Its total cost, sum over t of cost_fn(x_t, u_t, x_t+1)."""
     gains: jax.Array
-    """[H, A, obs] the feedback gains K_t of the last backward pass (zero rows where a bound clamps)."""
+    """[H, A, obs] the feedback gains K_t of the last backward pass whose Q_uu + mu I was positive
+    definite, linearised at the plan that iteration started from (zero rows where a bound clamps)."""
     mu: jax.Array
     """The regularisation reached."""
     accepted: jax.Array
@@ -32,15 +33,56 @@ class Result(NamedTuple):
     """[iterations] the plan's cost after each iteration."""
 
 
-def backward_pass(jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, high, mu):
+def box_qp(hessian, gradient, lower, upper, *, iterations: int = 8, line_search_steps: int = 16):
+    """min_x 0.5 x^T H x + g^T x subject to lower <= x <= upper, for a positive-definite H, by
+    projected Newton (Tassa, Mansard and Todorov 2014, "Control-limited differential dynamic
+    programming", Algorithm 1; their boxQP.m). From x = clip(-H^-1 g), each iteration:
+    clamped c = (x_i = lower_i and grad_i > 0) or (x_i = upper_i and grad_i < 0), grad = g + H x;
+    the Newton step on the free set f with the clamped held, x_f* = -H_ff^-1 (g + H x_c)_f; the
+    projected line search x(s) = clip(x + s (x* - x)), s = 1, 0.6, 0.36, ..., taking the largest s
+    with Armijo's decrease v(x(s)) - v(x) <= 0.1 s (x* - x)^T grad. A fixed number of iterations,
+    so it jits and vmaps; once the clamped set stops changing the step is 0.
+    Returns (x, free [bool]: the free set at x)."""
+    size = gradient.shape[-1]
+    eye = jnp.eye(size)
+    steps = 0.6 ** jnp.arange(line_search_steps)
+
+    def value(x):
+        return gradient @ x + 0.5 * x @ hessian @ x
+
+    def free_at(x):
+        grad = gradient + hessian @ x
+        return ~(((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))), grad
+
+    def newton_on(free, rhs):
+        """-H_ff^-1 rhs_f on the free set, 0 elsewhere."""
+        reduced = jnp.where(free[:, None] & free[None, :], hessian, eye)
+        return -jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(reduced), True), jnp.where(free, rhs, 0.0))
+
+    def iteration(x, _):
+        free, grad = free_at(x)
+        target = newton_on(free, gradient + hessian @ jnp.where(free, 0.0, x))
+        search = jnp.where(free, target - x, 0.0)
+        slope = search @ grad
+        candidates = jnp.clip(x + steps[:, None] * search, lower, upper)
+        armijo = jax.vmap(value)(candidates) - value(x) <= 0.1 * steps * slope
+        accept = (slope < 0) & jnp.any(armijo)
+        return jnp.where(accept, candidates[jnp.argmax(armijo)], x), None
+
+    x = jnp.clip(newton_on(jnp.ones(size, bool), gradient), lower, upper)
+    x, _ = jax.lax.scan(iteration, x, None, length=iterations)
+    return x, free_at(x)[0]
+
+
+def backward_pass(jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, high, mu, qp_iterations: int = 8):
     """One backward pass of iLQR. Per step t: the model's Jacobians F_x [obs, obs], F_u [obs, A] at
     the nominal (x_t, u_t), and the gradient g [2 obs + A] and Hessian G of the stage cost in z = (x,
     u, x'). With J = [[I, 0], [0, I], [F_x, F_u]] and V' the next step's value expansion added to the
-    x' block, Q = J^T (G + V'') J and q = J^T (g + V'). Step k = -(Q_uu + mu I)^-1 Q_u and gains
-    K = -(Q_uu + mu I)^-1 Q_ux. Where u_t + k leaves [low, high], that action's step is clamped to the
-    bound and its gain row set to 0, and the other actions' step and gains are solved again with the
-    clamped ones held fixed (one active-set pass, not a full box-constrained QP). The value expansion
-    uses the unregularised Q and the final k, K.
+    x' block, Q = J^T (G + V'') J and q = J^T (g + V'). The step k solves the box QP
+    min_k 0.5 k^T (Q_uu + mu I) k + Q_u^T k subject to low <= u_t + k <= high (`box_qp`, projected
+    Newton as Tassa et al. 2014), and the gains on its free set f are K_f = -(Q_uu + mu I)_ff^-1 Q_ux,f,
+    0 on the clamped rows. Without binding bounds, k = -(Q_uu + mu I)^-1 Q_u and K = -(Q_uu + mu I)^-1 Q_ux.
+    The value expansion uses the unregularised Q and these k, K.
     Returns (k [H, A], K [H, A, obs], ok: whether every Q_uu + mu I was positive definite)."""
     obs_size, action_size = jacobian_x.shape[-1], jacobian_u.shape[-1]
 
@@ -61,19 +103,11 @@ def backward_pass(jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, hi
         q_x, q_u = q[:obs_size], q[obs_size:]
         q_xx, q_ux, q_uu = big_q[:obs_size, :obs_size], big_q[obs_size:, :obs_size], big_q[obs_size:, obs_size:]
         regularised = q_uu + mu * jnp.eye(action_size)
-        chol = jnp.linalg.cholesky(regularised)
-        ok = jnp.all(jnp.isfinite(chol))
-        k = -jax.scipy.linalg.cho_solve((chol, True), q_u)
-        # BOUNDS: an action whose step leaves the box is clamped to the bound and loses its feedback;
-        # the free actions' step and gains are solved again with the clamped ones held (one pass).
-        free = (u + k >= low) & (u + k <= high)
-        clamped_k = jnp.where(free, 0.0, jnp.clip(u + k, low, high) - u)
-        both_free = free[:, None] & free[None, :]
-        reduced = jnp.where(both_free, regularised, jnp.eye(action_size))
-        rhs = jnp.where(free, q_u + regularised @ clamped_k, -clamped_k)
-        reduced_chol = jnp.linalg.cholesky(reduced)
-        k = -jax.scipy.linalg.cho_solve((reduced_chol, True), rhs)
-        gain = -jax.scipy.linalg.cho_solve((reduced_chol, True), jnp.where(free[:, None], q_ux, 0.0))
+        ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(regularised)))
+        # BOUNDS: the step within the box; an action clamped at its bound loses its feedback.
+        k, free = box_qp(regularised, q_u, low - u, high - u, iterations=qp_iterations)
+        reduced = jnp.where(free[:, None] & free[None, :], regularised, jnp.eye(action_size))
+        gain = -jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(reduced), True), jnp.where(free[:, None], q_ux, 0.0))
         value_grad = q_x + gain.T @ q_uu @ k + gain.T @ q_u + q_ux.T @ k
         value_hess = q_xx + gain.T @ q_uu @ gain + gain.T @ q_ux + q_ux.T @ gain
         value_hess = 0.5 * (value_hess + value_hess.T)
@@ -119,6 +153,7 @@ def solve(
     mu_min=1e-6,
     mu_factor=4.0,
     min_step=1e-3,
+    qp_iterations: int = 8,
 ) -> Result:
     """Iterative LQR from the plan `actions_init` [H, A] for the state x0 [obs]: minimises
     sum_t cost_fn(x_t, u_t, x_t+1) with x_t+1 = dynamics_fn(x_t, u_t) (both for one state and action)
@@ -132,10 +167,10 @@ def solve(
     less than the current plan. Levenberg-Marquardt schedule: an accepted step divides mu by
     `mu_factor` (down to `mu_min`; below it, mu_min), a rejected step or a backward pass whose
     Q_uu + mu I is not positive definite multiplies it by `mu_factor` (at least to 1e-6) and keeps the
-    plan. Bounds: the forward pass clips every action to [low, high] and the backward pass clamps the
-    step at the bound, drops that action's feedback and re-solves the others' step once (exact for one
-    action dimension; with several, a one-pass estimate of the active set). The cost never increases
-    over iterations."""
+    plan. Bounds: the forward pass clips every action to [low, high], and the backward pass solves
+    each step's box-constrained QP by `qp_iterations` projected-Newton iterations (`box_qp`, as
+    Tassa et al. 2014), dropping the feedback of the actions clamped at a bound. The cost never
+    increases over iterations."""
     low = jnp.broadcast_to(low, actions_init.shape[-1:])
     high = jnp.broadcast_to(high, actions_init.shape[-1:])
     obs_size = x0.shape[-1]
@@ -153,7 +188,7 @@ def solve(
         jacobian_x, jacobian_u = linearise(states[:-1], actions)
         z = jnp.concatenate([states[:-1], actions, states[1:]], axis=-1)
         cost_grad, cost_hess = quadratise(z)
-        k, gains, ok = backward_pass(jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, high, mu)
+        k, gains, ok = backward_pass(jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, high, mu, qp_iterations)
 
         # LINE SEARCH: every step size's closed-loop rollout at once; keep the cheapest.
         def try_step(step):
