@@ -144,7 +144,7 @@ def test_zero_horizon_is_sacs_actor_objective():
 
 
 def test_variant_presets_go_on_top_of_the_task_preset():
-    config = runner._preset_config(maac.Config, maac.PRESETS, "brax/hopper", "sac-svg")
+    config = runner.preset_config(maac.Config, maac.PRESETS, "brax/hopper", "sac-svg")
     assert config.env == "brax/hopper" and config.rollout_batch_size == 0 and not config.sac_only
     assert config.rollout_schedule == maac.TASKS["brax/hopper"]["rollout_schedule"]
     assert config.ensemble_size == 8
@@ -154,7 +154,7 @@ def test_variant_presets_go_on_top_of_the_task_preset():
     assert config.initial_alpha == 0.1 and config.model_free_steps == 10_000
     assert config.max_grad_norm is None and config.sac_update_order == "sequential"
     # svg.py adds the task's entropy schedule and budget (config/env/mbpo_hopper.yaml).
-    hopper = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", None)
+    hopper = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", None)
     assert hopper == dataclasses.replace(
         config,
         total_steps=1_000_000,
@@ -165,19 +165,19 @@ def test_variant_presets_go_on_top_of_the_task_preset():
         eval_episodes=10,
         buffer_capacity=1_000_000,
     )
-    svg1 = runner._preset_config(maac.Config, svg.PRESETS, "pendulum", "svg1")
+    svg1 = runner.preset_config(maac.Config, svg.PRESETS, "pendulum", "svg1")
     assert (svg1.horizon, svg1.rollout_batch_size, svg1.sac_only) == (1, 0, False)
     for presets in (maac.PRESETS, svg.PRESETS):
-        svg0 = runner._preset_config(maac.Config, presets, None, "svg0")
+        svg0 = runner.preset_config(maac.Config, presets, None, "svg0")
         assert svg0.env == "pendulum" and svg0.horizon == 0 and svg0.sac_only and svg0.updates_per_step == 1
         assert svg0.max_grad_norm is None and svg0.sac_update_order == "simultaneous" and svg0.initial_alpha == 1.0
-    default_svg = runner._preset_config(maac.Config, svg.PRESETS, "brax/walker2d", None)
+    default_svg = runner.preset_config(maac.Config, svg.PRESETS, "brax/walker2d", None)
     assert default_svg.horizon == 2 and default_svg.rollout_batch_size == 0 and default_svg.env == "brax/walker2d"
     assert default_svg.total_steps == 2_000_000 and default_svg.target_entropy_final == -8.0
-    pendulum_svg = runner._preset_config(maac.Config, svg.PRESETS, "pendulum", None)
+    pendulum_svg = runner.preset_config(maac.Config, svg.PRESETS, "pendulum", None)
     assert (pendulum_svg.horizon, pendulum_svg.rollout_batch_size, pendulum_svg.max_grad_norm) == (2, 0, None)
     for name in maac.PRESETS:
-        preset_config = runner._preset_config(maac.Config, maac.PRESETS, None, name)
+        preset_config = runner.preset_config(maac.Config, maac.PRESETS, None, name)
         preset_config.validate()
 
 
@@ -191,7 +191,7 @@ def test_target_entropy_schedule_is_sac_svgs():
 
 
 # The tiny preset: 4 model periods of 100 steps after 200 random ones, 2 evaluations (other test files use it too).
-TINY = runner._preset_config(maac.Config, maac.PRESETS, None, "tiny")
+TINY = runner.preset_config(maac.Config, maac.PRESETS, None, "tiny")
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]
 
 
@@ -252,7 +252,7 @@ def test_svg0_is_exactly_sac():
     --updates-per-step 1`, no clipping) with the same run settings and key: every one of the 100
     updates is the same, so the final actor, critics, targets and temperature are equal bit for bit.
     MBPO's --sac-only keeps no model, model buffer or model metrics."""
-    svg0 = dataclasses.replace(runner._preset_config(maac.Config, svg.PRESETS, "pendulum", "svg0"), **TINY_RUN)
+    svg0 = dataclasses.replace(runner.preset_config(maac.Config, svg.PRESETS, "pendulum", "svg0"), **TINY_RUN)
     plain_sac = mbpo.Config(sac_only=True, updates_per_step=1, **TINY_RUN)
     assert plain_sac.max_grad_norm is None
     svg0_agent = _final_agent(maac.make_train(svg0), svg0)
@@ -305,11 +305,11 @@ def test_maac_learns_pendulum():
 
 
 def test_several_presets_apply_in_order_on_top_of_the_task():
-    both = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("sac-svg", "svg1"))
-    svg1 = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", "svg1")
-    sac_svg = runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", "sac-svg")
+    both = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("sac-svg", "svg1"))
+    svg1 = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", "svg1")
+    sac_svg = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", "sac-svg")
     assert both.env == "brax/hopper" and both.horizon == svg1.horizon  # the later preset wins
     changed_only_by_sac_svg = {k for k in maac.VARIANTS["sac-svg"] if k not in maac.VARIANTS["svg1"]}
     assert changed_only_by_sac_svg and all(getattr(both, k) == getattr(sac_svg, k) for k in changed_only_by_sac_svg)
     with pytest.raises(ConfigError, match="'nope' is unknown"):
-        runner._preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("svg1", "nope"))
+        runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("svg1", "nope"))

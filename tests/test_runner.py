@@ -93,7 +93,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     assert toy_main(["--run-dir", str(run)]) == 0
     capsys.readouterr()
-    held = runner.FolderLock(run)  # as a run still writing the folder holds it
+    held = records.FolderLock(run)  # as a run still writing the folder holds it
     try:
         assert toy_main(["--resume", str(run)]) == 2
         err = capsys.readouterr().err.strip()
@@ -115,11 +115,11 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="being written"):
-            runner.FolderLock(run)
+            records.FolderLock(run)
     finally:
         holder.kill()
         holder.wait()
-    runner.FolderLock(run).release()
+    records.FolderLock(run).release()
 
 
 def test_the_fused_mode_stops_on_nan_with_the_quantity_named(tmp_path, capsys):
@@ -138,7 +138,7 @@ def test_the_fused_mode_stops_on_nan_with_the_quantity_named(tmp_path, capsys):
 
 
 def test_summaries_are_strict_json():
-    text = runner.strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    text = records.strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}}
 
 
@@ -152,7 +152,7 @@ def test_memory_check_says_when_not_even_one_run_fits(monkeypatch):
     monkeypatch.setattr(planning, "device_memory_bytes", lambda: (8, "a tiny device"))
     trainer = make_toy(ToyConfig())
     with pytest.raises(ConfigError, match="even one run does not fit"):
-        runner.check_memory(trainer, [{"seed": 0, "lr": 0.1}], ToyConfig.SWEEPABLE)
+        planning.check_memory(trainer, [{"seed": 0, "lr": 0.1}], ToyConfig.SWEEPABLE)
 
 
 def _stop_at_update(monkeypatch, update: int, error: BaseException):
@@ -186,7 +186,7 @@ def test_a_full_disk_stops_with_one_line_and_leaves_no_partial_files(tmp_path, c
     whole = tmp_path / "whole"
     assert toy_main(["--run-dir", str(whole)]) == 0
     run = tmp_path / "run"
-    real_save = runner.Checkpoints.save
+    real_save = records.Checkpoints.save
 
     def save(self, update, state, meta):
         if update == 4:  # the second checkpoint: as orbax does, a temporary folder, then the disk fills
@@ -195,7 +195,7 @@ def test_a_full_disk_stops_with_one_line_and_leaves_no_partial_files(tmp_path, c
         return real_save(self, update, state, meta)
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner.Checkpoints, "save", save)
+        patch.setattr(records.Checkpoints, "save", save)
         assert toy_main(["--run-dir", str(run)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -215,7 +215,7 @@ def test_a_file_written_on_a_full_disk_keeps_its_old_content(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError):
-        runner.write_whole(path, fill_the_disk)
+        records.write_whole(path, fill_the_disk)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["curve.png"]
 
 

@@ -211,7 +211,7 @@ def test_critic_objective_expands_and_differentiates(estimator, expansion_model)
 def test_presets_and_bad_input():
     mve = dataclasses.replace(steve.Config(), **steve.PRESETS["mve"])
     assert mve.estimator == "mve" and mve.horizon == 3 and mve.expansion_model == "mean"
-    authors = runner._preset_config(steve.Config, steve.PRESETS, "brax/halfcheetah", "mve-authors")
+    authors = runner.preset_config(steve.Config, steve.PRESETS, "brax/halfcheetah", "mve-authors")
     assert (authors.env, authors.estimator, authors.horizon) == ("brax/halfcheetah", "mve", 5)
     assert (authors.updates_per_step, authors.sac_batch_size, authors.sac_hidden_sizes) == (4, 64, (64, 64))
     assert authors.total_steps == steve.PRESETS["brax/halfcheetah"]["total_steps"]  # the task's budget stays

@@ -185,7 +185,7 @@ def test_process_flags_without_a_coordinator_are_refused(capsys, tmp_path):
 def test_a_half_written_process_checkpoint_is_ignored(tmp_path):
     """A kill while a process writes its checkpoint leaves a partial file, which resume skips."""
     import jax.numpy as jnp
-    from mbrlax.runner import ProcessCheckpoints
+    from mbrlax.runner.records import ProcessCheckpoints
 
     checkpoints = ProcessCheckpoints(tmp_path)
     checkpoints.save(3, {"w": jnp.ones(2)}, {"history": []})

@@ -9,7 +9,8 @@ and the fused mode compute the same thing.
 `update` also receives its own index (0, 1, 2, ...) as an int32 scalar that is the same for every
 run in a vmapped batch. A schedule that depends only on progress (MBPO's rollout length) is computed
 from it, so a loop whose length it sets stays one loop under `vmap` instead of becoming a masked
-loop over every run's own counter (DESIGN.md: schedules in the loop's structure).
+loop over every run's own counter: a schedule belongs in the loop's structure, not in a `lax.cond` on a
+traced counter, whose both branches run under `vmap`.
 """
 
 from __future__ import annotations
