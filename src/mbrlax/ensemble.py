@@ -48,7 +48,7 @@ counts are traced values.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -366,26 +366,39 @@ def _masked_moments(x: jax.Array, mask: jax.Array):
     return mean, jnp.where(std < 1e-6, 1.0, std)
 
 
-def train(
-    cfg: EnsembleConfig,
-    state: EnsembleState,
-    data: dict,
-    count: jax.Array,
-    key: jax.Array,
-):
-    """Fit the ensemble on the first `count` entries of `data` (keys obs, action, next_obs and, when
-    the reward is learned, reward; each [capacity, ...]), at the learning rate and weight decay its
-    optimiser state keeps (from `init`). Returns the new state and metrics."""
-    capacity = data["obs"].shape[0]
-    output_size = state.target_mean.shape[0]
-    K, B = cfg.num_members, cfg.batch_size
-    optimizer = _optimizer(cfg)  # the rate and decay come from state.opt_state
+class Normalised(NamedTuple):
+    """A fit's data in the units the members train in, and the moments that made them."""
 
+    inputs: jax.Array
+    """[capacity, obs + act] (obs, action) standardised by the valid entries' moments."""
+    targets: jax.Array
+    """[capacity, out] next_obs - obs (and the reward), standardised when the config says so."""
+    input_mean: jax.Array
+    input_std: jax.Array
+    target_mean: jax.Array
+    target_std: jax.Array
+
+
+class Split(NamedTuple):
+    """Which valid entries each member trains on and which are held out, fixed for one fit."""
+
+    order: jax.Array
+    """[capacity] a random order of the valid slots first; its first n_holdout are held out."""
+    n_holdout: jax.Array
+    n_train: jax.Array
+    resample: jax.Array
+    """[K, capacity] member k's j-th training example is train position resample[k, j]."""
+
+
+def normalise(cfg: EnsembleConfig, state: EnsembleState, data: dict, count: jax.Array) -> Normalised:
+    """Inputs (obs, action) and targets (next_obs - obs, and the reward when it is learned), each
+    standardised by the mean and spread of the first `count` entries (targets only with
+    `normalize_targets`)."""
     inputs_raw = jnp.concatenate([data["obs"], data["action"]], axis=-1)
     targets_raw = data["next_obs"] - data["obs"]
     if cfg.learn_reward:
         targets_raw = jnp.concatenate([targets_raw, data["reward"][:, None]], axis=-1)
-    valid = jnp.arange(capacity) < count
+    valid = jnp.arange(data["obs"].shape[0]) < count
     input_mean, input_std = _masked_moments(inputs_raw, valid)
     if cfg.normalize_targets:
         target_mean, target_std = _masked_moments(targets_raw, valid)
@@ -393,20 +406,55 @@ def train(
         target_mean, target_std = jnp.zeros_like(state.target_mean), jnp.ones_like(state.target_std)
     inputs = (inputs_raw - input_mean) / input_std
     targets = (targets_raw - target_mean) / target_std
+    return Normalised(inputs, targets, input_mean, input_std, target_mean, target_std)
 
-    # Split: a random order of the valid slots; the first n_holdout of it are held out.
-    split_key, boot_key, key = jax.random.split(key, 3)
+
+def split(cfg: EnsembleConfig, split_key, boot_key, count: jax.Array, capacity: int) -> Split:
+    """A random order of the valid slots, of which the first min(count x holdout_ratio, max_holdout)
+    are held out; with `sampling="bootstrap"` each member resamples the rest with replacement."""
+    valid = jnp.arange(capacity) < count
     order = jnp.argsort(jnp.where(valid, jax.random.uniform(split_key, (capacity,)), 2.0))
     n_holdout = jnp.minimum((count * cfg.holdout_ratio).astype(jnp.int32), cfg.max_holdout)
     n_train = count - n_holdout
     if cfg.sampling == "bootstrap":
-        # Member k trains on train-position resample[k, j] as its j-th example, fixed for this fit.
-        resample = jax.random.randint(boot_key, (K, capacity), 0, jnp.maximum(n_train, 1))
+        resample = jax.random.randint(boot_key, (cfg.num_members, capacity), 0, jnp.maximum(n_train, 1))
     else:
-        resample = jnp.broadcast_to(jnp.arange(capacity), (K, capacity))
+        resample = jnp.broadcast_to(jnp.arange(capacity), (cfg.num_members, capacity))
+    return Split(order, n_holdout, n_train, resample)
+
+
+def member_errors(cfg: EnsembleConfig, params, data: Normalised, order: jax.Array, size) -> jax.Array:
+    """Mean squared error of each member's mean [K] (in the units of the targets as trained) on the
+    first `size` entries of `order`: the holdout set, or without a holdout a random share of the
+    training data."""
+    capacity, output_size = order.shape[0], data.targets.shape[-1]
+    E, K = cfg.eval_batch_size, cfg.num_members
+    num_chunks = (size + E - 1) // E
+
+    def chunk(c, total):
+        j = c * E + jnp.arange(E)
+        weights = (j < size).astype(jnp.float32)
+        idx = order[jnp.minimum(j, capacity - 1)]
+        x = jnp.broadcast_to(data.inputs[idx], (K, E, data.inputs.shape[-1]))
+        mean, _ = _apply_members(cfg, params, x, output_size)
+        return total + (((mean - data.targets[idx]) ** 2).mean(-1) * weights).sum(-1)
+
+    return jax.lax.fori_loop(0, num_chunks, chunk, jnp.zeros(K)) / jnp.maximum(size, 1)
+
+
+def fit_epochs(cfg: EnsembleConfig, state: EnsembleState, data: Normalised, parts: Split, key):
+    """Epochs of minibatch Adam on each member's training examples until `max_epochs`, or until no
+    member's holdout error improved by `min_improvement` (relative) for `patience` epochs; each
+    member keeps its best parameters by holdout error (without a holdout: the last). Returns (params
+    with the best networks, optimiser state, each member's best holdout error [K], epochs run, the
+    last epoch's mean training loss)."""
+    capacity, output_size = parts.order.shape[0], data.targets.shape[-1]
+    K, B = cfg.num_members, cfg.batch_size
+    optimizer = _optimizer(cfg)  # the rate and decay come from state.opt_state
+    order, n_holdout, n_train, resample = parts
 
     def loss_fn(params, idx, weights):
-        return _loss(cfg, params, inputs[idx], targets[idx], weights, output_size)
+        return _loss(cfg, params, data.inputs[idx], data.targets[idx], weights, output_size)
 
     def penalty(params):
         if not (cfg.probabilistic and cfg.learn_logvar_bounds):
@@ -443,26 +491,6 @@ def train(
         params, opt_state, loss_sum = jax.lax.fori_loop(0, num_batches, minibatch, (params, opt_state, 0.0))
         return params, opt_state, loss_sum / jnp.maximum(num_batches, 1) / K
 
-    def error_on_first(params, size):
-        """Mean squared error of each member's mean [K] (in the units of the targets as trained) on
-        the first `size` entries of the random order: the holdout set, or without a holdout a random
-        share of the training data."""
-        E = cfg.eval_batch_size
-        num_chunks = (size + E - 1) // E
-
-        def chunk(c, total):
-            j = c * E + jnp.arange(E)
-            weights = (j < size).astype(jnp.float32)
-            idx = order[jnp.minimum(j, capacity - 1)]
-            x = jnp.broadcast_to(inputs[idx], (K, E, inputs.shape[-1]))
-            mean, _ = _apply_members(cfg, params, x, output_size)
-            return total + (((mean - targets[idx]) ** 2).mean(-1) * weights).sum(-1)
-
-        return jax.lax.fori_loop(0, num_chunks, chunk, jnp.zeros(K)) / jnp.maximum(size, 1)
-
-    def holdout_error(params):
-        return error_on_first(params, n_holdout)
-
     # EARLY STOPPING over epochs: keep each member's best parameters by holdout error.
     def keep_going(carry):
         epoch, since_improved = carry[0], carry[1]
@@ -472,7 +500,7 @@ def train(
         epoch, since_improved, params, opt_state, best_params, best_error, key, _ = carry
         key, epoch_key = jax.random.split(key)
         params, opt_state, train_loss = train_epoch(params, opt_state, epoch_key)
-        error = holdout_error(params)
+        error = member_errors(cfg, params, data, order, n_holdout)
         improved = (best_error - error) / jnp.abs(best_error) > cfg.min_improvement
         improved = improved | ~jnp.isfinite(best_error)
         # Without holdout data there is nothing to stop on: train for max_epochs, keep the last.
@@ -499,24 +527,41 @@ def train(
     epochs, _, params, opt_state, best_net, best_error, _, train_loss = jax.lax.while_loop(
         keep_going, epoch_step, init_carry
     )
-    params = dict(params, net=best_net)
-    if cfg.holdout_ratio == 0.0 and cfg.num_elites < K:
+    return dict(params, net=best_net), opt_state, best_error, epochs, train_loss
+
+
+def train(
+    cfg: EnsembleConfig,
+    state: EnsembleState,
+    data: dict,
+    count: jax.Array,
+    key: jax.Array,
+):
+    """Fit the ensemble on the first `count` entries of `data` (keys obs, action, next_obs and, when
+    the reward is learned, reward; each [capacity, ...]), at the learning rate and weight decay its
+    optimiser state keeps (from `init`): normalise, split, the epochs, the elites. Returns the new
+    state and metrics."""
+    normalised = normalise(cfg, state, data, count)
+    split_key, boot_key, key = jax.random.split(key, 3)
+    parts = split(cfg, split_key, boot_key, count, data["obs"].shape[0])
+    params, opt_state, best_error, epochs, train_loss = fit_epochs(cfg, state, normalised, parts, key)
+    if cfg.holdout_ratio == 0.0 and cfg.num_elites < cfg.num_members:
         # No holdout: rank the members by their error on (at most max_holdout of) the training data.
-        best_error = error_on_first(params, jnp.minimum(count, cfg.max_holdout))
+        best_error = member_errors(cfg, params, normalised, parts.order, jnp.minimum(count, cfg.max_holdout))
     elites = jnp.argsort(best_error)[: cfg.num_elites].astype(jnp.int32)
     new_state = EnsembleState(
         params=params,
         opt_state=opt_state,
-        input_mean=input_mean,
-        input_std=input_std,
-        target_mean=target_mean,
-        target_std=target_std,
+        input_mean=normalised.input_mean,
+        input_std=normalised.input_std,
+        target_mean=normalised.target_mean,
+        target_std=normalised.target_std,
         elites=elites,
     )
     metrics = {
         "model_train_loss": train_loss,
-        "model_holdout_mse": jnp.where(n_holdout > 0, best_error[elites].mean(), 0.0),
-        "model_holdout_size": n_holdout,
+        "model_holdout_mse": jnp.where(parts.n_holdout > 0, best_error[elites].mean(), 0.0),
+        "model_holdout_size": parts.n_holdout,
         "model_epochs": epochs,
     }
     return new_state, metrics
