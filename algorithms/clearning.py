@@ -3,61 +3,25 @@
 contrastive form of the same family (Eysenbach et al., "Contrastive Learning as Goal-Conditioned
 Reinforcement Learning", NeurIPS 2022) as an option.
 
-No reward is used. A classifier C(s, a, g) learns to tell goals g drawn from the discounted future
-of (s, a) under the policy from goals drawn at random; at its optimum C / (1 - C) = p^pi(future =
-g | s, a) / p(g), which is the Q-function of the reward (1 - gamma) p(s_{t+1} = g). The policy
-picks actions that make the commanded goal most likely: it maximises C (or log C).
+No reward is used. A classifier C(s, a, g) learns to tell goals from the discounted future of (s, a)
+from random goals; at its optimum C / (1 - C) = p^pi(future = g | s, a) / p(g), the Q-function of
+the reward (1 - gamma) p(s_{t+1} = g). The policy maximises C (or log C) for the commanded goal.
+TD C-learning (`--estimator td`, the default), for a transition (s, a, s') and a random goal g:
 
-- TD C-learning (`--estimator td`, the default, off-policy): for each transition (s, a, s') the
-  next state's achieved goal is a positive with weight (1 - gamma); a random goal g from the batch
-  is a negative, and also a positive with weight gamma w, where w = C'/(1 - C') at (s', a' ~ pi(s',
-  g), g) from the smaller of two target classifiers, held fixed and clipped at 1 / (1 - gamma):
+    loss = -(1 - gamma) log C(s, a, s') - gamma w log C(s, a, g) - log(1 - C(s, a, g))
+    w    = C'/(1 - C') at (s', a' ~ pi(s', g), g), the smaller of two target classifiers, clipped at 1/(1 - gamma)
 
-      loss = -(1 - gamma) log C(s, a, s') - gamma w log C(s, a, g) - log(1 - C(s, a, g))
+`mc` uses future goals at offsets k ~ Geom(1 - gamma) as positives, `hybrid` mixes the two, and
+`contrastive` learns an energy f(phi(s, a), psi(g)) over batch x batch pairs (NCE or InfoNCE).
 
-- MC C-learning (`mc`): positives are achieved goals at offsets k ~ Geom(1 - gamma) later in the
-  same episode, negatives random goals, plain cross-entropy. `hybrid` mixes the two losses with
-  `mc_weight`.
-- Contrastive (`contrastive`): the critic is an energy f(phi(s, a), psi(g)) over the batch x batch
-  pairs, future goals on the diagonal as positives. By default the energy is the dot product and the
-  loss the sigmoid cross-entropy against the identity (NCE), as contrastive_rl's default
-  (google-research/google-research, contrastive_rl/contrastive/learning.py, `critic_loss`);
-  `--contrastive-loss infonce` is the softmax cross-entropy of each row (forward InfoNCE; their
-  `use_cpc`), `infonce_backward` that of each column, `--energy distance` the energy
-  -||phi - psi||, and `--logsumexp-penalty c` adds c * mean(logsumexp_row^2). JaxGCRL's critic
-  (MichalBortkiewicz/JaxGCRL, jaxgcrl/agents/crl/losses.py) is InfoNCE with the distance energy
-  (its `energy_fn="norm"`) and c = 0.1.
-  The actor follows contrastive_rl's (learning.py, `actor_loss`), not the C-learning actor: it
-  minimises alpha log pi(a | s, g) - f(phi(s, a), psi(g)), the energy itself rather than a
-  sigmoid of it (which vanishes when a positive competes with 255 negatives). alpha is learned
-  against a target entropy of `target_entropy_per_dim` x |A| (SAC's temperature loss; 0 in
-  contrastive_rl's config.py, -0.5 per dimension in JaxGCRL's crl.py), or fixed with
-  `--entropy-coefficient` (contrastive_rl's lp_contrastive.py fixes it at 0 on state-based tasks and
-  learns it on image-based ones).
+Departures from the papers (the most important):
+- The C-learning actors are SAC's tanh-Gaussian without an entropy bonus, as c_learning's `actor_loss`.
+- Every actor's goals are half future goals of the batch's own trajectories, half random goals.
+- The contrastive actor is contrastive_rl's (alpha log pi - f), not the C-learning actor.
+- Many environments in parallel with `updates_per_step` gradient steps per vector step; the paper runs one.
+- TD C-learning puts both loss terms on every transition; the authors split the batch in halves.
 
-Goals are relabelled inside trajectories only: a future goal comes from the same environment's same
-episode, at most the episode's last next-observation. Episode ends are not bootstrapped through
-specially: the TD target reads the next state's classifier as the paper does.
-
-What this file does differently from the papers, and why:
-- The C-learning actors (td, mc, hybrid) are SAC's tanh-Gaussian without an entropy bonus, as
-  c_learning's `actor_loss` (c_learning/c_learning_agent.py: -C, or -log C with `ce_loss`); its
-  log-std is learned and shrinks as the classifier sharpens. Every actor's goals are half future
-  goals of the batch's own trajectories, half random goals (contrastive_rl's `random_goals=0.5`
-  feeds both halves for every state; JaxGCRL uses future goals only).
-- The contrastive critic has no twin and no target network, as in both codes; its networks are
-  ReLU MLPs of `hidden_sizes` (JaxGCRL: 2 x 256 swish layers).
-- Many environments run in parallel (`num_envs`), with `updates_per_step` gradient steps per vector
-  step, as JAX implementations on Brax do; the paper runs one environment at one update per step.
-- TD C-learning puts both terms on every transition; the authors' `critic_loss`
-  (c_learning/c_learning_agent.py) splits the batch, the next-state positives in its first half and
-  the weighted random goals in its second, and averages over the whole batch: the same expectation
-  with half the samples per term, and a loss half as large. Adam's step does not change with a
-  constant factor on the loss (no gradient clipping here), so the learning rate needs no change.
-
-Reproduce the point-maze row of benchmarks/RESULTS.md:  python algorithms/clearning.py --env point_maze_open
-JaxGCRL's Ant (their figure: 0.64 success after 10 M steps), its task, scale and critic:
-    python algorithms/clearning.py --env brax/ant_goal_jaxgcrl --preset jaxgcrl
+Provenance, every departure, presets and commands: docs/algorithms/clearning.md.
 """
 
 from __future__ import annotations
@@ -164,6 +128,7 @@ class Config(RunConfig):
             raise ConfigError(f"batch_size must be even (half positives, half negatives), got {self.batch_size}")
 
 
+# Provenance of each preset: docs/algorithms/clearning.md, "Presets".
 TASKS: dict[str, dict[str, Any]] = {
     "point_maze_open": dict(env="point_maze_open"),
     "point_maze_u": dict(env="point_maze_u", total_steps=200_000, eval_every=19_200),
@@ -188,10 +153,7 @@ TASKS: dict[str, dict[str, Any]] = {
         updates_per_step=8,
         episode_length=1000,
     ),
-    # JaxGCRL's scale (MichalBortkiewicz/JaxGCRL, scripts/train.sh and the CRL defaults in
-    # jaxgcrl/agents/crl/crl.py): 512 environments, 1000 prefill steps each, a buffer of 10,000 steps
-    # per environment, and about 32 gradient steps of 256 per vector step (their 512 x 999 / 256
-    # updates per 512 x 62 environment steps).
+    # JaxGCRL's scale (MichalBortkiewicz/JaxGCRL, scripts/train.sh, jaxgcrl/agents/crl/crl.py).
     "brax/ant_goal_jaxgcrl": dict(
         env="brax/ant_goal_jaxgcrl",
         total_steps=10_000_000,
@@ -205,9 +167,7 @@ TASKS: dict[str, dict[str, Any]] = {
     ),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
-    # The method of JaxGCRL's CRL (jaxgcrl/agents/crl/crl.py defaults, losses.py): forward InfoNCE,
-    # energy -||phi - psi||, logsumexp^2 penalty 0.1, target entropy -0.5 |A|. Its scripts/train.sh
-    # runs the backward InfoNCE instead (--contrastive-loss infonce_backward).
+    # The method of JaxGCRL's CRL (jaxgcrl/agents/crl/crl.py defaults, losses.py).
     "jaxgcrl": dict(
         estimator="contrastive",
         contrastive_loss="infonce",

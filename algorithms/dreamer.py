@@ -1,73 +1,28 @@
 """Dreamer in the form of DreamerV3 (Hafner, Pasukonis, Ba, Lillicrap, "Mastering Diverse Domains
 through World Models", arXiv 2023 and Nature 2025), after DreamerV1 and V2 (ICLR 2020 and 2021).
 
-A world model learns a compact state of the task from replayed sequences, and the policy learns
-only inside that model. The model is a recurrent state-space model (RSSM): a deterministic
-recurrent state h_t and a stochastic state z_t of `stoch_size` categorical latents,
+A recurrent state-space model (`mbrlax.rssm`) learns from B x T replayed steps; actor and critic
+learn only in its imagination, `horizon` steps from every posterior state:
 
-    h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})       prior      z_t ~ p(z_t | h_t)
-    posterior  z_t ~ q(z_t | h_t, x_t)         heads      x_t, r_t, c_t from s_t = (h_t, z_t)
+    h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1}),  prior z_t ~ p(z_t | h_t),  posterior z_t ~ q(z_t | h_t, x_t)
+    model loss  = reconstruction + reward + continue
+                  + dyn_scale max(free_nats, KL(sg(q) || p)) + rep_scale max(free_nats, KL(q || sg(p)))
+    R_t         = r_{t+1} + gamma c_{t+1} ((1 - lambda) v_{t+1} + lambda R_{t+1})
+    actor       maximises (R_t - v(s_t)) / max(1, S) + eta H[pi],  S: EMA of the P5-P95 range of R
+    critic      two-hot cross-entropy against R_t and against the slow critic's values
 
-trained on sequences of B x T replayed steps by reconstruction, reward and continue losses and two
-KL terms between posterior and prior with stop-gradients on opposite sides (KL balancing): the
-prior learns to predict the posterior (weight `dyn_scale`), the posterior is held close to what can
-be predicted (weight `rep_scale`), each clipped below at `free_nats` so that a KL already small is
-left alone. From every posterior state of the batch the actor imagines `horizon` steps; the critic
-learns the lambda-returns of those imagined paths, and the actor maximises the advantage (the
-lambda-return less the critic's value) divided by the spread of the returns: for continuous actions
-by differentiating it back through the imagined dynamics, for discrete ones by REINFORCE, as the
-2023 code does (`actor_loss`). The model, its layers and transforms live in `mbrlax.rssm`, which
-PlaNet shares; this file holds the losses, imagination, the actor and critic, and the loop.
+The actor's gradient goes back through the imagined dynamics for continuous actions and is
+REINFORCE for discrete ones, as the 2023 code. DreamerV3's symlog, two-hot heads, unimix, free bits
+and LayerNorm are all here.
 
-The robustness tricks of DreamerV3, each named where it is used (the model's in mbrlax.rssm, the actor's
-and critic's here):
-- symlog: vector inputs are squashed by symlog(x) = sign(x) log(1 + |x|), and the vector decoder
-  predicts symlog(x), so no observation scale needs tuning.
-- two-hot: reward and value heads classify over 255 bins spread evenly on [-20, 20] in symlog
-  space; the target is the two-hot encoding of symlog(y), the prediction is symexp of the expected
-  bin. Cross-entropy gradients do not grow with the size of a return. Their output layers start at
-  zero, so the first predictions are 0 rather than noise.
-- unimix: every categorical (latents, discrete actions) mixes in 1 % of the uniform distribution,
-  so no log-probability or KL can become infinite.
-- straight-through sampling of the one-hot latents: forward a sample, backward the probabilities.
-- free bits on each KL and a LayerNorm + SiLU after every hidden layer, including inside the GRU.
-- return normalisation: advantages are divided by max(1, S), S an EMA of the 5th-95th percentile
-  range of the imagined returns; large returns are scaled down, small ones are not blown up, so
-  the fixed entropy scale means the same thing in every task.
-- a slow critic, an EMA of the critic, whose predictions regularise the critic's targets.
+Departures from the paper (the most important):
+- Every replayed sequence starts from the zero state (DreamerV1/V2), not from a carried-over latent.
+- Adam with gradient clipping as the 2023 preprint, not the Nature version's LaProp.
+- The actor follows the 2023 code (danijar/dreamerv3 at 8fa35f8); the Nature version uses REINFORCE.
+- Steps are agent steps: DMC "500k" frames at action repeat 2 is `--total-steps 250000 --action-repeat 2`.
+- Model sizes (`SIZES`) are our own, not the paper's table.
 
-Data. The loop keeps its own environment resets so that a terminal observation is stored like any
-other step (its continue target is 0) and the first step of the next episode carries `is_first`:
-each stored step is (x_t, a_t, r_t, is_first_t, is_terminal_t), r_t the reward that came with x_t.
-A reset takes one step of the loop, so an episode of L steps takes L + 1 loop steps, and the step
-count of a run includes those resets. The train ratio (replayed steps per environment step) is the
-loop's structure: cycles of a fixed number of environment steps then a fixed number of updates.
-
-What this file does differently from the papers, and why:
-- Every replayed sequence starts from the zero state, as in DreamerV1/V2; DreamerV3 carries the
-  latent state over from the last time the sequence's predecessor was replayed. Zero starts need
-  no per-sequence storage and cost a few steps of context at the start of each sequence.
-- Adam with gradient clipping (model 1000, actor and critic 100), as in the 2023 preprint; the
-  Nature version uses LaProp with adaptive clipping. No replayed-value loss of the later versions.
-- The actor follows the 2023 code (danijar/dreamerv3 at 8fa35f8, the last commit before the Nature
-  version: configs.yaml `actor_grad_cont: backprop`, `actor_grad_disc: reinforce`; agent.py,
-  ImagActorCritic.loss), which produced the paper's DMC numbers: for continuous actions the
-  normalised advantage, baseline included and not stop-gradiented, is differentiated back through
-  the imagined path; for discrete actions REINFORCE. The Nature version uses REINFORCE for both,
-  together with LaProp, RMSNorm and other changes this file does not have; `--actor-gradient
-  reinforce` gives its actor gradient for continuous actions. Imagination steps with the world
-  model just updated on the batch, from that batch's posterior states, as in the 2023 code.
-- A new episode's state starts at zero (DreamerV2), not at a learned initial state; Adam's epsilon
-  is optax's 1e-8 (the preprint: 1e-5); evaluation takes the actor's mode, where DreamerV3 samples.
-- Steps are agent steps: with `action_repeat` 2 a run of 500k steps simulates 1M frames, and the
-  train ratio counts agent steps too (as the 2023 code's counter and train ratio do). The published
-  DMC budgets count frames (the 2023 code logs agent steps times the repeat: dreamerv3/train.py,
-  make_logger), so DMC "500k" at action repeat 2 is `--total-steps 250000 --action-repeat 2`.
-- Model sizes are our own (`SIZES`: tiny, small, 12m; their parameter counts are beside them below
-  and in benchmarks/RESULTS.md), not the paper's table.
-
-Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/dreamer.py --env pendulum
-From pixels:                                          python algorithms/dreamer.py --env pendulum_pixels
+Provenance, every departure, presets and commands: docs/algorithms/dreamer.md.
 """
 
 from __future__ import annotations
@@ -226,6 +181,7 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 # Presets of the tasks; the variants below apply on top (`--env pendulum --preset 12m`).
+# Provenance of each: docs/algorithms/dreamer.md, "Presets".
 TASKS: dict[str, dict[str, Any]] = {
     "pendulum": dict(env="pendulum", total_steps=10_000, **SIZES["tiny"], model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4),
     "pendulum_pixels": dict(
@@ -252,9 +208,7 @@ TASKS: dict[str, dict[str, Any]] = {
     ),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
-    # The tiny model in a run that takes seconds once compiled: 6 x 64 steps after a prefill of 128,
-    # a gradient step on 4 x 16 replayed steps every 8 steps, episodes of 60 steps. It shows that the
-    # program runs end to end, not that it learns.
+    # A smoke run: shows the program runs end to end, not that it learns (docs/algorithms/dreamer.md).
     "tiny": dict(
         SIZES["tiny"],
         total_steps=400,

@@ -1,63 +1,27 @@
-"""M2AC: masked model-based actor-critic (Pan, He, Tu, He, "Trust the Model When It Is Confident:
-Masked Model-based Actor-Critic", NeurIPS 2020, arXiv:2010.04893).
+"""M2AC: masked model-based actor-critic (Pan, He, Tu, He, "Trust the Model When It Is Confident: Masked Model-based
+Actor-Critic", NeurIPS 2020, arXiv:2010.04893).
 
-MBPO's loop (mbpo.py, which this file runs) with other model data. Every `model_train_freq` steps
-the probabilistic ensemble is refitted and B = `rollout_batch_size` rollouts of H steps start from
-real states; at each step h = 0..H-1 every live sample goes through a random elite member k and
+MBPO's loop (mbpo.py) with other model data. At each refit B = `rollout_batch_size` rollouts of H steps start from
+real states; at step h = 0..H-1 every live sample goes through a random elite member k and
 
     u(s, a)   = KL( N(mu_k, Sigma_k) || N(mu_-k, Sigma_-k) )       one-vs-rest uncertainty
     r~(s, a)  = r - alpha * u(s, a)                                  penalised model reward
     keep      = the floor(w_h B) live samples with the lowest u      the mask
     w_h       = (H - h) / (2 (H + 1)) for H > 1, w (0.5) for H = 1   the masking rate
 
-(k and the draw are MBPO's: a random split of the batch over the elites, `ensemble.propagate`),
-where N(mu_k, Sigma_k) is member k's diagonal Gaussian over (next state, reward) and N(mu_-k,
-Sigma_-k) the Gaussian with the mean and variance of the mixture of the other K - 1 members (all of
-them, elites or not). Only the kept transitions go into the model buffer, and only they go on: a
-rollout ends at its first masked-out or terminated step, so over H steps about B H / 4 transitions
-are stored where MBPO stores B H. SAC then learns from batches that are `real_ratio` real data and
-the rest these masked transitions, G updates per real step, as in MBPO.
+N(mu_k, Sigma_k) is member k's diagonal Gaussian over (next state, reward), N(mu_-k, Sigma_-k) the moment-matched
+mixture of the other K - 1 members. Only kept transitions are stored and go on: a rollout ends at its first
+masked-out or terminated step. SAC learns from real and masked model data as in MBPO.
 
-Sources, and what was checked against them. The paper's own text could not be read here, so its
-equations, its H and its settings are not checked against it. Its authors link no code (a
-reproducibility summary of the paper, ri.k117.org/papers/trust_the_model_when_it_is_confident_
-masked_modelbased_actorcritic__7960f941, says it builds on MBPO's open-source code and gives no link;
-that page also names the experiments: four MuJoCo-v2 tasks, Figure 3, and noisy HalfCheetah and
-Walker2d with action noise sigma 0.05, 0.1, 0.2). So the references are two reimplementations:
-- tianshou's `M2ACPolicy` (Jimenius/tianshou, tianshou/policy/modelbased/m2ac.py) and its
-  `MBPOPolicy._choose_from_ensemble`: the uncertainty is the KL divergence of the chosen member's
-  Gaussian from the moment-matched Gaussian of the other ensemble_size - 1 members, over the next
-  state's change and the reward (the same KL as over the next state, which shifts all alike); the
-  reward is penalised by `rew_penalty_coeff` (default 0.001) times it; the kept share is
-  (H - length) / (2 (H + 1)) for H > 1 and 0.5 for H = 1, of the samples at hand; `stop_uncertain`
-  continues only the kept samples.
-- Data-Science-in-Mechanical-Engineering/macura, mbrl/algorithms/m2ac.py (`get_masking_rate`,
-  `calc_uncertainty_score`, `rollout_model_and_populate_sac_buffer`): the same KL and penalty; the
-  rate (H - i) / (2 (H + 1)) with i counted from 0, of the whole batch B; masked-out samples are not
-  stored but (unlike here) their rollouts go on.
-Here the step index counts from 0 as macura's does (tianshou's reads `info.get("length", 1)`, so its
-first step keeps (H - 1) / (2 (H + 1))), the share is of B as macura's is, and masked-out rollouts
-stop as tianshou's `stop_uncertain=True` does: the issue asks for rollouts that stop per sample.
+The paper's text was not read here and its authors link no code; the references are two reimplementations
+(tianshou's and macura's). Departures:
+- H is MBPO's rollout length k (`rollout_schedule`); the presets fix it: 5 on pendulum, 10 on the Brax tasks.
+- Masked-out rollouts stop, as tianshou's `stop_uncertain=True` does; macura's go on.
+- SAC's model batches draw from a pool sized by how many transitions the last round stored.
+- The rest's variance is the mean variance plus the spread of the means (float32-safe), not moments minus squares.
+- The Brax presets are MBPO's with macura's H, mask, penalty and budgets only.
 
-What this file does differently, and why:
-- H is MBPO's rollout length k (`rollout_schedule`, which may grow with the epoch); the masking rate
-  follows the current k. The presets fix it, k_a = k_b: 5 on pendulum (our choice), 10 on the Brax
-  tasks (macura's `max_rollout_length`).
-- Brax's tasks differ from the gym MuJoCo tasks (see mbpo.py), and the Brax presets are MBPO's with
-  macura's H, mask, penalty and budgets only.
-- SAC's batches draw from the newest `added` x (model periods per epoch) x `model_retain_epochs`
-  model transitions, where `added` is how many the last round stored: the pool of the last epoch at
-  the present rate of masking (the model buffer itself is sized as MBPO's, for B H a round).
-- The rest's variance is computed as the mean of the variances plus the spread of the means about
-  their mean (both references subtract squared means from second moments, which float32 can round
-  to zero or below where observations are large).
-- The elite each sample goes through is drawn as MBPO's rollouts draw it (`ensemble.propagate`), so
-  with w = 1 (H = 1) and alpha = 0 the rollouts store what MBPO's one-step rollouts store.
-
-Published numbers: not checked (the paper reports learning curves in figures, which could not be
-read here); none is compared with.
-
-Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/m2ac.py --env pendulum
+Provenance, every departure, presets and commands: docs/algorithms/m2ac.md.
 """
 
 from __future__ import annotations
@@ -101,15 +65,14 @@ class Config(mbpo.Config):
             )
 
 
-# macura's M2AC settings (mbrl/examples/conf/algorithm/m2ac.yaml: max_rollout_length 10, masking_rate_H1
-# 0.5, model_error_penalty_coefficient 0.001, real_data_ratio 0.05) and its per-task budgets
-# (conf/overrides/m2ac_*.yaml, num_steps), on MBPO's presets for Brax's versions of the tasks; the
-# rest of macura's per-task settings (updates per step, SAC widths and rates) are not taken.
+# macura's M2AC settings (mbrl/examples/conf/algorithm/m2ac.yaml) on MBPO's presets for Brax's tasks;
+# what is and is not taken: docs/algorithms/m2ac.md, Presets.
 MACURA = dict(rollout_schedule=(0, 1, 10, 10), masking_rate=0.5, penalty_coef=1e-3, real_ratio=0.05)
 
 TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU: MBPO's pendulum settings, H = 5.
     "pendulum": dict(env="pendulum"),
+    # Brax's versions of the tasks: MBPO's presets, MACURA, and macura's per-task budgets (num_steps).
     "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **MACURA, total_steps=400_000),
     "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **MACURA, total_steps=125_000),
     "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **MACURA, total_steps=200_000),

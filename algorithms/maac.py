@@ -1,81 +1,26 @@
-"""MAAC: model-augmented actor-critic (Clavera, Fu, Abbeel, "Model-Augmented Actor-Critic:
-Backpropagating through Paths", ICLR 2020), and the stochastic value gradient family it belongs to:
-SVG(0) and SVG(1) (Heess et al., "Learning Continuous Control Policies by Stochastic Value
-Gradients", NeurIPS 2015) and SAC-SVG(H) (Amos et al., "On the model-based stochastic value
-gradient for continuous reinforcement learning", L4DC 2021).
+"""MAAC: model-augmented actor-critic (Clavera, Fu, Abbeel, "Model-Augmented Actor-Critic: Backpropagating
+through Paths", ICLR 2020), with the stochastic value gradient family as presets: SVG(0) and SVG(1) (Heess et al.,
+"Learning Continuous Control Policies by Stochastic Value Gradients", NeurIPS 2015) and SAC-SVG(H) (Amos et al.,
+"On the model-based stochastic value gradient for continuous reinforcement learning", L4DC 2021).
 
-The actor climbs the gradient of an H-step return that it computes through a learned model, along
-a path that it differentiates end to end: from a start state s_0 the reparameterised policy draws
-a_t = tanh(mu(s_t) + sigma(s_t) * eps_t), a random elite of the probabilistic ensemble draws
-s_{t+1} = s_t + mu_f(s_t, a_t) + sigma_f(s_t, a_t) * xi_t, the reward r(s_t, a_t, s_{t+1}) is a
-differentiable function, and after H steps the twin soft Q-functions close the sum:
+The actor climbs an H-step return computed through the learned model and differentiated end to end along the
+path: the policy draws a_t = tanh(mu(s_t) + sigma(s_t) * eps_t), a random elite s_{t+1} = s_t + mu_f(s_t, a_t)
++ sigma_f(s_t, a_t) * xi_t, the reward r(s_t, a_t, s_{t+1}) is differentiable, and the twin soft Q closes the sum:
 
-    J(theta) = E[ sum_{t<H} gamma^t (r_t - alpha log pi(a_t|s_t)) + gamma^H (min_i Q_i(s_H, a_H) - alpha log pi(a_H|s_H)) ]
+    J(theta) = E[ sum_{t<H} gamma^t (r_t - alpha log pi(a_t|s_t))
+                  + gamma^H (min_i Q_i(s_H, a_H) - alpha log pi(a_H|s_H)) ]
 
-with gamma^t replaced by zero after a predicted termination. The gradient flows through every
-reward, every model step and every action back to theta; with H = 0 the objective is SAC's own.
-Everything else is MBPO's loop (mbpo.py, which this file runs): refits of the ensemble every
-`model_train_freq` steps, branched rollouts into a model buffer, G updates per real step, and a
-critic trained by SAC on batches that are `real_ratio` real data and the rest model data.
+with gamma^t zero after a predicted termination; H = 0 is SAC's own actor. The rest is MBPO's loop (mbpo.py).
+SAC-SVG's code counts actions: their SAC-SVG(H) is `--horizon H-1` here.
 
-The SVG family comes from the same code as presets (a preset that names no task applies on top of
-the task's own, `--env brax/hopper --preset sac-svg`; `algorithms/svg.py` runs SAC-SVG by default,
-with each task's settings from the SAC-SVG authors' code):
-- `svg0`: H = 0, no model, one update per step, no gradient clipping. The actor follows the gradient
-  of a learned Q through the reparameterised action only, which is SVG(0); with its entropy term it
-  is SAC, and the update is SAC's own (`sac.update` with no actor objective given).
-- `svg1`: H = 1, critic on real data only: one model step, then the critic. The paper's SVG(1)
-  bootstraps from a state-value V and, in SVG(1)-ER, infers the noise (eta, xi) that explains each
-  observed transition so that the gradient follows the real path; here the critic is the soft twin Q
-  and the noise is drawn afresh. That inference is not done.
-- `sac-svg`: SAC-SVG(H) as its authors' code runs it (facebookresearch/svg: config/train.yaml,
-  config/env/mbpo_*.yaml, svg/agent.py, svg/temp.py). Their `horizon=3` unrolls 3 actions and 2 model
-  steps and closes with the min-twin Q at the third action (`SeqDx.unroll_policy` in svg/dx.py, and
-  `expand_Q` in svg/agent.py), so their SAC-SVG(H) is `--horizon H-1` here: the preset sets 2, which is
-  their SAC-SVG(3), the paper's choice. The rest of their regime: critic on real data only, one
-  update per environment step, 1,000 random steps, then an actor trained model-free (SAC's own loss)
-  until step 10,000 (`warmup_steps`, `model_free_steps` here), actor and critics of 4 x 512 at
-  learning rate 1e-4 (the temperature's too), batches of 1024, initial temperature 0.1, no gradient
-  clipping of actor or critics (only their dynamics model clips, at norm 1.0), the critic stepped
-  before the actor and the actor's loss on the stepped critic (`sac_update_order="sequential"`), and,
-  through `svg.py` only (it differs per task), their target-entropy schedule (svg/temp.py's
-  `LearnTemp`: target_entropy -> target_entropy_final as (1 - step/total_steps)^decay) and step
-  budget.
-  What stays different, and why:
-  - Their dynamics model is deterministic: a GRU over (obs, action) encodings trained on sequences of
-    `horizon` steps, four minibatches every environment step, with learned reward and (sigmoid)
-    continue heads. Here it is this package's probabilistic ensemble, refitted every
-    `model_train_freq` steps as in MBPO, with the task's own reward where it can be written from
-    observations (`--no-known-reward` uses the ensemble's reward head) and the task's termination
-    function as the mask. Their model is a different architecture that would live in its own file.
-  - They normalise every observation their networks see by the running mean and standard deviation
-    of the observations so far (std clamped to [0.1, 10]; `normalize_obs` in config/train.yaml,
-    svg/replay_buffer.py). Here only the ensemble normalises its inputs; the actor and critics see
-    raw observations, because a normaliser for them is state that every user of SAC (MBPO, rollouts,
-    evaluation) would have to thread through.
-  - Their actor's loss is the sum divided by the horizon, and their temperature's loss is
-    alpha (-log pi - target) where SAC here uses log alpha (svg/agent.py, svg/temp.py): constant or
-    slowly varying factors that Adam's normalisation mostly cancels. Their log-std is squashed into
-    [-5, 2]; here it is clipped to [-20, 2]. The warm-up and the entropy schedule move at the
-    granularity of a model period (`model_train_freq` steps), not of a step.
-  - On pendulum, `svg.py` keeps MAAC's small pendulum settings (G = 10, 64 x 64, learning rate 3e-4,
-    no warm-up) with SAC-SVG's method (H = 2, critic on real data, sequential order, no clipping):
-    the authors' regime is sized for a million steps; `--preset sac-svg` gives it on any task.
+Departures from the papers and the authors' code (the most important; why, and the rest, on the page):
+- Termination is the task's known function, a mask in J that is not differentiated (a step function).
+- The reward in J is the task's own function where it has one; `--no-known-reward` uses the model's reward head.
+- Each imagined step sends every start state through its own random elite, not one member for the batch.
+- Actor and critic gradients are clipped to a global norm of 5 by default: our choice, from no paper.
+- SAC-SVG's deterministic GRU model is MBPO's probabilistic ensemble here, refitted every model period.
 
-What this file does differently from the papers, and why:
-- Termination is the task's known function of the predicted next state, used as a mask (zero weight
-  after a predicted termination) and not differentiated: it is a step function, whose gradient is
-  zero almost everywhere.
-- The reward in J is the task's own function where it has one (exact and differentiable); elsewhere
-  the ensemble's reward head, the same one MBPO's rollouts use. `--no-known-reward` always uses the
-  head, as MAAC and SAC-SVG do.
-- Each imagined step sends every start state through an elite member drawn for it (as MBPO's
-  rollouts do), rather than one member for the whole batch.
-- MAAC's gradients of the actor and the critics are clipped to a global norm of 5 by default: our
-  choice, which neither the MAAC paper nor the SVG papers give (the pendulum rows were measured with
-  it); `--max-grad-norm None` turns it off, and the svg0 and sac-svg presets do.
-
-Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/maac.py --env pendulum
+Provenance, every departure, presets and commands: docs/algorithms/maac.md.
 """
 
 from __future__ import annotations
@@ -146,6 +91,7 @@ AUTHORS = dict(
     total_steps=200_000,
 )
 
+# Each preset's provenance and differences: docs/algorithms/maac.md, "Presets".
 TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a minute or two on a laptop CPU.
     "pendulum": dict(env="pendulum"),
@@ -191,8 +137,7 @@ for _task in SAC_SVG_TASKS.values():
 
 # Variants: they name no task, so they apply on top of the task's preset.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # On svg.py's tasks, whose presets are SAC-SVG's regime (no model data for the critic, one update
-    # a step), this changes the horizon only: run maac.py for MAAC itself.
+    # H = 3 with the model; on svg.py's tasks (SAC-SVG's regime) this changes the horizon only.
     "maac": dict(horizon=3, sac_only=False),
     # SAC itself: no model, one update per step, SAC's own update order, temperature and clipping.
     "svg0": dict(
@@ -205,12 +150,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         model_free_steps=0,
         target_entropy_final=None,
     ),
-    # SVG(1) with MAAC's clipping and SAC's update order; the rest (updates per step, sizes, warm-up)
-    # is the task's preset, which on svg.py's Brax tasks is SAC-SVG's regime.
+    # SVG(1) with MAAC's clipping and SAC's update order; the rest is the task's preset.
     "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0, max_grad_norm=5.0, sac_update_order="simultaneous"),
+    # SAC-SVG(3) in its authors' regime, on any task.
     "sac-svg": SAC_SVG_AUTHORS,
-    # End to end in seconds: MBPO's tiny settings and H = 2 (the schedule rounds 500 steps up to 2
-    # evaluations of 2 model periods).
+    # End to end in seconds: MBPO's tiny settings and H = 2.
     "tiny": dict(mbpo.VARIANTS["tiny"], total_steps=500, rollout_schedule=(0, 1, 1, 2), horizon=2),
 }
 

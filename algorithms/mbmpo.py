@@ -1,69 +1,27 @@
 """MB-MPO: model-based meta-policy optimization (Clavera, Rothfuss, Schulman, Fujita, Asfour,
 Abbeel, "Model-Based Reinforcement Learning via Meta-Policy Optimization", CoRL 2018).
 
-An ensemble of K deterministic dynamics models is read as K tasks: the real world is probably
-close to one of them, and a policy that adapts quickly to whichever model it faces should adapt
-quickly to the world too. So the method meta-learns an initialisation theta with MAML: for task i
-(model k = i // (M / K), M tasks in all) it imagines trajectories under theta with that model alone,
-takes one vanilla policy-gradient step
+An ensemble of K dynamics models is read as K tasks, and MAML meta-learns a policy initialisation
+theta that adapts quickly to whichever model it faces, hence to the real world. Task i (model
+i // (M / K), M tasks in all) imagines trajectories under theta with its model alone, takes one
+policy-gradient step and imagines again under the adapted policy:
 
     theta'_i = theta + alpha * grad_theta J_i(theta)
+    theta   <- TRPO step on mean_i J_i(theta'_i(theta)),  mean KL of the adapted policies <= 0.01
 
-imagines again under theta'_i, and improves theta by a trust-region (TRPO) step on the mean over
-tasks of the post-adaptation objective J_i(theta'_i(theta)), differentiating through the inner step
-(second order). The real
-environment is only ever run by the adapted policies theta'_i, which collect the data the models
-are refitted on. `inner_lr = 0` removes the adaptation: every task is the same objective under its
-own model, which is ME-TRPO's averaged objective (the paper's no-adaptation ablation).
+differentiating through the inner step (second order). Only the adapted policies theta'_i run in the
+real environment; their data refits the models. `inner_lr = 0` is the paper's no-adaptation ablation
+(ME-TRPO's averaged objective). The inner estimator (`maml` or ProMP's `lvc`) and the outer optimizer
+(`trpo` or `ppo`) follow the authors' code, jonasrothfuss/model_ensemble_meta_learning.
 
-One iteration (one `update` of the training program): refit the models on all real data, take
-`meta_steps` meta-steps, then collect `real_steps_per_iteration` real steps with the policies
-adapted from the new theta, one per parallel environment in turn.
+Departures from the paper (the most important):
+- The K models share one 80/20 split of the real data; the paper gives each model its own.
+- Imagined trajectories start from the task's own resets and stop at a predicted termination.
+- Advantages: GAE with rllab's linear feature baseline, normalised per task.
+- Tasks without a known reward function (brax/halfcheetah, brax/hopper) learn a reward head.
+- The pendulum defaults are smaller than the paper's; `--preset paper` applies the paper's settings.
 
-The inner step and the outer step follow the authors' code (jonasrothfuss/model_ensemble_meta_learning;
-paths below are in that repository):
-- Inner surrogate (`--inner-estimator`): `maml`, the default and the authors', is MAML's estimator,
-  the mean of log pi(a|s) x advantage (sandbox/ours/algos/ModelMAML/model_maml_npo.py); `lvc` is
-  ProMP's low-variance-curvature estimator, the mean of pi(a|s) / pi_old(a|s) x advantage
-  (jonasrothfuss/ProMP, meta_policy_search/meta_algos/pro_mp.py). Both give the policy gradient
-  at theta; they differ in the meta-gradient, where LVC keeps a curvature term that MAML's drops.
-- Outer step (`--outer-optimizer`): `trpo`, the default and the paper's, is one TRPO step per
-  meta-step (sandbox/ours/algos/ModelMAML/model_maml_trpo.py with the ConjugateGradientOptimizer of
-  sandbox_maml/rocky/tf/optimizers/conjugate_gradient_optimizer.py; KL step 0.01 in
-  experiments/run_scripts/mb_comparison/mb_mpo_train.py): the natural-gradient direction by 10
-  conjugate-gradient iterations on Hessian-vector products (damping 1e-5) of the mean KL between
-  the adapted policies that sampled the post-update paths and the adapted policies of the new
-  theta (the post-adaptation KL, the authors' `kl_constrain_step = -1`; the mean over all tasks'
-  live steps together, their `reduce_mean(concat(kls))`), differentiated through
-  the inner step; then a line search over 0.8^n of the full step, n < 15, that takes the first step
-  with KL <= 0.01 and a better surrogate, and keeps theta if none is. The authors' Hessian-vector
-  products are finite differences of the KL's gradient; here they are exact (forward over reverse).
-  `ppo` is the clipped surrogate with `outer_steps` Adam steps per meta-step, an option (the
-  authors tried it, sandbox/ours/algos/ModelMAML/model_maml_ppo.py), not the paper's method.
-- Predicted observations are clipped to [-1000, 1000], as the authors' model sampler does
-  (sandbox/ours/sampler/MAML_model_sampler/maml_model_vec_env_executor.py).
-
-What this file does differently from the paper, and why:
-- The K models share one 80/20 split of the real data (each trains on its own bootstrap of the 80
-  per cent and keeps its best snapshot on the 20); the paper gives each model its own split.
-- Imagined trajectories start from fresh initial states of the task (its `reset`), so each covers a
-  whole episode from the start distribution; they stop at a predicted termination (the task's function).
-- Advantages: GAE with rllab's linear feature baseline (observation, its square, time and powers of
-  time), fitted per task by ridge regression, then normalised per task.
-- Rewards: the paper computes the imagined rewards from the observations with each task's known
-  reward function (`env.reward(obs, action, next_obs)` in the model sampler above); so does this
-  file where the task declares one (pendulum), but brax/halfcheetah and brax/hopper declare none (their forward
-  reward is the finite difference of the root position over the step, which their observations
-  leave out; see envs/brax_tasks.py), so there the models learn a reward head, and the paper's
-  figures (rllab/MuJoCo tasks, reward known) are only an approximate bar for those rows.
-- The pendulum defaults are smaller than the paper's (3 models of 2 x 64, 6 tasks, 20 imagined
-  trajectories, 15 meta-steps, inner_lr 0.02) to learn in minutes on a CPU; `PAPER` holds the
-  paper's settings, which the brax presets use and `--preset paper` applies to any task.
-
-Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/mbmpo.py --env pendulum
-The no-adaptation ablation at equal steps:             python algorithms/mbmpo.py --env pendulum --inner-lr 0
-PPO-clip outer step with ProMP's LVC inner step:
-    python algorithms/mbmpo.py --env pendulum --outer-optimizer ppo --inner-estimator lvc
+Provenance, every departure, presets and commands: docs/algorithms/mbmpo.md.
 """
 
 from __future__ import annotations
@@ -200,8 +158,9 @@ PAPER = dict(
     total_steps=105_000,
 )
 
+# Provenance of each preset: docs/algorithms/mbmpo.md, "Presets".
 TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn in a few minutes on a laptop CPU.
+    # Sized for a laptop CPU.
     "pendulum": dict(env="pendulum"),
     "brax/halfcheetah": dict(PAPER, env="brax/halfcheetah"),
     "brax/hopper": dict(PAPER, env="brax/hopper"),
@@ -210,8 +169,7 @@ TASKS: dict[str, dict[str, Any]] = {
 # Variants name no task, so they apply on top of the task's preset.
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": PAPER,
-    # The smallest run end to end, in seconds: 2 iterations of 200 real steps after 200 random ones,
-    # 2 evaluations.
+    # The smallest run end to end: 2 iterations of 200 real steps after 200 random ones, 2 evaluations.
     "tiny": dict(
         total_steps=600,
         initial_steps=200,
@@ -229,9 +187,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         policy_hidden_sizes=(8, 8),
         model_hidden_sizes=(16, 16),
         model_max_epochs=3,
-        # So few imagined samples (80 a task) leave the KL's Hessian badly conditioned; with the
-        # authors' damping of 1e-5 the conjugate-gradient direction then amplifies rounding, and
-        # batched and single runs drift apart by a few units of return. 0.1 keeps it well-conditioned.
+        # 80 imagined samples a task leave the KL's Hessian badly conditioned at the authors' 1e-5.
         cg_damping=0.1,
     ),
 }

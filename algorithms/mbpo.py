@@ -1,41 +1,25 @@
 """MBPO: model-based policy optimization (Janner, Fu, Zhang, Levine, "When to Trust Your Model:
 Model-Based Policy Optimization", NeurIPS 2019).
 
-SAC learns the policy, mostly from data a learned model makes up. Every `model_train_freq`
-environment steps a probabilistic ensemble is refitted on all real data (next state and reward),
-then short branched rollouts start from states of the real buffer: the current policy acts, a
-random elite member predicts, for k steps, and the imagined transitions go into a model buffer that
-keeps only the newest rollouts. The rollout length k grows linearly with the epoch, from k_a at
-epoch_a to k_b at epoch_b, because a better model can be trusted further. After every real step, SAC
-takes G gradient steps on batches of which a share `real_ratio` is real data and the rest model
-data; this high ratio of updates to real steps is where the sample efficiency comes from.
+SAC learns the policy, mostly from data a learned model makes up. Every `model_train_freq` real steps a
+probabilistic ensemble is refitted on all real data; then branched rollouts of k steps start from real
+states (the policy acts, a random elite predicts next state and reward) and fill a model buffer that
+keeps the newest rollouts. k grows with the epoch, as a better model can be trusted further:
 
-`--sac-only` turns the model off (no refits, no rollouts, every batch real), which is SAC with the
-same number of updates per step: what the model buys at equal steps. Plain SAC is
+    k(epoch) = floor(k_a + clip((epoch - epoch_a) / (epoch_b - epoch_a), 0, 1) * (k_b - k_a))
+
+After every real step SAC takes G gradient steps on batches whose first floor(real_ratio x batch) rows
+are real and the rest imagined. `--sac-only` turns the model off (SAC at the same G); plain SAC is
 `--sac-only --updates-per-step 1`.
 
-What this file does differently from the paper's code, and why:
-- A "random elite per sample" is a random split of the rollout batch into equal groups, one per
-  elite, so every elite runs once on its share instead of all of them on everything.
-- The model buffer has a fixed capacity sized for the longest rollouts; the paper's code reallocates
-  it as k grows. Sampling reads only the newest rollouts_per_epoch x k x retain_epochs entries, which
-  is the paper's pool exactly, so no staler data is used than there.
-- The model, against jannerm/mbpo's (`mbpo/models/constructor.py`, `bnn.py`, `fc.py`; the shared
-  ensemble, src/mbrlax/ensemble.py, has an option for each but this file uses its defaults):
-  one weight decay on every layer, biases included (theirs: 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on
-  the weights of the five layers, none on the biases); fixed log-variance bounds (theirs are learned,
-  with the penalty 0.01 * (sum max_logvar - sum min_logvar)); flax's LeCun-normal weights (theirs: a
-  normal truncated at 2 std with std 1 / (2 sqrt(fan_in)), biases zero); targets standardised as well
-  as inputs (theirs: inputs only, scaler fitted on the training split); early stopping after 5 epochs
-  without a 1 % holdout improvement of any member (theirs breaks when more than 5 have passed, i.e.
-  after 6) and at most `model_max_epochs` epochs a fit (theirs has no cap).
-- Brax's tasks differ from the gym MuJoCo tasks of the paper: other observation layouts (ant and
-  humanoid are not truncated as the paper's were), Brax physics, and rewards learned where they
-  cannot be computed from observations. The humanoid preset's model buffer (10 M transitions of 244
-  dimensions) needs about 20 GB a seed.
+Departures from the paper's code (the most important; why, and the rest, on the page):
+- A random elite per sample is a random split of the rollout batch into equal groups, one per elite.
+- The model buffer has a fixed capacity for the longest rollouts; sampling reads the paper's pool exactly.
+- The ensemble: one weight decay, fixed log-variance bounds, LeCun-normal weights, standardised targets.
+- Model fits stop after 5 epochs without a 1 % holdout gain, and after `model_max_epochs` at most.
+- Brax's tasks, not gym MuJoCo's: other observations (ant, humanoid untruncated) and physics.
 
-Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/mbpo.py --env pendulum
-and its baseline:                                     python algorithms/mbpo.py --env pendulum --sac-only
+Provenance, every departure, presets and commands: docs/algorithms/mbpo.md.
 """
 
 from __future__ import annotations
@@ -178,6 +162,7 @@ PAPER = dict(
     discount=0.99,
 )
 
+# Each preset's provenance and differences: docs/algorithms/mbpo.md, "Presets".
 TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU.
     "pendulum": dict(env="pendulum"),

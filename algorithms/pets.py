@@ -1,50 +1,27 @@
 """PETS: probabilistic ensembles with trajectory sampling (Chua, Calandra, McAllister, Levine,
 "Deep Reinforcement Learning in a Handful of Trials using Probabilistic Dynamics Models", NeurIPS 2018).
 
-A probabilistic ensemble learns the dynamics; at every step a planner (CEM) searches over action
-sequences, scoring each by the predicted return averaged over P particles that are propagated
-through the ensemble by trajectory sampling (TS1: a fresh member each step; TSinf: one member per
-particle for the whole horizon). The first action of the best plan is executed (model predictive
-control), the plan is shifted by one step to warm-start the next search, and the model is refitted
-on all data every `retrain_every` steps.
+A probabilistic ensemble learns the dynamics, s' - s ~ N(mu_k(s, a), sigma_k^2(s, a)) for member k. At
+every step a planner scores action sequences a_0..a_{H-1} from the current state s_0 by
 
-iLQR (`--planner ilqr`, `ilqr_planner`, the search itself in `mbrlax.ilqr`; the method of Li and
-Todorov 2004, "Iterative Linear Quadratic Regulator Design for Nonlinear Biological Movement
-Systems") optimises one action sequence locally instead of sampling many: each iteration linearises
-the model along the current plan (`jax.jacfwd`), quadratises the stage cost -reward(obs, action,
-next_obs) (`jax.hessian`), solves the resulting time-varying LQR problem backwards for a step and
-feedback gains, and rolls the new feedback law out at several step sizes at once, keeping the
-cheapest if it lowers the cost. The planner's choices (`ilqr_planner` here, the search in
-`mbrlax.ilqr`): the dynamics are the ensemble's deterministic mean over the elites (or one elite's,
-`ilqr_member`), so the model uncertainty that CEM's particles average over is not seen; Q_uu is
-regularised by mu I, mu multiplied or divided by `ilqr_mu_factor` after each rejected or accepted
-iteration; bounds are kept by clipping actions in the rollout and, in the backward pass, by each
-step's box-constrained QP (projected Newton, as Tassa et al. 2014), the clamped actions losing
-their feedback; a fixed number of iterations (no convergence test), warm-started from the previous plan shifted by one
-step; terminations do not enter the cost.
+    R(a) = 1/P sum_p sum_t r(s^p_t, a_t, s^p_{t+1}),   s^p_{t+1} ~ member b(p, t) at (s^p_t, a_t)
 
-What this file does differently from the paper, and why:
-- Planning is batched over every parallel environment (and over seeds under `vmap`); the paper and
-  mbrl-lib plan for one state at a time.
-- CEM returns the momentum-smoothed mean of the last iteration, as both references do
-  (handful-of-trials `dmbrl/misc/optimizers/cem.py` returns `mean`; mbrl-lib
-  `mbrl/planning/trajectory_opt.py` returns `mu` when `return_mean_elites`, although its docstring
-  says "the mean of the elites"); it always runs `cem_iterations` iterations (the original also stops
-  when the largest variance falls below 0.001).
-- TSinf with a particle count P that the number of members G does not divide: the authors' code
-  (`dmbrl/controllers/MPC.py`) and mbrl-lib refuse it; here every sequence's particle j keeps member
-  j mod G, so each member carries floor or ceil of P / G particles of every sequence, the same for all
-  sequences (computed as ceil(P / G) * G particles, of which the first P are averaged).
-- iCEM (Pinneri et al. 2020) is mbrl-lib's ICEMOptimizer within one search (coloured noise, the
-  population's ceil, a random share of the elites kept, the mean added last); its shifting of
-  elites to the next time step is not done.
-- Brax locomotion rewards cannot be computed from observations, so there the ensemble learns the
-  reward as an extra output (the paper and mbrl-lib use known rewards on their own MuJoCo cheetah,
-  with a preprocessed observation and the first observation predicted absolutely, not as a delta).
-- Each preset that names a source says where it still differs (see TASKS and VARIANTS).
+(TS1: b drawn afresh each step; TSinf: b(p) fixed for the horizon; no reward after a predicted end).
+CEM refits mean and variance to the elites with momentum alpha (new = alpha old + (1 - alpha) elites').
+The first action of the plan is executed, the plan is shifted by one step to warm-start the next
+search, and the model is refitted on all data every `retrain_every` steps.
+`--planner ilqr` (Li and Todorov 2004; `ilqr_planner`, `mbrlax.ilqr`) instead linearises the
+ensemble's mean along one plan, quadratises -reward and solves the time-varying LQR problem backwards
+(box-constrained QP per step), with a line search over several step sizes at once.
 
-Reproduce the pendulum row of benchmarks/RESULTS.md:  python algorithms/pets.py --env pendulum
-With iLQR as the planner:                             python algorithms/pets.py --env pendulum --planner ilqr
+Departures from the paper:
+- Planning is batched over the parallel environments (and seeds); the paper plans one state at a time.
+- CEM always runs `cem_iterations` (the original also stops when the largest variance is below 0.001).
+- TSinf accepts particle counts the members do not divide: particle j keeps member j mod G.
+- iCEM is mbrl-lib's ICEMOptimizer within one search; its elites are not carried to the next planning step.
+- Brax locomotion rewards are learned as an extra output (the paper's are known).
+
+Provenance, every departure, presets and commands: docs/algorithms/pets.md.
 """
 
 from __future__ import annotations
@@ -191,11 +168,7 @@ class Config(RunConfig):
             raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")
 
 
-# mbrl-lib's PETS model (mbrl/examples/conf/dynamics_model/gaussian_mlp_ensemble.yaml: 7 members of
-# 4 x 200, SiLU, fixed log-variance bounds; mbrl/models/util.py `truncated_normal_init`; inputs
-# normalised, targets not; torch Adam decays every parameter) and its elites (`num_elites: 5` in the
-# overrides), which every propagation uses; with `validation_ratio: 0` each fit runs its epochs on all
-# data and the elites are ranked on the training data (mbrl/models/model_trainer.py).
+# mbrl-lib's PETS model and its elites (gaussian_mlp_ensemble.yaml); see docs/algorithms/pets.md.
 MBRL_LIB_ENSEMBLE = dict(
     ensemble_size=7,
     model_elites=5,
@@ -210,17 +183,13 @@ MBRL_LIB_CARTPOLE_FIT = dict(
     model_lr=7.5e-4, model_weight_decay=3e-5, model_batch_size=256, model_holdout_ratio=0.0, model_max_epochs=25
 )
 MBRL_LIB_CARTPOLE_PLANNER = dict(horizon=15, population=350, num_elites=35, alpha=0.1, cem_iterations=5)
-# Both sources run 300 episodes of 1000 steps (handful-of-trials' NTRAIN_ITERS = 300, mbrl-lib's
-# num_steps: 300000).
+# Both cheetah sources' budget: 300 episodes of 1000 steps.
 HALFCHEETAH = dict(env="brax/halfcheetah", total_steps=300_000, eval_every=10_000, retrain_every=1000)
 
 TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn in a few minutes on a laptop CPU.
+    # The defaults; small enough to learn on a laptop CPU.
     "pendulum": dict(env="pendulum"),
-    # mbrl-lib's pets_cartpole model, fit and planner, on the swing-up task (200-step episodes, a refit
-    # every 200 steps). Differs from mbrl-lib, as in every preset naming it: each fit keeps the last
-    # epoch's parameters (mbrl-lib keeps the snapshot of the last epoch in which some member improved
-    # its training error by 1 %), and its CEM's elite variance is torch's unbiased one.
+    # mbrl-lib's pets_cartpole model, fit and planner on the swing-up task; see docs/algorithms/pets.md.
     "cartpole_swingup": dict(
         env="cartpole_swingup",
         episode_length=200,
@@ -231,8 +200,7 @@ TASKS: dict[str, dict[str, Any]] = {
         **MBRL_LIB_CARTPOLE_FIT,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
-    # mbrl-lib's PETS example itself (pets_cartpole): its continuous balancing cart-pole, one random
-    # episode, then a refit every 50 steps of 25 epochs on all data, TS1 over the 5 elites.
+    # mbrl-lib's PETS example itself (pets_cartpole) on its balancing cart-pole; see docs/algorithms/pets.md.
     "cartpole_continuous": dict(
         env="cartpole_continuous",
         total_steps=5000,
@@ -243,8 +211,8 @@ TASKS: dict[str, dict[str, Any]] = {
         **MBRL_LIB_CARTPOLE_FIT,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
-    # mbrl-lib's cartpole model and planner sizes with this file's own fit (10 % holdout, early
-    # stopping, normalised targets) and TSinf over all 7 members: 20 particles split 3, 3, 3, 3, 3, 3, 2.
+    # mbrl-lib's cartpole model and planner sizes with this file's own fit and TSinf over 7 members;
+    # see docs/algorithms/pets.md.
     "brax/inverted_pendulum": dict(
         env="brax/inverted_pendulum",
         total_steps=5000,
@@ -258,11 +226,8 @@ TASKS: dict[str, dict[str, Any]] = {
         particles=20,
         **MBRL_LIB_CARTPOLE_PLANNER,
     ),
-    # mbrl-lib's pets_halfcheetah (mbrl/examples/conf/overrides/pets_halfcheetah.yaml): model lr
-    # 2.8e-4, weight decay 1e-4, batch 32, no validation split, 12 epochs a fit, a refit every 1000
-    # steps, CEM with population 400, elite ratio 0.16 (64), alpha 0.12, 5 iterations, truncated normal,
-    # horizon 30, 20 particles, TS1 over 5 elites of 7. Differs: the reward is learned (mbrl-lib's is
-    # known on its own cheetah), and as for cartpole_swingup.
+    # mbrl-lib's pets_halfcheetah (mbrl/examples/conf/overrides/pets_halfcheetah.yaml), the reward
+    # learned; see docs/algorithms/pets.md.
     "brax/halfcheetah": dict(
         **HALFCHEETAH,
         **MBRL_LIB_ENSEMBLE,
@@ -282,15 +247,8 @@ TASKS: dict[str, dict[str, Any]] = {
 # Variants of the method and sizes. One that names a task (the original code's settings on its
 # cheetah) starts from that task; the others apply on top of the preset of --env.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # The original code's HalfCheetah (kchua/handful-of-trials dmbrl/config/halfcheetah.py, with
-    # dmbrl/config/default.py, dmbrl/modeling/models/BNN.py and dmbrl/modeling/layers/FC.py): 5 members
-    # of 4 x 200, Adam lr 1e-3, weight decay 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on the weights of the
-    # five layers (not the biases), learned log-variance bounds with their 0.01 penalty, truncated
-    # normal initialisation, inputs normalised and targets not; 5 epochs a fit on all data in batches of
-    # 32 (BNN.train's defaults: no holdout); one random episode, a refit after every 1000-step episode;
-    # CEM with population 500, 50 elites, alpha 0.1, 5 iterations; horizon 30; 20 particles, TSinf.
-    # Differs: the reward is learned (the original's cost is known on its own cheetah), and CEM does
-    # not stop early when its variance falls below 0.001.
+    # The original code's HalfCheetah (kchua/handful-of-trials dmbrl/config/halfcheetah.py), the reward
+    # learned; see docs/algorithms/pets.md.
     "brax/halfcheetah-original": dict(
         **HALFCHEETAH,
         ensemble_size=5,
@@ -313,9 +271,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         particles=20,
         propagation="tsinf",
     ),
-    # The smallest settings that run the whole loop (tests/test_contract.py and test_pets.py): 50-step
-    # episodes, a 5-step plan of 2 CEM iterations over 16 sequences, two members of 16 x 16. It
-    # compiles in tens of seconds on a CPU and runs in seconds.
+    # The smallest settings that run the whole loop (tests/test_contract.py and test_pets.py).
     "tiny": dict(
         episode_length=50,
         total_steps=200,

@@ -1,101 +1,28 @@
 """PlaNet: the Deep Planning Network (Hafner, Lillicrap, Fischer, Villegas, Ha, Lee, Davidson,
 "Learning Latent Dynamics for Planning from Pixels", ICML 2019).
 
-A recurrent state-space model (RSSM) learns a compact state of the task from replayed sequences,
-and the agent has no policy: at every step it plans in the model's latent space with the
-cross-entropy method (CEM) and executes the first action of the plan (model predictive control).
-The model, with a deterministic GRU state h_t and a Gaussian stochastic state s_t,
+A recurrent state-space model (RSSM) learns a latent state from replayed sequences; the agent has no
+policy and plans in the latent space with CEM at every step, executing the plan's first action:
 
     h_t = GRU(h_{t-1}, s_{t-1}, a_{t-1})      prior      p(s_t | h_t)      = N(mu, sigma)
     posterior  q(s_t | h_t, o_t) = N(mu', sigma')         heads  o_t ~ N(dec(h_t, s_t), 1)
                                                                  r_t ~ N(rew(h_t, s_t), 1)
-
-is trained on B sequences of L replayed steps by the negative evidence lower bound per step,
-
     loss = observation_scale * -log p(o_t | h_t, s_t) + reward_scale * -log p(r_t | h_t, s_t)
            + kl_scale * max(0, KL(q(s_t | h_t, o_t) || p(s_t | h_t)) - free_nats)
 
-(`planet_model_loss`; the KL of diagonal normals in closed form, `gaussian_kl`, summed over the
-latent's dimensions; free nats: a KL below `free_nats` is left alone, its gradient is zero). Both
-sides of the KL get its gradient: PlaNet has no KL balancing (DreamerV2/V3 added it). At each step
-the belief is filtered with the posterior, then CEM searches over action sequences of `horizon`
-steps in [-1, 1]: `population` sequences drawn from N(mean, std) (clipped to the bounds) are scored
-by the predicted return, the sum of the reward head's means along the prior's sampled path from the
-current posterior state (`latent_returns`), and mean and std are refitted to the `num_elites` best
-(`plan_in_latent`). The first action of the final mean, plus N(0, `exploration_noise`) while
-collecting (clipped to [-1, 1]), is executed. After the random seed episodes the loop alternates
-`model_updates` gradient steps with `collect_steps` environment steps.
+on B sequences of L steps. CEM draws `population` sequences in [-1, 1] from N(mean, std), scores each
+by the sum of the reward head's means along the prior's path from the current posterior state, and
+refits mean and std to the `num_elites` best (no momentum, no warm start). The model is Dreamer's RSSM
+(`mbrlax.rssm`), the search PETS's CEM (algorithms/pets.py).
 
-The model is Dreamer's RSSM (`mbrlax.rssm`: `WorldModel` with `latent="gaussian"`,
-`observe_sequences`, and the replay and environment-step plumbing `store_and_step`), and the search is
-PETS's CEM (algorithms/pets.py `cem`, `gaussian_sequences`, `cem_refit`) with no momentum.
-
-Checked against the authors' code (google-research/planet at c04226b):
-- planet/scripts/configs.py: belief (deter) 200, state (stoch) 30, embedding/hidden 200, min std
-  0.1, heads 3 x 300 ReLU; batch 50 x 50; free nats 3; divergence scale 1; reward loss scale 10
-  (`defaults = {'reward': 10.0}`); overshooting scale 0 and distance 0, so latent overshooting is off
-  in the released default (the README's "PlaNet | No additional parameters"), and so here (not
-  implemented); global divergence 0; Adam lr 1e-3, epsilon 1e-4, gradient clipping 1000; 5 seed
-  episodes; `train_action_noise` 0.3 (test episodes 0); an episode collected every `collect_every`
-  5000 trainer steps counted in sequences of the batch of 50, i.e. every 100 updates; planner CEM
-  with amount 1000, topk 100, iterations 10, horizon 12; 5-bit images.
-- planet/models/rssm.py: transition = dense(s, a) -> GRU -> dense -> (mean, softplus + min_std);
-  posterior = dense(belief, embedding) -> (mean, softplus + min_std); features (sample, belief).
-- planet/control/planning.py, `cross_entropy_method`: every step starts from mean 0 and std 1 (no
-  warm start from the previous plan), samples are clipped to [-1, 1], the refit has no smoothing
-  (`tf.nn.moments` of the top k; std sqrt(var + 1e-6)), the mean is returned; it scores with
-  planet/scripts/objectives.py `reward`: the sum over the horizon of the reward head's mean.
-- planet/control/mpc_agent.py: the posterior step with the observation, the plan's first action,
-  plus Normal(0, scale) exploration noise, clipped to [-1, 1].
-- planet/training/utility.py `compute_objectives`: divergence = max(0, KL(posterior || prior) -
-  free_nats) elementwise, every term averaged over batch and time, scaled and summed.
-- planet/scripts/tasks.py: action repeat 8 (cartpole), 4 (reacher, cheetah, cup), 2 (finger,
-  walker); episodes of 1000 / repeat agent steps.
-
-What this file does differently, and why:
-- The networks are Dreamer's: LayerNorm + SiLU hidden layers, a GRU with LayerNorm
-  (`NormGRU`), the conv encoder/decoder of DreamerV3 (depth `cnn_depth`, LayerNorm, SiLU; the
-  authors' conv_ha is ReLU without norms, a 1024-wide embedding and 5/5/6/6 transposed kernels),
-  one width `hidden_size` everywhere (the authors' heads are 3 x 300), so one RSSM serves both files.
-- Images are scaled to [-0.5, 0.5] without the authors' 5-bit quantisation and dequantisation noise.
-  From state (which the authors' code does not do: its encoder is for images) the observation
-  passes Dreamer's symlog and MLP encoder, and the decoder predicts symlog(o).
-- The log-likelihoods drop their constants: -log N(x; mu, 1) is taken as 0.5 (x - mu)^2.
-- From state, the pendulum preset weighs the observation's NLL by `observation_scale` 100 (the
-  authors' `image_loss_scale` knob, default 1; as a unit-variance likelihood with std 0.1). With 1,
-  the 3 numbers of the observation weigh too little against the KL: the latent holds the state
-  loosely, open-loop reward predictions drift (mean error 3-5 per step after 12 steps of the prior),
-  and CEM exploits them: the default pendulum run gave -1339, -1216, -1122 at its 3 evaluations
-  (1,700 steps, seed 0); free nats 1 or 0 instead did not help (-1153, -1127 after 10 planned
-  episodes). With 100 it swings up after 5 planned episodes (-200, then -156 after 10).
-- CEM's std is sqrt(var) of the elites (the authors add 1e-6 under the root): PETS's `cem_refit`
-  with alpha 0. Adam's epsilon is optax's 1e-8 (the authors': 1e-4).
-- Every replayed sequence starts from the zero state, the environment loop stores the terminal
-  observation and restarts with a step of its own (Dreamer's plumbing): the step count includes resets.
+Departures from the authors' code (google-research/planet):
+- Dreamer's networks (LayerNorm + SiLU, NormGRU, DreamerV3's conv encoder/decoder), one width everywhere.
+- Images in [-0.5, 0.5] without 5-bit quantisation; from state, Dreamer's symlog encoder and decoder.
+- From state, the pendulum preset weighs the observation's NLL by `observation_scale` 100 (theirs: 1).
+- The DMC presets run from Playground's state vectors, not from pixels.
 - Planning is batched over the parallel environments; the authors collect with one agent.
-- There is no continue head (the authors' has none either): plans are scored as though the episode
-  never ends, which fits the tasks PlaNet was made for (none terminates).
-- The DMC presets run the suite from Playground's state vectors (dmc/), not from pixels as in the
-  paper: there are no DMC pixel tasks here.
-- The pendulum presets are CPU-sized (model 64 wide, 300 candidates, 30 elites, 5 iterations);
-  `--preset paper` gives the authors' sizes and planner. The pendulum_pixels preset (observation
-  scale 1, as the authors' images) has not been run to its end: on the 2-core CPU its first round
-  of 100 updates on 16 x 50 images had not finished after 9 minutes, so it needs an accelerator;
-  only smoke runs from pixels are measured (tests/test_planet.py, benchmarks/RESULTS.md).
 
-Published numbers (not comparable to pendulum: other tasks, from pixels): the paper's Table 1
-compares PlaNet on six DMC tasks from 64 x 64 pixels (cartpole swing-up, reacher easy, cheetah run,
-finger spin, cup catch, walker walk) after a budget counted in episodes of 1000 frames (agent steps
-= frames / action repeat). NOT CHECKED: the search tools here returned the paper's abstract but not
-its table, so no figure, budget or variant from it is quoted; the action repeats above are checked
-in the authors' code. The dmc/ presets (from state) are not comparable to it either.
-
-Measured here (benchmarks/RESULTS.md): `python algorithms/planet.py --env pendulum`, seed 0, 2-core
-CPU at load about 7: evaluation returns -681, -212, -253, -204 after 500, 800, 1,100 and 1,400
-agent steps (3, 6, 9 and 12 planned episodes of 100 agent steps = 200 frames), 290 s (81 s compiling).
-
-Reproduce:  python algorithms/planet.py --env pendulum
-From pixels: python algorithms/planet.py --env pendulum_pixels
+Provenance, every departure, presets and commands: docs/algorithms/planet.md.
 """
 
 from __future__ import annotations
@@ -250,11 +177,8 @@ def _dmc(task: str, action_repeat: int) -> dict[str, Any]:
 
 
 TASKS: dict[str, dict[str, Any]] = {
-    # Pendulum: 200 frames an episode, action repeat 2 (a horizon of 12 looks 1.2 s ahead), so
-    # episodes of 100 agent steps: 2 random, then 100 updates before each planned episode.
-    # observation_scale 100 (a unit-variance likelihood of the 3 numbers weighs too little against
-    # the KL: the latent then holds the state loosely and open-loop predictions drift; see the
-    # docstring's measurements).
+    # Pendulum from state, CPU-sized: action repeat 2, 100-step episodes, the observation weighted 100;
+    # see docs/algorithms/planet.md.
     "pendulum": dict(
         CPU,
         env="pendulum",
@@ -287,9 +211,7 @@ TASKS: dict[str, dict[str, Any]] = {
     "dmc/walker_walk": _dmc("dmc/walker_walk", 2),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Runs end to end in seconds once compiled (tests/test_contract.py): episodes of 40 steps, a
-    # model 16 wide, 4 x 10 replayed steps, 2 updates per 40 collected steps, CEM over 16 sequences.
-    # It shows that the program runs, not that it learns.
+    # Runs end to end in seconds once compiled (tests/test_contract.py); it does not learn.
     "tiny": dict(
         deter_size=16,
         hidden_size=16,

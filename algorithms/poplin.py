@@ -1,99 +1,26 @@
 """POPLIN: model-based policy planning (Wang and Ba, "Exploring Model-based Planning with Policy
 Networks", ICLR 2020), on PETS's ensemble, trajectory sampling and loop (algorithms/pets.py).
 
-PETS's CEM searches over open-loop action sequences drawn around a warm start. POPLIN lets a policy
-network pi_theta(s) (tanh hidden layers, a linear output clipped to [-1, 1], inputs whitened) shape
-that search, and distils the planner's choices back into the policy after every model fit:
+A policy pi_theta(s) (tanh MLP, output clipped to [-1, 1]) shapes PETS's CEM search; CEM's candidates,
+scored by PETS's trajectory-sampled mean return, are
 
-- POPLIN-A ("poplina-init", the default): from the current state s_0 the policy is rolled out
-  through the model, a_t^pi = pi(s_t), s_{t+1} = f(s_t, a_t^pi), giving a proposal [H, A]; CEM then
-  searches over action noise d [H, A] (truncated normal at 2 std, warm-started from the previous
-  step's solution shifted by one step with zeros appended), scoring each candidate sequence
-  clip(a^pi + d) by PETS's trajectory-sampled mean return; the executed action is
-  clip(pi(s_0) + d*_0). "poplina-replan" instead computes each candidate's actions closed loop on
-  each particle's own predicted state: a_t = clip(pi(s_t) + d_t).
-- POPLIN-P ("poplinp-sep"): CEM searches over perturbations of all of the policy's weights and
-  biases, a separate one for each time step (w [H, W], W the number of parameters); candidate i's
-  action on particle state s at step t is clip(pi_{theta + w_{i,t}}(s)), and the executed action is
-  clip(pi_{theta + w*_0}(s_0)).
-- Distillation (behaviour cloning): after each model fit the policy minimises the mean squared error
-  between pi_theta(s) and the executed action a over the (s, a) the planner produced since the last
-  fit, `policy_epochs` passes of minibatches of `policy_batch_size` with Adam (`policy_lr`). The
-  random-exploration data is never cloned (there is nothing to distil before the first plan).
+    POPLIN-A-Init    ("poplina-init"):   clip(a^pi_t + d_t),  a^pi_t = pi(s_t), s_{t+1} = f(s_t, a^pi_t)
+    POPLIN-A-Replan  ("poplina-replan"): a_t = clip(pi(s_t) + d_t) on each particle's state s_t
+    POPLIN-P         ("poplinp-sep"):    a_t = clip(pi_{theta + w_t}(s_t)), w [H, W] over all W parameters
 
-Checked against the authors' code (WilsonWangTHU/POPLIN, a fork of handful-of-trials):
-- dmbrl/misc/optimizers/POPLIN_A.py: POPLINA-INIT builds the proposal in `forward_policy_propose`
-  by rolling the policy through `predict_next_obs` from the current state; CEM samples
-  `tf.truncated_normal(mean, sqrt(var))` noise (no shrinking of the spread at the action bounds,
-  unlike their CEM); `obtain_solution` executes `first_base_acs + sol[:dU]` and records the elites'
-  first actions as "imaginary" data; the warm start is `update_prev_sol` (optimizer.py): the
-  solution shifted by one step, zeros appended.
-- dmbrl/controllers/MPC.py `_compile_POPLINA_cost`: INIT scores `clip(noise[t] + proposed[t])`,
-  REPLAN `clip(policy(cur_obs) + noise[t])` on each particle's state; `_compile_POPLINP_cost`
-  scores `clip(policy(cur_obs, weight_input[t]))`; NaN costs become 1e6.
-- dmbrl/misc/optimizers/POPLIN_P.py: POPLINP-SEP searches over H x W parameter noise (UNI over one
-  W shared by every step), truncated normal at 2 std, initial variance `init_var` for every
-  parameter, always `max_iters` iterations (no early stop); the warm start is the shifted solution.
-- dmbrl/misc/optimizers/policy_network/tf_networks.py `W_MLP`: the noise is added to every layer's
-  weights and biases (w + dw, b + db). BC_A_policy.py and base_policy.py: tanh hidden layers, a
-  linear output, normc initialisation (std 1, output layer 0.01), zero biases, inputs whitened by
-  whitening_util.py's running mean and std (variance floored at 0.01), outputs clipped to [-1, 1];
-  the loss is the MSE of the unclipped output against the target action, Adam at `policy_lr`.
-- dmbrl/config/default.py `_create_cem_config`: cem_type POPLINA-INIT, training_scheme BC-AR
-  (behaviour cloning on the real data), policy [64, 64], 100 epochs, lr 3e-3, minibatch 64, 20 %
-  held out for early stopping. demo_scripts/: POPLINA_INIT.sh uses BC-AI; POPLINP_BC.sh
-  POPLINP-SEP with BC-PR, a [32] policy, init_var 0.03; POPLINP_AVG.sh AVG-R with init_var 0.1;
-  every demo uses `-ca prop-type E` (the ensemble's mean, one particle).
+with action noise d [H, A] or parameter noise w warm-started from the previous solution shifted by
+one step. After every model fit the policy is distilled by behaviour cloning,
 
-What this file does differently from the authors' code, and why:
-- POPLIN-A-Init's proposal is one rollout through the ensemble's mean ("expectation"), shared by
-  all candidates and particles; the authors' graph rolls one proposal per candidate and particle
-  through `predict_next_obs`, which is the same thing under their demos' prop-type E and a
-  different random path per particle under TS1/TSinf. REPLAN needs no proposal.
-- Distillation is BC on the real (state, executed action) pairs since the last fit: the authors'
-  default BC-AR for POPLIN-A. Their POPLIN-A demo uses BC-AI, which also clones the elites' first
-  actions at each visited state (not done). For POPLIN-P their BC-PR clones, at the real states,
-  the actions of the policy with the chosen perturbation (`target_MLP(s, sol_weight)`), which are
-  the executed actions up to the clip: BC here. Their AVG-R (POPLINP_AVG.sh, the README's
-  example) sets the weights to the mean of the chosen perturbations, and GAN-R/GAN-I train the
-  policy adversarially (gan_policy.py, wgan_policy.py): neither is done.
-- Each fit runs a fixed `policy_epochs * max(retrain_every // policy_batch_size, 1)` Adam steps on
-  minibatches drawn with replacement from the newest `retrain_every` transitions (a fixed shape
-  under jit); the authors shuffle epochs over 80 % of the latest episodes and stop early on the
-  other 20 %. The whitening statistics are the mean and std of every stored observation, the
-  random ones included (theirs: of the real data given to the policy trainer).
-- CEM always runs `cem_iterations`; the authors' POPLIN-A stops early when the largest variance
-  falls below 0.001. The CEM mean (not the best sample) is the solution, as in their code.
+    min_theta  mean over (s, a) planned since the last fit of  (pi_theta(s) - a)^2.
+
+Departures from the authors' code (WilsonWangTHU/POPLIN):
+- POPLIN-A-Init's proposal is one rollout through the ensemble's mean, shared by all candidates.
+- Distillation clones the executed actions (their BC-AR; BC-PR up to the clip); BC-AI, AVG-R, GAN-R/I are not done.
+- Each fit runs a fixed number of Adam steps on the newest data, without their early stopping.
+- CEM always runs `cem_iterations` (theirs stops when the largest variance is below 0.001).
 - POPLINP-UNI (one perturbation for all steps) is not offered.
-- The executed action is clipped to the bounds here; the authors' POPLIN-A returns
-  `first_base_acs + sol[:dU]` unclipped (their environment clips it). A return that is not finite
-  counts as -1e10, as in pets.py (theirs: a NaN cost counts as 1e6).
-- Actions are searched in [-1, 1] and scaled to the task's bounds; the authors' tasks are in
-  [-1, 1] already.
 
-Published numbers (the authors' README image img/table.png = the paper's Table 1: mean and std over
-4 seeds of the return in a 3,000-step window at the end of training, their MBBL/gym MuJoCo tasks
-with their own reward definitions; NOT comparable to our pendulum runs, whose task, reward and
-budget differ):
-
-    task (budget, env steps)       POPLIN-P             POPLIN-A             PETS
-    Cheetah (50,000)               12227.9 +- 5652.8    4651.1 +- 1088.5     4204.5 +- 789.0
-    Ant (200,000)                  2330.1 +- 320.9      1148.4 +- 438.3      1165.5 +- 226.9
-    Hopper (200,000)               2055.2 +- 613.8      202.5 +- 962.5       114.9 +- 621.0
-    Swimmer (50,000)               334.4 +- 34.2        344.9 +- 7.1         326.2 +- 12.6
-    Cheetah-v0 (200,000)           4235.0 +- 1133.0     1562.8 +- 1136.7     2288.4 +- 1019.0
-    Walker2d (200,000)             597.0 +- 478.8       -105.0 +- 249.8      282.5 +- 501.6
-    Reacher3D (50,000)             -29.0 +- 25.2        -27.7 +- 25.2        -47.7 +- 43.6
-    Pusher (50,000)                -55.8 +- 23.1        -56.0 +- 24.3        -52.7 +- 23.5
-    Pendulum (50,000)              167.9 +- 45.9        178.3 +- 19.3        155.7 +- 79.3
-    InvertedPendulum (50,000)      -0.0 +- 0.0          -0.0 +- 0.0          -29.5 +- 37.8
-    Acrobot (50,000)               23.2 +- 27.2         20.5 +- 20.1         -18.4 +- 46.3
-    Cartpole (50,000)              200.8 +- 0.3         200.6 +- 1.3         199.6 +- 4.6
-
-The table does not say which POPLIN-A (Init or Replan) or which distillation each row uses.
-
-Reproduce:  python algorithms/poplin.py --env pendulum        (POPLIN-A-Init)
-            python algorithms/poplin.py --env pendulum --preset poplin-p
+Provenance, every departure, presets and commands: docs/algorithms/poplin.md.
 """
 
 from __future__ import annotations
@@ -148,12 +75,8 @@ class Config(pets.Config):
 TASKS: dict[str, dict[str, Any]] = {
     # PETS's pendulum settings (2,000 steps, horizon 30, 100 candidates, 10 elites, 5 iterations).
     "pendulum": dict(env="pendulum"),
-    # The authors' halfcheetah (dmbrl/config/halfcheetah.py and default.py, run as their demo
-    # scripts: -ca model-type PE -ca prop-type E): PETS's original model (pets.py's
-    # brax/halfcheetah-original: 5 members of 4 x 200, 5 epochs a fit after each 1000-step episode),
-    # CEM with population 500, 50 elites, 5 iterations, alpha 0.1, horizon 30, the ensemble's mean
-    # with one particle, and the paper's Cheetah budget of 50,000 steps. Differs: Brax's cheetah
-    # and a learned reward (theirs is known), as in pets.py.
+    # The authors' halfcheetah (dmbrl/config/halfcheetah.py, prop-type E) at the paper's Cheetah budget;
+    # see docs/algorithms/poplin.md.
     "brax/halfcheetah": dict(
         pets.VARIANTS["brax/halfcheetah-original"],
         propagation="expectation",

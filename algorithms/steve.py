@@ -1,105 +1,28 @@
-"""STEVE: stochastic ensemble value expansion (Buckman, Hafner, Tucker, Brevdo, Lee, "Sample-Efficient
-Reinforcement Learning with Stochastic Ensemble Value Expansion", NeurIPS 2018), and MVE, model-based
-value expansion (Feinberg, Wan, Stoica, Jordan, Gonzalez, Levine, "Model-Based Value Estimation for
-Efficient Model-Free Reinforcement Learning", 2018), as the `mve` preset.
+"""STEVE, stochastic ensemble value expansion (Buckman, Hafner, Tucker, Brevdo, Lee, "Sample-Efficient Reinforcement
+Learning with Stochastic Ensemble Value Expansion", NeurIPS 2018), and MVE, model-based value expansion, as the `mve`
+preset (Feinberg, Wan, Stoica, Jordan, Gonzalez, Levine, "Model-Based Value Estimation for Efficient Model-Free
+Reinforcement Learning", 2018).
 
-Both change only the critic's target. From the next state s'_0 = s' of a real transition (s, a, r, s',
-d) the policy acts and the learned model predicts for H steps, giving imagined states s'_1..s'_H,
-actions a'_t ~ pi(s'_t), rewards r'_t and continuation flags c_t (0 after a predicted termination).
-The candidate target of horizon i, for i = 0..H, is the discounted imagined return of i steps closed
-by the target critic (soft values, since the learner is SAC):
+Both change only the critic's target. From the next state s'_0 = s' of a real transition (s, a, r, s', d) the policy
+acts and the model predicts H steps: states s'_t, actions a'_t ~ pi(s'_t), rewards r'_t, continuation flags c_t.
+The candidate target of horizon i = 0..H (T^0 is SAC's own soft target):
 
     T^i = r + gamma (1 - d) [ sum_{t<i} w_t (r'_t - alpha log pi(a'_t|s'_t))
-                              + w_i (Q'(s'_i, a'_i) - alpha log pi(a'_i|s'_i)) ]
-    w_t = gamma^t c_0 ... c_{t-1}
+                              + w_i (Q'(s'_i, a'_i) - alpha log pi(a'_i|s'_i)) ],    w_t = gamma^t c_0 ... c_{t-1}
 
-T^0 is SAC's own soft Bellman target; nothing is bootstrapped after a predicted termination.
-- STEVE computes every T^i once per combination of a dynamics sample and a Q sample, takes each
-  candidate's mean mu_i and its variance sigma_i^2 over those combinations, and regresses Q(s, a) on
-  sum_i w_i mu_i with w_i = (1 / (sigma_i^2 + 1e-8)) / sum_j (1 / (sigma_j^2 + 1e-8)): a horizon
-  whose estimate the ensembles disagree about gets little weight. Here the dynamics samples are the
-  ensemble's elites, path m going through elite m at every step (the authors' code keeps one model
-  per parallel rollout too), and the Q samples are SAC's twin target critics.
-- MVE (`--preset mve`) is one fixed horizon and no weighting, through a deterministic model (the
-  elites' mean prediction, `expansion_model="mean"`): Q(s, a) regresses on T^H, and with the
-  TD-k trick the critic also regresses Q(s'_t, a'_t), t = 0..H-1, on the imagined return from there
-  to the same end, G_t = r'_t + gamma c_t (G_{t+1} - alpha log pi(a'_{t+1}|s'_{t+1})), G_H =
-  Q'(s'_H, a'_H), each squared error weighted by the probability of having reached s'_t (1 - d)
-  c_0 ... c_{t-1}, and all H + 1 errors averaged.
-Everything else is MBPO's loop (mbpo.py, which this file runs) with no model data in the critic's
-batches: refits of the ensemble every `model_train_freq` steps, G SAC updates per real step on real
-transitions, SAC's actor and temperature.
+STEVE regresses Q(s, a) on the candidates' means mu_i over (elite, twin critic) samples, weighted by
+(1 / (sigma_i^2 + 1e-8)) normalised over i, sigma_i^2 their variances. MVE regresses Q(s, a) on T^H through the
+elites' mean prediction, and (TD-k trick) Q(s'_t, a'_t) on the imagined return from s'_t to the same end.
+The rest is MBPO's loop (mbpo.py), with the critic on real data only.
 
-Checked against the STEVE authors' code (tensorflow/models, research/steve): valuerl.py
-(`build_Q_expansion_graph`: candidate targets for 0..rollout_len model steps from the real next state,
-continue probabilities from predicted dones, `target_confidence = 1 / (target_variances + 1e-8)`
-normalised over the candidates, the variance over all transition x reward x Q samples; the `tdk_trick`
-regressing Q at every imagined state on the candidate from there to the end, weighted by the
-probability of reaching it), config/algos/steve.json (rollout_len 3, steve_reweight, no TD-k),
-config/algos/mve_tdk.json (rollout_len 3, tdk_trick, no ensembles), config/core/bayesian.json
-(ensembles of 4 Q-functions, 4 transition models and 4 reward models), config/core/basic.json (DDPG,
-hidden width 128, batch 512, 10,000 random frames before learning). MVE against its authors' code
-(vlad17/mve): mve/ddpg/ddpg.py and mve/sac/sac.py (`_tf_compute_model_value_expansion`: H steps from
-the real next state through the learned deterministic dynamics, the task's reward function, the
-target critic (DDPG) or target value network (SAC) at the end; the TD-k errors at every imagined
-state weighted by 1 - d of the real transition), mve/ddpg_learner.py (`div_by_h`, `drop_tdk`) and
-experiments/hc5.yaml, walker2d5.yaml, swimmer5.yaml (their DDPG runs: H = 5, 4 updates per step,
-batch 64, networks of 2 x 64). The STEVE authors' `mve_tdk` likewise expands through the mean
-prediction (valuerl.py without model ensembling: the transition's outputs averaged). The MVE paper's
-text was not checked.
+Departures from the papers:
+- SAC, not DDPG: imagined steps subtract alpha log pi, and the Q samples are SAC's two twin target critics.
+- Dynamics and reward come from one probabilistic ensemble (its elites); a task's known reward is used if any.
+- The model is refitted every `model_train_freq` steps, as MBPO does, not trained continuously.
+- MVE's deterministic model is the elites' mean; its H + 1 squared errors are averaged, not summed and divided by H.
+- The imagined actions are the current policy's samples, in `mve-authors` too (the MVE authors use a target actor).
 
-What this file does differently from the papers, and why:
-- Both papers used DDPG (the STEVE authors' config/core/basic.json: algo "ddpg"; MVE's authors'
-  experiments/*.yaml: main ddpg, though their code has a SAC variant too, mve/sac/sac.py), a
-  deterministic policy with one Q-function or an ensemble of them; this runs on SAC, so every
-  imagined step subtracts alpha log pi at its sampled action (the soft value) and the Q samples are
-  SAC's two twin target critics, not four Q-functions. Each candidate's mean takes the minimum of the
-  twins (clipped double Q, so that T^0 is exactly SAC's target), its variance is over all (elite,
-  twin) values.
-- The dynamics and the reward come from one probabilistic ensemble (mbrlax.ensemble, MBPO's: its
-  elites, each sampling its Gaussian), so a path's model and reward model are the same member and
-  the variance is over num_elites x 2 samples (pendulum: 5 x 2; the paper: 4 x 4 x 4). Where the task
-  has a known reward function (pendulum, several Brax tasks) it is used (`--no-known-reward` uses the
-  ensemble's reward head); termination is the task's known function of the predicted next state.
-- The model is refitted every `model_train_freq` steps in MBPO's way, not trained continuously by a
-  parallel learner; the policy's updates per environment step are `updates_per_step`.
-- MVE's deterministic model is the mean of the ensemble's elites, where both sets of authors have one
-  network; `--expansion-model sample` draws a random elite and its Gaussian at every step instead
-  (MBPO's rollouts). MVE's H + 1 squared errors are averaged; the MVE authors sum them and divide
-  by H (`div_by_h`, on in their experiments), a constant factor that Adam's step all but removes.
-  The `mve` preset's H = 3 is the STEVE authors' `mve_tdk`; the MVE authors' own runs used H = 5
-  (`--preset mve-authors`, with their batch, networks and rates).
-- The imagined actions a'_t are the current SAC policy's samples, as the STEVE authors' (valuerl.py
-  acts with the policy being learned); the MVE authors' DDPG takes them from its target actor
-  (mve/ddpg/ddpg.py, `actor.tf_target_action` in `_tf_compute_model_value_expansion`). SAC here has
-  no target actor, so `mve-authors` keeps the current policy too.
-
-Measured on pendulum (this package's pendulum, 200-step episodes; five episodes of the deterministic
-policy per evaluation; the default settings: H = 3, G = 5, critic on real data only, model refitted
-every 250 steps; one CPU run each, `python algorithms/steve.py --env pendulum [--preset mve]`, seed 0
-unless a line says otherwise):
-- STEVE: -622, -326, -124, -150 after 2,000, 3,000, 4,000, 5,000 steps (as one fused program, as
-  tests/test_steve.py runs it: -650, -146 after 2,000 and 3,000; -630, -147, -127 with 4,000 in all).
-- MVE (`--preset mve`): -1099, -148, -154, -144 at the same steps (as one fused program of 3,000
-  steps, as tests/test_steve.py runs it: -1322, -149). Through a sampled elite instead
-  (`--expansion-model sample`): -1047, -148, -632, -146, a dip at 4,000 steps.
-- SAC at one update per step (`mbpo.py --sac-only --updates-per-step 1`): -1729, -1166, -974, -912.
-- SAC at the same G = 5 (`mbpo.py --sac-only --updates-per-step 5`): -1202, -148, -124, -147.
-- Seeds 0 to 3 vmapped (`--num-seeds 4`), the mean over the seeds after 2,000 / 3,000 / 4,000 /
-  5,000 steps: STEVE -627, -202, -147, -178; MVE -909, -325, -184, -204 (seed 1: -345 at the end);
-  MVE through a sampled elite -910, -389, -246, -206; SAC at G = 5 -634, -146, -136, -179; SAC at
-  one update per step -1728, -1261, -830, -826.
-On pendulum the margin over SAC at one update per step comes from the updates per step; the model's
-share is at most seed 0's earlier rise with STEVE (-622 against -1202 at 2,000 steps). After 3,000
-steps (seed 0, on 1,024 transitions drawn from the real buffer) STEVE's mean weights on T^0..T^3 were
-0.45, 0.23, 0.17, 0.15: the model's candidates do carry over half the target.
-
-Published numbers: not checked (the STEVE paper reports learning curves, whose values were not read
-off for this file; its tasks are gym MuJoCo -v1 and Roboschool, not comparable with Brax's).
-
-Reproduce the pendulum rows:  python algorithms/steve.py --env pendulum
-                              python algorithms/steve.py --env pendulum --preset mve [--expansion-model sample]
-                              the same with --num-seeds 4 for seeds 0 to 3
+Provenance, every departure, presets and commands: docs/algorithms/steve.md.
 """
 
 from __future__ import annotations
@@ -154,13 +77,8 @@ class Config(mbpo.Config):
             )
 
 
-# The STEVE authors' method settings that map onto this loop (config/algos/steve.json,
-# config/core/basic.json, learner.py): H = 3, batches of 512, 10,000 frames before learning, and
-# frames_per_update 0.25, i.e. 4 updates a frame (`_have_enough_frames`: gathered frames >
-# frames_per_update x updates). Their networks (4 layers of 128 for the policy and Qs) and their
-# model (hidden 512, pretrained for 10,000 updates, config/core/model.json) are not copied: the actor
-# and critics are MBPO's paper sizes, the ensemble MBPO's paper ensemble. Budgets are MBPO's presets'
-# for each task; the STEVE paper's per-task budgets were not checked.
+# The STEVE authors' settings that map onto this loop, under MBPO's task presets;
+# provenance and what is not copied: docs/algorithms/steve.md, Presets.
 AUTHORS = dict(
     horizon=3,
     sac_batch_size=512,
@@ -170,10 +88,9 @@ AUTHORS = dict(
 )
 
 TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn in a minute or two on a laptop CPU.
+    # Small enough to learn on a laptop CPU.
     "pendulum": dict(env="pendulum"),
-    # The papers' MuJoCo tasks through Brax, with MBPO's paper model and SAC settings for each task
-    # (mbpo.TASKS: halfcheetah 400,000 steps, hopper 125,000, walker2d and ant 300,000).
+    # The papers' MuJoCo tasks through Brax: MBPO's preset for each task with AUTHORS on top.
     "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **AUTHORS),
     "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **AUTHORS),
     "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **AUTHORS),
@@ -182,15 +99,11 @@ TASKS: dict[str, dict[str, Any]] = {
 
 # Variants: they name no task, so they apply on top of the task's preset.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # MVE with the TD-k trick (the STEVE authors' config/algos/mve_tdk.json: rollout_len 3) through a
-    # deterministic model, as both MVE's authors (vlad17/mve) and the STEVE authors' mve_tdk expand.
+    # MVE with the TD-k trick through the elites' mean (the STEVE authors' mve_tdk.json);
+    # docs/algorithms/steve.md, Presets.
     "mve": dict(estimator="mve", horizon=3, expansion_model="mean"),
-    # The MVE authors' own runs (vlad17/mve experiments/hc5.yaml, walker2d5.yaml: their DDPG learner)
-    # as far as they map onto this loop: H = 5, 4 updates per step on batches of 64, 10,000 steps
-    # before learning (ddpg_min_buf_size), networks of 2 x 64, learning rate 1e-3 and target rate
-    # 1e-2 (theirs for HalfCheetah; Walker2d's are 1e-4 and 1e-3). Not copied: DDPG and its parameter
-    # noise, their dynamics trained 4 batches a step (here MBPO's refits), their 1.5 M-step budget
-    # (the task presets' budgets stay). On top of a task: `--env brax/halfcheetah --preset mve-authors`.
+    # The MVE authors' own runs (vlad17/mve, HalfCheetah's rates) as far as they map onto this loop, on top
+    # of a task: `--env brax/halfcheetah --preset mve-authors`. Sources: docs/algorithms/steve.md.
     "mve-authors": dict(
         estimator="mve",
         horizon=5,
