@@ -13,7 +13,7 @@ policy and plans in the latent space with CEM at every step, executing the plan'
 on B sequences of L steps. CEM draws `population` sequences in [-1, 1] from N(mean, std), scores each
 by the sum of the reward head's means along the prior's path from the current posterior state, and
 refits mean and std to the `num_elites` best (no momentum, no warm start). The model is Dreamer's RSSM
-(`mbrlax.rssm`), the search PETS's CEM (algorithms/pets.py).
+(`mbrlax.rssm`), the search CEM (`mbrlax.planners`, as PETS's).
 
 Departures from the authors' code (google-research/planet):
 - Dreamer's networks (LayerNorm + SiLU, NormGRU, DreamerV3's conv encoder/decoder), one width everywhere.
@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import rssm, runner, training
-from mbrlax.algorithms import pets
+from mbrlax import planners, rssm, runner, training
 from mbrlax.config import RunConfig, setting
 from mbrlax.training import (
     ConfigError,
@@ -327,10 +326,10 @@ def plan_in_latent(score_fn, key, horizon: int, action_size: int, *, population:
     std refitted to the elites without smoothing. PETS's `cem` with alpha 0. Returns the plan [H, A]."""
 
     def sample(sample_key, mean, std):
-        return pets.gaussian_sequences(sample_key, mean, std, population, -1.0, 1.0, truncated=False)
+        return planners.gaussian_sequences(sample_key, mean, std, population, -1.0, 1.0, truncated=False)
 
     mean, std = jnp.zeros((horizon, action_size)), jnp.ones((horizon, action_size))
-    mean, _ = pets.cem(score_fn, sample, mean, std, key, iterations=iterations, elites=elites, alpha=0.0)
+    mean, _ = planners.cem(score_fn, sample, mean, std, key, iterations=iterations, elites=elites, alpha=0.0)
     return mean
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, mpc, runner
+from mbrlax import ensemble, mpc, planners, runner
 from mbrlax.algorithms import pets
 from mbrlax.config import setting
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, scale_action
@@ -167,7 +167,7 @@ def policy_sequence(next_state_fn: Callable, policy_fn: Callable, obs, key, *, h
 
 def noise_samples(key, mean, std, n: int):
     """n samples around `mean` [...] with spread `std`: a normal truncated at 2 std, the authors'
-    `tf.truncated_normal` (no shrinking at the action bounds, unlike pets.gaussian_sequences)."""
+    `tf.truncated_normal` (no shrinking at the action bounds, unlike `mbrlax.planners.gaussian_sequences`)."""
     return mean + std * jax.random.truncated_normal(key, -2.0, 2.0, (n,) + mean.shape)
 
 
@@ -304,7 +304,7 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
                 variance = hparams["parameter_noise_var"]
             std = jnp.sqrt(variance) * jnp.ones_like(warm_start)
             sample_fn = functools.partial(noise_samples, n=config.population)
-            solution, _ = pets.cem(
+            solution, _ = planners.cem(
                 score_fn,
                 sample_fn,
                 warm_start,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import SMALL_PENDULUM_PLANNING, cli_args
-from mbrlax import ensemble, mpc
+from mbrlax import ensemble, mpc, planners
 from mbrlax.algorithms import pets
 
 # The tiny preset as a Config (tests/test_gym.py, test_sweeps.py and test_determinism.py import it).
@@ -49,9 +49,9 @@ def test_cem_finds_the_maximum_of_a_quadratic(truncated):
     mean0, std0 = start()
 
     def sample(key, mean, std):
-        return pets.gaussian_sequences(key, mean, std, 200, LOW, HIGH, truncated=truncated)
+        return planners.gaussian_sequences(key, mean, std, 200, LOW, HIGH, truncated=truncated)
 
-    run = jax.jit(functools.partial(pets.cem, quadratic, sample, iterations=15, elites=20, alpha=0.1))
+    run = jax.jit(functools.partial(planners.cem, quadratic, sample, iterations=15, elites=20, alpha=0.1))
     mean, std = run(mean0, std0, jax.random.PRNGKey(0))
     np.testing.assert_allclose(mean, TARGET, atol=0.01)
     assert float(std.max()) < 0.01
@@ -65,7 +65,7 @@ def test_icem_finds_the_maximum_of_a_quadratic():
     options = dict(
         iterations=8, population=400, elites=10, alpha=0.1, noise_beta=2.0, population_decay=1.25, keep_elites=0.3
     )
-    mean, _ = jax.jit(functools.partial(pets.icem, quadratic, **options))(mean0, std0, jax.random.PRNGKey(0), LOW, HIGH)
+    mean, _ = jax.jit(functools.partial(planners.icem, quadratic, **options))(mean0, std0, jax.random.PRNGKey(0), LOW, HIGH)
     np.testing.assert_allclose(mean, TARGET, atol=0.15)
     assert float(quadratic(mean)) > 0.02 * float(quadratic(mean0))
 
@@ -85,7 +85,7 @@ def test_icem_samples_as_mbrl_libs_icem_optimizer():
     sizes, kept_ranks = [], []
     for seed in range(8):
         seen.clear()
-        pets.icem(score, mean0, std0, jax.random.PRNGKey(seed), LOW, HIGH, **options)
+        planners.icem(score, mean0, std0, jax.random.PRNGKey(seed), LOW, HIGH, **options)
         sizes.append([len(samples) for samples in seen])
         # iteration 0's elites, best first; the one row iteration 1 adds is one of them
         elites = seen[0][np.argsort(-np.asarray(quadratic(seen[0])), kind="stable")[:3]]
@@ -111,7 +111,7 @@ def test_random_shooting_returns_its_best_sample_which_nears_the_maximum():
         seen.append(samples)
         return -((samples[..., 0, 0] - target) ** 2)
 
-    best = pets.random_shooting(score, jax.random.PRNGKey(0), low, high, population=2000, horizon=1)
+    best = planners.random_shooting(score, jax.random.PRNGKey(0), low, high, population=2000, horizon=1)
     assert best.shape == (1, 1) and abs(float(best[0, 0]) - target) < 0.01
     samples = np.asarray(seen[0])
     assert samples.shape == (2000, 1, 1) and samples.min() >= -1 and samples.max() <= 1
@@ -126,14 +126,14 @@ def test_plan_runs_the_configured_planner(planner):
     key, alpha = jax.random.PRNGKey(1), 0.2
     planned = pets.plan(config, quadratic, mean0, std0, key, alpha, LOW, HIGH)
     if planner == "random":
-        expected = pets.random_shooting(quadratic, key, LOW, HIGH, population=16, horizon=H)
+        expected = planners.random_shooting(quadratic, key, LOW, HIGH, population=16, horizon=H)
     elif planner == "icem":
         options = dict(noise_beta=config.icem_noise_beta, population_decay=config.icem_population_decay)
         options.update(iterations=2, population=16, elites=4, alpha=alpha, keep_elites=config.icem_keep_elites)
-        expected, _ = pets.icem(quadratic, mean0, std0, key, LOW, HIGH, **options)
+        expected, _ = planners.icem(quadratic, mean0, std0, key, LOW, HIGH, **options)
     else:
-        sample = functools.partial(pets.gaussian_sequences, n=16, low=LOW, high=HIGH, truncated=True)
-        expected, _ = pets.cem(quadratic, sample, mean0, std0, key, iterations=2, elites=4, alpha=alpha)
+        sample = functools.partial(planners.gaussian_sequences, n=16, low=LOW, high=HIGH, truncated=True)
+        expected, _ = planners.cem(quadratic, sample, mean0, std0, key, iterations=2, elites=4, alpha=alpha)
     np.testing.assert_array_equal(planned, expected)
 
 
@@ -153,17 +153,17 @@ def test_cem_returns_the_momentum_smoothed_mean():
 
     alpha, elites = 0.3, 5
     top = population[np.argsort(-np.asarray(score(population, None)))[:elites]]
-    mean, std = pets.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=1, elites=elites, alpha=alpha)
+    mean, std = planners.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=1, elites=elites, alpha=alpha)
     np.testing.assert_allclose(mean, alpha * mean0 + (1 - alpha) * top.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std**2, alpha * std0**2 + (1 - alpha) * top.var(0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(mean, top.mean(0), atol=1e-3)  # the old behaviour returned this
     # Two iterations: the smoothing compounds, the elites stay the same.
-    mean2, _ = pets.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=2, elites=elites, alpha=alpha)
+    mean2, _ = planners.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=2, elites=elites, alpha=alpha)
     np.testing.assert_allclose(mean2, alpha**2 * mean0 + (1 - alpha**2) * top.mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_coloured_noise_has_unit_spread_over_time_and_is_correlated_in_time():
-    noise = pets.coloured_noise(jax.random.PRNGKey(0), (512, 30, 2), beta=2.0)
+    noise = planners.coloured_noise(jax.random.PRNGKey(0), (512, 30, 2), beta=2.0)
     assert noise.shape == (512, 30, 2)
     np.testing.assert_allclose(noise.std(axis=1).mean(), 1.0, atol=0.05)
     lag1 = np.mean(np.asarray(noise[:, 1:] * noise[:, :-1]))

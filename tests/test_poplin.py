@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import pets, poplin
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, mpc
+from mbrlax import ensemble, mpc, planners
 from mbrlax.training import ConfigError, setup, transition_example
 
 # A stub model: linear dynamics, a quadratic reward, termination when the first coordinate leaves
@@ -223,7 +223,7 @@ def test_cem_over_parameters_finds_the_optimum_of_a_quadratic():
         return -(weights * (theta + noise - target) ** 2).sum((-2, -1))
 
     sample = functools.partial(poplin.noise_samples, n=300)
-    run = jax.jit(functools.partial(pets.cem, score, sample, iterations=20, elites=30, alpha=0.1))
+    run = jax.jit(functools.partial(planners.cem, score, sample, iterations=20, elites=30, alpha=0.1))
     mean, std = run(jnp.zeros((2, 5)), jnp.full((2, 5), jnp.sqrt(0.1)), jax.random.PRNGKey(0))
     np.testing.assert_allclose(theta + mean, target, atol=0.01)
 
