@@ -1,7 +1,7 @@
 """M2AC: masked model-based actor-critic (Pan, He, Tu, He, "Trust the Model When It Is Confident: Masked Model-based
 Actor-Critic", NeurIPS 2020, arXiv:2010.04893).
 
-MBPO's loop (mbpo.py) with other model data. At each refit B = `rollout_batch_size` rollouts of H steps start from
+MBPO's loop (loops.dyna) with other model data. At each refit B = `rollout_batch_size` rollouts of H steps start from
 real states; at step h = 0..H-1 every live sample goes through a random elite member k and
 
     u(s, a)   = KL( N(mu_k, Sigma_k) || N(mu_-k, Sigma_-k) )       one-vs-rest uncertainty
@@ -36,13 +36,13 @@ import jax.numpy as jnp
 
 from mbrlax import buffer as replay
 from mbrlax import ensemble, runner, sac
-from mbrlax.algorithms import mbpo
+from mbrlax.loops import dyna
 from mbrlax.config import setting
 from mbrlax.training import ConfigError, Trainer, scale_action
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(mbpo.Config):
+class Config(dyna.DynaConfig):
     """M2AC settings: MBPO's, with the mask and the penalty."""
 
     rollout_schedule: tuple[int, int, int, int] = (0, 1, 5, 5)
@@ -73,10 +73,10 @@ TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a few minutes on a laptop CPU: MBPO's pendulum settings, H = 5.
     "pendulum": dict(env="pendulum"),
     # Brax's versions of the tasks: MBPO's presets, MACURA, and macura's per-task budgets (num_steps).
-    "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **MACURA, total_steps=400_000),
-    "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **MACURA, total_steps=125_000),
-    "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **MACURA, total_steps=200_000),
-    "brax/ant": dict(mbpo.TASKS["brax/ant"], **MACURA, total_steps=300_000),
+    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **MACURA, total_steps=400_000),
+    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **MACURA, total_steps=125_000),
+    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **MACURA, total_steps=200_000),
+    "brax/ant": dict(dyna.PAPER_TASKS["brax/ant"], **MACURA, total_steps=300_000),
 }
 
 # Variants name no task, so they apply on top of the task's preset.
@@ -84,7 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # One-step rollouts at the fixed masking rate w.
     "h1": dict(rollout_schedule=(0, 1, 1, 1)),
     # End to end in seconds: MBPO's tiny settings with H = 3.
-    "tiny": dict(mbpo.VARIANTS["tiny"], rollout_schedule=(0, 1, 3, 3)),
+    "tiny": dict(dyna.TINY, rollout_schedule=(0, 1, 3, 3)),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
@@ -193,47 +193,49 @@ def masked_rollouts(
     return model_buffer, added, metrics
 
 
-# TRAINING PROGRAM: MBPO's loop with masked rollouts
+def m2ac_rollouts(
+    config: Config, context: dyna.DynaContext, model, hparams, actor, real_buffer, model_buffer, key, length
+):
+    """The Dyna loop's model data: H masked steps of the current policy through random elites (TS1, as
+    MBPO's draw), from real states, each kept by its one-vs-rest uncertainty (`masked_rollouts`)."""
+    spec, model_config, agent_config = context
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+
+    def dynamics(obs, action, key):
+        # MBPO's draw (a random split of the batch over the elites), and which member drew each sample.
+        next_obs, reward = ensemble.propagate(model_config, model, obs, action, key, mode="ts1", elites_only=True)
+        return next_obs, reward, ensemble.ts1_members(key, obs.shape[0], model.elites)
+
+    def members(obs, action):
+        next_mean, next_var, reward_mean, reward_var = ensemble.predict(model_config, model, obs, action)
+        mean = jnp.concatenate([next_mean, reward_mean[..., None]], axis=-1)
+        var = jnp.concatenate([next_var, reward_var[..., None]], axis=-1)
+        return mean, var
+
+    # ROLLOUT H masked steps of the current policy through random elites, from real states.
+    return masked_rollouts(
+        functools.partial(sac.sample_action, agent_config, actor),
+        dynamics,
+        members,
+        lambda obs, action, next_obs: spec.termination_fn(obs, scale_action(action, low, high), next_obs),
+        real_buffer,
+        model_buffer,
+        key,
+        length=length,
+        batch_size=config.rollout_batch_size,
+        one_step_rate=hparams["masking_rate"],
+        penalty_coef=hparams["penalty_coef"],
+    )
+
+
+# TRAINING PROGRAM: the Dyna loop with masked rollouts
 
 
 def make_train(config: Config, env=None, name: str = "M2AC") -> Trainer:
     """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
     EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
-
-    def make_rollouts(spec, model_config, agent_config):
-        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-
-        def dynamics(model, obs, action, key):
-            # MBPO's draw (a random split of the batch over the elites), and which member drew each sample.
-            next_obs, reward = ensemble.propagate(model_config, model, obs, action, key, mode="ts1", elites_only=True)
-            return next_obs, reward, ensemble.ts1_members(key, obs.shape[0], model.elites)
-
-        def members(model, obs, action):
-            next_mean, next_var, reward_mean, reward_var = ensemble.predict(model_config, model, obs, action)
-            mean = jnp.concatenate([next_mean, reward_mean[..., None]], axis=-1)
-            var = jnp.concatenate([next_var, reward_var[..., None]], axis=-1)
-            return mean, var
-
-        def rollouts(model, hparams, actor, real_buffer, model_buffer, key, length):
-            # ROLLOUT H masked steps of the current policy through random elites, from real states.
-            return masked_rollouts(
-                functools.partial(sac.sample_action, agent_config, actor),
-                functools.partial(dynamics, model),
-                functools.partial(members, model),
-                lambda obs, action, next_obs: spec.termination_fn(obs, scale_action(action, low, high), next_obs),
-                real_buffer,
-                model_buffer,
-                key,
-                length=length,
-                batch_size=config.rollout_batch_size,
-                one_step_rate=hparams["masking_rate"],
-                penalty_coef=hparams["penalty_coef"],
-            )
-
-        return rollouts
-
-    return mbpo.make_train(config, env, make_rollouts=make_rollouts, name=name)
+    return dyna.make_train(config, env, dyna.DynaParts(rollouts=functools.partial(m2ac_rollouts, config)), name=name)
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ path: the policy draws a_t = tanh(mu(s_t) + sigma(s_t) * eps_t), a random elite 
     J(theta) = E[ sum_{t<H} gamma^t (r_t - alpha log pi(a_t|s_t))
                   + gamma^H (min_i Q_i(s_H, a_H) - alpha log pi(a_H|s_H)) ]
 
-with gamma^t zero after a predicted termination; H = 0 is SAC's own actor. The rest is MBPO's loop (mbpo.py).
+with gamma^t zero after a predicted termination; H = 0 is SAC's own actor. The rest is the Dyna loop (loops.dyna).
 SAC-SVG's code counts actions: their SAC-SVG(H) is `--horizon H-1` here.
 
 Departures from the papers and the authors' code (the most important; why, and the rest, on the page):
@@ -34,13 +34,13 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import ensemble, runner, sac
-from mbrlax.algorithms import mbpo
+from mbrlax.loops import dyna
 from mbrlax.config import setting
 from mbrlax.training import ConfigError, Trainer, scale_action
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(mbpo.Config):
+class Config(dyna.DynaConfig):
     """MAAC settings: MBPO's (the data loop and the critic) and the actor's horizon."""
 
     horizon: int = 3
@@ -96,11 +96,11 @@ TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn in a minute or two on a laptop CPU.
     "pendulum": dict(env="pendulum"),
     "brax/inverted_pendulum": dict(
-        mbpo.TASKS["brax/inverted_pendulum"], **dict(AUTHORS, total_steps=20_000, initial_steps=500)
+        dyna.PAPER_TASKS["brax/inverted_pendulum"], **dict(AUTHORS, total_steps=20_000, initial_steps=500)
     ),
-    "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **AUTHORS),
-    "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **AUTHORS),
-    "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **dict(AUTHORS, horizon=1)),
+    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **AUTHORS),
+    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **AUTHORS),
+    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **dict(AUTHORS, horizon=1)),
 }
 
 # SAC-SVG(3), the method: their horizon=3 is 2 model steps here; the critic learns from real data
@@ -155,7 +155,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # SAC-SVG(3) in its authors' regime, on any task.
     "sac-svg": SAC_SVG_AUTHORS,
     # End to end in seconds: MBPO's tiny settings and H = 2.
-    "tiny": dict(mbpo.VARIANTS["tiny"], total_steps=500, rollout_schedule=(0, 1, 1, 2), horizon=2),
+    "tiny": dict(dyna.TINY, total_steps=500, rollout_schedule=(0, 1, 1, 2), horizon=2),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
@@ -207,7 +207,75 @@ def pathwise_objective(
     return total, (log_probs[0] if horizon > 0 else log_prob)
 
 
-# TRAINING PROGRAM: MBPO's loop with the pathwise actor
+# UPDATE POLICY: the pathwise objective through the ensemble, as the Dyna loop's actor loss.
+
+
+def pathwise_actor_loss(
+    config: Config, context: dyna.DynaContext, model, hparams, actor_params, critic_params, alpha, obs, key
+):
+    """-mean J over the batch's states and log pi(a_0|s_0): H steps of the policy through random elites
+    (TS1), closed by the soft twin Q; the task's reward where known, else the ensemble's."""
+    spec, model_config, agent_config = context
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    known_reward = spec.reward_fn if config.known_reward else None
+
+    def policy(obs, key):
+        return sac.sample_action(agent_config, actor_params, obs, key)
+
+    def dynamics(obs, action, key):
+        next_obs, learned_reward = ensemble.propagate(
+            model_config, model, obs, action, key, mode="ts1", elites_only=True
+        )
+        if known_reward is None:
+            return next_obs, learned_reward
+        return next_obs, known_reward(obs, scale_action(action, low, high), next_obs)
+
+    def termination(obs, action, next_obs):
+        return spec.termination_fn(obs, scale_action(action, low, high), next_obs)
+
+    value, log_prob = pathwise_objective(
+        policy,
+        dynamics,
+        functools.partial(sac.soft_q, agent_config, critic_params),
+        termination,
+        obs,
+        key,
+        config.horizon,
+        hparams["discount"],
+        alpha,
+    )
+    return -value.mean(), log_prob
+
+
+def warm_actor_loss(
+    config: Config, context: dyna.DynaContext, model, hparams, actor_params, critic_params, alpha, obs, key
+):
+    """SAC's model-free actor loss for the first `model_free_steps` steps (SAC-SVG's warmup_steps), then
+    the pathwise one. The step is the same for every run of a vmapped batch, so this stays a cond."""
+    return jax.lax.cond(
+        hparams["env_step"] < config.model_free_steps,
+        lambda: sac.soft_actor_objective(context.agent_config, actor_params, critic_params, alpha, obs, key),
+        lambda: pathwise_actor_loss(config, context, model, hparams, actor_params, critic_params, alpha, obs, key),
+    )
+
+
+def period_hparams(config: Config, hparams, update_index):
+    """The environment step at the start of this model period, for the warm-up, and the scheduled
+    target entropy, beside the traced hyperparameters."""
+    env_step = config.initial_steps + update_index * config.model_train_freq
+    extra = {"env_step": env_step}
+    if config.target_entropy_final is not None:
+        extra["target_entropy"] = target_entropy_at(
+            env_step,
+            config.total_steps,
+            config.target_entropy,
+            config.target_entropy_final,
+            config.target_entropy_decay,
+        ).astype(jnp.float32)
+    return {**hparams, **extra}
+
+
+# TRAINING PROGRAM: the Dyna loop with the pathwise actor
 
 
 def make_train(config: Config, env=None, name: str = "MAAC") -> Trainer:
@@ -215,79 +283,15 @@ def make_train(config: Config, env=None, name: str = "MAAC") -> Trainer:
     EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
     warm_up = config.model_free_steps > 0
-    scheduled = config.target_entropy_final is not None
-
-    def make_actor_objective(spec, model_config, agent_config):
-        if config.horizon == 0:
-            return None  # SAC's own actor loss
-        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-        known_reward = spec.reward_fn if config.known_reward else None
-
-        def pathwise(model, hparams, actor_params, critic_params, alpha, obs, key):
-            # UPDATE POLICY along imagined paths of H model steps, closed by the soft Q.
-            def policy(obs, key):
-                return sac.sample_action(agent_config, actor_params, obs, key)
-
-            def dynamics(obs, action, key):
-                next_obs, learned_reward = ensemble.propagate(
-                    model_config, model, obs, action, key, mode="ts1", elites_only=True
-                )
-                if known_reward is None:
-                    return next_obs, learned_reward
-                return next_obs, known_reward(obs, scale_action(action, low, high), next_obs)
-
-            def termination(obs, action, next_obs):
-                return spec.termination_fn(obs, scale_action(action, low, high), next_obs)
-
-            value, log_prob = pathwise_objective(
-                policy,
-                dynamics,
-                functools.partial(sac.soft_q, agent_config, critic_params),
-                termination,
-                obs,
-                key,
-                config.horizon,
-                hparams["discount"],
-                alpha,
-            )
-            return -value.mean(), log_prob
-
-        if not warm_up:
-            return pathwise
-
-        def objective(model, hparams, actor_params, critic_params, alpha, obs, key):
-            # WARM-UP: SAC's model-free actor loss for the first model_free_steps steps (SAC-SVG's
-            # warmup_steps). The step is the same for every run of a vmapped batch, so this stays a cond.
-            return jax.lax.cond(
-                hparams["env_step"] < config.model_free_steps,
-                lambda: sac.soft_actor_objective(agent_config, actor_params, critic_params, alpha, obs, key),
-                lambda: pathwise(model, hparams, actor_params, critic_params, alpha, obs, key),
-            )
-
-        return objective
-
-    sac_options = dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha)
-    trainer = mbpo.make_train(
-        config, env, make_actor_objective=make_actor_objective, sac_options=sac_options, name=name
+    actor_loss = warm_actor_loss if warm_up else pathwise_actor_loss
+    parts = dyna.DynaParts(
+        actor_objective=None if config.horizon == 0 else functools.partial(actor_loss, config),  # 0: SAC's
+        period_hparams=functools.partial(period_hparams, config)
+        if warm_up or config.target_entropy_final is not None
+        else None,
+        sac_options=dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha),
     )
-    if not (warm_up or scheduled):
-        return trainer
-
-    def update(state, hparams, update_index):
-        # The environment step at the start of this model period, for the warm-up and the schedule.
-        env_step = config.initial_steps + update_index * config.model_train_freq
-        extra = {"env_step": env_step}
-        if scheduled:
-            extra["target_entropy"] = target_entropy_at(
-                env_step,
-                config.total_steps,
-                config.target_entropy,
-                config.target_entropy_final,
-                config.target_entropy_decay,
-            ).astype(jnp.float32)
-        return trainer.update(state, {**hparams, **extra}, update_index)
-
-    return dataclasses.replace(trainer, update=update)
+    return dyna.make_train(config, env, parts, name=name)
 
 
 def main(argv=None, algorithm: str = "maac", presets: dict[str, dict[str, Any]] = PRESETS) -> int:

@@ -13,7 +13,7 @@ The candidate target of horizon i = 0..H (T^0 is SAC's own soft target):
 STEVE regresses Q(s, a) on the candidates' means mu_i over (elite, twin critic) samples, weighted by
 (1 / (sigma_i^2 + 1e-8)) normalised over i, sigma_i^2 their variances. MVE regresses Q(s, a) on T^H through the
 elites' mean prediction, and (TD-k trick) Q(s'_t, a'_t) on the imagined return from s'_t to the same end.
-The rest is MBPO's loop (mbpo.py), with the critic on real data only.
+The rest is the Dyna loop (mbrlax.loops.dyna), with the critic on real data only.
 
 Departures from the papers:
 - SAC, not DDPG: imagined steps subtract alpha log pi, and the Q samples are SAC's two twin target critics.
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import ensemble, runner, sac
-from mbrlax.algorithms import mbpo
+from mbrlax.loops import dyna
 from mbrlax.config import setting
 from mbrlax.networks import TwinQ
 from mbrlax.training import ConfigError, Trainer, scale_action
@@ -46,7 +46,7 @@ EXPANSION_MODELS = ("sample", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(mbpo.Config):
+class Config(dyna.DynaConfig):
     """STEVE/MVE settings: MBPO's (the model and SAC), with the critic's target expanded through the model."""
 
     estimator: str = setting("steve", choices=ESTIMATORS)
@@ -91,10 +91,10 @@ TASKS: dict[str, dict[str, Any]] = {
     # Small enough to learn on a laptop CPU.
     "pendulum": dict(env="pendulum"),
     # The papers' MuJoCo tasks through Brax: MBPO's preset for each task with AUTHORS on top.
-    "brax/halfcheetah": dict(mbpo.TASKS["brax/halfcheetah"], **AUTHORS),
-    "brax/hopper": dict(mbpo.TASKS["brax/hopper"], **AUTHORS),
-    "brax/walker2d": dict(mbpo.TASKS["brax/walker2d"], **AUTHORS),
-    "brax/ant": dict(mbpo.TASKS["brax/ant"], **AUTHORS),
+    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **AUTHORS),
+    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **AUTHORS),
+    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **AUTHORS),
+    "brax/ant": dict(dyna.PAPER_TASKS["brax/ant"], **AUTHORS),
 }
 
 # Variants: they name no task, so they apply on top of the task's preset.
@@ -117,7 +117,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     ),
     "steve": dict(estimator="steve", horizon=3),
     # End to end in seconds: MBPO's tiny settings, no model buffer, H = 2.
-    "tiny": dict(mbpo.VARIANTS["tiny"], rollout_batch_size=0, horizon=2),
+    "tiny": dict(dyna.TINY, rollout_batch_size=0, horizon=2),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
@@ -221,102 +221,107 @@ def reach_probabilities(terminated, continues) -> jax.Array:
 # CRITIC OBJECTIVE
 
 
-def make_critic_objective(config: Config) -> Callable:
-    """`factory(spec, model_config, agent_config) -> objective(model, hparams, critic, target_critic,
-    actor, alpha, batch, key) -> (loss, q [2, B])`, the value-expansion critic loss MBPO's loop takes."""
+def expanded_critic_loss(
+    config: Config,
+    context: dyna.DynaContext,
+    model,
+    hparams,
+    critic_params,
+    target_critic_params,
+    actor_params,
+    alpha,
+    batch,
+    key,
+):
+    """The value-expansion critic loss the Dyna loop takes, and Q(s, a) [2, B]: the target expanded
+    H steps through the model from each real next state (STEVE's weighted candidates, or MVE's
+    H-step target and the TD-k errors of the imagined pairs)."""
+    spec, model_config, agent_config = context
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    known_reward = spec.reward_fn if config.known_reward else None
+    twin_q = TwinQ(agent_config.hidden_sizes, agent_config.activation)
+    steve = config.estimator == "steve"
+    # STEVE: one path per elite, through that elite at every step; MVE: one path, through a random
+    # elite a step ("sample") or the elites' mean ("mean").
+    paths = model_config.num_elites if steve else 1
+    mode = "tsinf" if steve else {"sample": "ts1", "mean": "expectation"}[config.expansion_model]
+    discount = hparams["discount"]
+    n = batch["obs"].shape[0]
 
-    def factory(spec, model_config, agent_config):
-        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-        known_reward = spec.reward_fn if config.known_reward else None
-        twin_q = TwinQ(agent_config.hidden_sizes, agent_config.activation)
-        steve = config.estimator == "steve"
-        # STEVE: one path per elite, through that elite at every step; MVE: one path, through a random
-        # elite a step ("sample") or the elites' mean ("mean").
-        paths = model_config.num_elites if steve else 1
-        mode = "tsinf" if steve else {"sample": "ts1", "mean": "expectation"}[config.expansion_model]
+    def policy(obs, key):
+        return sac.sample_action(agent_config, actor_params, obs, key)
 
-        def objective(model, hparams, critic_params, target_critic_params, actor_params, alpha, batch, key):
-            discount = hparams["discount"]
-            n = batch["obs"].shape[0]
+    def dynamics(obs, action, key):
+        next_obs, learned_reward = ensemble.propagate(
+            model_config, model, obs, action, key, mode=mode, elites_only=True
+        )
+        if known_reward is None:
+            return next_obs, learned_reward
+        return next_obs, known_reward(obs, scale_action(action, low, high), next_obs)
 
-            def policy(obs, key):
-                return sac.sample_action(agent_config, actor_params, obs, key)
+    def termination(obs, action, next_obs):
+        return spec.termination_fn(obs, scale_action(action, low, high), next_obs)
 
-            def dynamics(obs, action, key):
-                next_obs, learned_reward = ensemble.propagate(
-                    model_config, model, obs, action, key, mode=mode, elites_only=True
-                )
-                if known_reward is None:
-                    return next_obs, learned_reward
-                return next_obs, known_reward(obs, scale_action(action, low, high), next_obs)
+    # IMAGINE H steps from every real next state; particle b * paths + m goes through elite m.
+    start = jnp.repeat(batch["next_obs"], paths, axis=0)
+    path = imagine(policy, dynamics, termination, start, key, config.horizon)
+    path = jax.tree_util.tree_map(
+        lambda x: jax.lax.stop_gradient(x).reshape((x.shape[0], n, paths) + x.shape[2:]), path
+    )
+    steps = config.horizon + 1
+    flat_obs = path["obs"].reshape((steps * n * paths, -1))
+    flat_action = path["action"].reshape((steps * n * paths, -1))
+    values = twin_q.apply(target_critic_params, flat_obs, flat_action).reshape(2, steps, n, paths)
+    values = jnp.moveaxis(values, 0, -1)  # [H+1, n, paths, twin]
 
-            def termination(obs, action, next_obs):
-                return spec.termination_fn(obs, scale_action(action, low, high), next_obs)
+    # CANDIDATES T^0..T^H for each (path, twin), [H+1, n, paths, twin].
+    candidates = candidate_targets(
+        batch["reward"][:, None, None],
+        batch["terminated"][:, None, None],
+        path["reward"][..., None],
+        path["continues"][..., None],
+        path["log_prob"][..., None],
+        values,
+        discount,
+        alpha,
+    )
+    q = twin_q.apply(critic_params, batch["obs"], batch["action"])
+    if steve:
+        # STEVE: weight the candidates by the inverse of their variance across the ensembles.
+        target, _ = steve_target(candidates)
+        return 0.5 * ((q - jax.lax.stop_gradient(target)) ** 2).mean(axis=1).sum(), q
 
-            # IMAGINE H steps from every real next state; particle b * paths + m goes through elite m.
-            start = jnp.repeat(batch["next_obs"], paths, axis=0)
-            path = imagine(policy, dynamics, termination, start, key, config.horizon)
-            path = jax.tree_util.tree_map(
-                lambda x: jax.lax.stop_gradient(x).reshape((x.shape[0], n, paths) + x.shape[2:]), path
-            )
-            steps = config.horizon + 1
-            flat_obs = path["obs"].reshape((steps * n * paths, -1))
-            flat_action = path["action"].reshape((steps * n * paths, -1))
-            values = twin_q.apply(target_critic_params, flat_obs, flat_action).reshape(2, steps, n, paths)
-            values = jnp.moveaxis(values, 0, -1)  # [H+1, n, paths, twin]
-
-            # CANDIDATES T^0..T^H for each (path, twin), [H+1, n, paths, twin].
-            candidates = candidate_targets(
-                batch["reward"][:, None, None],
-                batch["terminated"][:, None, None],
-                path["reward"][..., None],
-                path["continues"][..., None],
-                path["log_prob"][..., None],
-                values,
-                discount,
-                alpha,
-            )
-            q = twin_q.apply(critic_params, batch["obs"], batch["action"])
-            if steve:
-                # STEVE: weight the candidates by the inverse of their variance across the ensembles.
-                target, _ = steve_target(candidates)
-                return 0.5 * ((q - jax.lax.stop_gradient(target)) ** 2).mean(axis=1).sum(), q
-
-            # MVE: the H-step target for the real pair, and the TD-k targets for the imagined ones.
-            target = candidates[-1, :, 0].min(axis=-1)
-            real_errors = (q - jax.lax.stop_gradient(target)) ** 2  # [2, n]
-            if config.horizon == 0:
-                return 0.5 * real_errors.mean(axis=1).sum(), q
-            soft = dict(
-                rewards=path["reward"][:, :, 0],
-                continues=path["continues"][:, :, 0],
-                log_probs=path["log_prob"][:, :, 0],
-                values=values[:, :, 0].min(axis=-1),
-            )
-            imagined_targets = td_k_targets(**soft, discount=discount, alpha=alpha)  # [H, n]
-            reach = reach_probabilities(batch["terminated"], soft["continues"])  # [H, n]
-            imagined_obs = path["obs"][:-1, :, 0].reshape((config.horizon * n, -1))
-            imagined_action = path["action"][:-1, :, 0].reshape((config.horizon * n, -1))
-            imagined_q = twin_q.apply(critic_params, imagined_obs, imagined_action).reshape(2, config.horizon, n)
-            imagined_errors = reach * (imagined_q - jax.lax.stop_gradient(imagined_targets)) ** 2  # [2, H, n]
-            total = real_errors.sum(axis=1) + imagined_errors.sum(axis=(1, 2))
-            return 0.5 * (total / (n * steps)).sum(), q
-
-        return objective
-
-    return factory
+    # MVE: the H-step target for the real pair, and the TD-k targets for the imagined ones.
+    target = candidates[-1, :, 0].min(axis=-1)
+    real_errors = (q - jax.lax.stop_gradient(target)) ** 2  # [2, n]
+    if config.horizon == 0:
+        return 0.5 * real_errors.mean(axis=1).sum(), q
+    soft = dict(
+        rewards=path["reward"][:, :, 0],
+        continues=path["continues"][:, :, 0],
+        log_probs=path["log_prob"][:, :, 0],
+        values=values[:, :, 0].min(axis=-1),
+    )
+    imagined_targets = td_k_targets(**soft, discount=discount, alpha=alpha)  # [H, n]
+    reach = reach_probabilities(batch["terminated"], soft["continues"])  # [H, n]
+    imagined_obs = path["obs"][:-1, :, 0].reshape((config.horizon * n, -1))
+    imagined_action = path["action"][:-1, :, 0].reshape((config.horizon * n, -1))
+    imagined_q = twin_q.apply(critic_params, imagined_obs, imagined_action).reshape(2, config.horizon, n)
+    imagined_errors = reach * (imagined_q - jax.lax.stop_gradient(imagined_targets)) ** 2  # [2, H, n]
+    total = real_errors.sum(axis=1) + imagined_errors.sum(axis=(1, 2))
+    return 0.5 * (total / (n * steps)).sum(), q
 
 
-# TRAINING PROGRAM: MBPO's loop with the expanded critic target
+# TRAINING PROGRAM: the Dyna loop with the expanded critic target
 
 
 def make_train(config: Config, env=None, name: str = "STEVE") -> Trainer:
     """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
     EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
-    expand = config.horizon > 0 and not config.sac_only
-    factory = make_critic_objective(config) if expand else None  # H = 0: SAC's own critic
-    return mbpo.make_train(config, env, make_critic_objective=factory, name=name)
+    expand = config.horizon > 0 and not config.sac_only  # H = 0: SAC's own critic
+    parts = dyna.DynaParts(critic_objective=functools.partial(expanded_critic_loss, config) if expand else None)
+    return dyna.make_train(config, env, parts, name=name)
 
 
 def main(argv=None) -> int:

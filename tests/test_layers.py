@@ -17,13 +17,10 @@ ROOT = pathlib.Path(__file__).parent.parent
 FOLDERS = {"mbrlax": ROOT / "src" / "mbrlax", "mbrlax.envs": ROOT / "envs", "mbrlax.algorithms": ROOT / "algorithms"}
 GROUND = {"buffer", "config", "ensemble", "ilqr", "mpc", "networks", "planners", "rssm", "sac", "trpo", "training"}
 
-# (importer, imported): the moves of the issue "One house for every algorithm" remove these: MBPO's
-# loop into mbrlax.loops (maac, steve, m2ac; svg through maac), PETS's loop (poplin), and the acting
-# loop of rssm and the episode helpers of training into mbrlax.loops.
+# (importer, imported): the moves of the issue "One house for every algorithm" remove these: SVG's
+# pathwise objective into the core (svg is MAAC's file with other presets), PETS's loop (poplin), and
+# the acting loop of rssm and the episode helpers of training into mbrlax.loops.
 KNOWN = {
-    ("mbrlax.algorithms.m2ac", "mbrlax.algorithms.mbpo"),
-    ("mbrlax.algorithms.maac", "mbrlax.algorithms.mbpo"),
-    ("mbrlax.algorithms.steve", "mbrlax.algorithms.mbpo"),
     ("mbrlax.algorithms.svg", "mbrlax.algorithms.maac"),
     ("mbrlax.algorithms.poplin", "mbrlax.algorithms.pets"),
     ("mbrlax.rssm", "mbrlax.envs"),

@@ -16,6 +16,7 @@ import pytest
 from mbrlax.algorithms import mbpo
 
 from mbrlax import buffer as replay
+from mbrlax.loops import dyna
 from mbrlax.training import ConfigError
 
 # The tiny preset: 4 updates of 100 steps after 200 random ones, 2 evaluations (other test files use it too).
@@ -54,7 +55,7 @@ def paper_rollout_length(epoch: int, schedule) -> int:
 )
 def test_rollout_length_follows_the_papers_rule(schedule):
     epochs = np.arange(0, 400)
-    got = np.asarray(jax.jit(lambda e: mbpo.rollout_length(e, schedule))(jnp.asarray(epochs, jnp.int32)))
+    got = np.asarray(jax.jit(lambda e: dyna.rollout_length(e, schedule))(jnp.asarray(epochs, jnp.int32)))
     np.testing.assert_array_equal(got, [paper_rollout_length(int(e), schedule) for e in epochs])
 
 
@@ -69,7 +70,7 @@ def test_rollout_length_follows_the_papers_rule(schedule):
 )
 def test_rollout_length_by_hand(schedule, by_hand):
     for epoch, k in by_hand.items():
-        assert int(mbpo.rollout_length(jnp.int32(epoch), schedule)) == k, epoch
+        assert int(dyna.rollout_length(jnp.int32(epoch), schedule)) == k, epoch
 
 
 # BRANCHED ROLLOUTS, with a stub model: the state counts up by one a step, and a rollout ends when it
@@ -108,7 +109,7 @@ def test_branched_rollouts_stop_at_termination(can_terminate):
     empty = replay.init(example, n * k)
     options = dict(length=jnp.int32(k), batch_size=n, can_terminate=can_terminate)
     model_buffer, alive = jax.jit(
-        lambda key: mbpo.branched_rollouts(zero_policy, count_up, termination, real, empty, key, **options)
+        lambda key: dyna.branched_rollouts(zero_policy, count_up, termination, real, empty, key, **options)
     )(jax.random.PRNGKey(0))
     count = int(model_buffer.count)
     data = jax.tree_util.tree_map(lambda x: np.asarray(x[:count]), model_buffer.data)
@@ -152,12 +153,12 @@ def test_training_batch_puts_the_real_share_first_and_reads_only_the_retained_ro
     model = replay.add(replay.init(example, 100), filled(-1.0, 60))
     model = replay.add(model, filled(2.0, 20))
     key = jax.random.PRNGKey(1)
-    batch_of = jax.jit(lambda ratio, retained: mbpo.training_batch(real, model, key, 256, ratio, retained))
+    batch_of = jax.jit(lambda ratio, retained: dyna.training_batch(real, model, key, 256, ratio, retained))
     for ratio, real_rows in ((0.05, 12), (0.25, 64), (0.0, 0), (1.0, 256)):
         reward = np.asarray(batch_of(jnp.float32(ratio), jnp.int32(20))["reward"])
         np.testing.assert_array_equal(reward[:real_rows], 1.0)
         np.testing.assert_array_equal(reward[real_rows:], 2.0)
-    all_real = mbpo.training_batch(real, None, key, 256, jnp.float32(0.05), None)
+    all_real = dyna.training_batch(real, None, key, 256, jnp.float32(0.05), None)
     np.testing.assert_array_equal(all_real["reward"], 1.0)
 
 

@@ -7,6 +7,7 @@ tests/test_contract.py's."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import mbpo, steve
 
 from mbrlax import ensemble, runner, sac
+from mbrlax.loops import dyna
 from mbrlax.envs import registry
 from mbrlax.training import ConfigError
 
@@ -156,8 +158,8 @@ def objective_inputs(horizon: int, estimator: str, expansion_model: str = "sampl
         steve.Config(), horizon=horizon, estimator=estimator, expansion_model=expansion_model, **sizes
     )
     _, spec = registry.make("pendulum")
-    agent_config = mbpo.sac_settings(config, spec.action_size)
-    model_config = mbpo.ensemble_settings(config)
+    agent_config = dyna.sac_settings(config, spec.action_size)
+    model_config = dyna.ensemble_settings(config)
     keys = jax.random.split(jax.random.PRNGKey(3), 8)
     agent = sac.init(keys[0], agent_config, spec.observation_size, 3e-4)
     target_critic = sac.init(keys[1], agent_config, spec.observation_size, 3e-4).critic
@@ -170,7 +172,7 @@ def objective_inputs(horizon: int, estimator: str, expansion_model: str = "sampl
         "next_obs": jax.random.normal(keys[6], (n, spec.observation_size)),
         "terminated": (jnp.arange(n) % 5 == 0).astype(jnp.float32),
     }
-    objective = steve.make_critic_objective(config)(spec, model_config, agent_config)
+    objective = functools.partial(steve.expanded_critic_loss, config, dyna.DynaContext(spec, model_config, agent_config))
     return config, agent_config, model, agent, target_critic, batch, objective
 
 
