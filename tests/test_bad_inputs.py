@@ -224,7 +224,8 @@ GENERIC = [
 
 def derived_cases(entry: EntryPoint) -> list[Case]:
     """GENERIC cases built from the entry point's Config: every learning rate NaN, infinite, negative
-    and beyond float32 (finite as the flag's float64, infinite in the program); every hidden-size tuple with a layer of 0 units."""
+    and beyond float32 (finite as the flag's float64, infinite in the program); every hidden-size tuple
+    with a layer of 0 units."""
     cases = []
     for name in entry.lr_fields():
         flag = "--" + name.replace("_", "-")

@@ -77,6 +77,7 @@ ALGORITHMS = {
 # programs and runs cached below are compiled and run once per algorithm.
 NAMES = [pytest.param(name, marks=pytest.mark.xdist_group(name), id=name) for name in ALGORITHMS]
 UPDATES = 2
+SHARDED_SCRIPT = "import sys, helpers; helpers.run_sharded_then_resume(*sys.argv[1:])"
 SUMMARY_FIELDS = ("final_eval_return", "env_steps", "wall_time_s", "wall_time_excl_compile_s", "device")
 
 
@@ -225,7 +226,7 @@ def test_cli_run_two_seeds_then_kill_and_resume(name, tmp_path):
     sharded = tmp_path / "sharded"
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, helpers; helpers.run_sharded_then_resume(sys.argv[1], sys.argv[2])", name, str(sharded)],
+        [sys.executable, "-c", SHARDED_SCRIPT, name, str(sharded)],
         cwd=pathlib.Path(__file__).parent,
         env=dict(os.environ, XLA_FLAGS=flags),
         capture_output=True,

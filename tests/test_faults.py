@@ -63,7 +63,10 @@ def whole_run(tmp_path_factory) -> list[float]:
 
 @pytest.mark.parametrize(
     "signum, code, said",
-    [(signal.SIGTERM, 143, "error: stopped by SIGTERM at environment step"), (signal.SIGUSR1, 138, "stopped: SIGUSR1 at")],
+    [
+        (signal.SIGTERM, 143, "error: stopped by SIGTERM at environment step"),
+        (signal.SIGUSR1, 138, "stopped: SIGUSR1 at"),
+    ],
     ids=["SIGTERM", "SIGUSR1"],
 )
 def test_a_schedulers_signal_stops_with_one_line_and_the_run_resumes(tmp_path, whole_run, signum, code, said):

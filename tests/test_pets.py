@@ -65,7 +65,8 @@ def test_icem_finds_the_maximum_of_a_quadratic():
     options = dict(
         iterations=8, population=400, elites=10, alpha=0.1, noise_beta=2.0, population_decay=1.25, keep_elites=0.3
     )
-    mean, _ = jax.jit(functools.partial(planners.icem, quadratic, **options))(mean0, std0, jax.random.PRNGKey(0), LOW, HIGH)
+    run = jax.jit(functools.partial(planners.icem, quadratic, **options))
+    mean, _ = run(mean0, std0, jax.random.PRNGKey(0), LOW, HIGH)
     np.testing.assert_allclose(mean, TARGET, atol=0.15)
     assert float(quadratic(mean)) > 0.02 * float(quadratic(mean0))
 
@@ -81,7 +82,9 @@ def test_icem_samples_as_mbrl_libs_icem_optimizer():
         seen.append(np.asarray(samples))
         return quadratic(samples, key)
 
-    options = dict(iterations=3, population=10, elites=3, alpha=0.1, noise_beta=2.0, population_decay=1.25, keep_elites=0.3)
+    options = dict(
+        iterations=3, population=10, elites=3, alpha=0.1, noise_beta=2.0, population_decay=1.25, keep_elites=0.3
+    )
     sizes, kept_ranks = [], []
     for seed in range(8):
         seen.clear()
@@ -153,12 +156,13 @@ def test_cem_returns_the_momentum_smoothed_mean():
 
     alpha, elites = 0.3, 5
     top = population[np.argsort(-np.asarray(score(population, None)))[:elites]]
-    mean, std = planners.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=1, elites=elites, alpha=alpha)
+    key = jax.random.PRNGKey(0)
+    mean, std = planners.cem(score, sample, mean0, std0, key, iterations=1, elites=elites, alpha=alpha)
     np.testing.assert_allclose(mean, alpha * mean0 + (1 - alpha) * top.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std**2, alpha * std0**2 + (1 - alpha) * top.var(0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(mean, top.mean(0), atol=1e-3)  # the old behaviour returned this
     # Two iterations: the smoothing compounds, the elites stay the same.
-    mean2, _ = planners.cem(score, sample, mean0, std0, jax.random.PRNGKey(0), iterations=2, elites=elites, alpha=alpha)
+    mean2, _ = planners.cem(score, sample, mean0, std0, key, iterations=2, elites=elites, alpha=alpha)
     np.testing.assert_allclose(mean2, alpha**2 * mean0 + (1 - alpha**2) * top.mean(0), rtol=1e-5, atol=1e-6)
 
 

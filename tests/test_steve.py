@@ -172,7 +172,8 @@ def objective_inputs(horizon: int, estimator: str, expansion_model: str = "sampl
         "next_obs": jax.random.normal(keys[6], (n, spec.observation_size)),
         "terminated": (jnp.arange(n) % 5 == 0).astype(jnp.float32),
     }
-    objective = functools.partial(steve.expanded_critic_loss, config, dyna.DynaContext(spec, model_config, agent_config))
+    context = dyna.DynaContext(spec, model_config, agent_config)
+    objective = functools.partial(steve.expanded_critic_loss, config, context)
     return config, agent_config, model, agent, target_critic, batch, objective
 
 

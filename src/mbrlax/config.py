@@ -103,7 +103,9 @@ def check_fields(config) -> None:
                 raise ConfigError(f"{name} must be a finite number, got {item}")
             if isinstance(item, float) and abs(item) > FLOAT32_MAX:
                 # The compiled program holds it as a float32, where it would be infinite.
-                raise ConfigError(f"{name} is {item:g}, beyond float32's largest ({FLOAT32_MAX:.4g}), which the program computes in")
+                raise ConfigError(
+                    f"{name} is {item:g}, beyond float32's largest ({FLOAT32_MAX:.4g}), which the program computes in"
+                )
             if isinstance(item, int) and item < 0:
                 raise ConfigError(f"{name} must not be negative, got {item}")
             if isinstance(item, int) and item > INT32_MAX:

@@ -188,7 +188,9 @@ def solve(
         jacobian_x, jacobian_u = linearise(states[:-1], actions)
         z = jnp.concatenate([states[:-1], actions, states[1:]], axis=-1)
         cost_grad, cost_hess = quadratise(z)
-        k, gains, ok = backward_pass(jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, high, mu, qp_iterations)
+        k, gains, ok = backward_pass(
+            jacobian_x, jacobian_u, cost_grad, cost_hess, actions, low, high, mu, qp_iterations
+        )
 
         # LINE SEARCH: every step size's closed-loop rollout at once; keep the cheapest.
         def try_step(step):

@@ -24,7 +24,15 @@ The parts, each importing only those listed before it:
 """
 
 from mbrlax.runner.cli import main
-from mbrlax.runner.execution import NonFiniteError, RunStopped, execute, execute_fused, jit_over_runs, over_runs, run_programs
+from mbrlax.runner.execution import (
+    NonFiniteError,
+    RunStopped,
+    execute,
+    execute_fused,
+    jit_over_runs,
+    over_runs,
+    run_programs,
+)
 from mbrlax.runner.planning import (
     Plan,
     Program,

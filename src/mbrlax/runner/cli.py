@@ -105,7 +105,9 @@ def _refuse_changing_presets(presets: dict, names: list[str], resumed) -> None:
             raise ConfigError(f"--preset {name!r} is unknown; a resumed run keeps the config it started with")
         changed = [field for field, value in presets[name].items() if getattr(resumed, field) != value]
         if changed:
-            said = "; ".join(f"{field} is {getattr(resumed, field)!r} there, {presets[name][field]!r} in it" for field in changed)
+            said = "; ".join(
+                f"{field} is {getattr(resumed, field)!r} there, {presets[name][field]!r} in it" for field in changed
+            )
             raise ConfigError(
                 f"--resume: --preset {name} would change the run ({said}); a resumed run keeps the config it "
                 "started with: drop --preset"
@@ -145,7 +147,7 @@ def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
             f"--resume {folder}: that folder holds a run of {other}; "
             f"continue it with python algorithms/{other}.py --resume {shell_path(folder)}"
         )
-    for part, Fields in (("config", Config), ("run", RunOptions)):
+    for part in ("config", "run"):
         if not isinstance(saved[part], dict):
             raise ConfigError(f"--resume {folder}: its config.json's {part!r} is not a table of fields")
     unknown = sorted(set(saved["config"]) - {f.name for f in dataclasses.fields(Config)})
@@ -160,7 +162,8 @@ def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
         for name, value in saved[part].items():
             if not _fits(value, hints[name]):
                 raise ConfigError(
-                    f"--resume {folder}: its config.json's {name} is {value!r}, not a value of {_type_name(hints[name])}"
+                    f"--resume {folder}: its config.json's {name} is {value!r}, "
+                    f"not a value of {_type_name(hints[name])}"
                 )
     return saved
 

@@ -85,7 +85,12 @@ def disk_full(error: BaseException | None) -> bool:
     return False
 
 
-_UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only", errno.EIO: "I/O error"}
+_UNWRITABLE = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EROFS: "read-only",
+    errno.EIO: "I/O error",
+}
 _UNWRITABLE_WORDS = ("Permission denied", "PERMISSION_DENIED", "Read-only file system", "Input/output error")
 
 
