@@ -39,18 +39,16 @@ import optax
 from mbrlax import buffer as replay
 from mbrlax import runner, training
 from mbrlax.config import RunConfig, setting
+from mbrlax.loops.sequence import FRESH_EPISODES, evaluate_filtering, store_and_step
 from mbrlax.rssm import (
     BINS,
-    FRESH_EPISODES,
     Head,
     WorldModel,
     categorical_kl,
-    evaluate_filtering,
     features,
     observe_sequences,
     reconstruction_loss,
     sample_one_hot,
-    store_and_step,
     two_hot_loss,
     two_hot_mean,
     unimix_logits,

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from mbrlax import buffer as replay
 from mbrlax import planners, rssm, runner, training
+from mbrlax.loops import sequence
 from mbrlax.config import RunConfig, setting
 from mbrlax.training import (
     ConfigError,
@@ -393,7 +394,7 @@ def observe_and_plan(params, model: PlanetModel, config: Config, latent, prev_ac
 
 def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel, config: Config, random: bool):
     """One step of every environment: uniformly random actions if `random` (the seed episodes), else
-    the plan's first action with exploration noise; then store and step (rssm.store_and_step)."""
+    the plan's first action with exploration noise; then store and step (sequence.store_and_step)."""
     act_key, noise_key, reset_key = jax.random.split(key, 3)
     env_state = state.env_state
     if random:
@@ -420,7 +421,7 @@ def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel,
             act_key,
         )
         action = explore(planned, noise_key, hparams["exploration_noise"])
-    return rssm.store_and_step(state, action, latent, reset_key, task)
+    return sequence.store_and_step(state, action, latent, reset_key, task)
 
 
 # TRAINING PROGRAM
@@ -526,7 +527,7 @@ def make_train(config: Config, env=None) -> Trainer:
             return observe_and_plan(state.world_model, model, config, latent, prev_action, obs, is_first, step_key)
 
         initial = model.apply(state.world_model, config.eval_episodes, method=rssm.WorldModel.initial)
-        return rssm.evaluate_filtering(task, eval_env, key, config.eval_episodes, initial, choose)
+        return sequence.evaluate_filtering(task, eval_env, key, config.eval_episodes, initial, choose)
 
     return Trainer(
         init=init,
@@ -534,7 +535,7 @@ def make_train(config: Config, env=None) -> Trainer:
         evaluate=evaluate,
         schedule=schedule,
         spec=spec,
-        fresh_episodes=rssm.FRESH_EPISODES,
+        fresh_episodes=sequence.FRESH_EPISODES,
     )
 
 

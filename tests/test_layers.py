@@ -19,11 +19,10 @@ GROUND = {"buffer", "config", "ensemble", "ilqr", "mpc", "networks", "planners",
 
 # (importer, imported): the moves of the issue "One house for every algorithm" remove these: SVG's
 # pathwise objective into the core (svg is MAAC's file with other presets), PETS's loop (poplin), and
-# the acting loop of rssm and the episode helpers of training into mbrlax.loops.
+# the episode helpers of training (setup, explore, evaluate) into mbrlax.loops.
 KNOWN = {
     ("mbrlax.algorithms.svg", "mbrlax.algorithms.maac"),
     ("mbrlax.algorithms.poplin", "mbrlax.algorithms.pets"),
-    ("mbrlax.rssm", "mbrlax.envs"),
     ("mbrlax.training", "mbrlax.envs"),
 }
 
