@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pathlib
+import shutil
+import sys
 
 
 def cli_args(config) -> list[str]:
@@ -51,12 +55,6 @@ def run_sharded_then_resume(name: str, folder: str) -> None:
     """In a process that sees several devices: the tiny run of two seeds in chunked mode into
     `folder`/whole, then a copy of it without its newest checkpoint (a run killed after its
     previous one) resumed in `folder`/resumed. Called by the contract test in a fresh process."""
-    import pathlib
-    import shutil
-    import sys
-
-    import importlib
-
     module_name, presets = TINY_PRESETS.get(name, (name, ["tiny"]))
     main = importlib.import_module(f"mbrlax.algorithms.{module_name}").main
     whole, resumed = pathlib.Path(folder) / "whole", pathlib.Path(folder) / "resumed"

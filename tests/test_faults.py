@@ -9,15 +9,17 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from test_runner import final_returns, toy_main
+from test_runner import ToyConfig, _stop_at_update, final_returns, make_toy, toy_main
 
 from mbrlax import runner
+from mbrlax.runner import records
 
 TESTS = pathlib.Path(__file__).parent
 # The toy run in a process of its own, each update slowed on the host so a signal lands mid-run.
@@ -143,8 +145,6 @@ def test_a_run_folder_made_read_only_mid_run_stops_with_one_line(tmp_path, whole
 
 def test_a_write_refused_mid_run_stops_with_one_line(tmp_path, capsys, monkeypatch):
     """The case seen as a user who is not root: the metrics file's write is refused (PermissionError)."""
-    from mbrlax.runner import records
-
     run = tmp_path / "run"
     real = records.write_whole
     calls = []
@@ -225,8 +225,6 @@ PRESETS = {"fast": {"lr": 0.5}, "slow": {"lr": 0.05}}
 
 
 def preset_main(argv) -> int:
-    from test_runner import ToyConfig, make_toy
-
     return runner.main("toy", ToyConfig, PRESETS, make_toy, ["--no-progress", *argv])
 
 
@@ -243,8 +241,6 @@ def test_a_preset_that_would_change_a_resumed_run_is_refused(tmp_path, capsys):
 
 
 def test_the_printed_resume_command_is_quoted_for_the_shell(tmp_path, capsys, monkeypatch):
-    from test_runner import _stop_at_update
-
     run = tmp_path / "dir with space" / "ünï's run"
     _stop_at_update(monkeypatch, 3, KeyboardInterrupt())
     assert toy_main(["--run-dir", str(run)]) == 130
@@ -277,8 +273,6 @@ def test_a_hand_edited_config_of_the_wrong_type_is_refused(tmp_path, capsys, par
 
 
 def test_a_hand_edited_config_with_another_valid_value_is_refused(tmp_path, capsys, monkeypatch):
-    from test_runner import _stop_at_update
-
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         _stop_at_update(patch, 5, KeyboardInterrupt())
@@ -296,8 +290,6 @@ def test_a_hand_edited_config_with_another_valid_value_is_refused(tmp_path, caps
 def test_a_checkpoints_folder_replaced_by_a_file_is_one_sentence(tmp_path, capsys):
     run = tmp_path / "run"
     assert toy_main(["--run-dir", str(run)]) == 0
-    import shutil
-
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").write_text("not a folder")
     capsys.readouterr()

@@ -230,11 +230,6 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     """The runs of `options`' seeds and traced sweep (static fields left out), read from the options."""
     if options.num_seeds < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {options.num_seeds}")
-    if options.resume and options.fused:
-        raise ConfigError(
-            "--resume continues a run from its newest checkpoint, which the fused mode neither writes nor reads: "
-            "resume without --fused"
-        )
     return seeded_runs(config, parse_sweep(config, options.sweep).traced, options.seed, options.num_seeds)
 
 

@@ -73,16 +73,21 @@ def write_text_whole(path: pathlib.Path, text: str) -> None:
     write_whole(path, lambda partial: partial.write_text(text))
 
 
-def disk_full(error: BaseException | None) -> bool:
-    """Whether `error` (or one it was raised from: orbax and tensorstore wrap their OS errors) says
-    the disk or the quota is full."""
+def _raised_from(error: BaseException | None):
+    """`error` and the errors it was raised from (orbax and tensorstore wrap their OS errors)."""
     while error is not None:
-        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error` (or one it was raised from) says the disk or the quota is full."""
+    return any(
+        getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        or "No space left on device" in str(e)
+        or "Disk quota exceeded" in str(e)
+        for e in _raised_from(error)
+    )
 
 
 _UNWRITABLE = {
@@ -91,20 +96,22 @@ _UNWRITABLE = {
     errno.EROFS: "read-only",
     errno.EIO: "I/O error",
 }
-_UNWRITABLE_WORDS = ("Permission denied", "PERMISSION_DENIED", "Read-only file system", "Input/output error")
+_UNWRITABLE_WORDS = {
+    "Permission denied": "permission denied",
+    "PERMISSION_DENIED": "permission denied",
+    "Read-only file system": "read-only",
+    "Input/output error": "I/O error",
+}
 
 
 def folder_unwritable(error: BaseException | None) -> str | None:
     """Why the run folder takes no more writes, when `error` (or one it was raised from) says so: a
     permission taken away, a disk remounted read-only, an I/O error. None for any other error."""
-    while error is not None:
-        reason = _UNWRITABLE.get(getattr(error, "errno", None))
-        if reason is not None:
-            return reason
-        said = [word for word in _UNWRITABLE_WORDS if word in str(error)]
-        if said:
-            return said[0].replace("PERMISSION_DENIED", "Permission denied").lower()
-        error = error.__cause__ or error.__context__
+    for e in _raised_from(error):
+        reason = _UNWRITABLE.get(getattr(e, "errno", None))
+        said = [reason for word, reason in _UNWRITABLE_WORDS.items() if word in str(e)]
+        if reason or said:
+            return reason or said[0]
     return None
 
 
@@ -249,8 +256,8 @@ def make_run_dir(run_dir: pathlib.Path, lock_dir: pathlib.Path, resume: bool, mu
         if not resume and not multi_host and holds_a_run(run_dir):
             lock.release()
             raise ConfigError(
-                f"--run-dir {run_dir} was just taken by another run; continue it with --resume {shell_path(run_dir)}, "
-                "or name a fresh folder"
+                f"--run-dir {run_dir} was just taken by another run; continue it with "
+                f"--resume {shell_path(run_dir)}, or name a fresh folder"
             )
         if not resume:
             write_text_whole(run_dir / "config.json", config_json)
