@@ -371,14 +371,14 @@ def sample_action(actor_net, actor, obs, key):
     return tanh_gaussian_sample(*actor_net.apply(actor, obs), key)
 
 
-def critic_loss(critic, target_critic, actor, batch, future_goals, random_goals, key, hparams, *, nets, config, spec):
+def critic_loss(critic, target_critic, actor, batch, future_goals, random_goals, key, *, nets, config, spec):
     """The classifier's loss on a relabelled batch, by `config.estimator`, and its metrics."""
-    obs, action, next_obs, gamma = batch["obs"], batch["action"], batch["next_obs"], hparams["discount"]
+    obs, action, next_obs, gamma = batch["obs"], batch["action"], batch["next_obs"], config.discount
     if config.estimator == "contrastive":
         # Every state-action against every future goal of the batch; its own future is the positive.
         phi, psi = nets.critic.apply(critic, without_goal(obs, spec.goal_slice), action, future_goals)
         all_logits = energy(phi[:, None], psi[None], config.energy)
-        loss = contrastive_critic_loss(all_logits, config.contrastive_loss, hparams["logsumexp_penalty"])
+        loss = contrastive_critic_loss(all_logits, config.contrastive_loss, config.logsumexp_penalty)
         return loss, {"critic_loss": loss, **pairwise_metrics(all_logits)}
 
     def logits(params, obs, action, goal):
@@ -397,7 +397,7 @@ def critic_loss(critic, target_critic, actor, batch, future_goals, random_goals,
         future_logits = logits(critic, obs, action, future_goals)
         losses["mc"] = mc_critic_loss(future_logits, logits(critic, obs, action, random_goals))
     if config.estimator == "hybrid":
-        loss = hparams["mc_weight"] * losses["mc"] + (1.0 - hparams["mc_weight"]) * losses["td"]
+        loss = config.mc_weight * losses["mc"] + (1.0 - config.mc_weight) * losses["td"]
     else:
         loss = losses[config.estimator]
     return loss, {
@@ -417,19 +417,19 @@ def actor_loss(actor, critic, obs, goals, key, alpha, *, nets, config, spec):
     return classifier_actor_loss(logit, config.log_actor_objective), log_prob
 
 
-def gradient_step(state, key, hparams, *, nets, config, spec):
+def gradient_step(state, key, *, nets, config, spec):
     """One gradient step of classifier, actor (and temperature) on a relabelled batch, then the targets'."""
     sample_key, permute_key, target_key, actor_key, _ = jax.random.split(key, 5)
     optimizer, learned = adam(), dict(nets=nets, config=config, spec=spec)  # the rate is in the states
     # RELABEL: future goals of each transition's own episode, random goals of the batch.
     batch, future = replay.sample_with_future(
-        state.buffer, sample_key, config.batch_size, hparams["discount"], spec.episode_length
+        state.buffer, sample_key, config.batch_size, config.discount, spec.episode_length
     )
     future_goals, random_goals = relabelled_goals(batch, future, permute_key, spec.achieved_slice)
     # TRAIN THE CLASSIFIER
     critic, critic_opt, _, metrics = gradient_update(
         functools.partial(critic_loss, **learned), state.critic, state.critic_opt, optimizer,
-        state.target_critic, state.actor, batch, future_goals, random_goals, target_key, hparams,
+        state.target_critic, state.actor, batch, future_goals, random_goals, target_key,
     )  # fmt: skip
     # UPDATE POLICY: the action that makes the commanded goal most likely.
     learn_alpha = config.estimator == "contrastive" and config.entropy_coefficient is None
@@ -438,14 +438,14 @@ def gradient_step(state, key, hparams, *, nets, config, spec):
         functools.partial(actor_loss, **learned), state.actor, state.actor_opt, optimizer,
         critic, batch["obs"], actor_goals(future_goals, random_goals), actor_key, alpha,
     )  # fmt: skip
-    target_critic = optax.incremental_update(critic, state.target_critic, hparams["tau"])
+    target_critic = optax.incremental_update(critic, state.target_critic, config.tau)
     state = state._replace(
         critic=critic, target_critic=target_critic, actor=actor, critic_opt=critic_opt, actor_opt=actor_opt
     )
     metrics = dict(metrics, actor_loss=pi_loss, entropy=-log_prob.mean())
     if learn_alpha:
         # TEMPERATURE: alpha steers the policy's entropy to the target (lr as the others', as both codes).
-        target_entropy = hparams["target_entropy_per_dim"] * spec.action_size
+        target_entropy = config.target_entropy_per_dim * spec.action_size
         log_alpha, alpha_opt, _, _ = gradient_update(
             lambda log_alpha: (temperature_loss(log_alpha, log_prob, target_entropy), None),
             state.log_alpha, state.alpha_opt, optimizer,
@@ -474,7 +474,6 @@ def make_train(config: Config, env=None) -> Trainer:
         GaussianHead(config.hidden_sizes, action_size, "relu"),
         ContrastiveCritic(config.hidden_sizes, config.repr_size) if contrastive else TwinQ(config.hidden_sizes),
     )
-    learn = functools.partial(gradient_step, nets=nets, config=config, spec=spec)
 
     def env_step(state: CState, action):
         next_env_state = task.env.step(state.env_state, scale_action(action, low, high))
@@ -490,7 +489,7 @@ def make_train(config: Config, env=None) -> Trainer:
             last_episode_return=last_return,
         )
 
-    def init(key, hparams):
+    def init(key, config):
         env_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 5)
         env_state = task.env.reset(env_key)
         obs, action = jnp.zeros((1, spec.observation_size)), jnp.zeros((1, action_size))
@@ -507,10 +506,10 @@ def make_train(config: Config, env=None) -> Trainer:
             actor=actor,
             critic=critic,
             target_critic=critic,
-            actor_opt=adam(hparams["lr"]).init(actor),
-            critic_opt=adam(hparams["lr"]).init(critic),
+            actor_opt=adam(config.lr).init(actor),
+            critic_opt=adam(config.lr).init(critic),
             log_alpha=jnp.float32(0.0),
-            alpha_opt=adam(hparams["lr"]).init(jnp.float32(0.0)),
+            alpha_opt=adam(config.lr).init(jnp.float32(0.0)),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
@@ -519,7 +518,7 @@ def make_train(config: Config, env=None) -> Trainer:
         num_steps = config.initial_steps // num_envs
         return explore_uniformly(env_step, state, explore_key, num_steps, (num_envs, action_size))
 
-    def update(state: CState, hparams, update_index):
+    def update(state: CState, config, update_index):
         """steps_per_update environment steps, each vector step followed by updates_per_step gradient steps."""
 
         def vector_step(state, step_key):
@@ -527,7 +526,7 @@ def make_train(config: Config, env=None) -> Trainer:
             # ACT in the real environments, then LEARN.
             state = env_step(state, sample_action(nets.actor, state.actor, state.env_state.obs, act_key)[0])
             state, metrics = jax.lax.scan(
-                lambda s, k: learn(s, k, hparams), state, jax.random.split(learn_key, config.updates_per_step)
+                lambda s, k: gradient_step(s, k, nets=nets, config=config, spec=spec), state, jax.random.split(learn_key, config.updates_per_step)
             )
             return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
@@ -540,7 +539,7 @@ def make_train(config: Config, env=None) -> Trainer:
         metrics["train_success"] = state.env_state.metrics["success"].mean()
         return state, metrics
 
-    def evaluate(state: CState, key, hparams):
+    def evaluate(state: CState, key, config):
         """Success rate and final distance of the deterministic policy on fresh episodes."""
 
         def greedy(carry, obs, step_key):

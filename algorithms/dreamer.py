@@ -505,10 +505,10 @@ def critic_loss(critic_params, critic_apply, slow_critic_params, feats, returns,
 # ONE UPDATE of world model, actor and critic
 
 
-def optimizers(config: Config, hparams=None):
-    """Adam of the world model, the actor and the critic, with their clips: given `hparams`, to start
+def optimizers(config: Config, start: bool = False):
+    """Adam of the world model, the actor and the critic, with their clips: with `start`, to start
     states with the run's learning rates (traced); without, to step states, which keep their rates."""
-    rates = (None, None, None) if hparams is None else (hparams["model_lr"], hparams["actor_lr"], hparams["critic_lr"])
+    rates = (config.model_lr, config.actor_lr, config.critic_lr) if start else (None, None, None)
     clips = (config.model_grad_clip, config.actor_grad_clip, config.actor_grad_clip)
     return tuple(adam(rate, clip) for rate, clip in zip(rates, clips))
 
@@ -526,7 +526,7 @@ def resolved_actor_gradient(config: Config, discrete: bool) -> str:
     return config.actor_gradient
 
 
-def train_step(state: DreamerState, key, hparams, networks: Networks, config: Config, actor_gradient: str):
+def train_step(state: DreamerState, key, config: Config, networks: Networks, actor_gradient: str):
     """Sample B sequences of T steps, then one step of the world model, of the actor on the paths it
     imagines from the batch's posterior states, and of the critic on the same paths; the slow critic
     follows. `actor_gradient`: "dynamics" or "reinforce" ("auto" already resolved)."""
@@ -542,9 +542,9 @@ def train_step(state: DreamerState, key, hparams, networks: Networks, config: Co
         networks.world_model,
         batch,
         model_key,
-        hparams["dyn_scale"],
-        hparams["rep_scale"],
-        hparams["free_nats"],
+        config.dyn_scale,
+        config.rep_scale,
+        config.free_nats,
     )
 
     # Imagination starts from the posterior states of the world model before this update and
@@ -554,9 +554,9 @@ def train_step(state: DreamerState, key, hparams, networks: Networks, config: Co
     first_continue = 1.0 - batch["is_terminal"].reshape(1, -1)
     behaviour = dict(
         horizon=config.horizon,
-        discount=hparams["discount"],
-        return_lambda=hparams["return_lambda"],
-        entropy_scale=hparams["entropy_scale"],
+        discount=config.discount,
+        return_lambda=config.return_lambda,
+        entropy_scale=config.entropy_scale,
         return_scale_decay=config.return_scale_decay,
         gradient=actor_gradient,
     )
@@ -586,7 +586,7 @@ def train_step(state: DreamerState, key, hparams, networks: Networks, config: Co
         returns,
         weights,
     )
-    slow_critic = optax.incremental_update(critic, state.slow_critic, hparams["slow_critic_rate"])
+    slow_critic = optax.incremental_update(critic, state.slow_critic, config.slow_critic_rate)
     state = state._replace(
         world_model=world_model,
         actor=actor,
@@ -680,7 +680,7 @@ def make_train(config: Config, env=None) -> Trainer:
         policy=PolicyDistribution(spec.discrete, config.unimix),
     )
 
-    def init(key, hparams):
+    def init(key, config):
         env_key, model_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 6)
         env_state = env.reset(env_key)
         obs = env_state.obs
@@ -690,7 +690,7 @@ def make_train(config: Config, env=None) -> Trainer:
         feat_size = config.deter_size + config.stoch_size * config.classes
         actor = networks.actor.init(actor_key, jnp.zeros((1, feat_size)))
         critic = networks.critic.init(critic_key, jnp.zeros((1, feat_size)))
-        model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, hparams)
+        model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, start=True)
         zero = jnp.float32(0.0)
         entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero}
         state = DreamerState(
@@ -720,7 +720,7 @@ def make_train(config: Config, env=None) -> Trainer:
         )
         return state
 
-    def update(state: DreamerState, hparams, update_index):
+    def update(state: DreamerState, config, update_index):
         """steps_per_update environment steps in train-ratio cycles: `cycle_steps` vector steps, then
         `cycle_updates` updates of world model, actor and critic."""
         del update_index
@@ -735,7 +735,7 @@ def make_train(config: Config, env=None) -> Trainer:
             )
             # TRAIN
             state, metrics = jax.lax.scan(
-                lambda s, k: train_step(s, k, hparams, networks, config, actor_gradient),
+                lambda s, k: train_step(s, k, config, networks, actor_gradient),
                 state,
                 jax.random.split(learn_key, cycle_updates),
             )
@@ -750,7 +750,7 @@ def make_train(config: Config, env=None) -> Trainer:
 
     # EVALUATE the actor's mode, the model state filtered along each episode.
 
-    def evaluate(state: DreamerState, key, hparams):
+    def evaluate(state: DreamerState, key, config):
         def choose(latent, prev_action, obs, is_first, step_key):
             return observe_and_act(
                 state.world_model, state.actor, networks, latent, prev_action, obs, is_first, step_key, True

@@ -194,7 +194,7 @@ def masked_rollouts(
 
 
 def m2ac_rollouts(
-    config: Config, context: dyna.DynaContext, model, hparams, actor, real_buffer, model_buffer, key, length
+    context: dyna.DynaContext, model, config: Config, actor, real_buffer, model_buffer, key, length
 ):
     """The Dyna loop's model data: H masked steps of the current policy through random elites (TS1, as
     MBPO's draw), from real states, each kept by its one-vs-rest uncertainty (`masked_rollouts`)."""
@@ -223,8 +223,8 @@ def m2ac_rollouts(
         key,
         length=length,
         batch_size=config.rollout_batch_size,
-        one_step_rate=hparams["masking_rate"],
-        penalty_coef=hparams["penalty_coef"],
+        one_step_rate=config.masking_rate,
+        penalty_coef=config.penalty_coef,
     )
 
 
@@ -235,7 +235,7 @@ def make_train(config: Config, env=None, name: str = "M2AC") -> Trainer:
     """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
     EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
-    return dyna.make_train(config, env, dyna.DynaParts(rollouts=functools.partial(m2ac_rollouts, config)), name=name)
+    return dyna.make_train(config, env, dyna.DynaParts(rollouts=m2ac_rollouts), name=name)
 
 
 def main(argv=None) -> int:

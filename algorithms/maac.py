@@ -211,7 +211,7 @@ def pathwise_objective(
 
 
 def pathwise_actor_loss(
-    config: Config, context: dyna.DynaContext, model, hparams, actor_params, critic_params, alpha, obs, key
+    context: dyna.DynaContext, model, config: Config, period_start, actor_params, critic_params, alpha, obs, key
 ):
     """-mean J over the batch's states and log pi(a_0|s_0): H steps of the policy through random elites
     (TS1), closed by the soft twin Q; the task's reward where known, else the ensemble's."""
@@ -241,38 +241,30 @@ def pathwise_actor_loss(
         obs,
         key,
         config.horizon,
-        hparams["discount"],
+        config.discount,
         alpha,
     )
     return -value.mean(), log_prob
 
 
 def warm_actor_loss(
-    config: Config, context: dyna.DynaContext, model, hparams, actor_params, critic_params, alpha, obs, key
+    context: dyna.DynaContext, model, config: Config, period_start, actor_params, critic_params, alpha, obs, key
 ):
     """SAC's model-free actor loss for the first `model_free_steps` steps (SAC-SVG's warmup_steps), then
     the pathwise one. The step is the same for every run of a vmapped batch, so this stays a cond."""
+    pathwise = (context, model, config, period_start, actor_params, critic_params, alpha, obs, key)
     return jax.lax.cond(
-        hparams["env_step"] < config.model_free_steps,
+        period_start < config.model_free_steps,
         lambda: sac.soft_actor_objective(context.agent_config, actor_params, critic_params, alpha, obs, key),
-        lambda: pathwise_actor_loss(config, context, model, hparams, actor_params, critic_params, alpha, obs, key),
+        lambda: pathwise_actor_loss(*pathwise),
     )
 
 
-def period_hparams(config: Config, hparams, update_index):
-    """The environment step at the start of this model period, for the warm-up, and the scheduled
-    target entropy, beside the traced hyperparameters."""
-    env_step = config.initial_steps + update_index * config.model_train_freq
-    extra = {"env_step": env_step}
-    if config.target_entropy_final is not None:
-        extra["target_entropy"] = target_entropy_at(
-            env_step,
-            config.total_steps,
-            config.target_entropy,
-            config.target_entropy_final,
-            config.target_entropy_decay,
-        ).astype(jnp.float32)
-    return {**hparams, **extra}
+def scheduled_target_entropy(config: Config, period_start):
+    """The target entropy of the model period that starts at environment step `period_start`."""
+    return target_entropy_at(
+        period_start, config.total_steps, config.target_entropy, config.target_entropy_final, config.target_entropy_decay
+    ).astype(jnp.float32)
 
 
 # TRAINING PROGRAM: the Dyna loop with the pathwise actor
@@ -284,11 +276,10 @@ def make_train(config: Config, env=None, name: str = "MAAC") -> Trainer:
     config.validate()
     warm_up = config.model_free_steps > 0
     actor_loss = warm_actor_loss if warm_up else pathwise_actor_loss
+    scheduled = config.target_entropy_final is not None
     parts = dyna.DynaParts(
-        actor_objective=None if config.horizon == 0 else functools.partial(actor_loss, config),  # 0: SAC's
-        period_hparams=functools.partial(period_hparams, config)
-        if warm_up or config.target_entropy_final is not None
-        else None,
+        actor_objective=None if config.horizon == 0 else actor_loss,  # 0: SAC's
+        target_entropy=functools.partial(scheduled_target_entropy, config) if scheduled else None,
         sac_options=dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha),
     )
     return dyna.make_train(config, env, parts, name=name)

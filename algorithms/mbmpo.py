@@ -468,14 +468,14 @@ def adam_ascent(learning_rate=None):
     return optax.chain(negate, adam(learning_rate))
 
 
-def outer_step(apply, theta, opt_state, pre_paths, post_paths, hparams, config):
+def outer_step(apply, theta, opt_state, pre_paths, post_paths, config):
     """Improve theta on the tasks' pre- and post-update paths [M, T, N, ...]: one TRPO step
     (`config.outer_optimizer == "trpo"`) or `config.outer_steps` Adam steps on PPO's clipped
-    objective, both differentiated through the inner step. `hparams` holds the traced settings
-    (inner_lr, max_kl, cg_damping, backtrack_ratio, outer_lr, clip_eps). Returns theta, the
+    objective, both differentiated through the inner step, with the run's (traced) inner_lr,
+    max_kl, cg_damping, backtrack_ratio and clip_eps. Returns theta, the
     optimiser's state (PPO's) and metrics: the objective, and the post-adaptation KL from the
     policies that sampled `post_paths` to the new adapted ones."""
-    inner_lr, estimator = hparams["inner_lr"], config.inner_estimator
+    inner_lr, estimator = config.inner_lr, config.inner_estimator
 
     def objective_fn(params, clip_eps=None):
         return post_adaptation_objective(apply, params, pre_paths, post_paths, inner_lr, clip_eps, estimator)
@@ -488,10 +488,10 @@ def outer_step(apply, theta, opt_state, pre_paths, post_paths, hparams, config):
             objective_fn,
             kl_fn,
             theta,
-            hparams["max_kl"],
+            config.max_kl,
             cg_iterations=config.cg_iterations,
-            damping=hparams["cg_damping"],
-            backtrack_ratio=hparams["backtrack_ratio"],
+            damping=config.cg_damping,
+            backtrack_ratio=config.backtrack_ratio,
             max_backtracks=config.max_backtracks,
         )
         objective, step_metrics = info["objective"], {"outer_step_taken": info["accepted"]}
@@ -499,7 +499,7 @@ def outer_step(apply, theta, opt_state, pre_paths, post_paths, hparams, config):
 
         def ppo_step(carry, _):
             params, opt_state = carry
-            clipped = lambda p: (objective_fn(p, hparams["clip_eps"]), None)  # noqa: E731
+            clipped = lambda p: (objective_fn(p, config.clip_eps), None)  # noqa: E731
             params, opt_state, objective, _ = gradient_update(
                 clipped, params, opt_state, adam_ascent()
             )
@@ -513,7 +513,7 @@ def outer_step(apply, theta, opt_state, pre_paths, post_paths, hparams, config):
 # META-STEP: Algorithm 1's inner loop, adapt then improve theta through the adaptation.
 
 
-def meta_step(apply, imagine_fn, hparams, config, carry, key):
+def meta_step(apply, imagine_fn, config, carry, key):
     """One meta-step, a `lax.scan` body over keys: every task adapts theta on paths imagined under
     theta, then theta takes the outer step on paths imagined under the adapted policies.
     `imagine_fn(params, key, one_per_task=False)` gives every task's paths [M, T, N, ...] through its
@@ -521,9 +521,9 @@ def meta_step(apply, imagine_fn, hparams, config, carry, key):
     theta, opt_state = carry
     pre_key, post_key = jax.random.split(key)
     pre = imagine_fn(theta, pre_key)
-    adapted = adapt_tasks(apply, theta, pre, hparams["inner_lr"], config.inner_estimator)
+    adapted = adapt_tasks(apply, theta, pre, config.inner_lr, config.inner_estimator)
     post = imagine_fn(adapted, post_key, one_per_task=True)
-    theta, opt_state, metrics = outer_step(apply, theta, opt_state, pre, post, hparams, config)
+    theta, opt_state, metrics = outer_step(apply, theta, opt_state, pre, post, config)
     returns = {"imagined_return_pre": pre["path_return"].mean(), "imagined_return_post": post["path_return"].mean()}
     return (theta, opt_state), {**returns, **metrics}
 
@@ -596,10 +596,10 @@ def make_train(config: Config, env=None) -> Trainer:
 
     # IMAGINE through the models.
 
-    def imagination(model, hparams):
+    def imagination(model, config):
         """`imagine_fn(params, key, one_per_task=False)`: every task's paths through its own model."""
         world_of = lambda member: model_world(model_config, model, member, spec)  # noqa: E731
-        settings = dict(horizon=horizon, discount=hparams["discount"], gae_lambda=hparams["gae_lambda"])
+        settings = dict(horizon=horizon, discount=config.discount, gae_lambda=config.gae_lambda)
 
         def imagine_fn(params, key, one_per_task=False):
             keys = jax.random.split(key, M + 1)  # one per task, then the start states'
@@ -610,8 +610,8 @@ def make_train(config: Config, env=None) -> Trainer:
 
         return imagine_fn
 
-    def adapt_all(policy, paths, hparams):
-        return adapt_tasks(apply, policy, paths, hparams["inner_lr"], config.inner_estimator)
+    def adapt_all(policy, paths, config):
+        return adapt_tasks(apply, policy, paths, config.inner_lr, config.inner_estimator)
 
     # ACT in the real environment.
 
@@ -626,7 +626,7 @@ def make_train(config: Config, env=None) -> Trainer:
             env_state=next_env_state, buffer=buffer, episode_return=episode_return, last_episode_return=last_return
         )
 
-    def init(key, hparams):
+    def init(key, config):
         env_key, model_key, policy_key, explore_key, key = jax.random.split(key, 5)
         env_state = env.reset(env_key)
         policy = policy_net.init(policy_key, jnp.zeros((1, obs_size)))
@@ -634,10 +634,10 @@ def make_train(config: Config, env=None) -> Trainer:
             env_state=env_state,
             buffer=replay.init(transition_example(env_state.obs[0], action_size), schedule.total_steps),
             model=ensemble.init(
-                model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
+                model_key, model_config, obs_size, action_size, config.model_lr, config.model_weight_decay
             ),
             policy=policy,
-            policy_opt=adam_ascent(hparams["outer_lr"]).init(policy),
+            policy_opt=adam_ascent(config.outer_lr).init(policy),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
@@ -647,7 +647,7 @@ def make_train(config: Config, env=None) -> Trainer:
             env_step, state, explore_key, config.initial_steps // num_envs, (num_envs, action_size)
         )
 
-    def update(state: MBMPOState, hparams, update_index):
+    def update(state: MBMPOState, config, update_index):
         """One iteration: refit the models, meta-learn in imagination, collect real data adapted."""
         del update_index
         key, fit_key, meta_key, adapt_key, collect_key = jax.random.split(state.key, 5)
@@ -657,15 +657,15 @@ def make_train(config: Config, env=None) -> Trainer:
         model, model_metrics = ensemble.train(model_config, state.model, buffer.data, buffer.count, fit_key)
 
         # META-LEARN in imagination.
-        imagine_fn = imagination(model, hparams)
+        imagine_fn = imagination(model, config)
         (policy, policy_opt), meta_metrics = jax.lax.scan(
-            functools.partial(meta_step, apply, imagine_fn, hparams, config),
+            functools.partial(meta_step, apply, imagine_fn, config),
             (state.policy, state.policy_opt),
             jax.random.split(meta_key, config.meta_steps),
         )
 
         # COLLECT real data with the policies adapted from the new theta.
-        env_params = policies_per_env(adapt_all(policy, imagine_fn(policy, adapt_key), hparams), num_envs)
+        env_params = policies_per_env(adapt_all(policy, imagine_fn(policy, adapt_key), config), num_envs)
 
         def real_step(state, step_key):
             return env_step(state, sample_actions(apply, env_params, state.env_state.obs, step_key)), None
@@ -679,15 +679,15 @@ def make_train(config: Config, env=None) -> Trainer:
         metrics.update(policy_std=jnp.exp(log_std).mean(), train_episode_return=state.last_episode_return)
         return state, metrics
 
-    def evaluate(state: MBMPOState, key, hparams):
+    def evaluate(state: MBMPOState, key, config):
         """Deterministic returns of the adapted policies and of theta on the same initial states, and
         what the inner step gains in imagination: each adapted policy run on its own model from the
         same start states with the same noise as the pre-update paths it adapted on (common random
         numbers)."""
         adapt_key, episodes_key = jax.random.split(key)
-        imagine_fn = imagination(state.model, hparams)
+        imagine_fn = imagination(state.model, config)
         pre = imagine_fn(state.policy, adapt_key)
-        adapted = adapt_all(state.policy, pre, hparams)
+        adapted = adapt_all(state.policy, pre, config)
         gain = imagine_fn(adapted, adapt_key, one_per_task=True)["path_return"].mean() - pre["path_return"].mean()
         adapted_returns, pre_returns = evaluate_adapted_and_theta(
             task.eval_env, spec, apply, adapted, state.policy, episodes_key, config.eval_episodes

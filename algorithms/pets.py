@@ -29,61 +29,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mbrlax import buffer as replay
-from mbrlax import ensemble, ilqr, mpc, planners, runner
-from mbrlax.config import RunConfig, setting
-from mbrlax.training import (
-    ConfigError,
-    Trainer,
-    evaluate_episodes,
-    explore_uniformly,
-    make_schedule,
-    restart_episodes,
-    setup,
-    track_returns,
-    transition,
-    transition_example,
-)
+from mbrlax import ensemble, ilqr, planners, runner
+from mbrlax.config import setting
+from mbrlax.loops import mpc
+from mbrlax.training import ConfigError, Trainer
 
 PLANNERS = ("cem", "icem", "random")
 """The planners over sampled action sequences that `plan` runs; "ilqr" (`ilqr_planner`) is the other choice."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """PETS settings; the run fields (task, budget, environments, evaluation) are RunConfig's."""
+class Config(mpc.MPCConfig):
+    """PETS settings: the MPC loop's (the model, trajectory sampling, the search's size) and the
+    planner's; the run fields (task, budget, environments, evaluation) are RunConfig's."""
 
-    total_steps: int = 2000
-    """Environment steps in all, over all parallel environments, random exploration included."""
-    initial_steps: int | None = None
-    """Random-action steps before the first model fit (default: one episode per environment)."""
-    eval_every: int = 600
-    """Environment steps between evaluations."""
-    eval_episodes: int = 3
-    """Evaluation episodes, run in parallel with the current model and planner."""
-    # Planner
     planner: str = setting("cem", choices=PLANNERS + ("ilqr",))
     """"cem", "icem" (coloured noise, decaying population, kept elites), "random" shooting or "ilqr"
     (iterative LQR through the ensemble's mean, see `ilqr_planner`)."""
-    horizon: int = setting(30, positive=True)
-    """Planning horizon H."""
-    population: int = setting(100, positive=True)
-    """Action sequences sampled per CEM iteration."""
-    num_elites: int = setting(10, positive=True)
-    """Best sequences refitted per iteration."""
-    cem_iterations: int = setting(5, positive=True)
-    """CEM iterations per planned action."""
-    alpha: float = setting(0.1, sweepable=True, within="[0, 1)")
-    """CEM momentum: new mean = alpha * old + (1 - alpha) * elite mean (same for the variance)."""
-    particles: int = setting(5, positive=True)
-    """Particles P per action sequence."""
-    propagation: str = setting("tsinf", choices=ensemble.PROPAGATIONS)
-    """Trajectory sampling: "ts1", "tsinf" or "expectation"."""
     sampling: str = setting("truncated", choices=("truncated", "clipped"))
     """"truncated" (variance shrunk so 2 std stay in bounds, as mbrl-lib) or "clipped" normal."""
     icem_noise_beta: float = 2.0
@@ -107,57 +74,9 @@ class Config(RunConfig):
     ilqr_member: int | None = None
     """iLQR: the dynamics are the mean over the planning members (the elites) when None, else the
     mean prediction of the elite of this rank (0: the lowest holdout error)."""
-    # Model
-    ensemble_size: int = setting(5, positive=True)
-    """Ensemble members K."""
-    hidden_sizes: tuple[int, ...] = (64, 64, 64)
-    """Hidden layer widths of each member (the paper's 4 x 200 is in the brax/* presets)."""
-    learn_reward: bool = False
-    """Learn the reward even when the task's reward function is known."""
-    retrain_every: int = setting(200, positive=True)
-    """Environment steps between model fits (on all data so far)."""
-    model_batch_size: int = setting(32, positive=True)
-    """Minibatch size of model training."""
-    model_max_epochs: int = setting(25, positive=True)
-    """Most epochs per model fit (early stopping on the holdout ends most fits sooner)."""
-    model_holdout_ratio: float = setting(0.1, within="[0, 1)")
-    """Share of the data held out for early stopping and elites; 0: no split, model_max_epochs a fit."""
-    model_elites: int | None = None
-    """Members the planner uses, the best by holdout error (by training error without one); None: all."""
-    model_learn_logvar_bounds: bool = False
-    """Learn the log-variance bounds with the penalty 0.01 * (sum max - sum min), as the original."""
-    model_normalize_targets: bool = True
-    """Standardise the model's targets too (the authors' code and mbrl-lib normalise inputs only)."""
-    model_layer_decay_scale: tuple[float, ...] | None = None
-    """Multiplier of model_weight_decay per layer, hidden layers then output (None: 1 everywhere)."""
-    model_decay_biases: bool = True
-    """Weight decay on the biases too (mbrl-lib: yes; the original: weights only)."""
-    model_authors_init: bool = False
-    """Weights ~ truncated normal with std 1 / (2 sqrt(fan_in)) as both references (else LeCun normal)."""
-    model_lr: float = setting(1e-3, sweepable=True)
-    """Adam learning rate of the ensemble."""
-    model_weight_decay: float = setting(5e-5, sweepable=True)
-    """Weight decay of the ensemble."""
-    buffer_capacity: int | None = None
-    """Replay capacity (default: total_steps, so nothing is forgotten)."""
 
     def validate(self) -> None:
         super().validate()
-        if self.num_elites > self.population:
-            raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
-        if self.retrain_every % self.num_envs:
-            raise ConfigError(f"retrain_every ({self.retrain_every}) must divide by num_envs ({self.num_envs})")
-        if self.model_elites is not None and not 1 <= self.model_elites <= self.ensemble_size:
-            raise ConfigError(
-                f"model_elites must be between 1 and ensemble_size ({self.ensemble_size}), got {self.model_elites}"
-            )
-        if self.model_layer_decay_scale is not None and len(self.model_layer_decay_scale) != len(self.hidden_sizes) + 1:
-            raise ConfigError(
-                f"model_layer_decay_scale needs one value per layer ({len(self.hidden_sizes) + 1}), "
-                f"got {len(self.model_layer_decay_scale)}"
-            )
-        if self.model_layer_decay_scale is not None and any(not scale >= 0 for scale in self.model_layer_decay_scale):
-            raise ConfigError(f"model_layer_decay_scale must be 0 or positive, got {self.model_layer_decay_scale}")
         if self.ilqr_member is not None and self.ilqr_member >= (self.model_elites or self.ensemble_size):
             raise ConfigError(
                 f"ilqr_member ({self.ilqr_member}) must be below the number of elites "
@@ -248,44 +167,9 @@ TASKS: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     # The original code's HalfCheetah (kchua/handful-of-trials dmbrl/config/halfcheetah.py), the reward
     # learned; see docs/algorithms/pets.md.
-    "brax/halfcheetah-original": dict(
-        **HALFCHEETAH,
-        ensemble_size=5,
-        hidden_sizes=(200, 200, 200, 200),
-        model_lr=1e-3,
-        model_weight_decay=1e-4,
-        model_layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
-        model_decay_biases=False,
-        model_learn_logvar_bounds=True,
-        model_normalize_targets=False,
-        model_authors_init=True,
-        model_batch_size=32,
-        model_holdout_ratio=0.0,
-        model_max_epochs=5,
-        horizon=30,
-        population=500,
-        num_elites=50,
-        alpha=0.1,
-        cem_iterations=5,
-        particles=20,
-        propagation="tsinf",
-    ),
+    "brax/halfcheetah-original": dict(HALFCHEETAH, **mpc.ORIGINAL_HALFCHEETAH),
     # The smallest settings that run the whole loop (tests/test_contract.py and test_pets.py).
-    "tiny": dict(
-        episode_length=50,
-        total_steps=200,
-        eval_every=50,
-        eval_episodes=2,
-        retrain_every=50,
-        horizon=5,
-        population=16,
-        num_elites=4,
-        cem_iterations=2,
-        particles=4,
-        ensemble_size=2,
-        hidden_sizes=(16, 16),
-        model_max_epochs=3,
-    ),
+    "tiny": dict(mpc.TINY),
     # On top of tiny (`--preset tiny tiny-ilqr`, as tests/test_contract.py runs it): a 2-iteration iLQR.
     "tiny-ilqr": dict(planner="ilqr", ilqr_iterations=2, ilqr_line_search_steps=3),
 }
@@ -293,109 +177,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
-class PETSState(NamedTuple):
-    env_state: Any
-    buffer: replay.ReplayBuffer
-    model: ensemble.EnsembleState
-    plan: Any
-    """Each environment's planning memory, leading axis num_envs (CEM: the previous plan [H, A], for
-    the warm start); an environment's is reset to the planner's `fresh` when its episode ends."""
-    planner: Any
-    """What the planner learns across the run (POPLIN: its policy); () for CEM, iCEM and random."""
-    key: jax.Array
-    episode_return: jax.Array
-    """[num_envs] return of each environment's current episode so far."""
-    last_episode_return: jax.Array
-    """Mean return of the episodes that ended most recently."""
-
-
-# MODEL: the probabilistic ensemble (mbrlax.ensemble) as the Config sets it up.
-
-
-def ensemble_config(config: Config, learn_reward: bool) -> ensemble.EnsembleConfig:
-    """The ensemble's settings from the Config's model fields; `learn_reward` adds a reward output."""
-    return ensemble.EnsembleConfig(
-        num_members=config.ensemble_size,
-        num_elites=config.model_elites or config.ensemble_size,
-        hidden_sizes=config.hidden_sizes,
-        learn_reward=learn_reward,
-        learn_logvar_bounds=config.model_learn_logvar_bounds,
-        normalize_targets=config.model_normalize_targets,
-        layer_decay_scale=config.model_layer_decay_scale,
-        decay_biases=config.model_decay_biases,
-        authors_init=config.model_authors_init,
-        batch_size=config.model_batch_size,
-        max_epochs=config.model_max_epochs,
-        holdout_ratio=config.model_holdout_ratio,
-    )
-
-
-# PREDICT RETURNS of action sequences by trajectory sampling through the ensemble.
-
-
-def particles_per_sequence(particles: int, members: int, propagation: str) -> int:
-    """Particles computed per action sequence. Under TSinf, row i of the particle batch keeps member
-    i mod G (`ensemble.propagate`); with ceil(P / G) * G rows per sequence, particle j of every
-    sequence keeps member j mod G, so the first P particles, the ones averaged, give each member
-    floor or ceil of P / G of them, the same for every sequence. Otherwise P."""
-    if propagation == "tsinf":
-        return -(-particles // members) * members
-    return particles
-
-
-def model_step(
-    model_config: ensemble.EnsembleConfig,
-    model: ensemble.EnsembleState,
-    states: jax.Array,
-    actions: jax.Array,
-    key: jax.Array,
-    *,
-    propagation: str,
-    elites_only: bool,
-    reward_fn: Callable | None,
-    termination_fn: Callable,
-):
-    """One step of particles [m, obs] under actions [m, A] through the ensemble, by `propagation`
-    (see `ensemble.propagate`; through the elites only with `elites_only`) -> (next states [m, obs],
-    rewards [m], terminations [m]). `reward_fn(obs, action, next_obs)` None: the model's reward."""
-    next_states, model_reward = ensemble.propagate(
-        model_config, model, states, actions, key, mode=propagation, elites_only=elites_only
-    )
-    reward = model_reward if reward_fn is None else reward_fn(states, actions, next_states)
-    return next_states, reward, termination_fn(states, actions, next_states)
-
-
-def sequence_returns(step_fn: Callable, obs, sequences, key, *, particles: int, particle_rows: int | None = None):
-    """Mean predicted return of each action sequence [n, H, A] from the state `obs` [obs] -> [n]:
-    `particles` (P) trajectories a sequence, stepped by `step_fn(states, actions, key) -> (next_states,
-    rewards, terminations)` with one key a time step; no reward after a predicted termination. Each
-    sequence takes `particle_rows` rows of the batch (default P; TSinf: `particles_per_sequence`), of
-    which the first P are averaged. A return that is not finite counts as -1e10."""
-    n, horizon = sequences.shape[:2]
-    rows = particle_rows or particles
-    # Row i = particle i % rows of sequence i // rows; under TSinf it keeps member i mod G.
-    states = jnp.broadcast_to(obs, (n * rows, obs.shape[-1]))
-    actions = jnp.repeat(sequences, rows, axis=0)
-
-    def step(carry, inputs):
-        states, alive, total = carry
-        action, step_key = inputs
-        next_states, reward, done = step_fn(states, action, step_key)
-        total = total + alive * reward
-        alive = alive * (1.0 - done.astype(jnp.float32))
-        return (next_states, alive, total), None
-
-    carry = (states, jnp.ones(n * rows), jnp.zeros(n * rows))
-    (_, _, totals), _ = jax.lax.scan(step, carry, (actions.swapaxes(0, 1), jax.random.split(key, horizon)))
-    returns = totals.reshape(n, rows)[:, :particles].mean(axis=1)
-    return jnp.where(jnp.isfinite(returns), returns, -1e10)
-
-
 # PLAN: search over action sequences [H, A] for the one of highest `score_fn(sequences [n, H, A],
 # key) -> [n]`; every planner returns the plan (and, where it keeps one, its final spread).
 
 
-def plan(config: Config, score_fn, mean, std, key, alpha, low, high):
+def plan(config: Config, score_fn, mean, std, key, low, high):
     """The plan [H, A] that `config.planner` finds for one state, whose sequences `score_fn` scores,
     searching from `mean` [H, A] (the warm start) with the spread `std` [H, A]."""
     if config.planner == "random":
@@ -411,7 +197,7 @@ def plan(config: Config, score_fn, mean, std, key, alpha, low, high):
             iterations=config.cem_iterations,
             population=config.population,
             elites=config.num_elites,
-            alpha=alpha,
+            alpha=config.alpha,
             noise_beta=config.icem_noise_beta,
             population_decay=config.icem_population_decay,
             keep_elites=config.icem_keep_elites,
@@ -423,7 +209,7 @@ def plan(config: Config, score_fn, mean, std, key, alpha, low, high):
         return planners.gaussian_sequences(key, mean, std, config.population, low, high, truncated=truncated)
 
     iterations, elites = config.cem_iterations, config.num_elites
-    mean, _ = planners.cem(score_fn, sample, mean, std, key, iterations=iterations, elites=elites, alpha=alpha)
+    mean, _ = planners.cem(score_fn, sample, mean, std, key, iterations=iterations, elites=elites, alpha=config.alpha)
     return mean
 
 
@@ -435,14 +221,14 @@ def action_sequence_planner(config: Config, context: mpc.PlannerContext) -> mpc.
     middle = mpc.middle_plan(context, horizon)
     initial_std = jnp.broadcast_to((high - low) / 4.0, (horizon, low.shape[-1]))
 
-    def act(learned, model, obs, plans, key, hparams):
+    def act(learned, model, obs, plans, key, config):
         step_fn = context.model_step_fn(model)
 
         def plan_one(obs, warm_start, key):
             score_fn = functools.partial(
-                sequence_returns, step_fn, obs, particles=config.particles, particle_rows=context.particle_rows
+                mpc.sequence_returns, step_fn, obs, particles=config.particles, particle_rows=context.particle_rows
             )
-            return plan(config, score_fn, warm_start, initial_std, key, hparams["alpha"], low, high)
+            return plan(config, score_fn, warm_start, initial_std, key, low, high)
 
         return mpc.replan(plan_one, obs, plans, key, middle[0])
 
@@ -466,7 +252,7 @@ def ilqr_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     elites_only = model_config.num_elites < model_config.num_members
     learn_reward = model_config.learn_reward
 
-    def act(learned, model, obs, plans, key, hparams):
+    def act(learned, model, obs, plans, key, config):
         def predict(x, u):
             """The model's mean next state [obs] and learned reward (None if not learned) for one x, u."""
             if config.ilqr_member is None:
@@ -509,125 +295,11 @@ def ilqr_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
 # TRAINING PROGRAM
 
 
-def make_train(
-    config: Config, env=None, *, make_planner: Callable | None = None, name: str = "PETS"
-) -> Trainer:
-    """PETS's loop: explore, then fit the model on all data and act with `make_planner(config,
-    mpc.PlannerContext) -> mpc.Planner` for `retrain_every` steps, again and again. By default the planner
-    `config.planner` names: `ilqr_planner` for "ilqr", else `action_sequence_planner`."""
-    config.validate()
-    if make_planner is None:
-        make_planner = ilqr_planner if config.planner == "ilqr" else action_sequence_planner
-    task = setup(config, env, algorithm=name)
-    spec, low, high = task.spec, task.low, task.high
-    if spec.can_terminate and spec.termination_fn is None:
-        raise ConfigError(f"{config.env} can terminate but has no termination function for the model")
-
-    learn_reward = config.learn_reward or spec.reward_learned
-    model_config = ensemble_config(config, learn_reward)
-    obs_size, action_size, num_envs = spec.observation_size, spec.action_size, config.num_envs
-    initial_steps = spec.episode_length * num_envs if config.initial_steps is None else config.initial_steps
-    initial_steps = -(-initial_steps // num_envs) * num_envs
-    schedule = make_schedule(config.total_steps, initial_steps, config.retrain_every, config.eval_every)
-
-    def model_step_fn(model):
-        # The planner propagates through the elites only when fewer than all members are elites.
-        return functools.partial(
-            model_step,
-            model_config,
-            model,
-            propagation=config.propagation,
-            elites_only=model_config.num_elites < model_config.num_members,
-            reward_fn=None if learn_reward else spec.reward_fn,
-            termination_fn=spec.termination_fn,
-        )
-
-    particle_rows = particles_per_sequence(config.particles, model_config.num_elites, config.propagation)
-    planner = make_planner(config, mpc.PlannerContext(task, model_config, model_step_fn, particle_rows))
-
-    def fresh_memory(n: int):
-        return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (n,) + leaf.shape), planner.fresh)
-
-    def env_step(state: PETSState, action):
-        """ACT in the real environment and store the transition."""
-        next_env_state = task.env.step(state.env_state, action)
-        buffer = replay.add(state.buffer, transition(state.env_state, action, next_env_state))
-        done = next_env_state.done
-        episode_return, last_return = track_returns(
-            state.episode_return, state.last_episode_return, next_env_state.reward, done
-        )
-        ended = done > 0
-        plan = jax.tree_util.tree_map(
-            lambda fresh, kept: jnp.where(ended.reshape((-1,) + (1,) * fresh.ndim), fresh, kept),
-            planner.fresh,
-            state.plan,
-        )
-        return state._replace(
-            env_state=next_env_state,
-            buffer=buffer,
-            plan=plan,
-            episode_return=episode_return,
-            last_episode_return=last_return,
-        )
-
-    def init(key, hparams):
-        env_key, model_key, explore_key, key = jax.random.split(key, 4)
-        env_state = task.env.reset(env_key)
-        example = transition_example(env_state.obs[0], action_size)
-        state = PETSState(
-            env_state=env_state,
-            buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
-            model=ensemble.init(
-                model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
-            ),
-            plan=fresh_memory(num_envs),
-            planner=planner.init(jax.random.fold_in(model_key, 1), hparams),
-            key=key,
-            episode_return=jnp.zeros(num_envs),
-            last_episode_return=jnp.float32(0.0),
-        )
-        # EXPLORE with uniformly random actions.
-        steps, shape = initial_steps // num_envs, (num_envs, action_size)
-        return explore_uniformly(env_step, state, explore_key, steps, shape, low, high)
-
-    def update(state: PETSState, hparams, update_index):
-        key, train_key, act_key = jax.random.split(state.key, 3)
-
-        # TRAIN MODEL on everything stored so far (and whatever the planner learns from the data).
-        buffer = state.buffer
-        model, model_metrics = ensemble.train(model_config, state.model, buffer.data, buffer.count, train_key)
-        learned, planner_metrics = planner.fit(state.planner, buffer, jax.random.fold_in(train_key, 1), hparams)
-        state = state._replace(model=model, planner=learned, key=key)
-
-        # PLAN and ACT for retrain_every steps.
-        def plan_and_step(state, step_key):
-            action, plans = planner.act(state.planner, state.model, state.env_state.obs, state.plan, step_key, hparams)
-            state = env_step(state._replace(plan=plans), action)
-            return state, state.env_state.reward.mean()
-
-        steps = config.retrain_every // num_envs
-        state, rewards = jax.lax.scan(plan_and_step, state, jax.random.split(act_key, steps))
-        metrics = dict(model_metrics, **planner_metrics, train_reward=rewards.mean())
-        metrics["train_episode_return"] = state.last_episode_return
-        return state, metrics
-
-    def evaluate(state: PETSState, key, hparams):
-        """EVALUATE: `eval_episodes` fresh episodes, planned for all at once with the current model."""
-
-        def plan_action(plans, obs, step_key):
-            return planner.act(state.planner, state.model, obs, plans, step_key, hparams)
-
-        plans = fresh_memory(config.eval_episodes)
-        return evaluate_episodes(task.eval_env, key, config.eval_episodes, spec.episode_length, plan_action, plans)
-
-    return Trainer(
-        init=init,
-        update=update,
-        evaluate=evaluate,
-        schedule=schedule,
-        spec=spec,
-        fresh_episodes=restart_episodes("env_state", "episode_return"),
-    )
+def make_train(config: Config, env=None) -> Trainer:
+    """The MPC loop with the planner `config.planner` names, on the task `config.env` names or on
+    `env`, a user's own `(environment, EnvSpec)`."""
+    make_planner = ilqr_planner if config.planner == "ilqr" else action_sequence_planner
+    return mpc.make_train(config, env, make_planner, name="PETS")
 
 
 def main(argv=None) -> int:

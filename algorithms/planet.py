@@ -392,7 +392,7 @@ def observe_and_plan(params, model: PlanetModel, config: Config, latent, prev_ac
     return actions, latent
 
 
-def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel, config: Config, random: bool):
+def environment_step(state: PlanetState, key, config: Config, task, model: PlanetModel, random: bool):
     """One step of every environment: uniformly random actions if `random` (the seed episodes), else
     the plan's first action with exploration noise; then store and step (sequence.store_and_step)."""
     act_key, noise_key, reset_key = jax.random.split(key, 3)
@@ -420,7 +420,7 @@ def environment_step(state: PlanetState, key, hparams, task, model: PlanetModel,
             state.is_first,
             act_key,
         )
-        action = explore(planned, noise_key, hparams["exploration_noise"])
+        action = explore(planned, noise_key, config.exploration_noise)
     return sequence.store_and_step(state, action, latent, reset_key, task)
 
 
@@ -452,7 +452,7 @@ def make_train(config: Config, env=None) -> Trainer:
     model = PlanetModel(config, obs_shape, action_size, latent="gaussian")
     optimizer = adam(max_grad_norm=config.model_grad_clip)
 
-    def init(key, hparams):
+    def init(key, config):
         env_key, model_key, explore_key, key = jax.random.split(key, 4)
         env_state = env.reset(env_key)
         obs = env_state.obs
@@ -467,20 +467,20 @@ def make_train(config: Config, env=None) -> Trainer:
             buffer=replay.init_trajectories(entry, capacity, num_envs),
             episode=jnp.zeros(num_envs, jnp.int32),
             world_model=params,
-            model_opt=adam(hparams["model_lr"], config.model_grad_clip).init(params),
+            model_opt=adam(config.model_lr, config.model_grad_clip).init(params),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
         )
         # SEED EPISODES with uniformly random actions.
         state, _ = jax.lax.scan(
-            lambda s, k: (environment_step(s, k, hparams, task, model, config, True), None),
+            lambda s, k: (environment_step(s, k, config, task, model, True), None),
             state,
             jax.random.split(explore_key, config.initial_steps // num_envs),
         )
         return state
 
-    def train_step(state: PlanetState, key, hparams):
+    def train_step(state: PlanetState, key, config):
         sample_key, model_key = jax.random.split(key)
         batch = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
         params, opt_state, _, (_, metrics) = gradient_update(
@@ -491,24 +491,24 @@ def make_train(config: Config, env=None) -> Trainer:
             model,
             batch,
             model_key,
-            hparams["free_nats"],
-            hparams["kl_scale"],
-            hparams["observation_scale"],
-            hparams["reward_scale"],
+            config.free_nats,
+            config.kl_scale,
+            config.observation_scale,
+            config.reward_scale,
         )
         return state._replace(world_model=params, model_opt=opt_state), metrics
 
-    def update(state: PlanetState, hparams, update_index):
+    def update(state: PlanetState, config, update_index):
         """TRAIN the model `model_updates` steps, then COLLECT `collect_steps` steps with the planner."""
         del update_index
         key, train_key, collect_key = jax.random.split(state.key, 3)
         state, metrics = jax.lax.scan(
-            lambda s, k: train_step(s, k, hparams), state, jax.random.split(train_key, config.model_updates)
+            lambda s, k: train_step(s, k, config), state, jax.random.split(train_key, config.model_updates)
         )
         metrics = jax.tree_util.tree_map(jnp.mean, metrics)
 
         def collect(state, step_key):
-            state = environment_step(state, step_key, hparams, task, model, config, False)
+            state = environment_step(state, step_key, config, task, model, False)
             return state, state.env_state.reward.mean()
 
         state, rewards = jax.lax.scan(
@@ -520,9 +520,7 @@ def make_train(config: Config, env=None) -> Trainer:
 
     # EVALUATE the planner without exploration noise, the belief filtered along each episode.
 
-    def evaluate(state: PlanetState, key, hparams):
-        del hparams
-
+    def evaluate(state: PlanetState, key, config):
         def choose(latent, prev_action, obs, is_first, step_key):
             return observe_and_plan(state.world_model, model, config, latent, prev_action, obs, is_first, step_key)
 

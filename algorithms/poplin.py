@@ -1,5 +1,5 @@
 """POPLIN: model-based policy planning (Wang and Ba, "Exploring Model-based Planning with Policy
-Networks", ICLR 2020), on PETS's ensemble, trajectory sampling and loop (algorithms/pets.py).
+Networks", ICLR 2020), on PETS's ensemble, trajectory sampling and loop (mbrlax.loops.mpc).
 
 A policy pi_theta(s) (tanh MLP, output clipped to [-1, 1]) shapes PETS's CEM search; CEM's candidates,
 scored by PETS's trajectory-sampled mean return, are
@@ -35,18 +35,18 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, mpc, planners, runner
-from mbrlax.algorithms import pets
+from mbrlax import ensemble, planners, runner
 from mbrlax.config import setting
-from mbrlax.training import ConfigError, Trainer, adam, gradient_update, scale_action
+from mbrlax.loops import mpc
+from mbrlax.training import Trainer, adam, gradient_update, scale_action
 
 SEARCHES = ("poplina-init", "poplina-replan", "poplinp-sep")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(pets.Config):
-    """POPLIN settings: PETS's (the model, the loop, and CEM's population, elites, iterations and
-    momentum, which POPLIN's search uses) and the policy's."""
+class Config(mpc.MPCConfig):
+    """POPLIN settings: the MPC loop's (the model, trajectory sampling, and CEM's population, elites,
+    iterations and momentum, which POPLIN's search uses) and the policy's."""
 
     search: str = setting("poplina-init", choices=SEARCHES)
     """"poplina-init" (CEM over action noise around the policy's model rollout), "poplina-replan"
@@ -66,24 +66,21 @@ class Config(pets.Config):
     parameter_noise_var: float = setting(0.03, sweepable=True, positive=True)
     """POPLIN-P: initial variance of every parameter's perturbation (the authors' BC demo: 0.03)."""
 
-    def validate(self) -> None:
-        super().validate()
-        if self.planner != "cem":
-            raise ConfigError(f"planner must be 'cem' for POPLIN (its search is CEM), got {self.planner!r}")
-
 
 TASKS: dict[str, dict[str, Any]] = {
     # PETS's pendulum settings (2,000 steps, horizon 30, 100 candidates, 10 elites, 5 iterations).
     "pendulum": dict(env="pendulum"),
     # The authors' halfcheetah (dmbrl/config/halfcheetah.py, prop-type E) at the paper's Cheetah budget;
     # see docs/algorithms/poplin.md.
-    "brax/halfcheetah": dict(
-        pets.VARIANTS["brax/halfcheetah-original"],
-        propagation="expectation",
-        particles=1,
-        total_steps=50_000,
-        eval_every=5000,
-    ),
+    "brax/halfcheetah": {
+        **mpc.ORIGINAL_HALFCHEETAH,
+        "env": "brax/halfcheetah",
+        "retrain_every": 1000,
+        "propagation": "expectation",
+        "particles": 1,
+        "total_steps": 50_000,
+        "eval_every": 5000,
+    },
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -94,7 +91,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # policy with one hidden layer of 32.
     "poplin-p": dict(search="poplinp-sep", policy_hidden_sizes=(32,), parameter_noise_var=0.03),
     # End to end in seconds: PETS's tiny settings and a small policy distilled briefly.
-    "tiny": dict(pets.VARIANTS["tiny"], policy_hidden_sizes=(16,), policy_epochs=2, policy_batch_size=16),
+    "tiny": dict(mpc.TINY, policy_hidden_sizes=(16,), policy_epochs=2, policy_batch_size=16),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
@@ -173,9 +170,9 @@ def noise_samples(key, mean, std, n: int):
 
 def noise_sequence_returns(step_fn: Callable, obs, proposal, noise, key, *, particles: int, particle_rows=None):
     """POPLIN-A-Init: the mean predicted return of each candidate clip(proposal [H, A] + noise
-    [n, H, A], -1, 1) from `obs`, by pets.sequence_returns with `step_fn` (actions in [-1, 1])."""
+    [n, H, A], -1, 1) from `obs`, by mpc.sequence_returns with `step_fn` (actions in [-1, 1])."""
     sequences = jnp.clip(proposal + noise, -1.0, 1.0)
-    return pets.sequence_returns(step_fn, obs, sequences, key, particles=particles, particle_rows=particle_rows)
+    return mpc.sequence_returns(step_fn, obs, sequences, key, particles=particles, particle_rows=particle_rows)
 
 
 def closed_loop_returns(
@@ -183,7 +180,7 @@ def closed_loop_returns(
 ):
     """Mean predicted return of each candidate (a pytree with leading axis n) whose actions are
     chosen closed loop: at step t, `action_fn(candidate, t, states [rows, obs]) -> [rows, A]` on its
-    particles' own states. Particles, termination and non-finite returns as pets.sequence_returns
+    particles' own states. Particles, termination and non-finite returns as mpc.sequence_returns
     (the same row layout and one key a step, so an open-loop action_fn gives its numbers)."""
     n = jax.tree_util.tree_leaves(candidates)[0].shape[0]
     rows = particle_rows or particles
@@ -243,7 +240,7 @@ class PolicyState(NamedTuple):
 
 
 def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
-    """POPLIN's planner for pets.make_train: CEM over `config.search`'s candidates around the
+    """POPLIN's planner for the MPC loop: CEM over `config.search`'s candidates around the
     policy (warm-started from the previous solution shifted by one step, zeros appended), and
     behaviour cloning of the executed actions after every model fit."""
     task, model_config = context.task, context.model_config
@@ -253,20 +250,20 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     _, unravel = ravel_pytree(init_policy(jax.random.PRNGKey(0), sizes))
     num_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     elites_only = model_config.num_elites < model_config.num_members
-    # The random exploration before the first fit, as pets.make_train counts it; never cloned.
+    # The random exploration before the first fit, as the MPC loop counts it; never cloned.
     initial = spec.episode_length * config.num_envs if config.initial_steps is None else config.initial_steps
     initial_steps = -(-initial // config.num_envs) * config.num_envs
     updates_per_fit = config.policy_epochs * max(config.retrain_every // config.policy_batch_size, 1)
     search_size = num_params if config.search == "poplinp-sep" else action_size
     optimizer = adam()
 
-    def init(key, hparams):
+    def init(key, config):
         layers = init_policy(key, sizes)
         obs_size = spec.observation_size
-        opt_state = adam(learning_rate=hparams["policy_lr"]).init(layers)
+        opt_state = adam(learning_rate=config.policy_lr).init(layers)
         return PolicyState(layers, opt_state, jnp.zeros(obs_size), jnp.ones(obs_size))
 
-    def act(learned: PolicyState, model, obs, solutions, key, hparams):
+    def act(learned: PolicyState, model, obs, solutions, key, config):
         model_step = context.model_step_fn(model)
 
         def step_fn(states, actions, step_key):
@@ -293,15 +290,15 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
                 proposal = policy_sequence(mean_next_state, policy_fn, obs, propose_key, horizon=horizon)
                 score_fn = functools.partial(noise_sequence_returns, step_fn, obs, proposal, **keywords)
                 first_action = lambda solution: proposal[0] + solution[0]  # noqa: E731
-                variance = hparams["action_noise_var"]
+                variance = config.action_noise_var
             elif config.search == "poplina-replan":
                 score_fn = functools.partial(replan_returns, step_fn, obs, policy_fn, **keywords)
                 first_action = lambda solution: policy_fn(obs[None])[0] + solution[0]  # noqa: E731
-                variance = hparams["action_noise_var"]
+                variance = config.action_noise_var
             else:
                 score_fn = functools.partial(parameter_space_returns, step_fn, obs, apply_flat, flat_params, **keywords)
                 first_action = lambda solution: apply_flat(flat_params + solution[0], obs[None])[0]  # noqa: E731
-                variance = hparams["parameter_noise_var"]
+                variance = config.parameter_noise_var
             std = jnp.sqrt(variance) * jnp.ones_like(warm_start)
             sample_fn = functools.partial(noise_samples, n=config.population)
             solution, _ = planners.cem(
@@ -312,7 +309,7 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
                 search_key,
                 iterations=config.cem_iterations,
                 elites=config.num_elites,
-                alpha=hparams["alpha"],
+                alpha=config.alpha,
             )
             return jnp.clip(first_action(solution), -1.0, 1.0), solution
 
@@ -320,7 +317,7 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
         actions, solutions = jax.vmap(plan_one)(obs, warm, jax.random.split(key, len(obs)))
         return scale_action(actions, low, high), solutions
 
-    def fit(learned: PolicyState, buffer, key, hparams):
+    def fit(learned: PolicyState, buffer, key, config):
         # DISTIL: behaviour cloning of the actions the planner executed since the last fit.
         planned = jnp.minimum(config.retrain_every, buffer.count - initial_steps)
         obs_mean, obs_std = whitening_stats(buffer.data["obs"], replay.valid_mask(buffer))
@@ -348,8 +345,8 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
 
 
 def make_train(config: Config, env=None) -> Trainer:
-    """PETS's loop with POPLIN's planner."""
-    return pets.make_train(config, env, make_planner=poplin_planner, name="POPLIN")
+    """PETS's loop (the MPC loop) with POPLIN's planner."""
+    return mpc.make_train(config, env, poplin_planner, name="POPLIN")
 
 
 def main(argv=None) -> int:

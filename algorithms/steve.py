@@ -222,10 +222,9 @@ def reach_probabilities(terminated, continues) -> jax.Array:
 
 
 def expanded_critic_loss(
-    config: Config,
     context: dyna.DynaContext,
     model,
-    hparams,
+    config: Config,
     critic_params,
     target_critic_params,
     actor_params,
@@ -245,7 +244,7 @@ def expanded_critic_loss(
     # elite a step ("sample") or the elites' mean ("mean").
     paths = model_config.num_elites if steve else 1
     mode = "tsinf" if steve else {"sample": "ts1", "mean": "expectation"}[config.expansion_model]
-    discount = hparams["discount"]
+    discount = config.discount
     n = batch["obs"].shape[0]
 
     def policy(obs, key):
@@ -320,7 +319,7 @@ def make_train(config: Config, env=None, name: str = "STEVE") -> Trainer:
     EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
     expand = config.horizon > 0 and not config.sac_only  # H = 0: SAC's own critic
-    parts = dyna.DynaParts(critic_objective=functools.partial(expanded_critic_loss, config) if expand else None)
+    parts = dyna.DynaParts(critic_objective=expanded_critic_loss if expand else None)
     return dyna.make_train(config, env, parts, name=name)
 
 

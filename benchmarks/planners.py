@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from mbrlax.algorithms import pets
+from mbrlax.loops import mpc
 
 # Small enough for a shared CPU: 1 random + 6 planned episodes of 200 steps, members of 2 x 32
 # (pendulum, as tests/test_ilqr.py) or 2 x 64 (cartpole), horizon 30, 5 particles, TSinf over 5
@@ -69,7 +70,7 @@ def model_evaluations(config: pets.Config, obs_size: int, action_size: int) -> i
     if config.planner == "ilqr":
         linearise = obs_size + action_size + 1
         return config.horizon * members * (1 + config.ilqr_iterations * (config.ilqr_line_search_steps + linearise))
-    rows = pets.particles_per_sequence(config.particles, members, config.propagation)
+    rows = mpc.particles_per_sequence(config.particles, members, config.propagation)
     return config.population * config.cem_iterations * rows * config.horizon
 
 

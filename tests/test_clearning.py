@@ -178,15 +178,12 @@ def tiny(**changes):
     return dataclasses.replace(clearning.Config(), **clearning.VARIANTS["tiny"], **changes)
 
 
-def hparams_for(config):
-    return {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-
 
 # td runs in the CLI test below (and the contract tests), contrastive in the JaxGCRL test.
 @pytest.mark.parametrize("estimator", ["mc", "hybrid"])
 def test_every_estimator_runs_and_reports_success(estimator):
     config = tiny(estimator=estimator)
-    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), config)
     for name, value in {**metrics["train"], **metrics["eval"]}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     success = np.asarray(metrics["eval"]["eval_success"])
@@ -199,7 +196,7 @@ def test_action_repeat_is_honoured():
     steps of the tiny preset's exploration already end one episode in every environment."""
     trainer = clearning.make_train(tiny(action_repeat=2))
     assert trainer.spec.episode_length == envs.make("point_maze_open")[1].episode_length // 2 == 25
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(0), hparams_for(tiny()))
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0), tiny())
     np.testing.assert_array_equal(state.episode, np.ones(8))
     assert int(state.buffer.count) == 40
 
@@ -216,7 +213,7 @@ def test_td_clearning_reaches_goals_in_the_open_maze():
     third of the defaults' 60,000 steps: 22,400 (3,200 random, then two evaluation periods of 9,600)
     from 32 environments, with a random policy far below."""
     config = dataclasses.replace(clearning.Config(), total_steps=22_400)
-    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), config)
     success = np.asarray(metrics["eval"]["eval_success"])
     print(f"C-learning success {success.round(2)}")
     assert success.shape == (2,) and success[-1] >= 0.8, success
@@ -301,7 +298,7 @@ def test_contrastive_defaults_follow_contrastive_rl():
 
 def test_jaxgcrl_critic_and_learned_temperature_run():
     config = tiny(**clearning.VARIANTS["jaxgcrl"])
-    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    _, metrics = jax.jit(clearning.make_train(config))(jax.random.PRNGKey(0), config)
     for name, value in {**metrics["train"], **metrics["eval"]}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     alpha = np.asarray(metrics["train"]["alpha"])

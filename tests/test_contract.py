@@ -140,18 +140,18 @@ def _run(name, seeds, updates, scale, own_environment, evaluate: bool = True) ->
     config = tiny(name)
     init, update, evaluate_program = programs(name, len(seeds), own_environment)
     runs = [{"seed": s, **runner.hparams_of(config)} for s in seeds]
-    keys, hparams = runner.batch_inputs(runs, type(config).SWEEPABLE)
-    for field, factors in (scale or {}).items():
-        hparams[field] = hparams[field] * jnp.asarray(factors, jnp.float32)
+    keys, configs = runner.batch_inputs(runs, config)
+    scaled = {field: getattr(configs, field) * np.asarray(factors, np.float32) for field, factors in (scale or {}).items()}
+    configs = dataclasses.replace(configs, **scaled)
     init_keys, eval_keys = jax.vmap(split_keys)(keys)
-    state = init(init_keys, hparams)
+    state = init(init_keys, configs)
     out = {"states": [jax.device_get(state)], "train": [], "eval": []}
     for u in range(updates):
-        state, metrics = update(state, hparams, jnp.int32(u))
+        state, metrics = update(state, configs, jnp.int32(u))
         out["states"].append(jax.device_get(state))
         out["train"].append(jax.device_get(metrics))
     if evaluate:
-        eval_metrics = evaluate_program(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, 0), hparams)
+        eval_metrics = evaluate_program(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, 0), configs)
         out["eval"].append(jax.device_get(eval_metrics))
     return out
 

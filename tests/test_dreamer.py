@@ -260,9 +260,6 @@ def test_critic_loss_matches_a_batch_by_hand():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def hparams_for(config):
-    return {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-
 
 @pytest.mark.parametrize(
     "env, actor_gradient",
@@ -278,7 +275,7 @@ def test_runs_from_vectors_pixels_and_discrete_actions(env, actor_gradient):
     # The tiny preset cut to 128 random steps, then two periods of updates and one evaluation.
     tiny = dict(dreamer.VARIANTS["tiny"], total_steps=256)
     config = dataclasses.replace(dreamer.Config(), env=env, actor_gradient=actor_gradient, **tiny)
-    state, metrics = jax.jit(dreamer.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    state, metrics = jax.jit(dreamer.make_train(config))(jax.random.PRNGKey(0), config)
     for name, value in {**metrics["train"], **metrics["eval"]}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     assert metrics["eval"]["eval_return"].shape == (1,)
@@ -350,7 +347,7 @@ def test_dreamer_learns_pendulum_from_state():
     -1503, -1570, -883, -756, -276 at 1,000 to 3,000 steps, in 70 s with compilation. The preset's
     own setting (5,000 steps) took 987 s in CI."""
     config = dataclasses.replace(dreamer.Config(), **{**dreamer.PRESETS["pendulum"], **DREAMER_CI})
-    _, metrics = jax.jit(dreamer.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    _, metrics = jax.jit(dreamer.make_train(config))(jax.random.PRNGKey(0), config)
     returns = np.asarray(metrics["eval"]["eval_return"])
     print(f"Dreamer pendulum returns {returns.round(0)}")
 

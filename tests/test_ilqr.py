@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from mbrlax import ensemble, ilqr, mpc
+from mbrlax import ensemble, ilqr
+from mbrlax.loops import mpc
 from mbrlax.algorithms import pets
 from mbrlax.training import setup
 
@@ -230,9 +231,6 @@ TINY = dataclasses.replace(pets.Config(**pets.VARIANTS["tiny"]), planner="ilqr",
                            ilqr_line_search_steps=3)
 
 
-def hparams_for(config):
-    return {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
-
 
 # The CLI run, kill and resume, determinism, vmapped neighbours and bad input: tests/test_contract.py
 # ("pets-ilqr").
@@ -245,13 +243,13 @@ def test_the_planner_with_a_learned_reward_or_one_member(learn_reward, member):
     whose first actions are the ones acted, and the memory is the new plans."""
     config = dataclasses.replace(TINY, learn_reward=learn_reward, ilqr_member=member)
     task = setup(config, None, algorithm="PETS")
-    model_config = pets.ensemble_config(config, learn_reward)
+    model_config = mpc.ensemble_config(config, learn_reward)
     obs_size, action_size = task.spec.observation_size, task.spec.action_size
     model = ensemble.init(jax.random.PRNGKey(0), model_config, obs_size, action_size, 1e-3, 0.0)
     planner = pets.ilqr_planner(config, mpc.PlannerContext(task, model_config, None, config.particles))
     obs = jax.random.normal(jax.random.PRNGKey(1), (2, obs_size))
     memory = jnp.broadcast_to(planner.fresh, (2,) + planner.fresh.shape)
-    actions, plans = jax.jit(planner.act)((), model, obs, memory, jax.random.PRNGKey(2), {})
+    actions, plans = jax.jit(planner.act)((), model, obs, memory, jax.random.PRNGKey(2), config)
     assert actions.shape == (2, action_size) and plans.shape == (2, config.horizon, action_size)
     assert np.all(np.isfinite(plans)) and np.all(plans >= task.low) and np.all(plans <= task.high)
     np.testing.assert_array_equal(actions, plans[:, 0])
@@ -277,7 +275,7 @@ def test_ilqr_learns_pendulum():
         ilqr_iterations=5,
     )
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
-    hparams = jax.tree_util.tree_map(lambda v: jnp.stack([v, v]), hparams_for(config))
-    _, metrics = jax.jit(jax.vmap(pets.make_train(config)))(keys, hparams)
+    configs = jax.tree_util.tree_map(lambda v: jnp.stack([v, v]), config)
+    _, metrics = jax.jit(jax.vmap(pets.make_train(config)))(keys, configs)
     final = np.asarray(metrics["eval"]["eval_return"])[:, -1]
     assert final.mean() >= -250, f"PETS with iLQR reached only {final.round()} on pendulum (seeds 0 and 1)"

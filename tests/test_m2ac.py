@@ -229,8 +229,7 @@ def test_m2ac_learns_pendulum():
     episodes of the deterministic policy after 2,000, 3,000 and 4,000 steps. At 3,000 steps the bar is
     met by this fused program (-148) but not by the CLI's run of the same seed (-502): too close."""
     config = dataclasses.replace(m2ac.Config(), total_steps=4000)
-    hparams = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-    _, metrics = jax.jit(m2ac.make_train(config))(jax.random.PRNGKey(0), hparams)
+    _, metrics = jax.jit(m2ac.make_train(config))(jax.random.PRNGKey(0), config)
     returns = np.asarray(metrics["eval"]["eval_return"])
     print(f"M2AC {returns.round(1)}")
     assert len(returns) == 3

@@ -224,8 +224,7 @@ def test_config_error_before_compiling_for_a_model_free_horizon():
 
 
 def _final_run(train, config):
-    hparams = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-    return jax.jit(train)(jax.random.PRNGKey(3), hparams)
+    return jax.jit(train)(jax.random.PRNGKey(3), config)
 
 
 def _final_agent(train, config):
@@ -295,9 +294,7 @@ def test_maac_learns_pendulum():
     sooner: the default pendulum settings, 3,000 steps (1,000 of them random), five evaluation
     episodes of the deterministic policy after 2,000 and 3,000 steps."""
     config = dataclasses.replace(maac.Config(), total_steps=3000)
-    hparams = runner.hparams_of(config)
-    hparams = {k: jnp.float32(v) for k, v in hparams.items()}
-    _, metrics = jax.jit(maac.make_train(config))(jax.random.PRNGKey(0), hparams)
+    _, metrics = jax.jit(maac.make_train(config))(jax.random.PRNGKey(0), config)
     returns = np.asarray(metrics["eval"]["eval_return"])
     print(f"MAAC {returns.round(1)}")
     assert len(returns) == 2

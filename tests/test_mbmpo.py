@@ -366,6 +366,7 @@ def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
     with jax.enable_x64(True):
         theta = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), THETA)
         hparams = dict(inner_lr=0.3, max_kl=0.01, cg_damping=1e-5, backtrack_ratio=0.8, outer_lr=0.01, clip_eps=0.2)
+        # The Config as a static argument, so its settings stay float64 Python numbers under x64.
         pre = random_paths(jax.random.PRNGKey(7), tasks=2, dtype=jnp.float64)
         post = random_paths(jax.random.PRNGKey(8), tasks=2, dtype=jnp.float64)
         post = consistent_post_paths(theta, pre, post, hparams["inner_lr"], "maml")
@@ -375,9 +376,9 @@ def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
         kl = lambda t: mbmpo.post_adaptation_kl(linear_gaussian, t, pre, post, hparams["inner_lr"])  # noqa: E731
         opt_state = mbmpo.adam_ascent(hparams["outer_lr"]).init(theta)
 
-        outer_step = jax.jit(mbmpo.outer_step, static_argnums=(0, 6))
-        config = mbmpo.Config(cg_iterations=4)
-        new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, hparams, config)
+        outer_step = jax.jit(mbmpo.outer_step, static_argnums=(0, 5))
+        config = mbmpo.Config(cg_iterations=4, **hparams)
+        new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, config)
         trpo_step = functools.partial(
             trpo.step, objective, kl, cg_iterations=4, damping=1e-5, backtrack_ratio=0.8, max_backtracks=15
         )
@@ -387,8 +388,8 @@ def test_outer_step_is_trpo_or_ppo_on_the_post_adaptation_objective():
         np.testing.assert_allclose(metrics["outer_kl"], kl(new), rtol=1e-12)
         np.testing.assert_allclose(metrics["outer_objective"], info["objective"], rtol=1e-12)
 
-        config = mbmpo.Config(outer_optimizer="ppo", outer_steps=3)
-        new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, hparams, config)
+        config = mbmpo.Config(outer_optimizer="ppo", outer_steps=3, **hparams)
+        new, _, metrics = outer_step(linear_gaussian, theta, opt_state, pre, post, config)
 
         @jax.jit
         def adam_step(params, adam_state):
@@ -482,9 +483,7 @@ def test_declared_settings():
 TINY = mbmpo.Config(**mbmpo.VARIANTS["tiny"])
 
 
-def hparams_for(config, runs: int | None = None):
-    values = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-    return values if runs is None else {k: jnp.full((runs,), v) for k, v in values.items()}
+
 
 
 def test_no_adaptation_at_zero_inner_lr_and_trpo_within_its_kl_bound():
@@ -492,8 +491,8 @@ def test_no_adaptation_at_zero_inner_lr_and_trpo_within_its_kl_bound():
     itself; with 0.05 they differ. (vmap against single runs and determinism: tests/test_contract.py.)"""
     batched = jax.jit(jax.vmap(mbmpo.make_train(TINY)))
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
-    hparams = dict(hparams_for(TINY, 2), inner_lr=jnp.array([0.0, 0.05]))
-    _, runs = batched(keys, hparams)
+    _, configs = runner.batch_inputs([{"seed": 0, **runner.hparams_of(TINY), "inner_lr": lr} for lr in (0.0, 0.05)], TINY)
+    _, runs = batched(keys, configs)
     evals = runs["eval"]
     # inner_lr = 0: theta' = theta, up to the rounding of evaluating it as a batch of task policies.
     np.testing.assert_allclose(evals["eval_return"][0], evals["eval_return_pre_update"][0], atol=1e-2)

@@ -24,9 +24,6 @@ TINY = dataclasses.replace(mbpo.Config(), **mbpo.VARIANTS["tiny"])
 TINY_ARGS = ["--preset", "tiny", "--no-progress"]
 
 
-def hparams_for(config):
-    return {k: jnp.float32(getattr(config, k)) for k in mbpo.Config.SWEEPABLE}
-
 
 # ROLLOUT SCHEDULE
 
@@ -170,22 +167,21 @@ def test_model_buffer_holds_only_the_alive_imagined_steps():
     buffer holds rollout_batch_size transitions, after one with k = 3 another 3 x rollout_batch_size,
     packed step after step, each step starting where the previous one ended, from real start states."""
     trainer = mbpo.make_train(TINY)
-    hparams = hparams_for(TINY)
     init = jax.jit(trainer.init)
     update = jax.jit(trainer.update)
-    state = init(jax.random.PRNGKey(0), hparams)
+    state = init(jax.random.PRNGKey(0), TINY)
     assert int(state.model_buffer.count) == 0 and int(state.buffer.count) == TINY.initial_steps
     n = TINY.rollout_batch_size
     capacity = state.model_buffer.capacity
     assert capacity == n * (TINY.epoch_length // TINY.model_train_freq) * 3  # rollouts per epoch x k_max
 
-    state, metrics = update(state, hparams, jnp.int32(0))
+    state, metrics = update(state, TINY, jnp.int32(0))
     assert int(metrics["rollout_length"]) == 1 and float(metrics["rollouts_alive"]) == 1.0
     assert int(state.model_buffer.count) == n and int(state.model_buffer.position) == n
     assert int(state.buffer.count) == TINY.initial_steps + TINY.model_train_freq
     first = jax.tree_util.tree_map(lambda x: np.asarray(x[:n]), state.model_buffer.data)
 
-    state, metrics = update(state, hparams, jnp.int32(2))  # epoch 1: k = 3
+    state, metrics = update(state, TINY, jnp.int32(2))  # epoch 1: k = 3
     assert int(metrics["rollout_length"]) == 3
     assert int(state.model_buffer.count) == 4 * n and int(state.model_buffer.position) == 4 * n
     data = jax.tree_util.tree_map(np.asarray, state.model_buffer.data)
@@ -239,7 +235,7 @@ def test_brax_hopper_with_termination_and_learned_reward():
     config = dataclasses.replace(
         TINY, env="brax/hopper", backend="spring", episode_length=20, total_steps=400, rollout_schedule=(0, 1, 2, 2)
     )
-    state, metrics = jax.jit(mbpo.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    state, metrics = jax.jit(mbpo.make_train(config))(jax.random.PRNGKey(0), config)
     for name, value in {**metrics["train"], **metrics["eval"]}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     # The model predicts the 11-dim state delta and the reward.

@@ -13,8 +13,7 @@ from mbrlax.algorithms import mbpo
 
 def eval_returns(config: mbpo.Config, seed: int = 0) -> np.ndarray:
     trainer = mbpo.make_train(config)
-    hparams = {k: jnp.float32(getattr(config, k)) for k in mbpo.Config.SWEEPABLE}
-    _, metrics = jax.jit(trainer)(jax.random.PRNGKey(seed), hparams)
+    _, metrics = jax.jit(trainer)(jax.random.PRNGKey(seed), config)
     return np.asarray(metrics["eval"]["eval_return"])
 
 

@@ -14,16 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import SMALL_PENDULUM_PLANNING, cli_args
-from mbrlax import ensemble, mpc, planners
+from mbrlax import ensemble, planners
+from mbrlax.loops import mpc
 from mbrlax.algorithms import pets
 
 # The tiny preset as a Config (tests/test_gym.py, test_sweeps.py and test_determinism.py import it).
 TINY = pets.Config(**pets.VARIANTS["tiny"])
 TINY_ARGS = cli_args(TINY) + ["--no-progress"]
 
-
-def hparams_for(config):
-    return {k: jnp.float32(getattr(config, k)) for k in pets.Config.SWEEPABLE}
 
 
 # PLANNERS against the known maximiser of a concave quadratic score over action sequences
@@ -124,10 +122,13 @@ def test_random_shooting_returns_its_best_sample_which_nears_the_maximum():
 @pytest.mark.parametrize("planner", pets.PLANNERS)
 def test_plan_runs_the_configured_planner(planner):
     """`plan` gives what the planner the Config names gives, with the Config's settings."""
-    config = dataclasses.replace(TINY, planner=planner, horizon=H, population=16, num_elites=4, cem_iterations=2)
+    alpha = 0.2
+    config = dataclasses.replace(
+        TINY, planner=planner, horizon=H, population=16, num_elites=4, cem_iterations=2, alpha=alpha
+    )
     mean0, std0 = start()
-    key, alpha = jax.random.PRNGKey(1), 0.2
-    planned = pets.plan(config, quadratic, mean0, std0, key, alpha, LOW, HIGH)
+    key = jax.random.PRNGKey(1)
+    planned = pets.plan(config, quadratic, mean0, std0, key, LOW, HIGH)
     if planner == "random":
         expected = planners.random_shooting(quadratic, key, LOW, HIGH, population=16, horizon=H)
     elif planner == "icem":
@@ -221,7 +222,7 @@ def test_sequence_returns_of_a_linear_stub_model():
 
     sequences = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (n, horizon, 1)), jnp.float32)
     obs = jnp.array([0.2, -0.1])
-    returns = pets.sequence_returns(stub, obs, sequences, key, particles=particles, particle_rows=rows)
+    returns = mpc.sequence_returns(stub, obs, sequences, key, particles=particles, particle_rows=rows)
 
     expected, early = [], False
     for s in range(n):
@@ -239,7 +240,7 @@ def test_sequence_returns_of_a_linear_stub_model():
     def exploding(states, actions, key):
         return states, jnp.full(states.shape[0], jnp.inf), jnp.zeros(states.shape[0], bool)
 
-    np.testing.assert_array_equal(pets.sequence_returns(exploding, obs, sequences, key, particles=2), -1e10)
+    np.testing.assert_array_equal(mpc.sequence_returns(exploding, obs, sequences, key, particles=2), -1e10)
 
 
 # Compiled whole, ensemble.init takes a second where op by op it takes several.
@@ -273,7 +274,7 @@ def test_sequence_returns_through_the_ensemble(propagation, members, elites, par
     expectation averages the members' means, TS1 draws members (all alike here)."""
     cfg, model = deterministic_ensemble(members, elites, learn_reward, identical)
     used = np.asarray(model.elites) if elites < members else np.arange(members)
-    rows = pets.particles_per_sequence(particles, len(used), propagation)
+    rows = mpc.particles_per_sequence(particles, len(used), propagation)
 
     def reward_fn(obs, action, next_obs):
         return -(next_obs**2).sum(-1) - 0.1 * action[..., 0] ** 2
@@ -282,7 +283,7 @@ def test_sequence_returns_through_the_ensemble(propagation, members, elites, par
         return next_obs[..., 0] > 0.25
 
     step_fn = functools.partial(
-        pets.model_step,
+        mpc.model_step,
         cfg,
         model,
         propagation=propagation,
@@ -293,7 +294,7 @@ def test_sequence_returns_through_the_ensemble(propagation, members, elites, par
     sequences = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (3, 4, 1)), jnp.float32)
     obs = jnp.array([0.1, -0.2])
     key = jax.random.PRNGKey(0)
-    returns = pets.sequence_returns(step_fn, obs, sequences, key, particles=particles, particle_rows=rows)
+    returns = mpc.sequence_returns(step_fn, obs, sequences, key, particles=particles, particle_rows=rows)
 
     member_mean = jax.jit(functools.partial(ensemble.member_mean, cfg))  # one compilation for every call
 
@@ -321,9 +322,9 @@ def test_sequence_returns_through_the_ensemble(propagation, members, elites, par
 def test_tsinf_gives_every_sequence_the_same_even_split_of_members(particles, members):
     """TSinf with P particles over G members: each member carries floor or ceil of P / G particles of
     every sequence, the same members for every sequence (the original refuses G not dividing P)."""
-    P_run = pets.particles_per_sequence(particles, members, "tsinf")
+    P_run = mpc.particles_per_sequence(particles, members, "tsinf")
     assert P_run % members == 0 and particles <= P_run < particles + members
-    assert pets.particles_per_sequence(particles, members, "ts1") == particles
+    assert mpc.particles_per_sequence(particles, members, "ts1") == particles
     # Which member ensemble.propagate uses for each row, laid out as PETS lays out its particles.
     cfg = ensemble.EnsembleConfig(num_members=members, num_elites=members, hidden_sizes=(8,))
     state = init_ensemble(jax.random.PRNGKey(1), cfg, 2, 1, 1e-3, 0.0)
@@ -363,11 +364,11 @@ def test_ensemble_config_takes_the_model_fields():
         model_max_epochs=6,
         model_holdout_ratio=0.0,
     )
-    cfg = pets.ensemble_config(config, learn_reward=True)
+    cfg = mpc.ensemble_config(config, learn_reward=True)
     assert (cfg.num_members, cfg.num_elites, cfg.hidden_sizes, cfg.learn_reward) == (4, 3, (7, 9), True)
     assert cfg.learn_logvar_bounds and not cfg.normalize_targets and not cfg.decay_biases and cfg.authors_init
     assert (cfg.layer_decay_scale, cfg.batch_size, cfg.max_epochs, cfg.holdout_ratio) == ((0.5, 1.0, 2.0), 17, 6, 0.0)
-    assert pets.ensemble_config(TINY, learn_reward=False).num_elites == TINY.ensemble_size  # None: all members
+    assert mpc.ensemble_config(TINY, learn_reward=False).num_elites == TINY.ensemble_size  # None: all members
 
 
 def test_presets_are_valid_and_name_their_sources_values():
@@ -443,7 +444,7 @@ def test_learns_pendulum():
     worse. Measured: -253, -202, -128 and -195 for seeds 0 to 3 (batched); the default settings
     reach -253 on seed 0, in six times the time."""
     config = dataclasses.replace(pets.Config(env="pendulum"), **SMALL_PENDULUM_PLANNING)
-    _, metrics = jax.jit(pets.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    _, metrics = jax.jit(pets.make_train(config))(jax.random.PRNGKey(0), config)
     assert metrics["eval"]["eval_return"].shape == (1,)
     final = float(metrics["eval"]["eval_return"][-1])
     assert final > -400, f"PETS reached only {final:.0f} on pendulum"
@@ -462,7 +463,7 @@ def test_brax_task_with_learned_reward_and_known_termination():
         retrain_every=20,
     )
     trainer = pets.make_train(config)
-    state, metrics = jax.jit(trainer)(jax.random.PRNGKey(0), hparams_for(config))
+    state, metrics = jax.jit(trainer)(jax.random.PRNGKey(0), config)
     assert np.isfinite(metrics["train"]["model_train_loss"]).all()
     # The model has a reward output: the target is the 4-dim state delta plus the reward.
     assert state.model.target_mean.shape == (5,)

@@ -18,9 +18,6 @@ from mbrlax import rssm, runner
 from mbrlax.algorithms import planet
 
 
-def hparams_for(config):
-    return {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-
 
 def test_gaussian_kl_is_the_closed_form():
     rng = np.random.default_rng(0)
@@ -167,7 +164,7 @@ def test_exploration_noise_is_clipped_to_the_action_box():
 def test_runs_from_pixels(env):
     # The tiny preset from pixels (from vectors it runs in tests/test_contract.py).
     config = dataclasses.replace(planet.Config(), **{**planet.PRESETS[env], **planet.VARIANTS["tiny"]})
-    state, metrics = jax.jit(planet.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    state, metrics = jax.jit(planet.make_train(config))(jax.random.PRNGKey(0), config)
     for name, value in {**metrics["train"], **metrics["eval"]}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     assert state.buffer.data["obs"].dtype == jnp.uint8
@@ -219,7 +216,7 @@ def test_planet_learns_pendulum_from_state():
     10 rounds, random policy -1269; 153 s with compilation (62 s of CPU time). The preset's own run
     (300 candidates) is in the module's docstring."""
     config = dataclasses.replace(planet.Config(), **{**planet.PRESETS["pendulum"], **PLANET_CI})
-    _, metrics = jax.jit(planet.make_train(config))(jax.random.PRNGKey(0), hparams_for(config))
+    _, metrics = jax.jit(planet.make_train(config))(jax.random.PRNGKey(0), config)
     returns = np.asarray(metrics["eval"]["eval_return"])
     losses = np.asarray(metrics["train"]["model_loss"])
     print(f"PlaNet pendulum returns {returns.round(0)}, model losses {losses.round(2)}")

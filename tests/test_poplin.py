@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from helpers import SMALL_PENDULUM_PLANNING
 from jax.flatten_util import ravel_pytree
-from mbrlax.algorithms import pets, poplin
+from mbrlax.algorithms import poplin
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, mpc, planners
+from mbrlax import ensemble, planners
+from mbrlax.loops import mpc
 from mbrlax.training import ConfigError, setup, transition_example
 
 # A stub model: linear dynamics, a quadratic reward, termination when the first coordinate leaves
@@ -190,11 +191,11 @@ def test_noise_candidates_against_by_hand_loops():
 
 @pytest.mark.parametrize("rows", [None, 4])
 def test_closed_loop_returns_match_pets_for_open_loop_actions(rows):
-    """With actions that ignore the state, closed_loop_returns is pets.sequence_returns: the same
+    """With actions that ignore the state, closed_loop_returns is mpc.sequence_returns: the same
     particle rows, keys, termination mask and averaging of the first P particles, on a noisy model."""
     sequences = jax.random.uniform(jax.random.PRNGKey(4), (5, 6, 1), minval=-1.0, maxval=1.0)
     obs, key = jnp.array([0.9, -0.4]), jax.random.PRNGKey(5)
-    expected = pets.sequence_returns(noisy_step, obs, sequences, key, particles=3, particle_rows=rows)
+    expected = mpc.sequence_returns(noisy_step, obs, sequences, key, particles=3, particle_rows=rows)
     action_fn = lambda candidate, t, states: jnp.broadcast_to(candidate[t], (states.shape[0], 1))  # noqa: E731
     got = poplin.closed_loop_returns(
         noisy_step, obs, action_fn, sequences, key, horizon=6, particles=3, particle_rows=rows
@@ -242,10 +243,9 @@ def tiny_planner():
     """POPLIN's planner on tiny pendulum (50-step episodes, one of random exploration, a fit every
     50 steps), with no model (its fit does not use one)."""
     config = poplin.Config(**poplin.VARIANTS["tiny"])
-    model_config = pets.ensemble_config(config, False)
+    model_config = mpc.ensemble_config(config, False)
     planner = poplin.poplin_planner(config, mpc.PlannerContext(setup(config), model_config, None, config.particles))
-    hparams = {k: jnp.float32(getattr(config, k)) for k in poplin.Config.SWEEPABLE}
-    return planner, hparams
+    return planner, config
 
 
 def buffer_of(count):
@@ -262,9 +262,9 @@ def buffer_of(count):
 
 
 def test_distillation_skips_random_data_and_clones_the_planners_actions():
-    planner, hparams = tiny_planner()
-    fit = jax.jit(lambda learned, buffer, key: planner.fit(learned, buffer, key, hparams))
-    learned = planner.init(jax.random.PRNGKey(1), hparams)
+    planner, config = tiny_planner()
+    fit = jax.jit(lambda learned, buffer, key: planner.fit(learned, buffer, key, config))
+    learned = planner.init(jax.random.PRNGKey(1), config)
     # After the random episode only: nothing to clone, nothing changes.
     random_only, _ = buffer_of(50)
     same, metrics = fit(learned, random_only, jax.random.PRNGKey(2))
@@ -288,26 +288,25 @@ def test_without_search_noise_the_planner_executes_the_policys_action(search):
     the policy's own action at the state, scaled to the task's bounds [-2, 2], and keeps a zero plan."""
     config = poplin.Config(**poplin.VARIANTS["tiny"], search=search)
     task = setup(config)
-    model_config = pets.ensemble_config(config, False)
+    model_config = mpc.ensemble_config(config, False)
     spec = task.spec
 
     def model_step_fn(model):
         return functools.partial(
-            pets.model_step, model_config, model, propagation="tsinf", elites_only=False,
+            mpc.model_step, model_config, model, propagation="tsinf", elites_only=False,
             reward_fn=spec.reward_fn, termination_fn=spec.termination_fn,
         )
 
     planner = poplin.poplin_planner(config, mpc.PlannerContext(task, model_config, model_step_fn, config.particles))
-    hparams = {k: jnp.float32(getattr(config, k)) for k in poplin.Config.SWEEPABLE}
-    hparams.update(action_noise_var=jnp.float32(1e-12), parameter_noise_var=jnp.float32(1e-12))
-    learned = planner.init(jax.random.PRNGKey(0), hparams)
+    quiet = dataclasses.replace(config, action_noise_var=1e-12, parameter_noise_var=1e-12)
+    learned = planner.init(jax.random.PRNGKey(0), quiet)
     layers = poplin.init_policy(jax.random.PRNGKey(1), (3, 16, 1))
     layers[-1]["w"] = layers[-1]["w"] * 100.0
     learned = learned._replace(layers=layers, obs_mean=jnp.array([0.1, 0.0, -0.5]), obs_std=jnp.array([1.0, 2.0, 3.0]))
     model = ensemble.init(jax.random.PRNGKey(2), model_config, 3, 1, 1e-3, 5e-5)
     obs = jax.random.normal(jax.random.PRNGKey(3), (4, 3))
     memory = jnp.broadcast_to(planner.fresh, (4,) + planner.fresh.shape)
-    actions, plans = jax.jit(planner.act)(learned, model, obs, memory, jax.random.PRNGKey(4), hparams)
+    actions, plans = jax.jit(planner.act)(learned, model, obs, memory, jax.random.PRNGKey(4), quiet)
     policy = jnp.clip(poplin.policy_output(layers, learned.obs_mean, learned.obs_std, obs), -1.0, 1.0)
     assert float(jnp.abs(policy).max()) > 0.3  # the check is not vacuous
     np.testing.assert_allclose(actions, 2.0 * policy, atol=1e-4)
@@ -320,11 +319,6 @@ def test_without_search_noise_the_planner_executes_the_policys_action(search):
 @pytest.mark.parametrize("name", sorted(poplin.PRESETS))
 def test_presets_are_valid_configs(name):
     poplin.Config(**poplin.PRESETS[name]).validate()
-
-
-def test_a_planner_other_than_cem_is_refused():
-    with pytest.raises(ConfigError, match="planner"):
-        poplin.Config(planner="random").validate()
 
 
 # END TO END
@@ -342,7 +336,6 @@ def test_learns_pendulum():
     config = dataclasses.replace(
         poplin.Config(env="pendulum"), **SMALL_PENDULUM_PLANNING, policy_hidden_sizes=(32,), policy_epochs=20
     )
-    hparams = {k: jnp.float32(getattr(config, k)) for k in poplin.Config.SWEEPABLE}
-    _, metrics = jax.jit(poplin.make_train(config))(jax.random.PRNGKey(0), hparams)
+    _, metrics = jax.jit(poplin.make_train(config))(jax.random.PRNGKey(0), config)
     final = float(metrics["eval"]["eval_return"][-1])
     assert final > -400, f"POPLIN reached only {final:.0f} on pendulum"

@@ -14,7 +14,6 @@ import pathlib
 import subprocess
 import sys
 import types
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,43 +21,41 @@ import pytest
 
 from mbrlax import runner
 from mbrlax.runner import execution, planning, records
-from mbrlax.training import ConfigError, Trainer, check_fields, make_schedule
+from mbrlax.config import RunConfig, setting
+from mbrlax.training import ConfigError, Trainer, make_schedule
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(RunConfig):
     """A random walk whose return is its position: state, updates, evaluations and checkpoints with
     nothing to learn."""
 
-    SWEEPABLE: ClassVar[tuple[str, ...]] = ("lr",)
     env: str = "toy"
     total_steps: int = 600
     eval_every: int = 200
     eval_episodes: int = 1
-    lr: float = 0.1
+    lr: float = setting(0.1, sweepable=True)
     nan_at: int = 0
     """The update (1, 2, ...) whose loss and state turn NaN; 0 for never."""
     steps_per_update: int | None = None
     """Environment steps an update counts (None: 100)."""
 
-    def validate(self) -> None:
-        check_fields(self)
 
 
 def make_toy(config: ToyConfig) -> Trainer:
     config.validate()
     schedule = make_schedule(config.total_steps, 0, config.steps_per_update or 100, config.eval_every)
 
-    def init(key, hparams):
+    def init(key, config):
         return {"w": jnp.zeros(()), "key": key}
 
-    def update(state, hparams, index):
+    def update(state, config, index):
         key, step_key = jax.random.split(state["key"])
-        w = state["w"] + hparams["lr"] * jax.random.normal(step_key)
+        w = state["w"] + config.lr * jax.random.normal(step_key)
         w = jnp.where(index + 1 == config.nan_at, jnp.nan, w)
         return {"w": w, "key": key}, {"loss": w}
 
-    def evaluate(state, key, hparams):
+    def evaluate(state, key, config):
         return {"eval_return": state["w"]}
 
     return Trainer(init, update, evaluate, schedule)
@@ -152,7 +149,7 @@ def test_memory_check_says_when_not_even_one_run_fits(monkeypatch):
     monkeypatch.setattr(planning, "device_memory_bytes", lambda: (8, "a tiny device"))
     trainer = make_toy(ToyConfig())
     with pytest.raises(ConfigError, match="even one run does not fit"):
-        planning.check_memory(trainer, [{"seed": 0, "lr": 0.1}], ToyConfig.SWEEPABLE)
+        planning.check_memory(trainer, [{"seed": 0, "lr": 0.1}], ToyConfig())
 
 
 def _stop_at_update(monkeypatch, update: int, error: BaseException):

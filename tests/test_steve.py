@@ -173,7 +173,7 @@ def objective_inputs(horizon: int, estimator: str, expansion_model: str = "sampl
         "terminated": (jnp.arange(n) % 5 == 0).astype(jnp.float32),
     }
     context = dyna.DynaContext(spec, model_config, agent_config)
-    objective = functools.partial(steve.expanded_critic_loss, config, context)
+    objective = functools.partial(steve.expanded_critic_loss, context)
     return config, agent_config, model, agent, target_critic, batch, objective
 
 
@@ -183,9 +183,9 @@ def test_horizon_zero_is_sacs_soft_target(estimator):
     target. MVE draws a' with the same key as SAC, so its loss is sac.soft_critic_objective's to float
     rounding; STEVE averages that target over the elites' paths, each drawing its own a', so its loss
     is close to SAC's, not equal."""
-    _, agent_config, model, agent, target_critic, batch, objective = objective_inputs(0, estimator)
-    alpha, key, hparams = jnp.float32(0.4), jax.random.PRNGKey(7), {"discount": jnp.float32(0.95)}
-    loss, q = objective(model, hparams, agent.critic, target_critic, agent.actor, alpha, batch, key)
+    config, agent_config, model, agent, target_critic, batch, objective = objective_inputs(0, estimator)
+    config, alpha, key = dataclasses.replace(config, discount=0.95), jnp.float32(0.4), jax.random.PRNGKey(7)
+    loss, q = objective(model, config, agent.critic, target_critic, agent.actor, alpha, batch, key)
     want_loss, want_q = sac.soft_critic_objective(
         agent_config, agent.critic, target_critic, agent.actor, alpha, batch, key, jnp.float32(0.95)
     )
@@ -198,12 +198,12 @@ def test_horizon_zero_is_sacs_soft_target(estimator):
 
 @pytest.mark.parametrize("estimator, expansion_model", [("mve", "mean"), ("mve", "sample"), ("steve", "sample")])
 def test_critic_objective_expands_and_differentiates(estimator, expansion_model):
-    _, _, model, agent, target_critic, batch, objective = objective_inputs(3, estimator, expansion_model)
-    hparams = {"discount": jnp.float32(0.99)}
+    config, _, model, agent, target_critic, batch, objective = objective_inputs(3, estimator, expansion_model)
+    config = dataclasses.replace(config, discount=0.99)
 
     def loss(critic):
         alpha, key = jnp.float32(0.2), jax.random.PRNGKey(0)
-        return objective(model, hparams, critic, target_critic, agent.actor, alpha, batch, key)
+        return objective(model, config, critic, target_critic, agent.actor, alpha, batch, key)
 
     (value, q), grads = jax.value_and_grad(loss, has_aux=True)(agent.critic)
     assert q.shape == (2, 32) and np.isfinite(value)
@@ -240,8 +240,7 @@ def test_learns_pendulum(preset):
     policy after 2,000 and 3,000 steps. Seed 0 gives STEVE -650, -146 and MVE -1322, -149. Over seeds 0
     to 3 neither is ahead of SAC at the same five updates per step on pendulum (RESULTS.md)."""
     config = dataclasses.replace(steve.Config(), **steve.VARIANTS[preset], total_steps=3000)
-    hparams = {k: jnp.float32(v) for k, v in runner.hparams_of(config).items()}
-    _, metrics = jax.jit(steve.make_train(config))(jax.random.PRNGKey(0), hparams)
+    _, metrics = jax.jit(steve.make_train(config))(jax.random.PRNGKey(0), config)
     returns = np.asarray(metrics["eval"]["eval_return"])
     print(f"{preset} {returns.round(1)}")
     assert len(returns) == 2

@@ -15,6 +15,11 @@ learning rates). A Config's own `validate` adds only what relates two fields. `s
 (also `Config.SWEEPABLE`) lists the fields that travel as traced values, in declaration order, so
 one compiled program runs many of their values at once.
 
+Every Config is a pytree: its sweepable fields are the leaves (float32 scalars, or arrays with a run
+axis) and the rest is static. A trainer takes the Config as its argument, `trainer(key, config)`,
+and reads every setting as `config.x`; vmapping over a Config whose sweepable fields hold one value
+per run is a sweep (`with_sweepable_values` builds one).
+
 A subclass that redeclares a field to change its default keeps the checks declared above it:
 `total_steps: int = 2000` in an algorithm's Config is still positive.
 """
@@ -24,6 +29,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+
+import jax
+import numpy as np
 
 INT32_MAX = 2**31 - 1
 """The largest count a compiled program holds: steps, capacities and sizes are int32 inside it."""
@@ -128,12 +136,48 @@ def check_fields(config) -> None:
                 raise ConfigError(f"{name} is a learning rate and must be positive, got {value}")
 
 
+def _flatten(config):
+    """Leaves: the sweepable fields, a number as a float32 scalar (as the runner stacks them); static
+    part: every other field's name and value."""
+    names = sweepable(type(config))
+    leaves = []
+    for name in names:
+        value = getattr(config, name)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        leaves.append(np.float32(value) if is_number else value)
+    static = tuple((field.name, getattr(config, field.name)) for field in dataclasses.fields(config) if field.name not in names)
+    return leaves, (names, static)
+
+
+def _unflatten(config_class: type, aux, leaves):
+    # Not through __init__: a leaf may be a tracer or a placeholder that JAX puts in while it maps.
+    names, static = aux
+    config = object.__new__(config_class)
+    for name, value in (*static, *zip(names, leaves)):
+        object.__setattr__(config, name, value)
+    return config
+
+
+def with_sweepable_values(config, values: dict):
+    """`config` whose sweepable fields hold `values` as float32 arrays (name -> a number, or one value
+    per run for a vmapped sweep, where every field then needs one); a field not in `values` keeps its
+    own value."""
+    arrays = {name: np.asarray(values.get(name, getattr(config, name)), np.float32) for name in sweepable(type(config))}
+    names, static = _flatten(config)[1]
+    return _unflatten(type(config), (names, static), [arrays[name] for name in names])
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """The run: which task, how long, how many environments, how it is evaluated. Every algorithm's
-    Config extends it (redeclaring a field only to change its default)."""
+    Config extends it (redeclaring a field only to change its default). Every Config is a pytree
+    whose leaves are its sweepable fields."""
 
     SWEEPABLE = _Sweepable()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_node(cls, _flatten, lambda aux, leaves: _unflatten(cls, aux, leaves))
 
     env: str = "pendulum"
     """Task name (see `mbrlax.envs.list_envs()`; gym/<id> and dmc/<domain>_<task> too)."""
@@ -157,3 +201,6 @@ class RunConfig:
     def validate(self) -> None:
         """The declared checks; a subclass adds those that relate fields and calls this first."""
         check_fields(self)
+
+
+jax.tree_util.register_pytree_node(RunConfig, _flatten, lambda aux, leaves: _unflatten(RunConfig, aux, leaves))

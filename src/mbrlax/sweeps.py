@@ -60,8 +60,8 @@ def sweep(
         raise ConfigError("sweep: the static values give different evaluation schedules; sweep them apart")
     train, evals = [], []
     for program in planned.programs:
-        keys, hparams = shard_runs(batch_inputs(program.runs, Config.SWEEPABLE))
-        _, metrics = jit_over_runs(program.trainer, len(program.runs))(keys, hparams)
+        keys, configs = shard_runs(batch_inputs(program.runs, program.config))
+        _, metrics = jit_over_runs(program.trainer, len(program.runs))(keys, configs)
         train.append(jax.tree_util.tree_map(np.asarray, metrics["train"]))
         evals.append(jax.tree_util.tree_map(np.asarray, metrics["eval"]))
     stack = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731

@@ -1,6 +1,6 @@
 """The contract between an algorithm file and the runner: a `Trainer`.
 
-An algorithm's `make_train(config)` returns a Trainer. Called as `trainer(key, hparams)` it is the
+An algorithm's `make_train(config)` returns a Trainer. Called as `trainer(key, config)` it is the
 fused program: the whole run as one pure function that `jax.jit` compiles and `jax.vmap` batches
 over seeds and traced hyperparameters. The runner calls the same pieces chunk by chunk instead
 (`init`, then `update` again and again, `evaluate` every `updates_per_eval` updates), so the chunked
@@ -66,13 +66,14 @@ def make_schedule(total_steps: int, initial_steps: int, steps_per_update: int, e
 class Trainer:
     """An algorithm's training program, whole (`__call__`) and in pieces (for the runner)."""
 
-    init: Callable[[jax.Array, dict], Any]
-    """(key, hparams) -> state, including any initial exploration."""
-    update: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
-    """(state, hparams, update_index) -> (state, metrics): `schedule.steps_per_update` environment
+    init: Callable[[jax.Array, Any], Any]
+    """(key, config) -> state, including any initial exploration. `config` is the algorithm's Config,
+    its sweepable fields traced (see `mbrlax.config`)."""
+    update: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
+    """(state, config, update_index) -> (state, metrics): `schedule.steps_per_update` environment
     steps and the learning that goes with them. Metrics are scalars (reduced over the update)."""
-    evaluate: Callable[[Any, jax.Array, dict], dict]
-    """(state, key, hparams) -> metrics with at least "eval_return"; must not change the state."""
+    evaluate: Callable[[Any, jax.Array, Any], dict]
+    """(state, key, config) -> metrics with at least "eval_return"; must not change the state."""
     schedule: Schedule
     spec: Any = None
     """The task's `EnvSpec`, for what the runner must know of it (a task that steps on the host)."""
@@ -81,19 +82,19 @@ class Trainer:
     holds) takes the environments of `fresh`, a state `init` just made, and starts new episodes,
     keeping all it learned; see `restart_episodes`."""
 
-    def __call__(self, key: jax.Array, hparams: dict) -> tuple[Any, dict]:
+    def __call__(self, key: jax.Array, config) -> tuple[Any, dict]:
         """The fused run: init, then evaluation periods of updates, all in one `lax.scan`."""
         init_key, eval_key = split_keys(key)
-        state = self.init(init_key, hparams)
+        state = self.init(init_key, config)
 
         def update_step(state, update_index):
-            return self.update(state, hparams, update_index)
+            return self.update(state, config, update_index)
 
         def eval_period(state, eval_index):
             per_eval = self.schedule.updates_per_eval
             indices = eval_index * per_eval + jnp.arange(per_eval, dtype=jnp.int32)
             state, train_metrics = jax.lax.scan(update_step, state, indices)
-            eval_metrics = self.evaluate(state, jax.random.fold_in(eval_key, eval_index), hparams)
+            eval_metrics = self.evaluate(state, jax.random.fold_in(eval_key, eval_index), config)
             return state, (train_metrics, eval_metrics)
 
         state, (train_metrics, eval_metrics) = jax.lax.scan(
@@ -146,8 +147,8 @@ def _needs_learning_rate(params):
 
 def adam(learning_rate=None, max_grad_norm: float | None = None) -> optax.GradientTransformation:
     """Adam, optionally after clipping the gradients to a global norm, whose learning rate lives in its
-    state (optax's `inject_hyperparams`). `init` stores the run's rate, a traced value from its
-    hparams, so a sweep over it is a vmap; `update` reads the rate from that state, so a learner's step
+    state (optax's `inject_hyperparams`). `init` stores the run's rate, a traced field of its
+    Config, so a sweep over it is a vmap; `update` reads the rate from that state, so a learner's step
     builds it without one: `adam(max_grad_norm=c).update(grads, opt_state, params)`."""
     injected = optax.inject_hyperparams(_clipped_adam, static_args="max_grad_norm")
     if learning_rate is None:

@@ -381,22 +381,24 @@ class DynaContext(NamedTuple):
 
 class DynaParts(NamedTuple):
     """What an algorithm on the Dyna loop changes. Each part is a pure function of fixed signature,
-    called with the `DynaContext` first; None keeps MBPO's."""
+    called with the `DynaContext`, the model and the run's Config (its sweepable fields traced)
+    first; None keeps MBPO's."""
 
     actor_objective: Callable | None = None
-    """(context, model, hparams, actor, critic, alpha, obs, key) -> (loss, log_prob): the actor's loss
-    (MAAC's pathwise objective; None: SAC's)."""
+    """(context, model, config, period_start, actor, critic, alpha, obs, key) -> (loss, log_prob): the
+    actor's loss (MAAC's pathwise objective; None: SAC's); `period_start` is the environment step at the
+    start of this model period."""
     critic_objective: Callable | None = None
-    """(context, model, hparams, critic, target_critic, actor, alpha, batch, key) -> (loss, q [2, B]):
+    """(context, model, config, critic, target_critic, actor, alpha, batch, key) -> (loss, q [2, B]):
     the critics' loss (value expansion; None: SAC's)."""
     rollouts: Callable | None = None
-    """(context, model, hparams, actor, real_buffer, model_buffer, key, length) -> (model_buffer, added,
+    """(context, model, config, actor, real_buffer, model_buffer, key, length) -> (model_buffer, added,
     metrics): the model data in place of `branched_rollouts` (M2AC's masked rollouts), where `added`
     (may be traced) is the transitions stored, of which SAC's batches then draw from the newest
     `added` x (model periods per epoch) x model_retain_epochs, and `metrics` a dict of scalars."""
-    period_hparams: Callable | None = None
-    """(hparams, update_index) -> hparams for one model period, with what the parts read besides the
-    Config's (MAAC's "env_step", a scheduled "target_entropy")."""
+    target_entropy: Callable | None = None
+    """(period_start) -> SAC's target entropy for the model period that starts at that step (MAAC's
+    schedule); None: `config.target_entropy`, or -|A| where unset."""
     sac_options: dict | None = None
     """More `sac.SACConfig` fields (MAAC's update order and initial temperature)."""
 
@@ -437,7 +439,7 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
             env_state=next_env_state, buffer=buffer, episode_return=episode_return, last_episode_return=last_return
         )
 
-    def init(key, hparams):
+    def init(key, config):
         env_key, model_key, agent_key, explore_key, key = jax.random.split(key, 5)
         env_state = task.env.reset(env_key)
         example = transition_example(env_state.obs[0], action_size)
@@ -446,9 +448,9 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
             buffer=replay.init(example, config.buffer_capacity or schedule.total_steps),
             model_buffer=replay.init(example, model_capacity) if model_data else None,
             model=None if config.sac_only else ensemble.init(
-                model_key, model_config, obs_size, action_size, hparams["model_lr"], hparams["model_weight_decay"]
+                model_key, model_config, obs_size, action_size, config.model_lr, config.model_weight_decay
             ),
-            agent=sac.init(agent_key, agent_config, obs_size, hparams["sac_lr"]),
+            agent=sac.init(agent_key, agent_config, obs_size, config.sac_lr),
             key=key,
             episode_return=jnp.zeros(num_envs),
             last_episode_return=jnp.float32(0.0),
@@ -457,10 +459,9 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
         random_steps = config.initial_steps // num_envs
         return explore_uniformly(env_step, state, explore_key, random_steps, (num_envs, action_size))
 
-    def update(state: DynaState, hparams, update_index):
+    def update(state: DynaState, config, update_index):
         """One model period: refit, roll out, then model_train_freq real steps of G updates each."""
-        if parts.period_hparams is not None:
-            hparams = parts.period_hparams(hparams, update_index)
+        period_start = config.initial_steps + update_index * config.model_train_freq
         key, train_key, rollout_key, steps_key = jax.random.split(state.key, 4)
         state, metrics, retained = state._replace(key=key), {}, None
         if not config.sac_only:
@@ -488,16 +489,16 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
             else:
                 # A method's own rollouts (M2AC's masked ones), which store a varying number of transitions.
                 model_buffer, added, rollout_metrics = parts.rollouts(
-                    context, state.model, hparams, state.agent.actor, state.buffer, state.model_buffer, rollout_key, k
+                    context, state.model, config, state.agent.actor, state.buffer, state.model_buffer, rollout_key, k
                 )
                 retained = added * (config.epoch_length // config.model_train_freq) * config.model_retain_epochs
             state = state._replace(model_buffer=model_buffer)
             metrics.update(rollout_length=k, **rollout_metrics)
-        sac_hparams = dict(discount=hparams["discount"], tau=hparams["tau"])
-        sac_hparams["target_entropy"] = hparams.get("target_entropy", jnp.float32(target_entropy))
+        entropy = jnp.float32(target_entropy) if parts.target_entropy is None else parts.target_entropy(period_start)
+        sac_scalars = dict(discount=config.discount, tau=config.tau, target_entropy=entropy)
         objective, critic_loss = (
-            None if part is None else functools.partial(part, context, state.model, hparams)
-            for part in (parts.actor_objective, parts.critic_objective)
+            None if part is None else functools.partial(part, context, state.model, config, *before)
+            for part, before in ((parts.actor_objective, (period_start,)), (parts.critic_objective, ()))
         )
 
         def real_step(state: DynaState, step_key):
@@ -508,9 +509,9 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
 
             def gradient_step(agent, update_key):
                 batch_key, update_key = jax.random.split(update_key)
-                ratio, batch_size = hparams["real_ratio"], config.sac_batch_size
+                ratio, batch_size = config.real_ratio, config.sac_batch_size
                 batch = training_batch(state.buffer, state.model_buffer, batch_key, batch_size, ratio, retained)
-                return sac.update(agent_config, agent, batch, update_key, sac_hparams, objective, critic_loss)
+                return sac.update(agent_config, agent, batch, update_key, sac_scalars, objective, critic_loss)
 
             learn_keys = jax.random.split(learn_key, config.updates_per_step * num_envs)
             agent, agent_metrics = jax.lax.scan(gradient_step, state.agent, learn_keys)
@@ -523,7 +524,7 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
         metrics["train_episode_return"] = state.last_episode_return
         return state, metrics
 
-    def evaluate(state: DynaState, key, hparams):
+    def evaluate(state: DynaState, key, config):
         """Return of `eval_episodes` fresh episodes of the deterministic policy, run in parallel."""
 
         def greedy(carry, obs, step_key):

@@ -249,7 +249,7 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     `run_dir` (continuing from its newest checkpoint with --resume)."""
     trainer, runs = program.trainer, program.runs
     schedule = trainer.schedule
-    keys, hparams = shard_runs(batch_inputs(runs, type(program.config).SWEEPABLE))
+    keys, configs = shard_runs(batch_inputs(runs, program.config))
     init_keys, eval_keys = jax.vmap(split_keys)(keys)
     start = time.perf_counter()
 
@@ -259,13 +259,13 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     finite = jax.jit(all_finite)
 
     compile_start = time.perf_counter()
-    init_c = init.lower(init_keys, hparams).compile()
+    init_c = init.lower(init_keys, configs).compile()
     sharding = runs_sharding(len(runs))
     state_shape = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init, init_keys, hparams)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init, init_keys, configs)
     )
-    update_c = update.lower(state_shape, hparams, jax.ShapeDtypeStruct((), jnp.int32)).compile()
-    eval_c = evaluate.lower(state_shape, eval_keys, hparams).compile()
+    update_c = update.lower(state_shape, configs, jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    eval_c = evaluate.lower(state_shape, eval_keys, configs).compile()
     compile_s = time.perf_counter() - compile_start
 
     checkpoints = (ProcessCheckpoints if jax.process_count() > 1 else Checkpoints)(run_dir / "checkpoints")
@@ -273,7 +273,7 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     first_update = 0
     # Time spent before a kill, up to the checkpoint resumed from, so a resumed run's summary counts it.
     earlier_wall, earlier_compile = 0.0, 0.0
-    state = init_c(init_keys, hparams)
+    state = init_c(init_keys, configs)
     restored = restore_newest(checkpoints, state, run_dir, schedule) if options.resume else None
     if restored is not None:
         fresh = state
@@ -306,14 +306,14 @@ def execute(program: Program, run_dir: pathlib.Path, options: RunOptions, title:
     _CheckpointRequest.loop_running = True
     try:
         for u in range(first_update, schedule.num_updates):
-            state, metrics = update_c(state, hparams, jnp.int32(u))
+            state, metrics = update_c(state, configs, jnp.int32(u))
             env_steps = schedule.env_steps_after(u + 1)
             rows = metric_rows(runs, metrics, env_steps, u + 1)
             bad = _first_non_finite(metrics)
             evaluated = (u + 1) % schedule.updates_per_eval == 0
             if evaluated and bad is None:
                 eval_index = (u + 1) // schedule.updates_per_eval - 1
-                eval_metrics = eval_c(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, eval_index), hparams)
+                eval_metrics = eval_c(state, jax.vmap(jax.random.fold_in, (0, None))(eval_keys, eval_index), configs)
                 for row, erow in zip(rows, metric_rows(runs, eval_metrics, env_steps, u + 1)):
                     row.update({k: v for k, v in erow.items() if k.startswith("eval_")})
                 bad = _first_non_finite(eval_metrics)
@@ -381,13 +381,13 @@ def execute_fused(program: Program, run_dir: pathlib.Path, title: str) -> tuple[
     value that turned NaN or infinite stops it as in the chunked mode, with the rows before it kept."""
     trainer, runs = program.trainer, program.runs
     schedule = trainer.schedule
-    keys, hparams = shard_runs(batch_inputs(runs, type(program.config).SWEEPABLE))
+    keys, configs = shard_runs(batch_inputs(runs, program.config))
     start = time.perf_counter()
     whole_run = jit_over_runs(trainer, len(runs))
     try:
-        compiled = whole_run.lower(keys, hparams).compile()
+        compiled = whole_run.lower(keys, configs).compile()
         compile_s = time.perf_counter() - start
-        state, metrics = jax.block_until_ready(compiled(keys, hparams))
+        state, metrics = jax.block_until_ready(compiled(keys, configs))
     except KeyboardInterrupt:
         raise RunStopped("interrupted; the fused mode keeps no checkpoint: run it again with a fresh --run-dir", 130) from None
     except Signalled as signalled:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import tyro
 
+from mbrlax.config import with_sweepable_values
 from mbrlax.runner.records import setting_label
 from mbrlax.training import INT32_MAX, ConfigError, Trainer
 
@@ -233,11 +234,12 @@ def expand_runs(config, options: RunOptions) -> list[dict]:
     return seeded_runs(config, parse_sweep(config, options.sweep).traced, options.seed, options.num_seeds)
 
 
-def batch_inputs(runs: list[dict], sweepable: tuple[str, ...]):
-    """The runs' seed keys and traced values, each stacked along a leading run axis."""
+def batch_inputs(runs: list[dict], config):
+    """The runs' seed keys and `config` with each run's values of its sweepable fields, each stacked
+    along a leading run axis: the arguments of a vmapped trainer."""
     keys = jnp.stack([jax.random.PRNGKey(r["seed"]) for r in runs])
-    hparams = {name: jnp.asarray([r[name] for r in runs], jnp.float32) for name in sweepable}
-    return keys, hparams
+    values = {name: [r[name] for r in runs] for name in type(config).SWEEPABLE}
+    return keys, with_sweepable_values(config, values)
 
 
 # CHECKS
@@ -252,12 +254,12 @@ def device_memory_bytes() -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
 
 
-def check_memory(trainer: Trainer, runs: list[dict], sweepable: tuple[str, ...]) -> None:
+def check_memory(trainer: Trainer, runs: list[dict], config) -> None:
     """Refuse, before compiling, runs whose state (replay buffers, parameters, optimiser state) alone
     does not fit in the devices' memory; a ConfigError names the sizes and what to lower. The state
     is a lower bound of what a run needs: the training step's activations come on top."""
-    keys, hparams = batch_inputs(runs[:1], sweepable)
-    shapes = jax.eval_shape(trainer.init, keys[0], {k: v[0] for k, v in hparams.items()})
+    keys, configs = batch_inputs(runs[:1], config)
+    shapes = jax.eval_shape(trainer.init, keys[0], jax.tree_util.tree_map(lambda v: v[0], configs))
     per_run = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
     devices = jax.local_device_count()
     per_device = per_run * -(-len(runs) // devices)
@@ -337,6 +339,6 @@ def plan(
         runs = share(runs)
         trainer = make_train(setting_config)
         check_host_task(trainer, setting_config, runs)
-        check_memory(trainer, runs, type(config).SWEEPABLE)
+        check_memory(trainer, runs, config)
         programs.append(Program(setting, setting_config, runs, trainer))
     return Plan(programs, every_run)
