@@ -1,10 +1,10 @@
 """SVG: stochastic value gradients (Heess et al., "Learning Continuous Control Policies by Stochastic Value
 Gradients", NeurIPS 2015) and SAC-SVG(H) (Amos et al., "On the model-based stochastic value gradient for
-continuous reinforcement learning", L4DC 2021), run by maac.py.
+continuous reinforcement learning", L4DC 2021), on the pathwise Dyna loop it shares with MAAC.
 
 The actor follows the gradient of a return it computes through a learned, reparameterised model and closes
-with a learned critic: J(theta) of maac.py, which runs this family and MAAC with one implementation and has
-the math. This entry point runs SAC-SVG(H) unless a variant preset (svg0, svg1, maac) says otherwise. H counts
+with a learned critic: J(theta) of mbrlax.loops.pathwise, which runs this family and MAAC with one
+implementation and has the math. This entry point runs SAC-SVG(H) unless a variant preset (svg0, svg1, maac) says otherwise. H counts
 as the SAC-SVG authors count it (facebookresearch/svg, svg/dx.py and svg/agent.py): H actions, H - 1 model
 steps, the critic at the H-th action, which is `--horizon H-1` here.
 
@@ -19,26 +19,46 @@ Provenance, every departure, presets and commands: docs/algorithms/svg.md.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
+from typing import Any
 
-from mbrlax.algorithms import maac
+from mbrlax import runner
+from mbrlax.loops import pathwise
+from mbrlax.training import Trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(pathwise.PathwiseConfig):
+    """SVG settings: the Dyna loop's (the data loop and the critic) and the pathwise actor's."""
+
 
 # Every task's preset with SAC-SVG on top (the authors' regime where they ran the task, the method
 # alone on pendulum); each preset's provenance: docs/algorithms/svg.md, "Presets".
-TASKS = {
+TASKS: dict[str, dict[str, Any]] = {
     **{
-        task: {**settings, **maac.VARIANTS["sac-svg"], **maac.SAC_SVG_TASKS.get(task, {})}
-        for task, settings in maac.TASKS.items()
+        task: {**settings, **pathwise.VARIANTS["sac-svg"], **pathwise.SAC_SVG_TASKS.get(task, {})}
+        for task, settings in pathwise.MAAC_TASKS.items()
     },
-    "pendulum": {**maac.TASKS["pendulum"], **maac.SAC_SVG_METHOD},
+    "pendulum": {**pathwise.MAAC_TASKS["pendulum"], **pathwise.SAC_SVG_METHOD},
 }
 # MAAC's variants; tiny keeps SAC-SVG's method (no model data for the critic) at MAAC's tiny sizes.
-VARIANTS = {**maac.VARIANTS, "tiny": {**maac.VARIANTS["tiny"], **maac.SAC_SVG_METHOD}}
-PRESETS = {**TASKS, **VARIANTS}
+VARIANTS: dict[str, dict[str, Any]] = {
+    **pathwise.VARIANTS,
+    "tiny": {**pathwise.VARIANTS["tiny"], **pathwise.SAC_SVG_METHOD},
+}
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`."""
+    return pathwise.make_train(config, env, name="SVG")
 
 
 def main(argv=None) -> int:
-    return maac.main(argv, algorithm="svg", presets=PRESETS)
+    return runner.main("svg", Config, PRESETS, functools.partial(pathwise.make_train, name="svg.py"), argv)
 
 
 if __name__ == "__main__":

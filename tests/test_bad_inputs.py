@@ -63,7 +63,7 @@ ENTRY_POINTS = [
     EntryPoint("mbpo", mbpo, mbpo.Config, other="maac", bad_sweep="real_ratio=0.05,1.5"),
     # maac's Config takes every field of mbpo's: resuming an mbpo folder must still be refused.
     EntryPoint("maac", maac, maac.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
-    EntryPoint("svg", svg, maac.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
+    EntryPoint("svg", svg, svg.Config, other="mbpo", bad_sweep="real_ratio=0.05,1.5"),
     EntryPoint("mbmpo", mbmpo, mbmpo.Config, other="pets", bad_sweep="discount=0.99,5"),
     EntryPoint("clearning", clearning, clearning.Config, other="pets", bad_sweep="discount=0.99,5"),
     EntryPoint("dreamer", dreamer, dreamer.Config, other="pets", bad_sweep="discount=0.99,5"),

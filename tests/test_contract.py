@@ -64,7 +64,7 @@ ALGORITHMS = {
     ),
     "mbpo": (mbpo, mbpo.PRESETS, mbpo.make_train),
     "maac": (maac, maac.PRESETS, maac.make_train),
-    "svg": (svg, svg.PRESETS, functools.partial(maac.make_train, name="SVG")),
+    "svg": (svg, svg.PRESETS, svg.make_train),
     "mbmpo": (mbmpo, mbmpo.PRESETS, mbmpo.make_train),
     "clearning": (clearning, clearning.PRESETS, clearning.make_train),
     "dreamer": (dreamer, dreamer.PRESETS, dreamer.make_train),

@@ -17,13 +17,9 @@ ROOT = pathlib.Path(__file__).parent.parent
 FOLDERS = {"mbrlax": ROOT / "src" / "mbrlax", "mbrlax.envs": ROOT / "envs", "mbrlax.algorithms": ROOT / "algorithms"}
 GROUND = {"buffer", "config", "ensemble", "ilqr", "networks", "planners", "rssm", "sac", "trpo", "training"}
 
-# (importer, imported): the moves of the issue "One house for every algorithm" remove these: SVG's
-# pathwise objective into the core (svg is MAAC's file with other presets), and the episode helpers
-# of training (setup, explore, evaluate) into mbrlax.loops.
-KNOWN = {
-    ("mbrlax.algorithms.svg", "mbrlax.algorithms.maac"),
-    ("mbrlax.training", "mbrlax.envs"),
-}
+# (importer, imported): the move of the episode helpers of training (setup, explore, evaluate) into
+# mbrlax.loops removes this one.
+KNOWN = {("mbrlax.training", "mbrlax.envs")}
 
 
 def modules() -> dict[str, pathlib.Path]:

@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from mbrlax.algorithms import maac, mbpo, svg
 
 from mbrlax import runner, sac
+from mbrlax.loops import pathwise
 from mbrlax.networks import tanh_gaussian_sample
 from mbrlax.training import ConfigError
 
@@ -46,7 +47,7 @@ def leaves_box(obs, action, next_obs):
 
 
 def objective(params, obs, key, horizon, discount=0.9, alpha=0.2):
-    value, _ = maac.pathwise_objective(
+    value, _ = pathwise.pathwise_objective(
         functools.partial(linear_policy, params),
         linear_dynamics,
         quadratic_value,
@@ -97,7 +98,7 @@ def test_one_step_objective_by_hand_and_termination_mask():
     obs = jnp.array([[0.1, -0.2], [3.0, 0.0]])
     key = jax.random.PRNGKey(2)
     gamma, alpha = 0.9, 0.2
-    value, first_log_prob = maac.pathwise_objective(
+    value, first_log_prob = pathwise.pathwise_objective(
         functools.partial(linear_policy, params),
         linear_dynamics,
         quadratic_value,
@@ -125,7 +126,7 @@ def test_zero_horizon_is_sacs_actor_objective():
     state = sac.init(jax.random.PRNGKey(0), cfg, obs_size=3, learning_rate=1e-3)
     obs = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
     key, alpha = jax.random.PRNGKey(2), jnp.float32(0.3)
-    value, log_prob = maac.pathwise_objective(
+    value, log_prob = pathwise.pathwise_objective(
         functools.partial(sac.sample_action, cfg, state.actor),
         lambda obs, action, key: (obs + 100.0, obs[:, 0] + 100.0),  # traced by the scan, never used
         functools.partial(sac.soft_q, cfg, state.critic),
@@ -154,9 +155,10 @@ def test_variant_presets_go_on_top_of_the_task_preset():
     assert config.initial_alpha == 0.1 and config.model_free_steps == 10_000
     assert config.max_grad_norm is None and config.sac_update_order == "sequential"
     # svg.py adds the task's entropy schedule and budget (config/env/mbpo_hopper.yaml).
-    hopper = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", None)
+    hopper = runner.preset_config(svg.Config, svg.PRESETS, "brax/hopper", None)
+    # The same settings, in svg.py's Config.
     assert hopper == dataclasses.replace(
-        config,
+        svg.Config(**dataclasses.asdict(config)),
         total_steps=1_000_000,
         target_entropy=0.0,
         target_entropy_final=-2.0,
@@ -165,16 +167,16 @@ def test_variant_presets_go_on_top_of_the_task_preset():
         eval_episodes=10,
         buffer_capacity=1_000_000,
     )
-    svg1 = runner.preset_config(maac.Config, svg.PRESETS, "pendulum", "svg1")
+    svg1 = runner.preset_config(svg.Config, svg.PRESETS, "pendulum", "svg1")
     assert (svg1.horizon, svg1.rollout_batch_size, svg1.sac_only) == (1, 0, False)
     for presets in (maac.PRESETS, svg.PRESETS):
         svg0 = runner.preset_config(maac.Config, presets, None, "svg0")
         assert svg0.env == "pendulum" and svg0.horizon == 0 and svg0.sac_only and svg0.updates_per_step == 1
         assert svg0.max_grad_norm is None and svg0.sac_update_order == "simultaneous" and svg0.initial_alpha == 1.0
-    default_svg = runner.preset_config(maac.Config, svg.PRESETS, "brax/walker2d", None)
+    default_svg = runner.preset_config(svg.Config, svg.PRESETS, "brax/walker2d", None)
     assert default_svg.horizon == 2 and default_svg.rollout_batch_size == 0 and default_svg.env == "brax/walker2d"
     assert default_svg.total_steps == 2_000_000 and default_svg.target_entropy_final == -8.0
-    pendulum_svg = runner.preset_config(maac.Config, svg.PRESETS, "pendulum", None)
+    pendulum_svg = runner.preset_config(svg.Config, svg.PRESETS, "pendulum", None)
     assert (pendulum_svg.horizon, pendulum_svg.rollout_batch_size, pendulum_svg.max_grad_norm) == (2, 0, None)
     for name in maac.PRESETS:
         preset_config = runner.preset_config(maac.Config, maac.PRESETS, None, name)
@@ -186,7 +188,7 @@ def test_target_entropy_schedule_is_sac_svgs():
     for start, final, decay in ((0.0, -2.0, 0.03125), (-2.0, -8.0, 0.0625), (-2.0, -3.0, 1.0)):
         for step in (0, 1000, 250_000, 999_999, 1_000_000):
             expected = (start - final) * (1.0 - step / 1e6) ** decay + final
-            got = maac.target_entropy_at(jnp.float32(step), 1_000_000, start, final, decay)
+            got = pathwise.target_entropy_at(jnp.float32(step), 1_000_000, start, final, decay)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -251,7 +253,7 @@ def test_svg0_is_exactly_sac():
     --updates-per-step 1`, no clipping) with the same run settings and key: every one of the 100
     updates is the same, so the final actor, critics, targets and temperature are equal bit for bit.
     MBPO's --sac-only keeps no model, model buffer or model metrics."""
-    svg0 = dataclasses.replace(runner.preset_config(maac.Config, svg.PRESETS, "pendulum", "svg0"), **TINY_RUN)
+    svg0 = dataclasses.replace(runner.preset_config(svg.Config, svg.PRESETS, "pendulum", "svg0"), **TINY_RUN)
     plain_sac = mbpo.Config(sac_only=True, updates_per_step=1, **TINY_RUN)
     assert plain_sac.max_grad_norm is None
     svg0_agent = _final_agent(maac.make_train(svg0), svg0)
@@ -302,11 +304,11 @@ def test_maac_learns_pendulum():
 
 
 def test_several_presets_apply_in_order_on_top_of_the_task():
-    both = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("sac-svg", "svg1"))
-    svg1 = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", "svg1")
-    sac_svg = runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", "sac-svg")
+    both = runner.preset_config(svg.Config, svg.PRESETS, "brax/hopper", ("sac-svg", "svg1"))
+    svg1 = runner.preset_config(svg.Config, svg.PRESETS, "brax/hopper", "svg1")
+    sac_svg = runner.preset_config(svg.Config, svg.PRESETS, "brax/hopper", "sac-svg")
     assert both.env == "brax/hopper" and both.horizon == svg1.horizon  # the later preset wins
     changed_only_by_sac_svg = {k for k in maac.VARIANTS["sac-svg"] if k not in maac.VARIANTS["svg1"]}
     assert changed_only_by_sac_svg and all(getattr(both, k) == getattr(sac_svg, k) for k in changed_only_by_sac_svg)
     with pytest.raises(ConfigError, match="'nope' is unknown"):
-        runner.preset_config(maac.Config, svg.PRESETS, "brax/hopper", ("svg1", "nope"))
+        runner.preset_config(svg.Config, svg.PRESETS, "brax/hopper", ("svg1", "nope"))

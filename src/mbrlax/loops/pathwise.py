@@ -1,0 +1,275 @@
+"""The Dyna loop with a pathwise actor, the family of MAAC, SVG(0), SVG(1) and SAC-SVG(H): the actor
+climbs an H-step return computed through the learned model and differentiated end to end along the
+path, closed by the twin soft Q,
+
+    J(theta) = E[ sum_{t<H} gamma^t (r_t - alpha log pi(a_t|s_t))
+                  + gamma^H (min_i Q_i(s_H, a_H) - alpha log pi(a_H|s_H)) ]
+
+with gamma^t zero after a predicted termination (`pathwise_objective`); H = 0 is SAC's own actor.
+The data loop and the critic are the Dyna loop's (`loops.dyna`). The presets that MAAC's and SVG's
+entry points share are here too; their provenance: docs/algorithms/maac.md and svg.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from mbrlax import ensemble, sac
+from mbrlax.config import setting
+from mbrlax.loops import dyna
+from mbrlax.training import ConfigError, Trainer, scale_action
+
+
+@dataclasses.dataclass(frozen=True)
+class PathwiseConfig(dyna.DynaConfig):
+    """The pathwise actor's settings beside the Dyna loop's (the data loop and the critic): the
+    horizon, the reward in J, SAC's update order and temperature, the warm-up and the schedule of the
+    target entropy. MAAC's and SVG's Configs extend it."""
+
+    horizon: int = 3
+    """H: model steps the actor's objective differentiates through before the critic closes it (0: SAC's actor).
+    SAC-SVG's code counts actions, H + 1."""
+    known_reward: bool = True
+    """In the actor's objective, use the task's own reward function where it has one; else the model's reward head."""
+    updates_per_step: int = 10
+    """G: SAC gradient steps per environment step (the MAAC authors: 8; SAC-SVG: 1)."""
+    max_grad_norm: float | None = 5.0
+    """Clip actor and critic gradients to this global norm (our choice, from no paper; None: no clipping)."""
+    sac_update_order: str = setting("simultaneous", choices=sac.UPDATE_ORDERS)
+    """SAC's update: "simultaneous" (every loss on the pre-update parameters, MBPO's code) or
+    "sequential" (the actor's loss on the stepped critic, SAC-SVG's code)."""
+    initial_alpha: float = setting(1.0, positive=True)
+    """SAC's temperature at the start (SAC-SVG: 0.1)."""
+    model_free_steps: int = 0
+    """Environment steps, counted from the first random one, in which the actor takes SAC's model-free
+    step instead of the pathwise one (SAC-SVG: 10,000)."""
+    target_entropy_final: float | None = None
+    """If set, the target entropy moves from target_entropy (which must be set) to this over total_steps
+    (SAC-SVG's schedule)."""
+    target_entropy_decay: float = setting(1.0, within="[0, inf)")
+    """Shape of that schedule: target = (start - final) (1 - step / total_steps)^decay + final."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.horizon > 0 and self.sac_only:
+            raise ConfigError(
+                f"horizon {self.horizon} differentiates through the model, which sac_only turns off; "
+                "use --horizon 0 (SVG(0)) or drop --sac-only"
+            )
+        if self.target_entropy_final is not None and self.target_entropy is None:
+            raise ConfigError("target_entropy_final needs target_entropy, the schedule's start; set both or neither")
+
+
+# The MAAC authors' settings (their code's defaults), on Brax's versions of the tasks; the critic's
+# data (rollout schedules, model buffer) as MBPO's presets for the same tasks.
+MAAC_AUTHORS = dict(
+    horizon=3,
+    ensemble_size=8,
+    num_elites=5,
+    model_hidden_sizes=(200, 200, 200, 200),
+    sac_hidden_sizes=(256, 256),
+    sac_lr=3e-4,
+    updates_per_step=8,
+    initial_steps=5000,
+    total_steps=200_000,
+)
+
+# MAAC's task presets, the base of SVG's; each one's provenance: docs/algorithms/maac.md, "Presets".
+MAAC_TASKS: dict[str, dict[str, Any]] = {
+    # Small enough to learn in a minute or two on a laptop CPU.
+    "pendulum": dict(env="pendulum"),
+    "brax/inverted_pendulum": dict(
+        dyna.PAPER_TASKS["brax/inverted_pendulum"], **dict(MAAC_AUTHORS, total_steps=20_000, initial_steps=500)
+    ),
+    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **MAAC_AUTHORS),
+    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **MAAC_AUTHORS),
+    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **dict(MAAC_AUTHORS, horizon=1)),
+}
+
+# SAC-SVG(3), the method: their horizon=3 is 2 model steps here; the critic learns from real data
+# only (no rollouts into a model buffer); SAC stepped critic first; no clipping (facebookresearch/svg).
+SAC_SVG_METHOD = dict(
+    horizon=2, sac_only=False, rollout_batch_size=0, max_grad_norm=None, sac_update_order="sequential"
+)
+# The rest of their regime that holds on every task (config/train.yaml, config/env/mbpo_*.yaml).
+SAC_SVG_AUTHORS = dict(
+    SAC_SVG_METHOD,
+    updates_per_step=1,
+    sac_hidden_sizes=(512, 512, 512, 512),
+    sac_lr=1e-4,
+    sac_batch_size=1024,
+    initial_steps=1000,
+    model_free_steps=10_000,
+    initial_alpha=0.1,
+)
+# Their per-task budget and target-entropy schedule (config/env/mbpo_{cheetah,hopper,walker2d}.yaml;
+# the temperature's LearnTemp in svg/temp.py), evaluated every 25,000 steps over 10 episodes.
+SAC_SVG_TASKS: dict[str, dict[str, Any]] = {
+    "brax/hopper": dict(
+        total_steps=1_000_000, target_entropy=0.0, target_entropy_final=-2.0, target_entropy_decay=0.03125
+    ),
+    "brax/walker2d": dict(
+        total_steps=2_000_000, target_entropy=-2.0, target_entropy_final=-8.0, target_entropy_decay=0.0625
+    ),
+    "brax/halfcheetah": dict(
+        total_steps=2_000_000, target_entropy=-2.0, target_entropy_final=-3.0, target_entropy_decay=1.0
+    ),
+}
+for _task in SAC_SVG_TASKS.values():
+    _task.update(eval_every=25_000, eval_episodes=10, buffer_capacity=min(_task["total_steps"], 1_000_000))
+
+# The family's variants (MAAC's and SVG's): they name no task, so they apply on top of the task's preset.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # H = 3 with the model; on svg.py's tasks (SAC-SVG's regime) this changes the horizon only.
+    "maac": dict(horizon=3, sac_only=False),
+    # SAC itself: no model, one update per step, SAC's own update order, temperature and clipping.
+    "svg0": dict(
+        horizon=0,
+        sac_only=True,
+        updates_per_step=1,
+        max_grad_norm=None,
+        sac_update_order="simultaneous",
+        initial_alpha=1.0,
+        model_free_steps=0,
+        target_entropy_final=None,
+    ),
+    # SVG(1) with MAAC's clipping and SAC's update order; the rest is the task's preset.
+    "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0, max_grad_norm=5.0, sac_update_order="simultaneous"),
+    # SAC-SVG(3) in its authors' regime, on any task.
+    "sac-svg": SAC_SVG_AUTHORS,
+    # End to end in seconds: MBPO's tiny settings and H = 2.
+    "tiny": dict(dyna.TINY, total_steps=500, rollout_schedule=(0, 1, 1, 2), horizon=2),
+}
+
+
+# SCHEDULE OF THE TARGET ENTROPY
+
+
+def target_entropy_at(step: jax.Array, total_steps: int, start: float, final: float, decay: float) -> jax.Array:
+    """SAC-SVG's target-entropy schedule (`LearnTemp.update` in facebookresearch/svg, svg/temp.py):
+    (start - final) (1 - step / total_steps)^decay + final."""
+    remaining = jnp.maximum(total_steps - step, 0) / total_steps  # exact near the end, in float32 too
+    return (start - final) * remaining**decay + final
+
+
+# PATHWISE OBJECTIVE
+
+
+def pathwise_objective(
+    policy: Callable,
+    dynamics: Callable,
+    terminal_value: Callable,
+    termination: Callable,
+    obs: jax.Array,
+    key: jax.Array,
+    horizon: int,
+    discount: jax.Array,
+    alpha: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """J at each start state of `obs` [n, ...], differentiable with respect to whatever the callables
+    close over (the actor's parameters).
+
+    policy(obs, key) -> (action, log_prob), reparameterised; dynamics(obs, action, key) -> (next_obs,
+    reward), reparameterised; terminal_value(obs, action) -> [n]; termination(obs, action, next_obs)
+    -> [n] in {0, 1}. Returns J [n] and log pi(a_0|s_0) [n] (for the temperature)."""
+    keys = jax.random.split(key, horizon + 1)
+
+    def model_step(carry, step_key):
+        obs, weight, total = carry  # weight: gamma^t, or 0 once a termination was predicted
+        policy_key, model_key = jax.random.split(step_key)
+        action, log_prob = policy(obs, policy_key)
+        next_obs, reward = dynamics(obs, action, model_key)
+        total = total + weight * (reward - alpha * log_prob)
+        ended = jax.lax.stop_gradient(termination(obs, action, next_obs).astype(jnp.float32))
+        return (next_obs, weight * discount * (1.0 - ended), total), log_prob
+
+    n = obs.shape[0]
+    start = (obs, jnp.ones(n), jnp.zeros(n))
+    (last_obs, weight, total), log_probs = jax.lax.scan(model_step, start, keys[:horizon])
+    action, log_prob = policy(last_obs, keys[horizon])
+    total = total + weight * (terminal_value(last_obs, action) - alpha * log_prob)
+    return total, (log_probs[0] if horizon > 0 else log_prob)
+
+
+# UPDATE POLICY: the pathwise objective through the ensemble, as the Dyna loop's actor loss.
+
+
+def pathwise_actor_loss(
+    context: dyna.DynaContext, model, config: PathwiseConfig, period_start, actor_params, critic_params, alpha, obs, key
+):
+    """-mean J over the batch's states and log pi(a_0|s_0): H steps of the policy through random elites
+    (TS1), closed by the soft twin Q; the task's reward where known, else the ensemble's."""
+    spec, model_config, agent_config = context
+    low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+    known_reward = spec.reward_fn if config.known_reward else None
+
+    def policy(obs, key):
+        return sac.sample_action(agent_config, actor_params, obs, key)
+
+    def dynamics(obs, action, key):
+        next_obs, learned_reward = ensemble.propagate(
+            model_config, model, obs, action, key, mode="ts1", elites_only=True
+        )
+        if known_reward is None:
+            return next_obs, learned_reward
+        return next_obs, known_reward(obs, scale_action(action, low, high), next_obs)
+
+    def termination(obs, action, next_obs):
+        return spec.termination_fn(obs, scale_action(action, low, high), next_obs)
+
+    value, log_prob = pathwise_objective(
+        policy,
+        dynamics,
+        functools.partial(sac.soft_q, agent_config, critic_params),
+        termination,
+        obs,
+        key,
+        config.horizon,
+        config.discount,
+        alpha,
+    )
+    return -value.mean(), log_prob
+
+
+def warm_actor_loss(
+    context: dyna.DynaContext, model, config: PathwiseConfig, period_start, actor_params, critic_params, alpha, obs, key
+):
+    """SAC's model-free actor loss for the first `model_free_steps` steps (SAC-SVG's warmup_steps), then
+    the pathwise one. The step is the same for every run of a vmapped batch, so this stays a cond."""
+    pathwise = (context, model, config, period_start, actor_params, critic_params, alpha, obs, key)
+    return jax.lax.cond(
+        period_start < config.model_free_steps,
+        lambda: sac.soft_actor_objective(context.agent_config, actor_params, critic_params, alpha, obs, key),
+        lambda: pathwise_actor_loss(*pathwise),
+    )
+
+
+def scheduled_target_entropy(config: PathwiseConfig, period_start):
+    """The target entropy of the model period that starts at environment step `period_start`."""
+    return target_entropy_at(
+        period_start, config.total_steps, config.target_entropy, config.target_entropy_final, config.target_entropy_decay
+    ).astype(jnp.float32)
+
+
+# TRAINING PROGRAM: the Dyna loop with the pathwise actor
+
+
+def make_train(config: PathwiseConfig, env=None, name: str = "MAAC") -> Trainer:
+    """The Dyna loop with the pathwise actor (SAC's for H = 0), on the task `config.env` names or on
+    `env`, a user's own `(environment, EnvSpec)`; `name`: what an error about the task calls it."""
+    config.validate()
+    warm_up = config.model_free_steps > 0
+    actor_loss = warm_actor_loss if warm_up else pathwise_actor_loss
+    scheduled = config.target_entropy_final is not None
+    parts = dyna.DynaParts(
+        actor_objective=None if config.horizon == 0 else actor_loss,  # 0: SAC's
+        target_entropy=functools.partial(scheduled_target_entropy, config) if scheduled else None,
+        sac_options=dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha),
+    )
+    return dyna.make_train(config, env, parts, name=name)
+
