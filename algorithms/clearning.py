@@ -43,14 +43,18 @@ from mbrlax.config import RunConfig, setting
 from mbrlax.networks import MLP, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
 from mbrlax.training import (
     ConfigError,
+    Schedule,
     Trainer,
     adam,
-    evaluate_episodes,
-    explore_uniformly,
     gradient_update,
     make_schedule,
     restart_episodes,
     scale_action,
+)
+from mbrlax.loops.episodes import (
+    Setup,
+    evaluate_episodes,
+    explore_uniformly,
     setup,
     track_returns,
     transition,
@@ -455,84 +459,122 @@ def gradient_step(state, key, *, nets, config, spec):
     return state, metrics
 
 
-def make_train(config: Config, env=None) -> Trainer:
-    """The training program on `config.env`, or on `env`: a user's own `(environment, EnvSpec)` goal task."""
-    config.validate()
-    task = setup(config, env, algorithm="C-learning")
-    spec, low, high = task.spec, task.low, task.high
+# TRAINING PROGRAM: what make_train builds once, the run's start and its steps.
+
+
+def check_task(spec) -> None:
+    """A ConfigError for a task that commands no goal: C-learning learns to reach commanded goals."""
     if spec.goal_slice is None:
         goal_tasks = [n for n in envs.list_envs() if "maze" in n or "_goal" in n]
         raise ConfigError(
             f"C-learning needs a goal task, and {spec.name} is not one; goal tasks: {', '.join(goal_tasks)}"
         )
-    num_envs, action_size = config.num_envs, spec.action_size
+
+
+class Components(NamedTuple):
+    """What make_train builds once from the static config and the task, for init, update and evaluate."""
+
+    task: Setup
+    schedule: Schedule
+    nets: Networks
+    capacity: int
+    """Steps of each environment the replay keeps."""
+    num_envs: int
+
+
+def build_components(config: Config, task: Setup) -> Components:
+    """The schedule, the networks (by `config.estimator`) and the replay's size of the run `config` on `task`."""
     schedule = make_schedule(config.total_steps, config.initial_steps, config.steps_per_update, config.eval_every)
-    steps_per_env = schedule.total_steps // num_envs
+    steps_per_env = schedule.total_steps // config.num_envs
     capacity = min(config.buffer_capacity or steps_per_env, steps_per_env)
     contrastive = config.estimator == "contrastive"
     nets = Networks(
-        GaussianHead(config.hidden_sizes, action_size, "relu"),
+        GaussianHead(config.hidden_sizes, task.spec.action_size, "relu"),
         ContrastiveCritic(config.hidden_sizes, config.repr_size) if contrastive else TwinQ(config.hidden_sizes),
     )
+    return Components(task, schedule, nets, capacity, config.num_envs)
 
-    def env_step(state: CState, action):
-        next_env_state = task.env.step(state.env_state, scale_action(action, low, high))
-        done = next_env_state.done
-        episode_return, last_return = track_returns(
-            state.episode_return, state.last_episode_return, next_env_state.reward, done
-        )
-        return state._replace(
-            env_state=next_env_state,
-            buffer=replay.add_step(state.buffer, transition(state.env_state, action, next_env_state), state.episode),
-            episode=state.episode + done.astype(jnp.int32),
-            episode_return=episode_return,
-            last_episode_return=last_return,
-        )
+
+def env_step(task: Setup, state: CState, action) -> CState:
+    """One step of the environments on actions in [-1, 1], into the replay with each one's episode number."""
+    next_env_state = task.env.step(state.env_state, scale_action(action, task.low, task.high))
+    done = next_env_state.done
+    episode_return, last_return = track_returns(
+        state.episode_return, state.last_episode_return, next_env_state.reward, done
+    )
+    return state._replace(
+        env_state=next_env_state,
+        buffer=replay.add_step(state.buffer, transition(state.env_state, action, next_env_state), state.episode),
+        episode=state.episode + done.astype(jnp.int32),
+        episode_return=episode_return,
+        last_episode_return=last_return,
+    )
+
+
+def initial_state(key, config: Config, parts: Components) -> CState:
+    """The state a run starts from: fresh environments, networks and optimisers, the targets a copy of
+    the classifier, and a replay filled by `initial_steps` uniformly random steps (EXPLORE)."""
+    task, nets, num_envs = parts.task, parts.nets, parts.num_envs
+    spec, action_size = task.spec, task.spec.action_size
+    env_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 5)
+    env_state = task.env.reset(env_key)
+    obs, action = jnp.zeros((1, spec.observation_size)), jnp.zeros((1, action_size))
+    if isinstance(nets.critic, ContrastiveCritic):
+        goal = achieved_goal(obs, spec.achieved_slice)
+        critic = nets.critic.init(critic_key, without_goal(obs, spec.goal_slice), action, goal)
+    else:
+        critic = nets.critic.init(critic_key, obs, action)
+    actor = nets.actor.init(actor_key, obs)
+    state = CState(
+        env_state=env_state,
+        buffer=replay.init_trajectories(transition_example(env_state.obs[0], action_size), parts.capacity, num_envs),
+        episode=jnp.zeros(num_envs, jnp.int32),
+        actor=actor,
+        critic=critic,
+        target_critic=critic,
+        actor_opt=adam(config.lr).init(actor),
+        critic_opt=adam(config.lr).init(critic),
+        log_alpha=jnp.float32(0.0),
+        alpha_opt=adam(config.lr).init(jnp.float32(0.0)),
+        key=key,
+        episode_return=jnp.zeros(num_envs),
+        last_episode_return=jnp.float32(0.0),
+    )
+    num_steps = config.initial_steps // num_envs
+    return explore_uniformly(functools.partial(env_step, task), state, explore_key, num_steps, (num_envs, action_size))
+
+
+def vector_step(state: CState, key, config: Config, parts: Components):
+    """ACT in every environment, then LEARN: `updates_per_step` gradient steps. Their mean metrics."""
+    act_key, learn_key, _ = jax.random.split(key, 3)
+    nets, spec = parts.nets, parts.task.spec
+    state = env_step(parts.task, state, sample_action(nets.actor, state.actor, state.env_state.obs, act_key)[0])
+    state, metrics = jax.lax.scan(
+        lambda s, k: gradient_step(s, k, nets=nets, config=config, spec=spec),
+        state,
+        jax.random.split(learn_key, config.updates_per_step),
+    )
+    return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program on `config.env`, or on `env`: a user's own `(environment, EnvSpec)` goal task."""
+    config.validate()
+    task = setup(config, env, algorithm="C-learning")
+    check_task(task.spec)
+    parts = build_components(config, task)
+    spec, nets, num_envs = task.spec, parts.nets, parts.num_envs
 
     def init(key, config):
-        env_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 5)
-        env_state = task.env.reset(env_key)
-        obs, action = jnp.zeros((1, spec.observation_size)), jnp.zeros((1, action_size))
-        if contrastive:
-            goal = achieved_goal(obs, spec.achieved_slice)
-            critic = nets.critic.init(critic_key, without_goal(obs, spec.goal_slice), action, goal)
-        else:
-            critic = nets.critic.init(critic_key, obs, action)
-        actor = nets.actor.init(actor_key, obs)
-        state = CState(
-            env_state=env_state,
-            buffer=replay.init_trajectories(transition_example(env_state.obs[0], action_size), capacity, num_envs),
-            episode=jnp.zeros(num_envs, jnp.int32),
-            actor=actor,
-            critic=critic,
-            target_critic=critic,
-            actor_opt=adam(config.lr).init(actor),
-            critic_opt=adam(config.lr).init(critic),
-            log_alpha=jnp.float32(0.0),
-            alpha_opt=adam(config.lr).init(jnp.float32(0.0)),
-            key=key,
-            episode_return=jnp.zeros(num_envs),
-            last_episode_return=jnp.float32(0.0),
-        )
-        # EXPLORE with uniformly random actions.
-        num_steps = config.initial_steps // num_envs
-        return explore_uniformly(env_step, state, explore_key, num_steps, (num_envs, action_size))
+        return initial_state(key, config, parts)
 
     def update(state: CState, config, update_index):
         """steps_per_update environment steps, each vector step followed by updates_per_step gradient steps."""
-
-        def vector_step(state, step_key):
-            act_key, learn_key, key = jax.random.split(step_key, 3)
-            # ACT in the real environments, then LEARN.
-            state = env_step(state, sample_action(nets.actor, state.actor, state.env_state.obs, act_key)[0])
-            state, metrics = jax.lax.scan(
-                lambda s, k: gradient_step(s, k, nets=nets, config=config, spec=spec), state, jax.random.split(learn_key, config.updates_per_step)
-            )
-            return state, jax.tree_util.tree_map(jnp.mean, metrics)
-
         key, steps_key = jax.random.split(state.key)
         state, metrics = jax.lax.scan(
-            vector_step, state._replace(key=key), jax.random.split(steps_key, config.steps_per_update // num_envs)
+            lambda s, k: vector_step(s, k, config, parts),
+            state._replace(key=key),
+            jax.random.split(steps_key, config.steps_per_update // num_envs),
         )
         metrics = jax.tree_util.tree_map(jnp.mean, metrics)
         metrics["train_episode_return"] = state.last_episode_return
@@ -544,7 +586,7 @@ def make_train(config: Config, env=None) -> Trainer:
 
         def greedy(carry, obs, step_key):
             mean, _ = nets.actor.apply(state.actor, obs)
-            return scale_action(tanh_gaussian_mode(mean), low, high), carry
+            return scale_action(tanh_gaussian_mode(mean), task.low, task.high), carry
 
         return evaluate_episodes(task.eval_env, key, config.eval_episodes, spec.episode_length, greedy)
 
@@ -552,7 +594,7 @@ def make_train(config: Config, env=None) -> Trainer:
         init=init,
         update=update,
         evaluate=evaluate,
-        schedule=schedule,
+        schedule=parts.schedule,
         spec=spec,
         fresh_episodes=restart_episodes("env_state", "episode_return", episode_counter="episode"),
     )

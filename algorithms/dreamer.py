@@ -54,6 +54,7 @@ from mbrlax.rssm import (
     unimix_logits,
 )
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
+from mbrlax.loops import episodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -625,7 +626,7 @@ def observe_and_act(
     return policy.executed(action), latent
 
 
-def environment_step(state: DreamerState, key, task: training.Setup, networks: Networks, explore: bool):
+def environment_step(state: DreamerState, key, task: episodes.Setup, networks: Networks, explore: bool):
     """One step of every environment: act (uniformly at random if `explore`), store the step with
     its observation, reward, first and terminal flags, then step each environment, or reset the ones
     whose episode ended (a reset takes a step of its own, so the terminal observation is stored)."""
@@ -651,28 +652,126 @@ def environment_step(state: DreamerState, key, task: training.Setup, networks: N
     return store_and_step(state, action, latent, reset_key, task)
 
 
-def make_train(config: Config, env=None) -> Trainer:
-    """The training program of `config`; `env`: None for the task `config.env` names, or a user's own
-    `(environment, EnvSpec)` on Brax's protocol. Dreamer keeps its own resets (see the docstring)."""
-    config.validate()
-    task = training.setup(config, env, auto_reset=False)
-    env, eval_env, spec = task.env, task.eval_env, task.spec
+# TRAINING PROGRAM
+
+
+def check_task(config: Config, spec) -> tuple[int, ...]:
+    """The observation's shape; a ConfigError for images whose height and width the encoder cannot
+    halve 4 times."""
     obs_shape = tuple(spec.image_shape) if spec.image_shape else (spec.observation_size,)
     if len(obs_shape) == 3 and (obs_shape[0] % 16 or obs_shape[1] % 16):
         raise ConfigError(
             f"the image encoder halves the image 4 times, so its height and width must divide by 16; "
             f"{config.env} gives images of shape {obs_shape}"
         )
-    num_envs, action_size = config.num_envs, spec.action_size
-    schedule = make_schedule(config.total_steps, config.initial_steps, config.steps_per_update, config.eval_every)
-    steps_per_env = schedule.total_steps // num_envs
+    return obs_shape
+
+
+def replay_capacity(config: Config, total_steps: int) -> int:
+    """Steps of each environment the replay keeps: `buffer_capacity`, at most the run's; a
+    ConfigError if one replayed sequence is longer."""
+    steps_per_env = total_steps // config.num_envs
     capacity = min(config.buffer_capacity or steps_per_env, steps_per_env)
     if config.sequence_length > capacity:
         raise ConfigError(
             f"sequence_length ({config.sequence_length}) is longer than the run's {capacity} steps per environment"
         )
+    return capacity
+
+
+def initial_state(key, config: Config, task: episodes.Setup, networks: Networks, capacity: int, num_envs: int):
+    """The state a run starts from: fresh environments, networks and optimisers, a replay of
+    `capacity` steps per environment, PREFILLED with `initial_steps` uniformly random steps."""
+    action_size = task.spec.action_size
+    env_key, model_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 6)
+    env_state = task.env.reset(env_key)
+    obs = env_state.obs
+    model_params = networks.world_model.init(
+        model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0)
+    )
+    feat_size = config.deter_size + config.stoch_size * config.classes
+    actor = networks.actor.init(actor_key, jnp.zeros((1, feat_size)))
+    critic = networks.critic.init(critic_key, jnp.zeros((1, feat_size)))
+    model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, start=True)
+    zero = jnp.float32(0.0)
+    entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero}
+    state = DreamerState(
+        env_state=env_state,
+        is_first=jnp.ones(num_envs),
+        latent=networks.world_model.apply(model_params, num_envs, method=WorldModel.initial),
+        prev_action=jnp.zeros((num_envs, action_size)),
+        buffer=replay.init_trajectories(dict(entry, is_terminal=zero), capacity, num_envs),
+        episode=jnp.zeros(num_envs, jnp.int32),
+        world_model=model_params,
+        actor=actor,
+        critic=critic,
+        slow_critic=critic,
+        model_opt=model_optimizer.init(model_params),
+        actor_opt=actor_optimizer.init(actor),
+        critic_opt=critic_optimizer.init(critic),
+        return_scale=jnp.float32(0.0),
+        key=key,
+        episode_return=jnp.zeros(num_envs),
+        last_episode_return=jnp.float32(0.0),
+    )
+    state, _ = jax.lax.scan(
+        lambda s, k: (environment_step(s, k, task, networks, True), None),
+        state,
+        jax.random.split(explore_key, config.initial_steps // num_envs),
+    )
+    return state
+
+
+def update_in_cycles(
+    state: DreamerState,
+    config: Config,
+    task: episodes.Setup,
+    networks: Networks,
+    actor_gradient: str,
+    num_envs: int,
+    cycle: tuple[int, int],
+):
+    """One update of the run: steps_per_update environment steps in train-ratio cycles, each
+    `cycle` = (vector steps, updates): ACT that many vector steps, then TRAIN world model, actor and
+    critic that many times. Returns (state, metrics)."""
+    cycle_steps, cycle_updates = cycle
+
+    def one_cycle(state, cycle_key):
+        act_key, learn_key = jax.random.split(cycle_key)
+        # ACT
+        state, _ = jax.lax.scan(
+            lambda s, k: (environment_step(s, k, task, networks, False), None),
+            state,
+            jax.random.split(act_key, cycle_steps),
+        )
+        # TRAIN
+        state, metrics = jax.lax.scan(
+            lambda s, k: train_step(s, k, config, networks, actor_gradient),
+            state,
+            jax.random.split(learn_key, cycle_updates),
+        )
+        return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+    key, cycles_key = jax.random.split(state.key)
+    num_cycles = config.steps_per_update // num_envs // cycle_steps
+    state, metrics = jax.lax.scan(one_cycle, state._replace(key=key), jax.random.split(cycles_key, num_cycles))
+    metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+    metrics["train_episode_return"] = state.last_episode_return
+    return state, metrics
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program of `config`; `env`: None for the task `config.env` names, or a user's own
+    `(environment, EnvSpec)` on Brax's protocol. Dreamer keeps its own resets (see the docstring)."""
+    config.validate()
+    task = episodes.setup(config, env, auto_reset=False)
+    eval_env, spec = task.eval_env, task.spec
+    obs_shape = check_task(config, spec)
+    num_envs, action_size = config.num_envs, spec.action_size
+    schedule = make_schedule(config.total_steps, config.initial_steps, config.steps_per_update, config.eval_every)
+    capacity = replay_capacity(config, schedule.total_steps)
     actor_gradient = resolved_actor_gradient(config, spec.discrete)
-    cycle_steps, cycle_updates = config.cycle
+    cycle = config.cycle
     networks = Networks(
         world_model=WorldModel(config, obs_shape, action_size),
         actor=Head(config.hidden_size, config.layers, action_size * (1 if spec.discrete else 2)),
@@ -681,72 +780,12 @@ def make_train(config: Config, env=None) -> Trainer:
     )
 
     def init(key, config):
-        env_key, model_key, actor_key, critic_key, explore_key, key = jax.random.split(key, 6)
-        env_state = env.reset(env_key)
-        obs = env_state.obs
-        model_params = networks.world_model.init(
-            model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0)
-        )
-        feat_size = config.deter_size + config.stoch_size * config.classes
-        actor = networks.actor.init(actor_key, jnp.zeros((1, feat_size)))
-        critic = networks.critic.init(critic_key, jnp.zeros((1, feat_size)))
-        model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, start=True)
-        zero = jnp.float32(0.0)
-        entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero}
-        state = DreamerState(
-            env_state=env_state,
-            is_first=jnp.ones(num_envs),
-            latent=networks.world_model.apply(model_params, num_envs, method=WorldModel.initial),
-            prev_action=jnp.zeros((num_envs, action_size)),
-            buffer=replay.init_trajectories(dict(entry, is_terminal=zero), capacity, num_envs),
-            episode=jnp.zeros(num_envs, jnp.int32),
-            world_model=model_params,
-            actor=actor,
-            critic=critic,
-            slow_critic=critic,
-            model_opt=model_optimizer.init(model_params),
-            actor_opt=actor_optimizer.init(actor),
-            critic_opt=critic_optimizer.init(critic),
-            return_scale=jnp.float32(0.0),
-            key=key,
-            episode_return=jnp.zeros(num_envs),
-            last_episode_return=jnp.float32(0.0),
-        )
-        # PREFILL the replay with uniformly random actions.
-        state, _ = jax.lax.scan(
-            lambda s, k: (environment_step(s, k, task, networks, True), None),
-            state,
-            jax.random.split(explore_key, config.initial_steps // num_envs),
-        )
-        return state
+        return initial_state(key, config, task, networks, capacity, num_envs)
 
     def update(state: DreamerState, config, update_index):
-        """steps_per_update environment steps in train-ratio cycles: `cycle_steps` vector steps, then
-        `cycle_updates` updates of world model, actor and critic."""
+        """steps_per_update environment steps in train-ratio cycles of acting, then training."""
         del update_index
-
-        def cycle(state, cycle_key):
-            act_key, learn_key = jax.random.split(cycle_key)
-            # ACT
-            state, _ = jax.lax.scan(
-                lambda s, k: (environment_step(s, k, task, networks, False), None),
-                state,
-                jax.random.split(act_key, cycle_steps),
-            )
-            # TRAIN
-            state, metrics = jax.lax.scan(
-                lambda s, k: train_step(s, k, config, networks, actor_gradient),
-                state,
-                jax.random.split(learn_key, cycle_updates),
-            )
-            return state, jax.tree_util.tree_map(jnp.mean, metrics)
-
-        key, cycles_key = jax.random.split(state.key)
-        num_cycles = config.steps_per_update // num_envs // cycle_steps
-        state, metrics = jax.lax.scan(cycle, state._replace(key=key), jax.random.split(cycles_key, num_cycles))
-        metrics = jax.tree_util.tree_map(jnp.mean, metrics)
-        metrics["train_episode_return"] = state.last_episode_return
-        return state, metrics
+        return update_in_cycles(state, config, task, networks, actor_gradient, num_envs, cycle)
 
     # EVALUATE the actor's mode, the model state filtered along each episode.
 

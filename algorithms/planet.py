@@ -36,16 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import planners, rssm, runner, training
-from mbrlax.loops import sequence
+from mbrlax import planners, rssm, runner
 from mbrlax.config import RunConfig, setting
-from mbrlax.training import (
-    ConfigError,
-    Trainer,
-    adam,
-    gradient_update,
-    make_schedule,
-)
+from mbrlax.loops import episodes, sequence
+from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,12 +421,9 @@ def environment_step(state: PlanetState, key, config: Config, task, model: Plane
 # TRAINING PROGRAM
 
 
-def make_train(config: Config, env=None) -> Trainer:
-    """The training program of `config`; `env`: None for the task `config.env` names, or a user's own
-    `(environment, EnvSpec)` on Brax's protocol. Resets are the loop's own, as Dreamer's."""
-    config.validate()
-    task = training.setup(config, env, auto_reset=False)
-    env, eval_env, spec = task.env, task.eval_env, task.spec
+def check_task(config: Config, spec) -> tuple[int, ...]:
+    """The observation's shape; a ConfigError for a task PlaNet cannot learn: discrete actions, or
+    images whose height and width the encoder cannot halve 4 times."""
     if spec.discrete:
         raise ConfigError(f"PlaNet plans continuous actions; {spec.name} has a discrete action space")
     obs_shape = tuple(spec.image_shape) if spec.image_shape else (spec.observation_size,)
@@ -441,82 +432,115 @@ def make_train(config: Config, env=None) -> Trainer:
             f"the image encoder halves the image 4 times, so its height and width must divide by 16; "
             f"{config.env} gives images of shape {obs_shape}"
         )
-    num_envs, action_size = config.num_envs, spec.action_size
-    schedule = make_schedule(config.total_steps, config.initial_steps, config.collect_steps, config.eval_every)
-    steps_per_env = schedule.total_steps // num_envs
+    return obs_shape
+
+
+def replay_capacity(config: Config, total_steps: int) -> int:
+    """Steps of each environment the replay keeps: `buffer_capacity`, at most the run's; a
+    ConfigError if one replayed sequence is longer."""
+    steps_per_env = total_steps // config.num_envs
     capacity = min(config.buffer_capacity or steps_per_env, steps_per_env)
     if config.sequence_length > capacity:
         raise ConfigError(
             f"sequence_length ({config.sequence_length}) is longer than the run's {capacity} steps per environment"
         )
-    model = PlanetModel(config, obs_shape, action_size, latent="gaussian")
+    return capacity
+
+
+def initial_state(key, config: Config, task, model: PlanetModel, capacity: int, num_envs: int) -> PlanetState:
+    """The state a run starts from: fresh environments, model and optimiser, a replay of `capacity`
+    steps per environment, filled by the SEED EPISODES' `initial_steps` uniformly random steps."""
+    action_size = task.spec.action_size
+    env_key, model_key, explore_key, key = jax.random.split(key, 4)
+    env_state = task.env.reset(env_key)
+    obs = env_state.obs
+    params = model.init(model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0))
+    zero = jnp.float32(0.0)
+    entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero, "is_terminal": zero}
+    state = PlanetState(
+        env_state=env_state,
+        is_first=jnp.ones(num_envs),
+        latent=model.apply(params, num_envs, method=rssm.WorldModel.initial),
+        prev_action=jnp.zeros((num_envs, action_size)),
+        buffer=replay.init_trajectories(entry, capacity, num_envs),
+        episode=jnp.zeros(num_envs, jnp.int32),
+        world_model=params,
+        model_opt=adam(config.model_lr, config.model_grad_clip).init(params),
+        key=key,
+        episode_return=jnp.zeros(num_envs),
+        last_episode_return=jnp.float32(0.0),
+    )
+    state, _ = jax.lax.scan(
+        lambda s, k: (environment_step(s, k, config, task, model, True), None),
+        state,
+        jax.random.split(explore_key, config.initial_steps // num_envs),
+    )
+    return state
+
+
+def train_step(state: PlanetState, key, config: Config, model: PlanetModel, optimizer):
+    """One gradient step of the model on B replayed sequences of L steps."""
+    sample_key, model_key = jax.random.split(key)
+    batch = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
+    params, opt_state, _, (_, metrics) = gradient_update(
+        planet_model_loss,
+        state.world_model,
+        state.model_opt,
+        optimizer,
+        model,
+        batch,
+        model_key,
+        config.free_nats,
+        config.kl_scale,
+        config.observation_scale,
+        config.reward_scale,
+    )
+    return state._replace(world_model=params, model_opt=opt_state), metrics
+
+
+def train_then_collect(state: PlanetState, config: Config, task, model: PlanetModel, optimizer, num_envs: int):
+    """One update of the run: TRAIN the model `model_updates` steps, then COLLECT `collect_steps`
+    steps with the planner. Returns (state, metrics)."""
+    key, train_key, collect_key = jax.random.split(state.key, 3)
+    state, metrics = jax.lax.scan(
+        lambda s, k: train_step(s, k, config, model, optimizer),
+        state,
+        jax.random.split(train_key, config.model_updates),
+    )
+    metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+
+    def collect(state, step_key):
+        state = environment_step(state, step_key, config, task, model, False)
+        return state, state.env_state.reward.mean()
+
+    state, rewards = jax.lax.scan(
+        collect, state._replace(key=key), jax.random.split(collect_key, config.collect_steps // num_envs)
+    )
+    metrics["train_reward"] = rewards.mean()
+    metrics["train_episode_return"] = state.last_episode_return
+    return state, metrics
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program of `config`; `env`: None for the task `config.env` names, or a user's own
+    `(environment, EnvSpec)` on Brax's protocol. Resets are the loop's own, as Dreamer's."""
+    config.validate()
+    task = episodes.setup(config, env, auto_reset=False)
+    eval_env, spec = task.eval_env, task.spec
+    obs_shape = check_task(config, spec)
+    num_envs = config.num_envs
+    schedule = make_schedule(config.total_steps, config.initial_steps, config.collect_steps, config.eval_every)
+    capacity = replay_capacity(config, schedule.total_steps)
+    model = PlanetModel(config, obs_shape, spec.action_size, latent="gaussian")
     optimizer = adam(max_grad_norm=config.model_grad_clip)
 
     def init(key, config):
-        env_key, model_key, explore_key, key = jax.random.split(key, 4)
-        env_state = env.reset(env_key)
-        obs = env_state.obs
-        params = model.init(model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0))
-        zero = jnp.float32(0.0)
-        entry = {"obs": obs[0], "action": jnp.zeros(action_size), "reward": zero, "is_first": zero, "is_terminal": zero}
-        state = PlanetState(
-            env_state=env_state,
-            is_first=jnp.ones(num_envs),
-            latent=model.apply(params, num_envs, method=rssm.WorldModel.initial),
-            prev_action=jnp.zeros((num_envs, action_size)),
-            buffer=replay.init_trajectories(entry, capacity, num_envs),
-            episode=jnp.zeros(num_envs, jnp.int32),
-            world_model=params,
-            model_opt=adam(config.model_lr, config.model_grad_clip).init(params),
-            key=key,
-            episode_return=jnp.zeros(num_envs),
-            last_episode_return=jnp.float32(0.0),
-        )
-        # SEED EPISODES with uniformly random actions.
-        state, _ = jax.lax.scan(
-            lambda s, k: (environment_step(s, k, config, task, model, True), None),
-            state,
-            jax.random.split(explore_key, config.initial_steps // num_envs),
-        )
-        return state
-
-    def train_step(state: PlanetState, key, config):
-        sample_key, model_key = jax.random.split(key)
-        batch = replay.sample_sequences(state.buffer, sample_key, config.batch_size, config.sequence_length)
-        params, opt_state, _, (_, metrics) = gradient_update(
-            planet_model_loss,
-            state.world_model,
-            state.model_opt,
-            optimizer,
-            model,
-            batch,
-            model_key,
-            config.free_nats,
-            config.kl_scale,
-            config.observation_scale,
-            config.reward_scale,
-        )
-        return state._replace(world_model=params, model_opt=opt_state), metrics
+        return initial_state(key, config, task, model, capacity, num_envs)
 
     def update(state: PlanetState, config, update_index):
-        """TRAIN the model `model_updates` steps, then COLLECT `collect_steps` steps with the planner."""
+        """TRAIN the model, then COLLECT with the planner."""
         del update_index
-        key, train_key, collect_key = jax.random.split(state.key, 3)
-        state, metrics = jax.lax.scan(
-            lambda s, k: train_step(s, k, config), state, jax.random.split(train_key, config.model_updates)
-        )
-        metrics = jax.tree_util.tree_map(jnp.mean, metrics)
-
-        def collect(state, step_key):
-            state = environment_step(state, step_key, config, task, model, False)
-            return state, state.env_state.reward.mean()
-
-        state, rewards = jax.lax.scan(
-            collect, state._replace(key=key), jax.random.split(collect_key, config.collect_steps // num_envs)
-        )
-        metrics["train_reward"] = rewards.mean()
-        metrics["train_episode_return"] = state.last_episode_return
-        return state, metrics
+        return train_then_collect(state, config, task, model, optimizer, num_envs)
 
     # EVALUATE the planner without exploration noise, the belief filtered along each episode.
 

@@ -144,16 +144,16 @@ def measure(name: str, repeats: int = 1, evaluate: bool = False) -> list[dict]:
     module, config = PROGRAMS[name]()
     trainer = module.make_train(config)
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
-    hparams = {k: jnp.full((1,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
-    state = jax.eval_shape(over_runs(trainer.init, 1), keys, hparams)
+    configs = jax.tree_util.tree_map(lambda v: jnp.full((1,), v), config)
+    state = jax.eval_shape(over_runs(trainer.init, 1), keys, configs)
     programs = {
         "update": (
             jax.jit(over_runs(trainer.update, 1, in_axes=(0, 0, None)), donate_argnums=0),
-            (state, hparams, jax.ShapeDtypeStruct((), jnp.int32)),
+            (state, configs, jax.ShapeDtypeStruct((), jnp.int32)),
         )
     }
     if evaluate or name == "pets":  # the runner compiles it too; PETS's throughput row times planning in it
-        programs["evaluate"] = (jax.jit(over_runs(trainer.evaluate, 1)), (state, keys, hparams))
+        programs["evaluate"] = (jax.jit(over_runs(trainer.evaluate, 1)), (state, keys, configs))
     rows = []
     for program, (fn, args) in programs.items():
         best = {}

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbrlax import ensemble, envs
-from mbrlax.training import transition
+from mbrlax.loops.episodes import transition
 
 NUM_ENVS = 8
 TEST_TRANSITIONS = 5000

@@ -191,14 +191,13 @@ def _time_planning(module, preset: dict, args, num_envs: int):
         )
     )
     trainer = module.make_train(config)
-    hparams = {k: jnp.float32(getattr(config, k)) for k in module.Config.SWEEPABLE}
     key = jax.random.PRNGKey(0)
     start = time.perf_counter()
-    state = jax.jit(trainer.init)(key, hparams)
-    evaluate = jax.jit(trainer.evaluate).lower(state, key, hparams).compile()
+    state = jax.jit(trainer.init)(key, config)
+    evaluate = jax.jit(trainer.evaluate).lower(state, key, config).compile()
     compile_s = time.perf_counter() - start
     report_compile(compile_s)
-    return config, compile_s, timed(evaluate, state, key, hparams, repeats=args.repeats), evaluate
+    return config, compile_s, timed(evaluate, state, key, config, repeats=args.repeats), evaluate
 
 
 def _planner_setting(config) -> str:
@@ -333,15 +332,15 @@ def time_one_update(trainer, config, num_seeds: int, repeats: int) -> tuple[floa
     the seconds spent compiling both, and the update's memory (`memory_mb`). One seed runs
     unbatched, as the runner runs it."""
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-    hparams = {k: jnp.full((num_seeds,), getattr(config, k), jnp.float32) for k in type(config).SWEEPABLE}
+    configs = jax.tree_util.tree_map(lambda v: jnp.full((num_seeds,), v), config)
     start = time.perf_counter()
-    init = jax.jit(over_runs(trainer.init, num_seeds)).lower(keys, hparams).compile()
-    state = init(keys, hparams)
+    init = jax.jit(over_runs(trainer.init, num_seeds)).lower(keys, configs).compile()
+    state = init(keys, configs)
     update = over_runs(trainer.update, num_seeds, in_axes=(0, 0, None))
-    update = jax.jit(update).lower(state, hparams, jnp.int32(0)).compile()
+    update = jax.jit(update).lower(state, configs, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
     report_compile(compile_s)
-    seconds = timed(update, state, hparams, jnp.int32(0), repeats=repeats)
+    seconds = timed(update, state, configs, jnp.int32(0), repeats=repeats)
     return seconds, compile_s, memory_mb(update)
 
 
@@ -542,8 +541,7 @@ def bench_dreamer(args) -> list[dict]:
             fields = overridden(fields, args)
             config = dreamer.Config(**dict(fields, total_steps=fields["initial_steps"] + 2 * steps))
             trainer = dreamer.make_train(config)
-            hparams = {k: jnp.float32(getattr(config, k)) for k in dreamer.Config.SWEEPABLE}
-            shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), hparams)
+            shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), config)
             params = parameter_count((shapes.world_model, shapes.actor, shapes.critic))
             updates = steps * config.train_ratio // (config.batch_size * config.sequence_length)
             for num_seeds in args.dreamer_seeds.get(size, args.num_seeds):

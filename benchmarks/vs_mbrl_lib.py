@@ -95,18 +95,17 @@ def run_mbrl_lib(python: str, args) -> dict:
 
 
 def compiled(trainer, config, seed: int):
-    """The initial state and the compiled update: (state, hparams, update, compile seconds)."""
+    """The initial state and the compiled update: (state, config, update, compile seconds)."""
     import jax
     import jax.numpy as jnp
 
-    hparams = {k: jnp.float32(getattr(config, k)) for k in type(config).SWEEPABLE}
     key = jax.random.PRNGKey(seed)
     start = time.perf_counter()
-    init = jax.jit(trainer.init).lower(key, hparams).compile()
-    state = jax.block_until_ready(init(key, hparams))
-    update = jax.jit(trainer.update).lower(state, hparams, jnp.int32(0)).compile()
+    init = jax.jit(trainer.init).lower(key, config).compile()
+    state = jax.block_until_ready(init(key, config))
+    update = jax.jit(trainer.update).lower(state, config, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
-    return state, hparams, update, compile_s
+    return state, config, update, compile_s
 
 
 def run_mbrlax_pets(args) -> dict:
@@ -118,19 +117,19 @@ def run_mbrlax_pets(args) -> dict:
     preset = pets.PRESETS["cartpole_continuous"]
     config = pets.Config(**dict(preset, total_steps=200 + args.pets_steps, eval_every=200, eval_episodes=1))
     trainer = pets.make_train(config)
-    state, hparams, update, compile_s = compiled(trainer, config, args.seed)
+    state, config, update, compile_s = compiled(trainer, config, args.seed)
     start = time.perf_counter()
-    evaluate = jax.jit(trainer.evaluate).lower(state, jax.random.PRNGKey(0), hparams).compile()
+    evaluate = jax.jit(trainer.evaluate).lower(state, jax.random.PRNGKey(0), config).compile()
     compile_s += time.perf_counter() - start
     loop_s, planning_s, returns = 0.0, [], []
     per_eval = 200 // config.retrain_every
     for u in range(args.pets_steps // config.retrain_every):
         start = time.perf_counter()
-        state, _ = jax.block_until_ready(update(state, hparams, jnp.int32(u)))
+        state, _ = jax.block_until_ready(update(state, config, jnp.int32(u)))
         loop_s += time.perf_counter() - start
         if (u + 1) % per_eval == 0:
             start = time.perf_counter()
-            metrics = jax.block_until_ready(evaluate(state, jax.random.PRNGKey(args.seed + u), hparams))
+            metrics = jax.block_until_ready(evaluate(state, jax.random.PRNGKey(args.seed + u), config))
             planning_s.append(time.perf_counter() - start)
             returns.append(float(metrics["eval_return"]))
     steps = args.pets_steps // config.retrain_every * config.retrain_every
@@ -176,10 +175,10 @@ def run_mbrlax_mbpo(args) -> dict:
     )
     config.validate()
     trainer = mbpo.make_train(config)
-    state, hparams, update, compile_s = compiled(trainer, config, args.seed)
+    state, config, update, compile_s = compiled(trainer, config, args.seed)
     start = time.perf_counter()
     for u in range(args.mbpo_steps // period):
-        state, _ = update(state, hparams, jnp.int32(u))
+        state, _ = update(state, config, jnp.int32(u))
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     return {"timed_steps": args.mbpo_steps, "seconds_per_step": seconds / args.mbpo_steps, "compile_s": compile_s}

@@ -35,7 +35,7 @@ def random_pendulum_return(episodes: int = 50) -> float:
     import jax
 
     from mbrlax import envs
-    from mbrlax.training import evaluate_episodes
+    from mbrlax.loops.episodes import evaluate_episodes
 
     env, spec = envs.make("pendulum", num_envs=episodes)
 

@@ -15,8 +15,8 @@ from mbrlax.algorithms import clearning
 
 from brax.envs.base import Env, State
 from mbrlax import buffer as replay
-from mbrlax import envs, runner
-from mbrlax.training import evaluate_episodes
+from mbrlax import envs
+from mbrlax.loops.episodes import evaluate_episodes
 
 
 def filled_trajectories(lengths_per_env, capacity):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import random_pendulum_return
 
-from mbrlax import envs, rssm, runner
+from mbrlax import envs, rssm
 from mbrlax.algorithms import dreamer
 
 

@@ -15,7 +15,7 @@ import pytest
 from mbrlax import ensemble, ilqr
 from mbrlax.loops import mpc
 from mbrlax.algorithms import pets
-from mbrlax.training import setup
+from mbrlax.loops.episodes import setup
 
 # LINEAR DYNAMICS, QUADRATIC COST: iLQR is exact after one full step
 

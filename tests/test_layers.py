@@ -4,9 +4,7 @@ iLQR), the buffer, the config and training helpers) import nothing from the loop
 sweeps, the environments or the algorithms; the environments import nothing of mbrlax but
 themselves; the loops import no runner and no algorithm; the runner imports no algorithm; an
 algorithm imports the core and never another algorithm.
-
-The imports that still break a rule are listed in KNOWN, each to be removed by the move it waits
-for; the test fails on any other, and on a listed one that is gone (so the list only shrinks)."""
+"""
 
 from __future__ import annotations
 
@@ -16,11 +14,6 @@ import pathlib
 ROOT = pathlib.Path(__file__).parent.parent
 FOLDERS = {"mbrlax": ROOT / "src" / "mbrlax", "mbrlax.envs": ROOT / "envs", "mbrlax.algorithms": ROOT / "algorithms"}
 GROUND = {"buffer", "config", "ensemble", "ilqr", "networks", "planners", "rssm", "sac", "trpo", "training"}
-
-# (importer, imported): the move of the episode helpers of training (setup, explore, evaluate) into
-# mbrlax.loops removes this one.
-KNOWN = {("mbrlax.training", "mbrlax.envs")}
-
 
 def modules() -> dict[str, pathlib.Path]:
     found = {}
@@ -68,5 +61,4 @@ def test_every_module_imports_only_from_the_floors_below_it():
     assert {"mbrlax.ensemble", "mbrlax.runner.cli", "mbrlax.envs.registry", "mbrlax.algorithms.pets"} <= found.keys()
     assert GROUND <= {name.removeprefix("mbrlax.") for name in found}, "a ground-floor module was renamed"
     broken = {(name, target) for name, path in found.items() for target in imported(path) if breaks(name, target)}
-    assert not broken - KNOWN, f"imports that break the floors: {sorted(broken - KNOWN)}"
-    assert not KNOWN - broken, f"gone, so take them off KNOWN: {sorted(KNOWN - broken)}"
+    assert not broken, f"imports that break the floors: {sorted(broken)}"

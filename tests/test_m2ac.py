@@ -15,7 +15,7 @@ import pytest
 from mbrlax.algorithms import m2ac, mbpo
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, runner
+from mbrlax import ensemble
 from mbrlax.loops import dyna
 from mbrlax.training import ConfigError
 

@@ -21,7 +21,7 @@ from mbrlax.algorithms import poplin
 from mbrlax import buffer as replay
 from mbrlax import ensemble, planners
 from mbrlax.loops import mpc
-from mbrlax.training import ConfigError, setup, transition_example
+from mbrlax.loops.episodes import setup, transition_example
 
 # A stub model: linear dynamics, a quadratic reward, termination when the first coordinate leaves
 # [-1.5, 1.5]; its stochastic twin adds key-dependent noise (to check that keys line up).

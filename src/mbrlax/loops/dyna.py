@@ -23,14 +23,10 @@ import jax.numpy as jnp
 from mbrlax import buffer as replay
 from mbrlax import ensemble, sac
 from mbrlax.config import RunConfig, setting
-from mbrlax.training import (
-    ConfigError,
-    Trainer,
+from mbrlax.training import ConfigError, Trainer, make_schedule, restart_episodes, scale_action
+from mbrlax.loops.episodes import (
     evaluate_episodes,
     explore_uniformly,
-    make_schedule,
-    restart_episodes,
-    scale_action,
     setup,
     track_returns,
     transition,

@@ -23,13 +23,10 @@ import jax.numpy as jnp
 from mbrlax import buffer as replay
 from mbrlax import ensemble
 from mbrlax.config import RunConfig, setting
-from mbrlax.training import (
-    ConfigError,
-    Trainer,
+from mbrlax.training import ConfigError, Trainer, make_schedule, restart_episodes
+from mbrlax.loops.episodes import (
     evaluate_episodes,
     explore_uniformly,
-    make_schedule,
-    restart_episodes,
     setup,
     track_returns,
     transition,

@@ -8,12 +8,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import training
 from mbrlax.envs import restart_or_step
-from mbrlax.training import evaluate_episodes, restart_episodes, scale_action, track_returns
+from mbrlax.training import restart_episodes, scale_action
+from mbrlax.loops.episodes import evaluate_episodes, track_returns
+from mbrlax.loops import episodes
 
 
-def env_action(action, task: training.Setup):
+def env_action(action, task: episodes.Setup):
     """A policy's action as the task takes it: one-hot, or scaled from [-1, 1] to the task's bounds."""
     return action if task.spec.discrete else scale_action(action, task.low, task.high)
 
@@ -25,7 +26,7 @@ FRESH_EPISODES = restart_episodes(
 )
 
 
-def evaluate_filtering(task: training.Setup, eval_env, key, episodes: int, initial_latent, choose):
+def evaluate_filtering(task: episodes.Setup, eval_env, key, episodes: int, initial_latent, choose):
     """EVALUATE `episodes` fresh episodes of an agent that filters its model state along each:
     `choose(latent, prev_action, obs, is_first, key) -> (action in [-1, 1] or one-hot, latent)`,
     from `initial_latent` and a zero previous action (Dreamer's actor, PlaNet's planner)."""
@@ -39,7 +40,7 @@ def evaluate_filtering(task: training.Setup, eval_env, key, episodes: int, initi
     return evaluate_episodes(eval_env, key, episodes, task.spec.episode_length, act, carry)
 
 
-def store_and_step(state, action, latent, reset_key, task: training.Setup):
+def store_and_step(state, action, latent, reset_key, task: episodes.Setup):
     """Store the step (the current observation, `action` in [-1, 1] or one-hot, the reward that came
     with the observation, first and terminal flags), then step each environment with `action`, or
     reset the ones whose episode ended; `latent` is the posterior state that chose the action. The
