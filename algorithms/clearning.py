@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from mbrlax import buffer as replay
-from mbrlax import envs, runner
+from mbrlax import envs, presets, runner
 from mbrlax.config import RunConfig, setting
 from mbrlax.networks import MLP, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
 from mbrlax.training import (
@@ -60,140 +60,6 @@ from mbrlax.loops.episodes import (
     transition,
     transition_example,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """C-learning settings; the run fields (task, budget, environments, evaluation) are RunConfig's."""
-
-    env: str = "point_maze_open"
-    """Goal task (see `mbrlax.envs.list_envs()`: point_maze_open, point_maze_u, brax/reacher_goal, brax/ant_goal,
-    brax/ant_goal_jaxgcrl)."""
-    total_steps: int = 60_000
-    """Environment steps in all, over all parallel environments, random exploration included."""
-    num_envs: int = 32
-    """Parallel environments."""
-    initial_steps: int = setting(3200, positive=True)
-    """Uniformly random steps before learning starts (the paper: 10,000)."""
-    eval_every: int = 9600
-    """Environment steps between evaluations."""
-    eval_episodes: int = 50
-    """Evaluation episodes of the deterministic policy, run in parallel."""
-    # Learning
-    steps_per_update: int = setting(1600, positive=True)
-    """Environment steps per jitted update of the training program (progress and logging granularity)."""
-    updates_per_step: int = setting(4, positive=True)
-    """Gradient steps per vector step of all environments."""
-    batch_size: int = setting(256, positive=True)
-    """Transitions per gradient step."""
-    hidden_sizes: tuple[int, ...] = (128, 128)
-    """Hidden widths of actor and critics (the paper: 256, 256)."""
-    lr: float = setting(3e-4, sweepable=True)
-    """Adam learning rate of actor and critic."""
-    tau: float = setting(5e-3, sweepable=True, within="(0, 1]")
-    """Polyak rate of the target classifiers."""
-    discount: float = setting(0.99, sweepable=True, within="(0, 1)")
-    """gamma: the horizon of the future the classifier predicts."""
-    buffer_capacity: int | None = None
-    """Steps of each environment kept (default: all of the run's)."""
-    # C-learning
-    estimator: Literal["td", "mc", "hybrid", "contrastive"] = setting(
-        "td", choices=("td", "mc", "hybrid", "contrastive")
-    )
-    """How the classifier learns: TD (recursive), MC (future states), their mix, or contrastive (NCE)."""
-    mc_weight: float = setting(0.5, sweepable=True, within="[0, 1]")
-    """hybrid: weight of the MC loss; the TD loss gets the rest."""
-    log_actor_objective: bool = False
-    """td, mc, hybrid: the actor maximises log C instead of C."""
-    # Contrastive RL
-    contrastive_loss: Literal["nce", "infonce", "infonce_backward"] = setting(
-        "nce", choices=("nce", "infonce", "infonce_backward")
-    )
-    """contrastive: sigmoid cross-entropy against the identity (nce), softmax cross-entropy over each
-    row's goals (infonce, JaxGCRL's default "fwd_infonce") or over each column's state-actions
-    (infonce_backward, JaxGCRL's "bwd_infonce")."""
-    energy: Literal["dot", "distance"] = setting("dot", choices=("dot", "distance"))
-    """contrastive: the logit of (s, a, g): phi . psi (dot) or -||phi - psi|| (distance, JaxGCRL's "norm")."""
-    logsumexp_penalty: float = setting(0.0, sweepable=True, within="[0, inf)")
-    """contrastive: weight of mean(logsumexp over each row's logits)^2 in the critic loss (JaxGCRL: 0.1)."""
-    entropy_coefficient: float | None = setting(None, within="[0, inf)")
-    """contrastive: a fixed alpha of the actor's alpha * log pi term; None learns alpha."""
-    target_entropy_per_dim: float = setting(0.0, sweepable=True)
-    """contrastive: the entropy alpha steers the actor to, per action dimension (contrastive_rl 0, JaxGCRL -0.5)."""
-    repr_size: int = setting(64, positive=True)
-    """contrastive: size of the phi and psi representations (64 in contrastive_rl and JaxGCRL)."""
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("initial_steps", "steps_per_update"):
-            if getattr(self, name) % self.num_envs:
-                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if self.batch_size % 2:
-            raise ConfigError(f"batch_size must be even (half positives, half negatives), got {self.batch_size}")
-
-
-# Provenance of each preset: docs/algorithms/clearning.md, "Presets".
-TASKS: dict[str, dict[str, Any]] = {
-    "point_maze_open": dict(env="point_maze_open"),
-    "point_maze_u": dict(env="point_maze_u", total_steps=200_000, eval_every=19_200),
-    "brax/reacher_goal": dict(
-        env="brax/reacher_goal",
-        total_steps=1_000_000,
-        num_envs=256,
-        initial_steps=25_600,
-        steps_per_update=25_600,
-        eval_every=102_400,
-        hidden_sizes=(256, 256),
-        updates_per_step=8,
-    ),
-    "brax/ant_goal": dict(
-        env="brax/ant_goal",
-        total_steps=10_000_000,
-        num_envs=256,
-        initial_steps=25_600,
-        steps_per_update=51_200,
-        eval_every=512_000,
-        hidden_sizes=(256, 256),
-        updates_per_step=8,
-        episode_length=1000,
-    ),
-    # JaxGCRL's scale (MichalBortkiewicz/JaxGCRL, scripts/train.sh, jaxgcrl/agents/crl/crl.py).
-    "brax/ant_goal_jaxgcrl": dict(
-        env="brax/ant_goal_jaxgcrl",
-        total_steps=10_000_000,
-        num_envs=512,
-        initial_steps=512_000,
-        steps_per_update=51_200,
-        eval_every=204_800,
-        hidden_sizes=(256, 256),
-        updates_per_step=32,
-        buffer_capacity=10_000,
-    ),
-}
-VARIANTS: dict[str, dict[str, Any]] = {
-    # The method of JaxGCRL's CRL (jaxgcrl/agents/crl/crl.py defaults, losses.py).
-    "jaxgcrl": dict(
-        estimator="contrastive",
-        contrastive_loss="infonce",
-        energy="distance",
-        logsumexp_penalty=0.1,
-        target_entropy_per_dim=-0.5,
-    ),
-    # End to end in seconds (tests, smoke runs): 960 steps, two evaluations.
-    "tiny": dict(
-        total_steps=960,
-        num_envs=8,
-        initial_steps=320,
-        steps_per_update=160,
-        eval_every=320,
-        eval_episodes=4,
-        updates_per_step=1,
-        batch_size=32,
-        hidden_sizes=(16, 16),
-        repr_size=8,
-    ),
-}
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 class CState(NamedTuple):
@@ -598,6 +464,84 @@ def make_train(config: Config, env=None) -> Trainer:
         spec=spec,
         fresh_episodes=restart_episodes("env_state", "episode_return", episode_counter="episode"),
     )
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    """C-learning settings; the run fields (task, budget, environments, evaluation) are RunConfig's."""
+
+    env: str = "point_maze_open"
+    """Goal task (see `mbrlax.envs.list_envs()`: point_maze_open, point_maze_u, brax/reacher_goal, brax/ant_goal,
+    brax/ant_goal_jaxgcrl)."""
+    total_steps: int = 60_000
+    """Environment steps in all, over all parallel environments, random exploration included."""
+    num_envs: int = 32
+    """Parallel environments."""
+    initial_steps: int = setting(3200, positive=True)
+    """Uniformly random steps before learning starts (the paper: 10,000)."""
+    eval_every: int = 9600
+    """Environment steps between evaluations."""
+    eval_episodes: int = 50
+    """Evaluation episodes of the deterministic policy, run in parallel."""
+    # Learning
+    steps_per_update: int = setting(1600, positive=True)
+    """Environment steps per jitted update of the training program (progress and logging granularity)."""
+    updates_per_step: int = setting(4, positive=True)
+    """Gradient steps per vector step of all environments."""
+    batch_size: int = setting(256, positive=True)
+    """Transitions per gradient step."""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """Hidden widths of actor and critics (the paper: 256, 256)."""
+    lr: float = setting(3e-4, sweepable=True)
+    """Adam learning rate of actor and critic."""
+    tau: float = setting(5e-3, sweepable=True, within="(0, 1]")
+    """Polyak rate of the target classifiers."""
+    discount: float = setting(0.99, sweepable=True, within="(0, 1)")
+    """gamma: the horizon of the future the classifier predicts."""
+    buffer_capacity: int | None = None
+    """Steps of each environment kept (default: all of the run's)."""
+    # C-learning
+    estimator: Literal["td", "mc", "hybrid", "contrastive"] = setting(
+        "td", choices=("td", "mc", "hybrid", "contrastive")
+    )
+    """How the classifier learns: TD (recursive), MC (future states), their mix, or contrastive (NCE)."""
+    mc_weight: float = setting(0.5, sweepable=True, within="[0, 1]")
+    """hybrid: weight of the MC loss; the TD loss gets the rest."""
+    log_actor_objective: bool = False
+    """td, mc, hybrid: the actor maximises log C instead of C."""
+    # Contrastive RL
+    contrastive_loss: Literal["nce", "infonce", "infonce_backward"] = setting(
+        "nce", choices=("nce", "infonce", "infonce_backward")
+    )
+    """contrastive: sigmoid cross-entropy against the identity (nce), softmax cross-entropy over each
+    row's goals (infonce, JaxGCRL's default "fwd_infonce") or over each column's state-actions
+    (infonce_backward, JaxGCRL's "bwd_infonce")."""
+    energy: Literal["dot", "distance"] = setting("dot", choices=("dot", "distance"))
+    """contrastive: the logit of (s, a, g): phi . psi (dot) or -||phi - psi|| (distance, JaxGCRL's "norm")."""
+    logsumexp_penalty: float = setting(0.0, sweepable=True, within="[0, inf)")
+    """contrastive: weight of mean(logsumexp over each row's logits)^2 in the critic loss (JaxGCRL: 0.1)."""
+    entropy_coefficient: float | None = setting(None, within="[0, inf)")
+    """contrastive: a fixed alpha of the actor's alpha * log pi term; None learns alpha."""
+    target_entropy_per_dim: float = setting(0.0, sweepable=True)
+    """contrastive: the entropy alpha steers the actor to, per action dimension (contrastive_rl 0, JaxGCRL -0.5)."""
+    repr_size: int = setting(64, positive=True)
+    """contrastive: size of the phi and psi representations (64 in contrastive_rl and JaxGCRL)."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("initial_steps", "steps_per_update"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+        if self.batch_size % 2:
+            raise ConfigError(f"batch_size must be even (half positives, half negatives), got {self.batch_size}")
+
+
+# Presets, as data: presets/clearning.toml (a task's settings, and variants applied on top).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

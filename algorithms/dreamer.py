@@ -20,7 +20,7 @@ Departures from the paper (the most important):
 - Adam with gradient clipping as the 2023 preprint, not the Nature version's LaProp.
 - The actor follows the 2023 code (danijar/dreamerv3 at 8fa35f8); the Nature version uses REINFORCE.
 - Steps are agent steps: DMC "500k" frames at action repeat 2 is `--total-steps 250000 --action-repeat 2`.
-- Model sizes (`SIZES`) are our own, not the paper's table.
+- Model sizes (presets/dreamer.toml: tiny, small, 12m) are our own, not the paper's table.
 
 Provenance, every departure, presets and commands: docs/algorithms/dreamer.md.
 """
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from mbrlax import buffer as replay
-from mbrlax import runner, training
+from mbrlax import presets, runner, training
 from mbrlax.config import RunConfig, setting
 from mbrlax.loops.sequence import FRESH_EPISODES, evaluate_filtering, store_and_step
 from mbrlax.rssm import (
@@ -55,176 +55,6 @@ from mbrlax.rssm import (
 )
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
 from mbrlax.loops import episodes
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """Dreamer settings (the run's fields come from `RunConfig`)."""
-
-    total_steps: int = 20_000
-    """Agent steps in all (an action repeated counts once), over all parallel environments, the
-    random prefill and resets included."""
-    initial_steps: int = setting(1000, positive=True)
-    """Steps with uniformly random actions before learning starts (the replay's prefill)."""
-    steps_per_update: int = setting(500, positive=True)
-    """Environment steps per jitted update of the training program (progress and logging granularity)."""
-    eval_every: int = 2000
-    """Environment steps between evaluations."""
-    eval_episodes: int = 10
-    """Evaluation episodes of the deterministic policy, run in parallel."""
-    # Replay
-    batch_size: int = setting(16, positive=True)
-    """B: sequences per update."""
-    sequence_length: int = setting(64, positive=True)
-    """T: steps per replayed sequence."""
-    train_ratio: int = setting(512, positive=True)
-    """Replayed steps (B x T per update) per environment step: with B x T = 1024, 512 is an update
-    every second environment step."""
-    buffer_capacity: int | None = None
-    """Steps of each environment kept (default: all of the run's)."""
-    # World model and networks (`SIZES` below: tiny, small and 12m)
-    deter_size: int = setting(512, positive=True)
-    """Size of the GRU's deterministic state h."""
-    hidden_size: int = setting(512, positive=True)
-    """Width of every hidden layer (MLPs, RSSM, heads, actor, critic)."""
-    layers: int = setting(2, positive=True)
-    """Hidden layers of the encoder/decoder MLPs, the heads, the actor and the critic."""
-    stoch_size: int = setting(32, positive=True)
-    """Categorical latents in z."""
-    classes: int = setting(32, positive=True)
-    """Classes of each latent."""
-    cnn_depth: int = setting(32, positive=True)
-    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
-    convolution: str = setting("xla", choices=("xla", "matmul"))
-    """How the image encoder and decoder convolve: "xla" (its convolution) or "matmul" (strided slices
-    and one matrix product a layer: the same sums, rounded differently; under vmap over seeds it
-    stays a batched matmul where a convolution with per-seed kernels becomes a grouped one)."""
-    # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
-    unimix: float = setting(0.01, within="(0, 1]")
-    """Share of the uniform distribution mixed into every categorical."""
-    # World-model learning
-    model_lr: float = setting(1e-4, sweepable=True)
-    """Adam learning rate of the world model."""
-    dyn_scale: float = setting(0.5, sweepable=True)
-    """Weight of the dynamics KL, KL(sg(posterior) || prior)."""
-    rep_scale: float = setting(0.1, sweepable=True)
-    """Weight of the representation KL, KL(posterior || sg(prior))."""
-    free_nats: float = setting(1.0, sweepable=True)
-    """Free bits: each KL (summed over the latents) is clipped below at this many nats."""
-    model_grad_clip: float = 1000.0
-    """Global gradient-norm clip of the world model."""
-    # Behaviour learning
-    horizon: int = setting(15, positive=True)
-    """Imagined steps from every posterior state."""
-    discount: float = setting(0.997, sweepable=True, within="(0, 1]")
-    """gamma of the imagined returns."""
-    return_lambda: float = setting(0.95, sweepable=True, within="[0, 1]")
-    """lambda of the lambda-returns."""
-    actor_gradient: Literal["auto", "dynamics", "reinforce"] = "auto"
-    """How the actor learns (`actor_loss`): "dynamics", the normalised advantage differentiated back
-    through the imagined dynamics (continuous actions only); "reinforce", log pi times the normalised
-    advantage; "auto", as the 2023 DreamerV3 code: dynamics for continuous actions, REINFORCE for
-    discrete ones."""
-    actor_lr: float = setting(3e-5, sweepable=True)
-    """Adam learning rate of the actor."""
-    critic_lr: float = setting(3e-5, sweepable=True)
-    """Adam learning rate of the critic."""
-    entropy_scale: float = setting(3e-4, sweepable=True)
-    """eta: weight of the actor's entropy bonus (advantages are normalised, so one value fits all tasks)."""
-    slow_critic_rate: float = setting(0.02, sweepable=True, within="[0, 1]")
-    """EMA rate of the slow critic per update."""
-    return_scale_decay: float = 0.99
-    """EMA decay of the 5th-95th percentile range of the returns."""
-    actor_grad_clip: float = 100.0
-    """Global gradient-norm clip of the actor and of the critic."""
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("initial_steps", "steps_per_update"):
-            if getattr(self, name) % self.num_envs:
-                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if self.initial_steps // self.num_envs < self.sequence_length:
-            raise ConfigError(
-                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
-                f"sequence (sequence_length {self.sequence_length})"
-            )
-        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
-            raise ConfigError(
-                f"sequence_length ({self.sequence_length}) is longer than the buffer "
-                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
-            )
-        steps, updates = self.cycle
-        if (self.steps_per_update // self.num_envs) % steps:
-            raise ConfigError(
-                f"train_ratio {self.train_ratio} with {self.num_envs} environments and {self.batch_size} x "
-                f"{self.sequence_length} replayed steps per update is {updates} update(s) every {steps} "
-                f"environment step(s) of each environment; steps_per_update / num_envs "
-                f"({self.steps_per_update // self.num_envs}) must divide by {steps}"
-            )
-
-    @property
-    def cycle(self) -> tuple[int, int]:
-        """(vector steps, updates) of one train-ratio cycle, in lowest terms."""
-        ratio = fractions.Fraction(self.train_ratio * self.num_envs, self.batch_size * self.sequence_length)
-        return ratio.denominator, ratio.numerator
-
-
-SIZES: dict[str, dict[str, Any]] = {
-    # Parameters (world model, actor, critic): 0.22 M on pendulum, 0.68 M from 64 x 64 images.
-    # Learns pendulum on a CPU in minutes.
-    "tiny": dict(deter_size=64, hidden_size=64, layers=1, classes=8, cnn_depth=8),
-    # 2.5 M on pendulum, 4.6 M from images.
-    "small": dict(deter_size=256, hidden_size=256, layers=2, classes=16, cnn_depth=16),
-    # 9.7 M on pendulum, 12.7 M from images.
-    "12m": dict(deter_size=512, hidden_size=512, layers=2, classes=32, cnn_depth=16),
-}
-
-# Presets of the tasks; the variants below apply on top (`--env pendulum --preset 12m`).
-# Provenance of each: docs/algorithms/dreamer.md, "Presets".
-TASKS: dict[str, dict[str, Any]] = {
-    "pendulum": dict(env="pendulum", total_steps=10_000, **SIZES["tiny"], model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4),
-    "pendulum_pixels": dict(
-        env="pendulum_pixels", total_steps=50_000, **SIZES["small"], model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4
-    ),
-    "cartpole_swingup": dict(
-        env="cartpole_swingup", total_steps=100_000, action_repeat=2, eval_every=10_000, **SIZES["small"]
-    ),
-    "cartpole_swingup_pixels": dict(
-        env="cartpole_swingup_pixels", total_steps=200_000, action_repeat=2, eval_every=10_000, **SIZES["small"]
-    ),
-    "cartpole_discrete": dict(env="cartpole_discrete", total_steps=20_000, **SIZES["small"]),
-    "brax/inverted_pendulum": dict(env="brax/inverted_pendulum", total_steps=50_000, eval_every=5000, **SIZES["small"]),
-    "brax/halfcheetah": dict(
-        env="brax/halfcheetah",
-        total_steps=500_000,
-        num_envs=16,
-        initial_steps=16_000,
-        steps_per_update=16_000,
-        eval_every=50_000,
-        action_repeat=2,
-        train_ratio=512,
-        **SIZES["12m"],
-    ),
-}
-VARIANTS: dict[str, dict[str, Any]] = {
-    # A smoke run: shows the program runs end to end, not that it learns (docs/algorithms/dreamer.md).
-    "tiny": dict(
-        SIZES["tiny"],
-        total_steps=400,
-        initial_steps=128,
-        steps_per_update=64,
-        eval_every=128,
-        eval_episodes=2,
-        batch_size=4,
-        sequence_length=16,
-        train_ratio=8,
-        horizon=5,
-        episode_length=60,
-    ),
-    "small": SIZES["small"],
-    "12m": SIZES["12m"],
-}
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 # STATE
@@ -806,6 +636,127 @@ def make_train(config: Config, env=None) -> Trainer:
         spec=spec,
         fresh_episodes=FRESH_EPISODES,
     )
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    """Dreamer settings (the run's fields come from `RunConfig`)."""
+
+    total_steps: int = 20_000
+    """Agent steps in all (an action repeated counts once), over all parallel environments, the
+    random prefill and resets included."""
+    initial_steps: int = setting(1000, positive=True)
+    """Steps with uniformly random actions before learning starts (the replay's prefill)."""
+    steps_per_update: int = setting(500, positive=True)
+    """Environment steps per jitted update of the training program (progress and logging granularity)."""
+    eval_every: int = 2000
+    """Environment steps between evaluations."""
+    eval_episodes: int = 10
+    """Evaluation episodes of the deterministic policy, run in parallel."""
+    # Replay
+    batch_size: int = setting(16, positive=True)
+    """B: sequences per update."""
+    sequence_length: int = setting(64, positive=True)
+    """T: steps per replayed sequence."""
+    train_ratio: int = setting(512, positive=True)
+    """Replayed steps (B x T per update) per environment step: with B x T = 1024, 512 is an update
+    every second environment step."""
+    buffer_capacity: int | None = None
+    """Steps of each environment kept (default: all of the run's)."""
+    # World model and networks (sizes tiny, small and 12m: presets/dreamer.toml)
+    deter_size: int = setting(512, positive=True)
+    """Size of the GRU's deterministic state h."""
+    hidden_size: int = setting(512, positive=True)
+    """Width of every hidden layer (MLPs, RSSM, heads, actor, critic)."""
+    layers: int = setting(2, positive=True)
+    """Hidden layers of the encoder/decoder MLPs, the heads, the actor and the critic."""
+    stoch_size: int = setting(32, positive=True)
+    """Categorical latents in z."""
+    classes: int = setting(32, positive=True)
+    """Classes of each latent."""
+    cnn_depth: int = setting(32, positive=True)
+    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
+    convolution: str = setting("xla", choices=("xla", "matmul"))
+    """How the image encoder and decoder convolve: "xla" (its convolution) or "matmul" (strided slices
+    and one matrix product a layer: the same sums, rounded differently; under vmap over seeds it
+    stays a batched matmul where a convolution with per-seed kernels becomes a grouped one)."""
+    # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
+    unimix: float = setting(0.01, within="(0, 1]")
+    """Share of the uniform distribution mixed into every categorical."""
+    # World-model learning
+    model_lr: float = setting(1e-4, sweepable=True)
+    """Adam learning rate of the world model."""
+    dyn_scale: float = setting(0.5, sweepable=True)
+    """Weight of the dynamics KL, KL(sg(posterior) || prior)."""
+    rep_scale: float = setting(0.1, sweepable=True)
+    """Weight of the representation KL, KL(posterior || sg(prior))."""
+    free_nats: float = setting(1.0, sweepable=True)
+    """Free bits: each KL (summed over the latents) is clipped below at this many nats."""
+    model_grad_clip: float = 1000.0
+    """Global gradient-norm clip of the world model."""
+    # Behaviour learning
+    horizon: int = setting(15, positive=True)
+    """Imagined steps from every posterior state."""
+    discount: float = setting(0.997, sweepable=True, within="(0, 1]")
+    """gamma of the imagined returns."""
+    return_lambda: float = setting(0.95, sweepable=True, within="[0, 1]")
+    """lambda of the lambda-returns."""
+    actor_gradient: Literal["auto", "dynamics", "reinforce"] = "auto"
+    """How the actor learns (`actor_loss`): "dynamics", the normalised advantage differentiated back
+    through the imagined dynamics (continuous actions only); "reinforce", log pi times the normalised
+    advantage; "auto", as the 2023 DreamerV3 code: dynamics for continuous actions, REINFORCE for
+    discrete ones."""
+    actor_lr: float = setting(3e-5, sweepable=True)
+    """Adam learning rate of the actor."""
+    critic_lr: float = setting(3e-5, sweepable=True)
+    """Adam learning rate of the critic."""
+    entropy_scale: float = setting(3e-4, sweepable=True)
+    """eta: weight of the actor's entropy bonus (advantages are normalised, so one value fits all tasks)."""
+    slow_critic_rate: float = setting(0.02, sweepable=True, within="[0, 1]")
+    """EMA rate of the slow critic per update."""
+    return_scale_decay: float = 0.99
+    """EMA decay of the 5th-95th percentile range of the returns."""
+    actor_grad_clip: float = 100.0
+    """Global gradient-norm clip of the actor and of the critic."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("initial_steps", "steps_per_update"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+        if self.initial_steps // self.num_envs < self.sequence_length:
+            raise ConfigError(
+                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
+                f"sequence (sequence_length {self.sequence_length})"
+            )
+        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
+            raise ConfigError(
+                f"sequence_length ({self.sequence_length}) is longer than the buffer "
+                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
+            )
+        steps, updates = self.cycle
+        if (self.steps_per_update // self.num_envs) % steps:
+            raise ConfigError(
+                f"train_ratio {self.train_ratio} with {self.num_envs} environments and {self.batch_size} x "
+                f"{self.sequence_length} replayed steps per update is {updates} update(s) every {steps} "
+                f"environment step(s) of each environment; steps_per_update / num_envs "
+                f"({self.steps_per_update // self.num_envs}) must divide by {steps}"
+            )
+
+    @property
+    def cycle(self) -> tuple[int, int]:
+        """(vector steps, updates) of one train-ratio cycle, in lowest terms."""
+        ratio = fractions.Fraction(self.train_ratio * self.num_envs, self.batch_size * self.sequence_length)
+        return ratio.denominator, ratio.numerator
+
+
+# Presets, as data: presets/dreamer.toml (a task's settings, and variants: the smoke run and the
+# model sizes small and 12m, whose settings are its [parts] size-tiny, size-small and size-12m).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

@@ -35,59 +35,10 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, runner, sac
+from mbrlax import ensemble, presets, runner, sac
 from mbrlax.loops import dyna
 from mbrlax.config import setting
 from mbrlax.training import ConfigError, Trainer, scale_action
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(dyna.DynaConfig):
-    """M2AC settings: MBPO's, with the mask and the penalty."""
-
-    rollout_schedule: tuple[int, int, int, int] = (0, 1, 5, 5)
-    """[epoch_a, epoch_b, k_a, k_b]: H, the rollout length, rises linearly from k_a to k_b over these
-    epochs (MBPO's schedule; M2AC fixes H, k_a = k_b)."""
-    masking_rate: float = setting(0.5, sweepable=True, within="(0, 1]")
-    """w: share of the B samples kept when rollouts are one step long (H = 1); longer ones use
-    (H - h) / (2 (H + 1)) at step h (tianshou's and macura's default: 0.5)."""
-    penalty_coef: float = setting(1e-3, sweepable=True, within="[0, inf)")
-    """alpha: the model reward is r - alpha * u, u the one-vs-rest KL (tianshou's default: 0.001)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.sac_only:
-            raise ConfigError("sac_only turns off the model whose masked rollouts M2AC is; run mbpo.py --sac-only")
-        if self.ensemble_size < 2:
-            raise ConfigError(
-                f"ensemble_size ({self.ensemble_size}) must be at least 2: "
-                "the uncertainty compares one member with the rest"
-            )
-
-
-# macura's M2AC settings (mbrl/examples/conf/algorithm/m2ac.yaml) on MBPO's presets for Brax's tasks;
-# what is and is not taken: docs/algorithms/m2ac.md, Presets.
-MACURA = dict(rollout_schedule=(0, 1, 10, 10), masking_rate=0.5, penalty_coef=1e-3, real_ratio=0.05)
-
-TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn in a few minutes on a laptop CPU: MBPO's pendulum settings, H = 5.
-    "pendulum": dict(env="pendulum"),
-    # Brax's versions of the tasks: MBPO's presets, MACURA, and macura's per-task budgets (num_steps).
-    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **MACURA, total_steps=400_000),
-    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **MACURA, total_steps=125_000),
-    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **MACURA, total_steps=200_000),
-    "brax/ant": dict(dyna.PAPER_TASKS["brax/ant"], **MACURA, total_steps=300_000),
-}
-
-# Variants name no task, so they apply on top of the task's preset.
-VARIANTS: dict[str, dict[str, Any]] = {
-    # One-step rollouts at the fixed masking rate w.
-    "h1": dict(rollout_schedule=(0, 1, 1, 1)),
-    # End to end in seconds: MBPO's tiny settings with H = 3.
-    "tiny": dict(dyna.TINY, rollout_schedule=(0, 1, 3, 3)),
-}
-
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 # UNCERTAINTY
@@ -236,6 +187,38 @@ def make_train(config: Config, env=None, name: str = "M2AC") -> Trainer:
     EnvSpec)`; `name` is what an error about the task calls it (the entry point run)."""
     config.validate()
     return dyna.make_train(config, env, dyna.DynaParts(rollouts=m2ac_rollouts), name=name)
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(dyna.DynaConfig):
+    """M2AC settings: MBPO's, with the mask and the penalty."""
+
+    rollout_schedule: tuple[int, int, int, int] = (0, 1, 5, 5)
+    """[epoch_a, epoch_b, k_a, k_b]: H, the rollout length, rises linearly from k_a to k_b over these
+    epochs (MBPO's schedule; M2AC fixes H, k_a = k_b)."""
+    masking_rate: float = setting(0.5, sweepable=True, within="(0, 1]")
+    """w: share of the B samples kept when rollouts are one step long (H = 1); longer ones use
+    (H - h) / (2 (H + 1)) at step h (tianshou's and macura's default: 0.5)."""
+    penalty_coef: float = setting(1e-3, sweepable=True, within="[0, inf)")
+    """alpha: the model reward is r - alpha * u, u the one-vs-rest KL (tianshou's default: 0.001)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sac_only:
+            raise ConfigError("sac_only turns off the model whose masked rollouts M2AC is; run mbpo.py --sac-only")
+        if self.ensemble_size < 2:
+            raise ConfigError(
+                f"ensemble_size ({self.ensemble_size}) must be at least 2: "
+                "the uncertainty compares one member with the rest"
+            )
+
+
+# Presets, as data: presets/m2ac.toml (a task's settings, and variants of the method and sizes).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

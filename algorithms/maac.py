@@ -31,9 +31,18 @@ import functools
 import sys
 from typing import Any
 
-from mbrlax import runner
+from mbrlax import presets, runner
 from mbrlax.loops import pathwise
 from mbrlax.training import Trainer
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`."""
+    return pathwise.make_train(config, env, name="MAAC")
+
+
+# SETTINGS: the Config and its presets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +50,10 @@ class Config(pathwise.PathwiseConfig):
     """MAAC settings: the Dyna loop's (the data loop and the critic) and the pathwise actor's."""
 
 
-TASKS: dict[str, dict[str, Any]] = pathwise.MAAC_TASKS
-VARIANTS: dict[str, dict[str, Any]] = pathwise.VARIANTS
+# Presets, as data: presets/maac.toml (a task's settings, and variants of the method and sizes),
+# built from the family's parts in presets/pathwise.toml.
+TASKS, VARIANTS = presets.load(__file__)
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
-
-
-def make_train(config: Config, env=None) -> Trainer:
-    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
-    EnvSpec)`."""
-    return pathwise.make_train(config, env, name="MAAC")
 
 
 def main(argv=None) -> int:

@@ -37,151 +37,12 @@ import jax.numpy as jnp
 import optax
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, runner, training, trpo
+from mbrlax import ensemble, presets, runner, training, trpo
 from mbrlax.config import RunConfig, setting
 from mbrlax.networks import MLP
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule, restart_episodes, scale_action
 from mbrlax.loops.episodes import evaluate_episodes, explore_uniformly, track_returns, transition, transition_example
 from mbrlax.loops import episodes
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """MB-MPO settings."""
-
-    # Run
-    total_steps: int = 7400
-    """Real environment steps in all, random exploration included."""
-    num_envs: int = 4
-    """Parallel real environments; environment j runs adapted policy j mod (number of tasks)."""
-    episode_length: int | None = None
-    """Steps per episode (default: the task's own; the paper: 200)."""
-    initial_steps: int = setting(1000, positive=True)
-    """Uniformly random real steps before the first iteration (the paper: 5000)."""
-    eval_every: int = 1600
-    """Real steps between evaluations."""
-    eval_episodes: int = 6
-    """Evaluation episodes (deterministic policies), run in parallel; each adapted policy in turn."""
-    real_steps_per_iteration: int = setting(800, positive=True)
-    """Real steps collected by the adapted policies per iteration (the paper: 4000)."""
-    # Meta-learning
-    num_models: int = setting(3, positive=True)
-    """K: dynamics models, each a task's world (the paper: 5)."""
-    tasks_per_model: int = setting(2, positive=True)
-    """Adapted policies per model, M / K (the paper: 4, so 20 tasks)."""
-    imagined_trajectories: int = setting(20, positive=True)
-    """Trajectories imagined per task, before and after adaptation (the paper: 50)."""
-    imagined_horizon: int | None = setting(None, positive=True)
-    """Length of an imagined trajectory (default: the episode length; the paper: 200)."""
-    meta_steps: int = setting(15, positive=True)
-    """Meta-steps per iteration, each with fresh imagined data (the paper: 30)."""
-    inner_estimator: Literal["maml", "lvc"] = setting("maml", choices=("maml", "lvc"))
-    """Inner surrogate: maml (mean of log pi x advantage, the authors') or lvc (ProMP's likelihood ratio)."""
-    # 0 is the no-adaptation ablation, not a missing learning rate.
-    inner_lr: float = setting(0.02, sweepable=True, may_be_zero=True)
-    """alpha: step size of the inner policy-gradient step (the paper: 0.001; 0 for no adaptation)."""
-    outer_optimizer: Literal["trpo", "ppo"] = setting("trpo", choices=("trpo", "ppo"))
-    """Outer step: trpo (one KL-constrained natural-gradient step per meta-step, the paper's) or ppo."""
-    max_kl: float = setting(0.01, sweepable=True, positive=True)
-    """TRPO: bound on the mean KL between the adapted policies before and after the step (the paper: 0.01)."""
-    cg_iterations: int = setting(10, positive=True)
-    """TRPO: conjugate-gradient iterations for the natural-gradient direction (the authors': 10)."""
-    cg_damping: float = setting(1e-5, sweepable=True, within="[0, inf)")
-    """TRPO: damping added to the KL's Hessian, H + damping I (the authors': 1e-5)."""
-    backtrack_ratio: float = setting(0.8, sweepable=True, within="(0, 1)")
-    """TRPO: line-search shrink factor (the authors': 0.8)."""
-    max_backtracks: int = setting(15, positive=True)
-    """TRPO: step sizes the line search tries before it keeps theta (the authors': 15)."""
-    outer_steps: int = setting(5, positive=True)
-    """PPO: Adam steps on the clipped surrogate per meta-step."""
-    outer_lr: float = setting(1e-3, sweepable=True)
-    """PPO: Adam learning rate of the meta-policy theta."""
-    clip_eps: float = setting(0.2, sweepable=True, within="(0, 1)")
-    """PPO: clipping range of the outer step."""
-    discount: float = setting(0.99, sweepable=True, within="[0, 1]")
-    """Discount factor gamma."""
-    gae_lambda: float = setting(1.0, sweepable=True, within="[0, 1]")
-    """GAE lambda (the paper: 1, returns minus the baseline)."""
-    policy_hidden_sizes: tuple[int, ...] = (32, 32)
-    """Hidden widths of the Gaussian policy's mean (tanh)."""
-    init_log_std: float = 0.0
-    """Initial log standard deviation of the policy, the same in every state."""
-    # Models
-    model_hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden widths of each model (the paper: 512, 512)."""
-    model_lr: float = setting(1e-3, sweepable=True)
-    """Adam learning rate of the models."""
-    model_weight_decay: float = setting(0.0, sweepable=True)
-    """Weight decay of the models."""
-    model_batch_size: int = setting(256, positive=True)
-    """Minibatch size of model training."""
-    model_max_epochs: int = setting(50, positive=True)
-    """Most epochs per model fit; early stopping on the 20 % holdout ends most sooner."""
-
-    @property
-    def num_tasks(self) -> int:
-        return self.num_models * self.tasks_per_model
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("real_steps_per_iteration", "initial_steps"):
-            if getattr(self, name) % self.num_envs:
-                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-
-
-# The paper's settings (its code's defaults), with 200-step episodes as there.
-PAPER = dict(
-    episode_length=200,
-    initial_steps=5000,
-    real_steps_per_iteration=4000,
-    num_envs=20,
-    eval_every=4000,
-    eval_episodes=20,
-    num_models=5,
-    tasks_per_model=4,
-    imagined_trajectories=50,
-    imagined_horizon=200,
-    meta_steps=30,
-    inner_lr=0.001,
-    model_hidden_sizes=(512, 512),
-    total_steps=105_000,
-)
-
-# Provenance of each preset: docs/algorithms/mbmpo.md, "Presets".
-TASKS: dict[str, dict[str, Any]] = {
-    # Sized for a laptop CPU.
-    "pendulum": dict(env="pendulum"),
-    "brax/halfcheetah": dict(PAPER, env="brax/halfcheetah"),
-    "brax/hopper": dict(PAPER, env="brax/hopper"),
-}
-
-# Variants name no task, so they apply on top of the task's preset.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "paper": PAPER,
-    # The smallest run end to end: 2 iterations of 200 real steps after 200 random ones, 2 evaluations.
-    "tiny": dict(
-        total_steps=600,
-        initial_steps=200,
-        real_steps_per_iteration=200,
-        num_envs=2,
-        episode_length=50,
-        eval_every=200,
-        eval_episodes=2,
-        num_models=2,
-        tasks_per_model=1,
-        imagined_trajectories=4,
-        imagined_horizon=20,
-        meta_steps=2,
-        outer_steps=2,
-        policy_hidden_sizes=(8, 8),
-        model_hidden_sizes=(16, 16),
-        model_max_epochs=3,
-        # 80 imagined samples a task leave the KL's Hessian badly conditioned at the authors' 1e-5.
-        cg_damping=0.1,
-    ),
-}
-
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 class MBMPOState(NamedTuple):
@@ -744,6 +605,98 @@ def make_train(config: Config, env=None) -> Trainer:
 
     fresh_episodes = restart_episodes("env_state", "episode_return")
     return Trainer(init, update, evaluate, parts.schedule, spec=task.spec, fresh_episodes=fresh_episodes)
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    """MB-MPO settings."""
+
+    # Run
+    total_steps: int = 7400
+    """Real environment steps in all, random exploration included."""
+    num_envs: int = 4
+    """Parallel real environments; environment j runs adapted policy j mod (number of tasks)."""
+    episode_length: int | None = None
+    """Steps per episode (default: the task's own; the paper: 200)."""
+    initial_steps: int = setting(1000, positive=True)
+    """Uniformly random real steps before the first iteration (the paper: 5000)."""
+    eval_every: int = 1600
+    """Real steps between evaluations."""
+    eval_episodes: int = 6
+    """Evaluation episodes (deterministic policies), run in parallel; each adapted policy in turn."""
+    real_steps_per_iteration: int = setting(800, positive=True)
+    """Real steps collected by the adapted policies per iteration (the paper: 4000)."""
+    # Meta-learning
+    num_models: int = setting(3, positive=True)
+    """K: dynamics models, each a task's world (the paper: 5)."""
+    tasks_per_model: int = setting(2, positive=True)
+    """Adapted policies per model, M / K (the paper: 4, so 20 tasks)."""
+    imagined_trajectories: int = setting(20, positive=True)
+    """Trajectories imagined per task, before and after adaptation (the paper: 50)."""
+    imagined_horizon: int | None = setting(None, positive=True)
+    """Length of an imagined trajectory (default: the episode length; the paper: 200)."""
+    meta_steps: int = setting(15, positive=True)
+    """Meta-steps per iteration, each with fresh imagined data (the paper: 30)."""
+    inner_estimator: Literal["maml", "lvc"] = setting("maml", choices=("maml", "lvc"))
+    """Inner surrogate: maml (mean of log pi x advantage, the authors') or lvc (ProMP's likelihood ratio)."""
+    # 0 is the no-adaptation ablation, not a missing learning rate.
+    inner_lr: float = setting(0.02, sweepable=True, may_be_zero=True)
+    """alpha: step size of the inner policy-gradient step (the paper: 0.001; 0 for no adaptation)."""
+    outer_optimizer: Literal["trpo", "ppo"] = setting("trpo", choices=("trpo", "ppo"))
+    """Outer step: trpo (one KL-constrained natural-gradient step per meta-step, the paper's) or ppo."""
+    max_kl: float = setting(0.01, sweepable=True, positive=True)
+    """TRPO: bound on the mean KL between the adapted policies before and after the step (the paper: 0.01)."""
+    cg_iterations: int = setting(10, positive=True)
+    """TRPO: conjugate-gradient iterations for the natural-gradient direction (the authors': 10)."""
+    cg_damping: float = setting(1e-5, sweepable=True, within="[0, inf)")
+    """TRPO: damping added to the KL's Hessian, H + damping I (the authors': 1e-5)."""
+    backtrack_ratio: float = setting(0.8, sweepable=True, within="(0, 1)")
+    """TRPO: line-search shrink factor (the authors': 0.8)."""
+    max_backtracks: int = setting(15, positive=True)
+    """TRPO: step sizes the line search tries before it keeps theta (the authors': 15)."""
+    outer_steps: int = setting(5, positive=True)
+    """PPO: Adam steps on the clipped surrogate per meta-step."""
+    outer_lr: float = setting(1e-3, sweepable=True)
+    """PPO: Adam learning rate of the meta-policy theta."""
+    clip_eps: float = setting(0.2, sweepable=True, within="(0, 1)")
+    """PPO: clipping range of the outer step."""
+    discount: float = setting(0.99, sweepable=True, within="[0, 1]")
+    """Discount factor gamma."""
+    gae_lambda: float = setting(1.0, sweepable=True, within="[0, 1]")
+    """GAE lambda (the paper: 1, returns minus the baseline)."""
+    policy_hidden_sizes: tuple[int, ...] = (32, 32)
+    """Hidden widths of the Gaussian policy's mean (tanh)."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the policy, the same in every state."""
+    # Models
+    model_hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden widths of each model (the paper: 512, 512)."""
+    model_lr: float = setting(1e-3, sweepable=True)
+    """Adam learning rate of the models."""
+    model_weight_decay: float = setting(0.0, sweepable=True)
+    """Weight decay of the models."""
+    model_batch_size: int = setting(256, positive=True)
+    """Minibatch size of model training."""
+    model_max_epochs: int = setting(50, positive=True)
+    """Most epochs per model fit; early stopping on the 20 % holdout ends most sooner."""
+
+    @property
+    def num_tasks(self) -> int:
+        return self.num_models * self.tasks_per_model
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("real_steps_per_iteration", "initial_steps"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+
+
+# Presets, as data: presets/mbmpo.toml (a task's settings, and variants applied on top).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

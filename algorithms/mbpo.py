@@ -28,7 +28,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from mbrlax import runner
+from mbrlax import presets, runner
 from mbrlax.loops import dyna
 from mbrlax.training import Trainer
 
@@ -36,31 +36,23 @@ from mbrlax.training import Trainer
 # defined it (mbrlax.loops.dyna: rollout_length, branched_rollouts, training_batch).
 
 
+def make_train(config: Config, env=None, name: str = "MBPO") -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`: the Dyna loop with none of its parts changed."""
+    return dyna.make_train(config, env, dyna.DynaParts(), name=name)
+
+
+# SETTINGS: the Config and its presets
+
+
 @dataclasses.dataclass(frozen=True)
 class Config(dyna.DynaConfig):
     """MBPO settings: the Dyna loop's, as they stand (mbrlax.loops.dyna.DynaConfig)."""
 
 
-# Each preset's provenance and differences: docs/algorithms/mbpo.md, "Presets".
-TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn in a few minutes on a laptop CPU.
-    "pendulum": dict(env="pendulum"),
-    **dyna.PAPER_TASKS,
-}
-
-# Variants name no task, so they apply on top of the task's preset.
-VARIANTS: dict[str, dict[str, Any]] = {
-    # End to end in seconds: 4 model periods of 100 steps after 200 random ones, 2 evaluations.
-    "tiny": dyna.TINY,
-}
-
+# Presets, as data: presets/mbpo.toml (a task's settings, and variants of the method and sizes).
+TASKS, VARIANTS = presets.load(__file__)
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
-
-
-def make_train(config: Config, env=None, name: str = "MBPO") -> Trainer:
-    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
-    EnvSpec)`: the Dyna loop with none of its parts changed."""
-    return dyna.make_train(config, env, dyna.DynaParts(), name=name)
 
 
 def main(argv=None) -> int:

@@ -34,147 +34,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mbrlax import ensemble, ilqr, planners, runner
+from mbrlax import ensemble, ilqr, planners, presets, runner
 from mbrlax.config import setting
 from mbrlax.loops import mpc
 from mbrlax.training import ConfigError, Trainer
 
 PLANNERS = ("cem", "icem", "random")
 """The planners over sampled action sequences that `plan` runs; "ilqr" (`ilqr_planner`) is the other choice."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(mpc.MPCConfig):
-    """PETS settings: the MPC loop's (the model, trajectory sampling, the search's size) and the
-    planner's; the run fields (task, budget, environments, evaluation) are RunConfig's."""
-
-    planner: str = setting("cem", choices=PLANNERS + ("ilqr",))
-    """"cem", "icem" (coloured noise, decaying population, kept elites), "random" shooting or "ilqr"
-    (iterative LQR through the ensemble's mean, see `ilqr_planner`)."""
-    sampling: str = setting("truncated", choices=("truncated", "clipped"))
-    """"truncated" (variance shrunk so 2 std stay in bounds, as mbrl-lib) or "clipped" normal."""
-    icem_noise_beta: float = 2.0
-    """iCEM: exponent of the coloured noise (0 white, 2 pink-to-brown)."""
-    icem_population_decay: float = 1.25
-    """iCEM: the population shrinks by this factor each iteration."""
-    icem_keep_elites: float = 0.3
-    """iCEM: share of the elites carried into the next iteration's population."""
-    ilqr_iterations: int = setting(10, positive=True)
-    """iLQR: iterations (linearise, backward pass, line search) per planned action."""
-    ilqr_line_search_steps: int = setting(8, positive=True)
-    """iLQR: step sizes tried at once each iteration, geometrically from 1 down to ilqr_min_step."""
-    ilqr_min_step: float = setting(1e-3, within="(0, 1]")
-    """iLQR: the smallest step size of the line search."""
-    ilqr_mu_init: float = setting(1.0, within="[0, 1e10]")
-    """iLQR: the regulariser mu (added to Q_uu) at the start of every plan."""
-    ilqr_mu_min: float = setting(1e-6, within="[0, 1e10]")
-    """iLQR: the smallest mu an accepted step lowers it to."""
-    ilqr_mu_factor: float = setting(4.0, within="(1, 1e3]")
-    """iLQR: mu is divided by this after an accepted step and multiplied by it after a rejected one."""
-    ilqr_member: int | None = None
-    """iLQR: the dynamics are the mean over the planning members (the elites) when None, else the
-    mean prediction of the elite of this rank (0: the lowest holdout error)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.ilqr_member is not None and self.ilqr_member >= (self.model_elites or self.ensemble_size):
-            raise ConfigError(
-                f"ilqr_member ({self.ilqr_member}) must be below the number of elites "
-                f"({self.model_elites or self.ensemble_size})"
-            )
-        if self.planner == "icem" and self.icem_population_decay < 1.0:
-            raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")
-
-
-# mbrl-lib's PETS model and its elites (gaussian_mlp_ensemble.yaml); see docs/algorithms/pets.md.
-MBRL_LIB_ENSEMBLE = dict(
-    ensemble_size=7,
-    model_elites=5,
-    hidden_sizes=(200, 200, 200, 200),
-    model_normalize_targets=False,
-    model_authors_init=True,
-    propagation="ts1",  # "random_model"
-    particles=20,  # mbrl/examples/conf/algorithm/pets.yaml `num_particles`
-)
-# mbrl-lib's pets_cartpole fit (mbrl/examples/conf/overrides/pets_cartpole.yaml) and planner.
-MBRL_LIB_CARTPOLE_FIT = dict(
-    model_lr=7.5e-4, model_weight_decay=3e-5, model_batch_size=256, model_holdout_ratio=0.0, model_max_epochs=25
-)
-MBRL_LIB_CARTPOLE_PLANNER = dict(horizon=15, population=350, num_elites=35, alpha=0.1, cem_iterations=5)
-# Both cheetah sources' budget: 300 episodes of 1000 steps.
-HALFCHEETAH = dict(env="brax/halfcheetah", total_steps=300_000, eval_every=10_000, retrain_every=1000)
-
-TASKS: dict[str, dict[str, Any]] = {
-    # The defaults; small enough to learn on a laptop CPU.
-    "pendulum": dict(env="pendulum"),
-    # mbrl-lib's pets_cartpole model, fit and planner on the swing-up task; see docs/algorithms/pets.md.
-    "cartpole_swingup": dict(
-        env="cartpole_swingup",
-        episode_length=200,
-        total_steps=4000,
-        eval_every=1000,
-        retrain_every=200,
-        **MBRL_LIB_ENSEMBLE,
-        **MBRL_LIB_CARTPOLE_FIT,
-        **MBRL_LIB_CARTPOLE_PLANNER,
-    ),
-    # mbrl-lib's PETS example itself (pets_cartpole) on its balancing cart-pole; see docs/algorithms/pets.md.
-    "cartpole_continuous": dict(
-        env="cartpole_continuous",
-        total_steps=5000,
-        eval_every=1000,
-        initial_steps=200,
-        retrain_every=50,
-        **MBRL_LIB_ENSEMBLE,
-        **MBRL_LIB_CARTPOLE_FIT,
-        **MBRL_LIB_CARTPOLE_PLANNER,
-    ),
-    # mbrl-lib's cartpole model and planner sizes with this file's own fit and TSinf over 7 members;
-    # see docs/algorithms/pets.md.
-    "brax/inverted_pendulum": dict(
-        env="brax/inverted_pendulum",
-        total_steps=5000,
-        eval_every=1000,
-        retrain_every=250,
-        ensemble_size=7,
-        hidden_sizes=(200, 200, 200, 200),
-        model_lr=7.5e-4,
-        model_weight_decay=3e-5,
-        model_batch_size=256,
-        particles=20,
-        **MBRL_LIB_CARTPOLE_PLANNER,
-    ),
-    # mbrl-lib's pets_halfcheetah (mbrl/examples/conf/overrides/pets_halfcheetah.yaml), the reward
-    # learned; see docs/algorithms/pets.md.
-    "brax/halfcheetah": dict(
-        **HALFCHEETAH,
-        **MBRL_LIB_ENSEMBLE,
-        model_lr=2.8e-4,
-        model_weight_decay=1e-4,
-        model_batch_size=32,
-        model_holdout_ratio=0.0,
-        model_max_epochs=12,
-        horizon=30,
-        population=400,
-        num_elites=64,
-        alpha=0.12,
-        cem_iterations=5,
-    ),
-}
-
-# Variants of the method and sizes. One that names a task (the original code's settings on its
-# cheetah) starts from that task; the others apply on top of the preset of --env.
-VARIANTS: dict[str, dict[str, Any]] = {
-    # The original code's HalfCheetah (kchua/handful-of-trials dmbrl/config/halfcheetah.py), the reward
-    # learned; see docs/algorithms/pets.md.
-    "brax/halfcheetah-original": dict(HALFCHEETAH, **mpc.ORIGINAL_HALFCHEETAH),
-    # The smallest settings that run the whole loop (tests/test_contract.py and test_pets.py).
-    "tiny": dict(mpc.TINY),
-    # On top of tiny (`--preset tiny tiny-ilqr`, as tests/test_contract.py runs it): a 2-iteration iLQR.
-    "tiny-ilqr": dict(planner="ilqr", ilqr_iterations=2, ilqr_line_search_steps=3),
-}
-
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 # PLAN: search over action sequences [H, A] for the one of highest `score_fn(sequences [n, H, A],
@@ -300,6 +166,57 @@ def make_train(config: Config, env=None) -> Trainer:
     `env`, a user's own `(environment, EnvSpec)`."""
     make_planner = ilqr_planner if config.planner == "ilqr" else action_sequence_planner
     return mpc.make_train(config, env, make_planner, name="PETS")
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(mpc.MPCConfig):
+    """PETS settings: the MPC loop's (the model, trajectory sampling, the search's size) and the
+    planner's; the run fields (task, budget, environments, evaluation) are RunConfig's."""
+
+    planner: str = setting("cem", choices=PLANNERS + ("ilqr",))
+    """"cem", "icem" (coloured noise, decaying population, kept elites), "random" shooting or "ilqr"
+    (iterative LQR through the ensemble's mean, see `ilqr_planner`)."""
+    sampling: str = setting("truncated", choices=("truncated", "clipped"))
+    """"truncated" (variance shrunk so 2 std stay in bounds, as mbrl-lib) or "clipped" normal."""
+    icem_noise_beta: float = 2.0
+    """iCEM: exponent of the coloured noise (0 white, 2 pink-to-brown)."""
+    icem_population_decay: float = 1.25
+    """iCEM: the population shrinks by this factor each iteration."""
+    icem_keep_elites: float = 0.3
+    """iCEM: share of the elites carried into the next iteration's population."""
+    ilqr_iterations: int = setting(10, positive=True)
+    """iLQR: iterations (linearise, backward pass, line search) per planned action."""
+    ilqr_line_search_steps: int = setting(8, positive=True)
+    """iLQR: step sizes tried at once each iteration, geometrically from 1 down to ilqr_min_step."""
+    ilqr_min_step: float = setting(1e-3, within="(0, 1]")
+    """iLQR: the smallest step size of the line search."""
+    ilqr_mu_init: float = setting(1.0, within="[0, 1e10]")
+    """iLQR: the regulariser mu (added to Q_uu) at the start of every plan."""
+    ilqr_mu_min: float = setting(1e-6, within="[0, 1e10]")
+    """iLQR: the smallest mu an accepted step lowers it to."""
+    ilqr_mu_factor: float = setting(4.0, within="(1, 1e3]")
+    """iLQR: mu is divided by this after an accepted step and multiplied by it after a rejected one."""
+    ilqr_member: int | None = None
+    """iLQR: the dynamics are the mean over the planning members (the elites) when None, else the
+    mean prediction of the elite of this rank (0: the lowest holdout error)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.ilqr_member is not None and self.ilqr_member >= (self.model_elites or self.ensemble_size):
+            raise ConfigError(
+                f"ilqr_member ({self.ilqr_member}) must be below the number of elites "
+                f"({self.model_elites or self.ensemble_size})"
+            )
+        if self.planner == "icem" and self.icem_population_decay < 1.0:
+            raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")
+
+
+# Presets, as data: presets/pets.toml (a task's settings, and variants of the method and sizes).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

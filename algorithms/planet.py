@@ -36,200 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
-from mbrlax import planners, rssm, runner
+from mbrlax import planners, presets, rssm, runner
 from mbrlax.config import RunConfig, setting
 from mbrlax.loops import episodes, sequence
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """PlaNet settings (the run's fields come from `RunConfig`). Steps are agent steps: with
-    `action_repeat` R each step simulates R frames."""
-
-    total_steps: int = 2000
-    """Agent steps in all, over all parallel environments, the random seed episodes and resets included."""
-    initial_steps: int = setting(400, positive=True)
-    """Steps with uniformly random actions before learning starts (the authors: 5 seed episodes)."""
-    collect_steps: int = setting(200, positive=True)
-    """Environment steps collected between rounds of model training (one jitted update)."""
-    model_updates: int = setting(100, positive=True)
-    """Gradient steps of the model before each collection (the authors: 100 per episode)."""
-    eval_every: int = 400
-    """Environment steps between evaluations."""
-    eval_episodes: int = 3
-    """Evaluation episodes, planned without exploration noise, run in parallel."""
-    # Replay
-    batch_size: int = setting(50, positive=True)
-    """B: sequences per update."""
-    sequence_length: int = setting(50, positive=True)
-    """L: steps per replayed sequence."""
-    buffer_capacity: int | None = None
-    """Steps of each environment kept (default: all of the run's)."""
-    # Model (Dreamer's RSSM with Gaussian latents)
-    deter_size: int = setting(200, positive=True)
-    """Size of the GRU's deterministic state h (the authors' belief size)."""
-    hidden_size: int = setting(200, positive=True)
-    """Width of every hidden layer (encoder/decoder MLPs, RSSM, heads)."""
-    layers: int = setting(2, positive=True)
-    """Hidden layers of the vector encoder/decoder MLPs and of the reward head."""
-    stoch_size: int = setting(30, positive=True)
-    """Dimensions of the Gaussian stochastic state s."""
-    min_std: float = setting(0.1, positive=True)
-    """Added to the softplus of the latent's std (the authors' min_stddev)."""
-    cnn_depth: int = setting(32, positive=True)
-    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
-    convolution: str = setting("xla", choices=("xla", "matmul"))
-    """How the image encoder and decoder convolve (see algorithms/dreamer.py's Config.convolution)."""
-    # Model learning
-    model_lr: float = setting(1e-3, sweepable=True)
-    """Adam learning rate of the model."""
-    free_nats: float = setting(3.0, sweepable=True)
-    """KL below this many nats (per step, summed over the latent) is not penalised."""
-    kl_scale: float = setting(1.0, sweepable=True)
-    """Weight of the KL term (the authors' divergence_scale)."""
-    observation_scale: float = setting(1.0, sweepable=True)
-    """Weight of the observation's negative log-likelihood (the authors' image_loss_scale)."""
-    reward_scale: float = setting(10.0, sweepable=True)
-    """Weight of the reward's negative log-likelihood (the authors' reward_loss_scale)."""
-    model_grad_clip: float = setting(1000.0, positive=True)
-    """Global gradient-norm clip of the model."""
-    # Planner (CEM in latent space)
-    horizon: int = setting(12, positive=True)
-    """Planning horizon H (agent steps)."""
-    population: int = setting(1000, positive=True)
-    """Candidate action sequences per CEM iteration."""
-    num_elites: int = setting(100, positive=True)
-    """Best sequences the mean and std are refitted to."""
-    cem_iterations: int = setting(10, positive=True)
-    """CEM iterations per planned action."""
-    exploration_noise: float = setting(0.3, sweepable=True, within="[0, 2]")
-    """Std of the Gaussian noise added to the planned action while collecting (not in evaluation)."""
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("initial_steps", "collect_steps"):
-            if getattr(self, name) % self.num_envs:
-                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if self.initial_steps // self.num_envs < self.sequence_length:
-            raise ConfigError(
-                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
-                f"sequence (sequence_length {self.sequence_length})"
-            )
-        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
-            raise ConfigError(
-                f"sequence_length ({self.sequence_length}) is longer than the buffer "
-                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
-            )
-        if self.num_elites > self.population:
-            raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
-
-
-# The authors' sizes and planner (planet/scripts/configs.py); the heads are hidden_size wide here.
-PAPER: dict[str, Any] = dict(
-    deter_size=200,
-    hidden_size=200,
-    stoch_size=30,
-    cnn_depth=32,
-    batch_size=50,
-    sequence_length=50,
-    horizon=12,
-    population=1000,
-    num_elites=100,
-    cem_iterations=10,
-)
-# Learns pendulum on a CPU in minutes: a model 64 wide, batches of 16 x 50, a third of the paper's
-# candidates and half its iterations.
-CPU: dict[str, Any] = dict(
-    deter_size=64,
-    hidden_size=64,
-    stoch_size=16,
-    layers=2,
-    batch_size=16,
-    sequence_length=50,
-    population=300,
-    num_elites=30,
-    cem_iterations=5,
-)
-
-
-def _dmc(task: str, action_repeat: int) -> dict[str, Any]:
-    """The paper's DMC task from state: its action repeat, and its 500 episodes of 1000 frames, 5 of
-    them random, an episode collected after every 100 updates."""
-    episode = 1000 // action_repeat
-    return dict(
-        PAPER,
-        env=task,
-        action_repeat=action_repeat,
-        total_steps=500 * episode,
-        initial_steps=5 * episode,
-        collect_steps=episode,
-        model_updates=100,
-        eval_every=10 * episode,
-        eval_episodes=5,
-    )
-
-
-TASKS: dict[str, dict[str, Any]] = {
-    # Pendulum from state, CPU-sized: action repeat 2, 100-step episodes, the observation weighted 100;
-    # see docs/algorithms/planet.md.
-    "pendulum": dict(
-        CPU,
-        env="pendulum",
-        action_repeat=2,
-        observation_scale=100.0,
-        total_steps=1400,
-        initial_steps=200,
-        collect_steps=100,
-        model_updates=100,
-        eval_every=300,
-        eval_episodes=3,
-    ),
-    "pendulum_pixels": dict(
-        CPU,
-        env="pendulum_pixels",
-        action_repeat=2,
-        cnn_depth=16,
-        total_steps=3000,
-        initial_steps=200,
-        collect_steps=100,
-        model_updates=100,
-        eval_every=500,
-        eval_episodes=3,
-    ),
-    "dmc/cartpole_swingup": _dmc("dmc/cartpole_swingup", 8),
-    "dmc/reacher_easy": _dmc("dmc/reacher_easy", 4),
-    "dmc/cheetah_run": _dmc("dmc/cheetah_run", 4),
-    "dmc/finger_spin": _dmc("dmc/finger_spin", 2),
-    "dmc/ball_in_cup": _dmc("dmc/ball_in_cup", 4),
-    "dmc/walker_walk": _dmc("dmc/walker_walk", 2),
-}
-VARIANTS: dict[str, dict[str, Any]] = {
-    # Runs end to end in seconds once compiled (tests/test_contract.py); it does not learn.
-    "tiny": dict(
-        deter_size=16,
-        hidden_size=16,
-        stoch_size=4,
-        layers=1,
-        cnn_depth=4,
-        episode_length=40,
-        total_steps=200,
-        initial_steps=40,
-        collect_steps=40,
-        model_updates=2,
-        eval_every=80,
-        eval_episodes=2,
-        batch_size=4,
-        sequence_length=10,
-        horizon=4,
-        population=16,
-        num_elites=4,
-        cem_iterations=2,
-    ),
-    # The authors' model sizes and planner on top of the task's preset.
-    "paper": PAPER,
-}
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 # THE MODEL: Dreamer's RSSM with Gaussian latents and a Gaussian reward head
@@ -559,6 +369,97 @@ def make_train(config: Config, env=None) -> Trainer:
         spec=spec,
         fresh_episodes=sequence.FRESH_EPISODES,
     )
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    """PlaNet settings (the run's fields come from `RunConfig`). Steps are agent steps: with
+    `action_repeat` R each step simulates R frames."""
+
+    total_steps: int = 2000
+    """Agent steps in all, over all parallel environments, the random seed episodes and resets included."""
+    initial_steps: int = setting(400, positive=True)
+    """Steps with uniformly random actions before learning starts (the authors: 5 seed episodes)."""
+    collect_steps: int = setting(200, positive=True)
+    """Environment steps collected between rounds of model training (one jitted update)."""
+    model_updates: int = setting(100, positive=True)
+    """Gradient steps of the model before each collection (the authors: 100 per episode)."""
+    eval_every: int = 400
+    """Environment steps between evaluations."""
+    eval_episodes: int = 3
+    """Evaluation episodes, planned without exploration noise, run in parallel."""
+    # Replay
+    batch_size: int = setting(50, positive=True)
+    """B: sequences per update."""
+    sequence_length: int = setting(50, positive=True)
+    """L: steps per replayed sequence."""
+    buffer_capacity: int | None = None
+    """Steps of each environment kept (default: all of the run's)."""
+    # Model (Dreamer's RSSM with Gaussian latents)
+    deter_size: int = setting(200, positive=True)
+    """Size of the GRU's deterministic state h (the authors' belief size)."""
+    hidden_size: int = setting(200, positive=True)
+    """Width of every hidden layer (encoder/decoder MLPs, RSSM, heads)."""
+    layers: int = setting(2, positive=True)
+    """Hidden layers of the vector encoder/decoder MLPs and of the reward head."""
+    stoch_size: int = setting(30, positive=True)
+    """Dimensions of the Gaussian stochastic state s."""
+    min_std: float = setting(0.1, positive=True)
+    """Added to the softplus of the latent's std (the authors' min_stddev)."""
+    cnn_depth: int = setting(32, positive=True)
+    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
+    convolution: str = setting("xla", choices=("xla", "matmul"))
+    """How the image encoder and decoder convolve (see algorithms/dreamer.py's Config.convolution)."""
+    # Model learning
+    model_lr: float = setting(1e-3, sweepable=True)
+    """Adam learning rate of the model."""
+    free_nats: float = setting(3.0, sweepable=True)
+    """KL below this many nats (per step, summed over the latent) is not penalised."""
+    kl_scale: float = setting(1.0, sweepable=True)
+    """Weight of the KL term (the authors' divergence_scale)."""
+    observation_scale: float = setting(1.0, sweepable=True)
+    """Weight of the observation's negative log-likelihood (the authors' image_loss_scale)."""
+    reward_scale: float = setting(10.0, sweepable=True)
+    """Weight of the reward's negative log-likelihood (the authors' reward_loss_scale)."""
+    model_grad_clip: float = setting(1000.0, positive=True)
+    """Global gradient-norm clip of the model."""
+    # Planner (CEM in latent space)
+    horizon: int = setting(12, positive=True)
+    """Planning horizon H (agent steps)."""
+    population: int = setting(1000, positive=True)
+    """Candidate action sequences per CEM iteration."""
+    num_elites: int = setting(100, positive=True)
+    """Best sequences the mean and std are refitted to."""
+    cem_iterations: int = setting(10, positive=True)
+    """CEM iterations per planned action."""
+    exploration_noise: float = setting(0.3, sweepable=True, within="[0, 2]")
+    """Std of the Gaussian noise added to the planned action while collecting (not in evaluation)."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("initial_steps", "collect_steps"):
+            if getattr(self, name) % self.num_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
+        if self.initial_steps // self.num_envs < self.sequence_length:
+            raise ConfigError(
+                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
+                f"sequence (sequence_length {self.sequence_length})"
+            )
+        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
+            raise ConfigError(
+                f"sequence_length ({self.sequence_length}) is longer than the buffer "
+                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
+            )
+        if self.num_elites > self.population:
+            raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
+
+
+# Presets, as data: presets/planet.toml (a task's settings, and variants of the method and sizes).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

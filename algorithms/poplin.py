@@ -35,66 +35,12 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from mbrlax import buffer as replay
-from mbrlax import ensemble, planners, runner
+from mbrlax import ensemble, planners, presets, runner
 from mbrlax.config import setting
 from mbrlax.loops import mpc
 from mbrlax.training import Trainer, adam, gradient_update, scale_action
 
 SEARCHES = ("poplina-init", "poplina-replan", "poplinp-sep")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(mpc.MPCConfig):
-    """POPLIN settings: the MPC loop's (the model, trajectory sampling, and CEM's population, elites,
-    iterations and momentum, which POPLIN's search uses) and the policy's."""
-
-    search: str = setting("poplina-init", choices=SEARCHES)
-    """"poplina-init" (CEM over action noise around the policy's model rollout), "poplina-replan"
-    (the noise added to the policy's action on each particle's state) or "poplinp-sep" (CEM over
-    perturbations of the policy's parameters, one per time step)."""
-    policy_hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layer widths of the policy (tanh); the authors' default [64, 64], [32] for POPLIN-P."""
-    policy_lr: float = setting(3e-3, sweepable=True)
-    """Adam learning rate of the policy's distillation."""
-    policy_epochs: int = setting(100, positive=True)
-    """Distillation passes over the data since the last fit, after every model fit."""
-    policy_batch_size: int = setting(64, positive=True)
-    """Minibatch size of the distillation."""
-    action_noise_var: float = setting(0.25, sweepable=True, positive=True)
-    """POPLIN-A: initial variance of the action noise, in units of half the action range (the
-    authors' INIT_VAR 0.25)."""
-    parameter_noise_var: float = setting(0.03, sweepable=True, positive=True)
-    """POPLIN-P: initial variance of every parameter's perturbation (the authors' BC demo: 0.03)."""
-
-
-TASKS: dict[str, dict[str, Any]] = {
-    # PETS's pendulum settings (2,000 steps, horizon 30, 100 candidates, 10 elites, 5 iterations).
-    "pendulum": dict(env="pendulum"),
-    # The authors' halfcheetah (dmbrl/config/halfcheetah.py, prop-type E) at the paper's Cheetah budget;
-    # see docs/algorithms/poplin.md.
-    "brax/halfcheetah": {
-        **mpc.ORIGINAL_HALFCHEETAH,
-        "env": "brax/halfcheetah",
-        "retrain_every": 1000,
-        "propagation": "expectation",
-        "particles": 1,
-        "total_steps": 50_000,
-        "eval_every": 5000,
-    },
-}
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    # The default: POPLIN-A-Init, the authors' default cem_type.
-    "poplin-a": dict(search="poplina-init"),
-    "poplin-a-replan": dict(search="poplina-replan"),
-    # POPLIN-P as demo_scripts/POPLINP_BC.sh: per-step parameter noise of variance 0.03 on a
-    # policy with one hidden layer of 32.
-    "poplin-p": dict(search="poplinp-sep", policy_hidden_sizes=(32,), parameter_noise_var=0.03),
-    # End to end in seconds: PETS's tiny settings and a small policy distilled briefly.
-    "tiny": dict(mpc.TINY, policy_hidden_sizes=(16,), policy_epochs=2, policy_batch_size=16),
-}
-
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 # POLICY: an MLP as the authors' (tanh hidden layers, linear output, whitened inputs, normc init),
@@ -347,6 +293,38 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
 def make_train(config: Config, env=None) -> Trainer:
     """PETS's loop (the MPC loop) with POPLIN's planner."""
     return mpc.make_train(config, env, poplin_planner, name="POPLIN")
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(mpc.MPCConfig):
+    """POPLIN settings: the MPC loop's (the model, trajectory sampling, and CEM's population, elites,
+    iterations and momentum, which POPLIN's search uses) and the policy's."""
+
+    search: str = setting("poplina-init", choices=SEARCHES)
+    """"poplina-init" (CEM over action noise around the policy's model rollout), "poplina-replan"
+    (the noise added to the policy's action on each particle's state) or "poplinp-sep" (CEM over
+    perturbations of the policy's parameters, one per time step)."""
+    policy_hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the policy (tanh); the authors' default [64, 64], [32] for POPLIN-P."""
+    policy_lr: float = setting(3e-3, sweepable=True)
+    """Adam learning rate of the policy's distillation."""
+    policy_epochs: int = setting(100, positive=True)
+    """Distillation passes over the data since the last fit, after every model fit."""
+    policy_batch_size: int = setting(64, positive=True)
+    """Minibatch size of the distillation."""
+    action_noise_var: float = setting(0.25, sweepable=True, positive=True)
+    """POPLIN-A: initial variance of the action noise, in units of half the action range (the
+    authors' INIT_VAR 0.25)."""
+    parameter_noise_var: float = setting(0.03, sweepable=True, positive=True)
+    """POPLIN-P: initial variance of every parameter's perturbation (the authors' BC demo: 0.03)."""
+
+
+# Presets, as data: presets/poplin.toml (a task's settings, and variants of the method and sizes).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

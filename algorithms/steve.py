@@ -35,7 +35,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from mbrlax import ensemble, runner, sac
+from mbrlax import ensemble, presets, runner, sac
 from mbrlax.loops import dyna
 from mbrlax.config import setting
 from mbrlax.networks import TwinQ
@@ -43,84 +43,6 @@ from mbrlax.training import ConfigError, Trainer, scale_action
 
 ESTIMATORS = ("steve", "mve")
 EXPANSION_MODELS = ("sample", "mean")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config(dyna.DynaConfig):
-    """STEVE/MVE settings: MBPO's (the model and SAC), with the critic's target expanded through the model."""
-
-    estimator: str = setting("steve", choices=ESTIMATORS)
-    """"steve": candidates for 0..H model steps weighted by inverse variance; "mve": H steps, TD-k trick."""
-    horizon: int = setting(3, within="[0, inf)")
-    """H: model steps of the expansion (STEVE's authors: 3, for MVE too; MVE's authors ran 5; 0: SAC's critic)."""
-    expansion_model: str = setting("sample", choices=EXPANSION_MODELS)
-    """MVE's model steps: "sample" a random elite a step, drawing from its Gaussian (MBPO's rollouts);
-    "mean" the elites' mean prediction, deterministic. STEVE always samples, one path per elite."""
-    known_reward: bool = True
-    """Use the task's own reward function where it has one; else the model's reward head."""
-    rollout_batch_size: int = 0
-    """Rollouts into a model buffer at each refit (0: none; value expansion trains the critic on real data)."""
-    updates_per_step: int = setting(5, positive=True)
-    """G: SAC gradient steps per environment step."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.estimator == "steve" and self.expansion_model != "sample":
-            raise ConfigError(
-                f"expansion_model {self.expansion_model!r} is MVE's choice; STEVE samples one path per elite "
-                "(use --estimator mve or drop --expansion-model)"
-            )
-        if self.horizon > 0 and self.sac_only:
-            raise ConfigError(
-                f"horizon {self.horizon} expands the critic's target through the model, which sac_only turns off; "
-                "use --horizon 0 or drop --sac-only"
-            )
-
-
-# The STEVE authors' settings that map onto this loop, under MBPO's task presets;
-# provenance and what is not copied: docs/algorithms/steve.md, Presets.
-AUTHORS = dict(
-    horizon=3,
-    sac_batch_size=512,
-    initial_steps=10_000,
-    rollout_batch_size=0,
-    updates_per_step=4,
-)
-
-TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn on a laptop CPU.
-    "pendulum": dict(env="pendulum"),
-    # The papers' MuJoCo tasks through Brax: MBPO's preset for each task with AUTHORS on top.
-    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **AUTHORS),
-    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **AUTHORS),
-    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **AUTHORS),
-    "brax/ant": dict(dyna.PAPER_TASKS["brax/ant"], **AUTHORS),
-}
-
-# Variants: they name no task, so they apply on top of the task's preset.
-VARIANTS: dict[str, dict[str, Any]] = {
-    # MVE with the TD-k trick through the elites' mean (the STEVE authors' mve_tdk.json);
-    # docs/algorithms/steve.md, Presets.
-    "mve": dict(estimator="mve", horizon=3, expansion_model="mean"),
-    # The MVE authors' own runs (vlad17/mve, HalfCheetah's rates) as far as they map onto this loop, on top
-    # of a task: `--env brax/halfcheetah --preset mve-authors`. Sources: docs/algorithms/steve.md.
-    "mve-authors": dict(
-        estimator="mve",
-        horizon=5,
-        expansion_model="mean",
-        updates_per_step=4,
-        sac_batch_size=64,
-        initial_steps=10_000,
-        sac_hidden_sizes=(64, 64),
-        sac_lr=1e-3,
-        tau=1e-2,
-    ),
-    "steve": dict(estimator="steve", horizon=3),
-    # End to end in seconds: MBPO's tiny settings, no model buffer, H = 2.
-    "tiny": dict(dyna.TINY, rollout_batch_size=0, horizon=2),
-}
-
-PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 # IMAGINED PATHS
@@ -321,6 +243,46 @@ def make_train(config: Config, env=None, name: str = "STEVE") -> Trainer:
     expand = config.horizon > 0 and not config.sac_only  # H = 0: SAC's own critic
     parts = dyna.DynaParts(critic_objective=expanded_critic_loss if expand else None)
     return dyna.make_train(config, env, parts, name=name)
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(dyna.DynaConfig):
+    """STEVE/MVE settings: MBPO's (the model and SAC), with the critic's target expanded through the model."""
+
+    estimator: str = setting("steve", choices=ESTIMATORS)
+    """"steve": candidates for 0..H model steps weighted by inverse variance; "mve": H steps, TD-k trick."""
+    horizon: int = setting(3, within="[0, inf)")
+    """H: model steps of the expansion (STEVE's authors: 3, for MVE too; MVE's authors ran 5; 0: SAC's critic)."""
+    expansion_model: str = setting("sample", choices=EXPANSION_MODELS)
+    """MVE's model steps: "sample" a random elite a step, drawing from its Gaussian (MBPO's rollouts);
+    "mean" the elites' mean prediction, deterministic. STEVE always samples, one path per elite."""
+    known_reward: bool = True
+    """Use the task's own reward function where it has one; else the model's reward head."""
+    rollout_batch_size: int = 0
+    """Rollouts into a model buffer at each refit (0: none; value expansion trains the critic on real data)."""
+    updates_per_step: int = setting(5, positive=True)
+    """G: SAC gradient steps per environment step."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.estimator == "steve" and self.expansion_model != "sample":
+            raise ConfigError(
+                f"expansion_model {self.expansion_model!r} is MVE's choice; STEVE samples one path per elite "
+                "(use --estimator mve or drop --expansion-model)"
+            )
+        if self.horizon > 0 and self.sac_only:
+            raise ConfigError(
+                f"horizon {self.horizon} expands the critic's target through the model, which sac_only turns off; "
+                "use --horizon 0 or drop --sac-only"
+            )
+
+
+# Presets, as data: presets/steve.toml (a task's settings, and variants of the method and sizes).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
 
 
 def main(argv=None) -> int:

@@ -24,9 +24,18 @@ import functools
 import sys
 from typing import Any
 
-from mbrlax import runner
+from mbrlax import presets, runner
 from mbrlax.loops import pathwise
 from mbrlax.training import Trainer
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
+    EnvSpec)`."""
+    return pathwise.make_train(config, env, name="SVG")
+
+
+# SETTINGS: the Config and its presets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,27 +43,11 @@ class Config(pathwise.PathwiseConfig):
     """SVG settings: the Dyna loop's (the data loop and the critic) and the pathwise actor's."""
 
 
-# Every task's preset with SAC-SVG on top (the authors' regime where they ran the task, the method
-# alone on pendulum); each preset's provenance: docs/algorithms/svg.md, "Presets".
-TASKS: dict[str, dict[str, Any]] = {
-    **{
-        task: {**settings, **pathwise.VARIANTS["sac-svg"], **pathwise.SAC_SVG_TASKS.get(task, {})}
-        for task, settings in pathwise.MAAC_TASKS.items()
-    },
-    "pendulum": {**pathwise.MAAC_TASKS["pendulum"], **pathwise.SAC_SVG_METHOD},
-}
-# MAAC's variants; tiny keeps SAC-SVG's method (no model data for the critic) at MAAC's tiny sizes.
-VARIANTS: dict[str, dict[str, Any]] = {
-    **pathwise.VARIANTS,
-    "tiny": {**pathwise.VARIANTS["tiny"], **pathwise.SAC_SVG_METHOD},
-}
+# Presets, as data: presets/svg.toml, every task's preset MAAC's with SAC-SVG on top (the authors'
+# regime where they ran the task, the method alone on pendulum), and MAAC's variants; built from the
+# family's parts in presets/pathwise.toml.
+TASKS, VARIANTS = presets.load(__file__)
 PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
-
-
-def make_train(config: Config, env=None) -> Trainer:
-    """The training program, on the task `config.env` names or on `env`, a user's own `(environment,
-    EnvSpec)`."""
-    return pathwise.make_train(config, env, name="SVG")
 
 
 def main(argv=None) -> int:

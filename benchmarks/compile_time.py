@@ -102,7 +102,7 @@ def _dreamer(task: str):
     steps = 16
     config = dataclasses.replace(
         dreamer.Config(),
-        **dreamer.SIZES["12m"],
+        **dreamer.VARIANTS["12m"],
         env=task,
         train_ratio=512,
         initial_steps=1024,

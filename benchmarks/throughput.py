@@ -536,7 +536,10 @@ def bench_dreamer(args) -> list[dict]:
         for size in args.dreamer_sizes:
             # One update: `dreamer_env_steps` steps of one environment, an update every second step.
             steps = args.dreamer_env_steps
-            fields = dict(dreamer.SIZES[size], env=task, train_ratio=512, initial_steps=1024, eval_every=steps)
+            # The model's size alone: VARIANTS' small and 12m are only that, its tiny a smoke run's budget too.
+            sizes = ("deter_size", "hidden_size", "layers", "classes", "cnn_depth")
+            model = {key: dreamer.VARIANTS[size][key] for key in sizes}
+            fields = dict(model, env=task, train_ratio=512, initial_steps=1024, eval_every=steps)
             fields.update(steps_per_update=steps)
             fields = overridden(fields, args)
             config = dreamer.Config(**dict(fields, total_steps=fields["initial_steps"] + 2 * steps))

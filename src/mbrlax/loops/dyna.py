@@ -8,7 +8,8 @@ MVE) the critic's, M2AC the model data, each through `DynaParts`.
 
 is the rollout length (`rollout_length`); SAC's batches take floor(real_ratio x batch) real rows and
 the rest from the newest rollouts (`training_batch`). The settings every algorithm on the loop shares
-are `DynaConfig`; `PAPER_TASKS` and `TINY` are the presets they start from.
+are `DynaConfig`; the parts of the presets they start from (the MBPO paper's per-task settings and
+the tiny ones) are data, in algorithms/presets/dyna.toml.
 """
 
 from __future__ import annotations
@@ -122,109 +123,6 @@ class DynaConfig(RunConfig):
             raise ConfigError(
                 f"buffer_capacity ({self.buffer_capacity}) must hold the initial steps ({self.initial_steps})"
             )
-
-
-
-# The MBPO paper's settings (its code's per-task configs), on Brax's versions of its tasks; each
-# algorithm on the loop starts its presets there (docs/algorithms/mbpo.md, Presets).
-PAPER = dict(
-    initial_steps=5000,
-    eval_every=5000,
-    epoch_length=1000,
-    model_train_freq=250,
-    rollout_batch_size=100_000,
-    model_retain_epochs=1,
-    real_ratio=0.05,
-    ensemble_size=7,
-    num_elites=5,
-    model_hidden_sizes=(200, 200, 200, 200),
-    model_lr=1e-3,
-    model_weight_decay=5e-5,
-    model_batch_size=256,
-    model_max_epochs=100,
-    sac_hidden_sizes=(256, 256),
-    sac_batch_size=256,
-    sac_lr=3e-4,
-    tau=5e-3,
-    discount=0.99,
-)
-
-PAPER_TASKS: dict[str, dict[str, Any]] = {
-    "brax/halfcheetah": dict(
-        PAPER,
-        env="brax/halfcheetah",
-        total_steps=400_000,
-        updates_per_step=40,
-        rollout_schedule=(20, 150, 1, 1),
-        target_entropy=-3.0,
-    ),
-    "brax/hopper": dict(
-        PAPER,
-        env="brax/hopper",
-        total_steps=125_000,
-        updates_per_step=20,
-        rollout_schedule=(20, 150, 1, 15),
-        target_entropy=-1.0,
-    ),
-    "brax/walker2d": dict(
-        PAPER,
-        env="brax/walker2d",
-        total_steps=300_000,
-        updates_per_step=20,
-        rollout_schedule=(20, 150, 1, 1),
-        target_entropy=-3.0,
-    ),
-    "brax/ant": dict(
-        PAPER,
-        env="brax/ant",
-        total_steps=300_000,
-        updates_per_step=20,
-        rollout_schedule=(20, 100, 1, 25),
-        target_entropy=-4.0,
-    ),
-    "brax/humanoid": dict(
-        PAPER,
-        env="brax/humanoid",
-        total_steps=300_000,
-        updates_per_step=20,
-        model_train_freq=1000,
-        model_retain_epochs=5,
-        rollout_schedule=(20, 300, 1, 20),
-        model_hidden_sizes=(400, 400, 400, 400),
-        target_entropy=-2.0,
-    ),
-    "brax/inverted_pendulum": dict(
-        PAPER,
-        env="brax/inverted_pendulum",
-        total_steps=20_000,
-        initial_steps=500,
-        eval_every=1000,
-        epoch_length=250,
-        updates_per_step=10,
-        rollout_schedule=(1, 15, 1, 1),
-        target_entropy=-0.05,
-    ),
-}
-
-# End to end in seconds: 4 model periods of 100 steps after 200 random ones, 2 evaluations.
-TINY: dict[str, Any] = dict(
-    total_steps=600,
-    initial_steps=200,
-    model_train_freq=100,
-    epoch_length=200,
-    rollout_batch_size=64,
-    rollout_schedule=(0, 1, 1, 3),
-    updates_per_step=2,
-    ensemble_size=3,
-    num_elites=2,
-    model_hidden_sizes=(16, 16),
-    model_max_epochs=3,
-    sac_hidden_sizes=(16, 16),
-    sac_batch_size=32,
-    eval_every=200,
-    eval_episodes=2,
-    episode_length=50,
-)
 
 
 class DynaState(NamedTuple):

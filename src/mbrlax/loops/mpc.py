@@ -116,47 +116,6 @@ class MPCConfig(RunConfig):
             raise ConfigError(f"model_layer_decay_scale must be 0 or positive, got {self.model_layer_decay_scale}")
 
 
-# SMALLEST: the settings that run the whole loop in seconds (tests/test_contract.py and the tests).
-TINY: dict[str, Any] = dict(
-    episode_length=50,
-    total_steps=200,
-    eval_every=50,
-    eval_episodes=2,
-    retrain_every=50,
-    horizon=5,
-    population=16,
-    num_elites=4,
-    cem_iterations=2,
-    particles=4,
-    ensemble_size=2,
-    hidden_sizes=(16, 16),
-    model_max_epochs=3,
-)
-# The original PETS code's HalfCheetah model and planner (kchua/handful-of-trials,
-# dmbrl/config/halfcheetah.py), which POPLIN's code keeps; see docs/algorithms/pets.md.
-ORIGINAL_HALFCHEETAH: dict[str, Any] = dict(
-    ensemble_size=5,
-    hidden_sizes=(200, 200, 200, 200),
-    model_lr=1e-3,
-    model_weight_decay=1e-4,
-    model_layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
-    model_decay_biases=False,
-    model_learn_logvar_bounds=True,
-    model_normalize_targets=False,
-    model_authors_init=True,
-    model_batch_size=32,
-    model_holdout_ratio=0.0,
-    model_max_epochs=5,
-    horizon=30,
-    population=500,
-    num_elites=50,
-    alpha=0.1,
-    cem_iterations=5,
-    particles=20,
-    propagation="tsinf",
-)
-
-
 class MPCState(NamedTuple):
     env_state: Any
     buffer: replay.ReplayBuffer

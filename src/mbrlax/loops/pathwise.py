@@ -6,15 +6,16 @@ path, closed by the twin soft Q,
                   + gamma^H (min_i Q_i(s_H, a_H) - alpha log pi(a_H|s_H)) ]
 
 with gamma^t zero after a predicted termination (`pathwise_objective`); H = 0 is SAC's own actor.
-The data loop and the critic are the Dyna loop's (`loops.dyna`). The presets that MAAC's and SVG's
-entry points share are here too; their provenance: docs/algorithms/maac.md and svg.md.
+The data loop and the critic are the Dyna loop's (`loops.dyna`). The parts of the presets that MAAC's
+and SVG's entry points share are data, in algorithms/presets/pathwise.toml; their provenance:
+docs/algorithms/maac.md and svg.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -63,88 +64,6 @@ class PathwiseConfig(dyna.DynaConfig):
             )
         if self.target_entropy_final is not None and self.target_entropy is None:
             raise ConfigError("target_entropy_final needs target_entropy, the schedule's start; set both or neither")
-
-
-# The MAAC authors' settings (their code's defaults), on Brax's versions of the tasks; the critic's
-# data (rollout schedules, model buffer) as MBPO's presets for the same tasks.
-MAAC_AUTHORS = dict(
-    horizon=3,
-    ensemble_size=8,
-    num_elites=5,
-    model_hidden_sizes=(200, 200, 200, 200),
-    sac_hidden_sizes=(256, 256),
-    sac_lr=3e-4,
-    updates_per_step=8,
-    initial_steps=5000,
-    total_steps=200_000,
-)
-
-# MAAC's task presets, the base of SVG's; each one's provenance: docs/algorithms/maac.md, "Presets".
-MAAC_TASKS: dict[str, dict[str, Any]] = {
-    # Small enough to learn in a minute or two on a laptop CPU.
-    "pendulum": dict(env="pendulum"),
-    "brax/inverted_pendulum": dict(
-        dyna.PAPER_TASKS["brax/inverted_pendulum"], **dict(MAAC_AUTHORS, total_steps=20_000, initial_steps=500)
-    ),
-    "brax/halfcheetah": dict(dyna.PAPER_TASKS["brax/halfcheetah"], **MAAC_AUTHORS),
-    "brax/hopper": dict(dyna.PAPER_TASKS["brax/hopper"], **MAAC_AUTHORS),
-    "brax/walker2d": dict(dyna.PAPER_TASKS["brax/walker2d"], **dict(MAAC_AUTHORS, horizon=1)),
-}
-
-# SAC-SVG(3), the method: their horizon=3 is 2 model steps here; the critic learns from real data
-# only (no rollouts into a model buffer); SAC stepped critic first; no clipping (facebookresearch/svg).
-SAC_SVG_METHOD = dict(
-    horizon=2, sac_only=False, rollout_batch_size=0, max_grad_norm=None, sac_update_order="sequential"
-)
-# The rest of their regime that holds on every task (config/train.yaml, config/env/mbpo_*.yaml).
-SAC_SVG_AUTHORS = dict(
-    SAC_SVG_METHOD,
-    updates_per_step=1,
-    sac_hidden_sizes=(512, 512, 512, 512),
-    sac_lr=1e-4,
-    sac_batch_size=1024,
-    initial_steps=1000,
-    model_free_steps=10_000,
-    initial_alpha=0.1,
-)
-# Their per-task budget and target-entropy schedule (config/env/mbpo_{cheetah,hopper,walker2d}.yaml;
-# the temperature's LearnTemp in svg/temp.py), evaluated every 25,000 steps over 10 episodes.
-SAC_SVG_TASKS: dict[str, dict[str, Any]] = {
-    "brax/hopper": dict(
-        total_steps=1_000_000, target_entropy=0.0, target_entropy_final=-2.0, target_entropy_decay=0.03125
-    ),
-    "brax/walker2d": dict(
-        total_steps=2_000_000, target_entropy=-2.0, target_entropy_final=-8.0, target_entropy_decay=0.0625
-    ),
-    "brax/halfcheetah": dict(
-        total_steps=2_000_000, target_entropy=-2.0, target_entropy_final=-3.0, target_entropy_decay=1.0
-    ),
-}
-for _task in SAC_SVG_TASKS.values():
-    _task.update(eval_every=25_000, eval_episodes=10, buffer_capacity=min(_task["total_steps"], 1_000_000))
-
-# The family's variants (MAAC's and SVG's): they name no task, so they apply on top of the task's preset.
-VARIANTS: dict[str, dict[str, Any]] = {
-    # H = 3 with the model; on svg.py's tasks (SAC-SVG's regime) this changes the horizon only.
-    "maac": dict(horizon=3, sac_only=False),
-    # SAC itself: no model, one update per step, SAC's own update order, temperature and clipping.
-    "svg0": dict(
-        horizon=0,
-        sac_only=True,
-        updates_per_step=1,
-        max_grad_norm=None,
-        sac_update_order="simultaneous",
-        initial_alpha=1.0,
-        model_free_steps=0,
-        target_entropy_final=None,
-    ),
-    # SVG(1) with MAAC's clipping and SAC's update order; the rest is the task's preset.
-    "svg1": dict(horizon=1, sac_only=False, rollout_batch_size=0, max_grad_norm=5.0, sac_update_order="simultaneous"),
-    # SAC-SVG(3) in its authors' regime, on any task.
-    "sac-svg": SAC_SVG_AUTHORS,
-    # End to end in seconds: MBPO's tiny settings and H = 2.
-    "tiny": dict(dyna.TINY, total_steps=500, rollout_schedule=(0, 1, 1, 2), horizon=2),
-}
 
 
 # SCHEDULE OF THE TARGET ENTROPY
