@@ -474,8 +474,7 @@ class Config(RunConfig):
     """C-learning settings; the run fields (task, budget, environments, evaluation) are RunConfig's."""
 
     env: str = "point_maze_open"
-    """Goal task (see `mbrlax.envs.list_envs()`: point_maze_open, point_maze_u, brax/reacher_goal, brax/ant_goal,
-    brax/ant_goal_jaxgcrl)."""
+    """Goal task (see `mbrlax.envs.list_envs()`)."""
     total_steps: int = 60_000
     """Environment steps in all, over all parallel environments, random exploration included."""
     num_envs: int = 32
@@ -516,9 +515,7 @@ class Config(RunConfig):
     contrastive_loss: Literal["nce", "infonce", "infonce_backward"] = setting(
         "nce", choices=("nce", "infonce", "infonce_backward")
     )
-    """contrastive: sigmoid cross-entropy against the identity (nce), softmax cross-entropy over each
-    row's goals (infonce, JaxGCRL's default "fwd_infonce") or over each column's state-actions
-    (infonce_backward, JaxGCRL's "bwd_infonce")."""
+    """contrastive: the critic's loss, sigmoid (nce) or softmax (infonce, infonce_backward) cross-entropy."""
     energy: Literal["dot", "distance"] = setting("dot", choices=("dot", "distance"))
     """contrastive: the logit of (s, a, g): phi . psi (dot) or -||phi - psi|| (distance, JaxGCRL's "norm")."""
     logsumexp_penalty: float = setting(0.0, sweepable=True, within="[0, inf)")
@@ -526,7 +523,7 @@ class Config(RunConfig):
     entropy_coefficient: float | None = setting(None, within="[0, inf)")
     """contrastive: a fixed alpha of the actor's alpha * log pi term; None learns alpha."""
     target_entropy_per_dim: float = setting(0.0, sweepable=True)
-    """contrastive: the entropy alpha steers the actor to, per action dimension (contrastive_rl 0, JaxGCRL -0.5)."""
+    """contrastive: the entropy alpha steers the actor to, per action dimension."""
     repr_size: int = setting(64, positive=True)
     """contrastive: size of the phi and psi representations (64 in contrastive_rl and JaxGCRL)."""
 

@@ -646,8 +646,7 @@ class Config(RunConfig):
     """Dreamer settings (the run's fields come from `RunConfig`)."""
 
     total_steps: int = 20_000
-    """Agent steps in all (an action repeated counts once), over all parallel environments, the
-    random prefill and resets included."""
+    """Agent steps in all, over all parallel environments, the random prefill and resets included."""
     initial_steps: int = setting(1000, positive=True)
     """Steps with uniformly random actions before learning starts (the replay's prefill)."""
     steps_per_update: int = setting(500, positive=True)
@@ -662,8 +661,7 @@ class Config(RunConfig):
     sequence_length: int = setting(64, positive=True)
     """T: steps per replayed sequence."""
     train_ratio: int = setting(512, positive=True)
-    """Replayed steps (B x T per update) per environment step: with B x T = 1024, 512 is an update
-    every second environment step."""
+    """Replayed steps (B x T per update) per environment step."""
     buffer_capacity: int | None = None
     """Steps of each environment kept (default: all of the run's)."""
     # World model and networks (sizes tiny, small and 12m: presets/dreamer.toml)
@@ -680,9 +678,7 @@ class Config(RunConfig):
     cnn_depth: int = setting(32, positive=True)
     """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
     convolution: str = setting("xla", choices=("xla", "matmul"))
-    """How the image encoder and decoder convolve: "xla" (its convolution) or "matmul" (strided slices
-    and one matrix product a layer: the same sums, rounded differently; under vmap over seeds it
-    stays a batched matmul where a convolution with per-seed kernels becomes a grouped one)."""
+    """How the image encoder and decoder convolve: "xla" (XLA's convolution) or "matmul" (matrix products)."""
     # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
     unimix: float = setting(0.01, within="(0, 1]")
     """Share of the uniform distribution mixed into every categorical."""
@@ -705,10 +701,7 @@ class Config(RunConfig):
     return_lambda: float = setting(0.95, sweepable=True, within="[0, 1]")
     """lambda of the lambda-returns."""
     actor_gradient: Literal["auto", "dynamics", "reinforce"] = "auto"
-    """How the actor learns (`actor_loss`): "dynamics", the normalised advantage differentiated back
-    through the imagined dynamics (continuous actions only); "reinforce", log pi times the normalised
-    advantage; "auto", as the 2023 DreamerV3 code: dynamics for continuous actions, REINFORCE for
-    discrete ones."""
+    """How the actor learns (`actor_loss`): "dynamics", "reinforce", or "auto" (by the action space)."""
     actor_lr: float = setting(3e-5, sweepable=True)
     """Adam learning rate of the actor."""
     critic_lr: float = setting(3e-5, sweepable=True)

@@ -197,11 +197,9 @@ class Config(dyna.DynaConfig):
     """M2AC settings: MBPO's, with the mask and the penalty."""
 
     rollout_schedule: tuple[int, int, int, int] = (0, 1, 5, 5)
-    """[epoch_a, epoch_b, k_a, k_b]: H, the rollout length, rises linearly from k_a to k_b over these
-    epochs (MBPO's schedule; M2AC fixes H, k_a = k_b)."""
+    """[epoch_a, epoch_b, k_a, k_b]: rollout length H rises linearly from k_a to k_b over these epochs."""
     masking_rate: float = setting(0.5, sweepable=True, within="(0, 1]")
-    """w: share of the B samples kept when rollouts are one step long (H = 1); longer ones use
-    (H - h) / (2 (H + 1)) at step h (tianshou's and macura's default: 0.5)."""
+    """w: share of the B samples kept when H = 1; longer rollouts keep (H - h) / (2 (H + 1)) at step h."""
     penalty_coef: float = setting(1e-3, sweepable=True, within="[0, inf)")
     """alpha: the model reward is r - alpha * u, u the one-vs-rest KL (tianshou's default: 0.001)."""
 

@@ -177,8 +177,7 @@ class Config(mpc.MPCConfig):
     planner's; the run fields (task, budget, environments, evaluation) are RunConfig's."""
 
     planner: str = setting("cem", choices=PLANNERS + ("ilqr",))
-    """"cem", "icem" (coloured noise, decaying population, kept elites), "random" shooting or "ilqr"
-    (iterative LQR through the ensemble's mean, see `ilqr_planner`)."""
+    """The planner: "cem", "icem", "random" (shooting) or "ilqr" (iterative LQR, see `ilqr_planner`)."""
     sampling: str = setting("truncated", choices=("truncated", "clipped"))
     """"truncated" (variance shrunk so 2 std stay in bounds, as mbrl-lib) or "clipped" normal."""
     icem_noise_beta: float = 2.0
@@ -200,8 +199,7 @@ class Config(mpc.MPCConfig):
     ilqr_mu_factor: float = setting(4.0, within="(1, 1e3]")
     """iLQR: mu is divided by this after an accepted step and multiplied by it after a rejected one."""
     ilqr_member: int | None = None
-    """iLQR: the dynamics are the mean over the planning members (the elites) when None, else the
-    mean prediction of the elite of this rank (0: the lowest holdout error)."""
+    """iLQR: rank of the elite whose mean prediction is the dynamics (0: best); None: the elites' mean."""
 
     def validate(self) -> None:
         super().validate()

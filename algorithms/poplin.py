@@ -304,9 +304,7 @@ class Config(mpc.MPCConfig):
     iterations and momentum, which POPLIN's search uses) and the policy's."""
 
     search: str = setting("poplina-init", choices=SEARCHES)
-    """"poplina-init" (CEM over action noise around the policy's model rollout), "poplina-replan"
-    (the noise added to the policy's action on each particle's state) or "poplinp-sep" (CEM over
-    perturbations of the policy's parameters, one per time step)."""
+    """The search: "poplina-init", "poplina-replan" (POPLIN-A, action noise) or "poplinp-sep" (POPLIN-P)."""
     policy_hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the policy (tanh); the authors' default [64, 64], [32] for POPLIN-P."""
     policy_lr: float = setting(3e-3, sweepable=True)
@@ -316,8 +314,7 @@ class Config(mpc.MPCConfig):
     policy_batch_size: int = setting(64, positive=True)
     """Minibatch size of the distillation."""
     action_noise_var: float = setting(0.25, sweepable=True, positive=True)
-    """POPLIN-A: initial variance of the action noise, in units of half the action range (the
-    authors' INIT_VAR 0.25)."""
+    """POPLIN-A: initial variance of the action noise, in units of half the action range."""
     parameter_noise_var: float = setting(0.03, sweepable=True, positive=True)
     """POPLIN-P: initial variance of every parameter's perturbation (the authors' BC demo: 0.03)."""
 

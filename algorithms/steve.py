@@ -255,14 +255,13 @@ class Config(dyna.DynaConfig):
     estimator: str = setting("steve", choices=ESTIMATORS)
     """"steve": candidates for 0..H model steps weighted by inverse variance; "mve": H steps, TD-k trick."""
     horizon: int = setting(3, within="[0, inf)")
-    """H: model steps of the expansion (STEVE's authors: 3, for MVE too; MVE's authors ran 5; 0: SAC's critic)."""
+    """H: model steps of the expansion (STEVE's authors: 3; 0: SAC's critic)."""
     expansion_model: str = setting("sample", choices=EXPANSION_MODELS)
-    """MVE's model steps: "sample" a random elite a step, drawing from its Gaussian (MBPO's rollouts);
-    "mean" the elites' mean prediction, deterministic. STEVE always samples, one path per elite."""
+    """MVE's model steps: "sample" a random elite a step, from its Gaussian; "mean" the elites' mean."""
     known_reward: bool = True
     """Use the task's own reward function where it has one; else the model's reward head."""
     rollout_batch_size: int = 0
-    """Rollouts into a model buffer at each refit (0: none; value expansion trains the critic on real data)."""
+    """Rollouts into a model buffer per refit (0: none; value expansion trains the critic on real data)."""
     updates_per_step: int = setting(5, positive=True)
     """G: SAC gradient steps per environment step."""
 

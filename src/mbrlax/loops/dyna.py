@@ -54,7 +54,7 @@ class DynaConfig(RunConfig):
     model_train_freq: int = setting(250, positive=True)
     """Environment steps between model refits (each followed by a round of rollouts)."""
     rollout_batch_size: int = 10_000
-    """Rollouts started at each refit from states of the real buffer (the paper: 100,000); 0: none, all batches real."""
+    """Rollouts per refit, from states of the real buffer (the paper: 100,000; 0: none, all batches real)."""
     rollout_schedule: tuple[int, int, int, int] = (0, 2, 1, 5)
     """[epoch_a, epoch_b, k_a, k_b]: the rollout length rises linearly from k_a to k_b over these epochs."""
     model_retain_epochs: int = setting(1, positive=True)

@@ -33,25 +33,21 @@ class PathwiseConfig(dyna.DynaConfig):
     target entropy. MAAC's and SVG's Configs extend it."""
 
     horizon: int = 3
-    """H: model steps the actor's objective differentiates through before the critic closes it (0: SAC's actor).
-    SAC-SVG's code counts actions, H + 1."""
+    """H: model steps the actor's objective differentiates through before the critic (0: SAC's actor)."""
     known_reward: bool = True
-    """In the actor's objective, use the task's own reward function where it has one; else the model's reward head."""
+    """Actor's objective: the task's own reward function where it has one, else the model's reward head."""
     updates_per_step: int = 10
     """G: SAC gradient steps per environment step (the MAAC authors: 8; SAC-SVG: 1)."""
     max_grad_norm: float | None = 5.0
     """Clip actor and critic gradients to this global norm (our choice, from no paper; None: no clipping)."""
     sac_update_order: str = setting("simultaneous", choices=sac.UPDATE_ORDERS)
-    """SAC's update: "simultaneous" (every loss on the pre-update parameters, MBPO's code) or
-    "sequential" (the actor's loss on the stepped critic, SAC-SVG's code)."""
+    """"simultaneous": SAC's losses on pre-update parameters; "sequential": actor's loss on stepped critic."""
     initial_alpha: float = setting(1.0, positive=True)
     """SAC's temperature at the start (SAC-SVG: 0.1)."""
     model_free_steps: int = 0
-    """Environment steps, counted from the first random one, in which the actor takes SAC's model-free
-    step instead of the pathwise one (SAC-SVG: 10,000)."""
+    """Environment steps, from the first random one, in which the actor takes SAC's model-free step."""
     target_entropy_final: float | None = None
-    """If set, the target entropy moves from target_entropy (which must be set) to this over total_steps
-    (SAC-SVG's schedule)."""
+    """If set, the target entropy moves from target_entropy (must be set) to this over total_steps."""
     target_entropy_decay: float = setting(1.0, within="[0, inf)")
     """Shape of that schedule: target = (start - final) (1 - step / total_steps)^decay + final."""
 
