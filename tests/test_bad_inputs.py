@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
+from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
 
 # ENTRY POINTS
 
@@ -73,6 +73,7 @@ ENTRY_POINTS = [
     # POPLIN's Config extends PETS's: resuming a pets folder must still be refused.
     EntryPoint("poplin", poplin, poplin.Config, other="pets", bad_sweep="alpha=0.1,1.5"),
     EntryPoint("planet", planet, planet.Config, other="dreamer", bad_sweep="exploration_noise=0.3,5"),
+    EntryPoint("alphazero", alphazero, alphazero.Config, other="pets", bad_sweep="l2_coefficient=1e-4,5"),
 ]
 BY_NAME = {entry.name: entry for entry in ENTRY_POINTS}
 
@@ -302,6 +303,14 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("buffer-capacity-under-sequence", ("--buffer-capacity", "5"), "buffer_capacity"),
         Case("min-std-0", ("--min-std", "0"), "min_std"),
         Case("discrete-actions", ("--env", "cartpole_discrete"), "discrete"),
+    ],
+    "alphazero": [
+        Case("one-player-task", ("--env", "pendulum"), "two-player"),
+        Case("simulations-0", ("--num-simulations", "0"), "num_simulations"),
+        Case("eval-simulations-0", ("--eval-simulations", "0"), "eval_simulations"),
+        Case("search-unknown", ("--search", "nope"), "search"),
+        Case("dirichlet-fraction-2", ("--dirichlet-fraction", "2"), "dirichlet_fraction"),
+        Case("max-moves-0", ("--max-moves", "0"), "max_moves"),
     ],
 }
 

@@ -1,4 +1,4 @@
-"""The guarantees every algorithm gives, tested the same way for the eleven entry points and PETS with
+"""The guarantees every algorithm gives, tested the same way for the twelve entry points and PETS with
 iLQR, each with its `tiny` preset (VARIANTS["tiny"]: end to end in seconds):
 
 - a run from the command line: two seeds, the run folder's files, a summary with the promised fields;
@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from mbrlax import runner
-from mbrlax.algorithms import clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
-from mbrlax.envs import registry
+from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
+from mbrlax.envs import games, registry
 from mbrlax.training import split_keys
 
 
@@ -65,6 +65,7 @@ ALGORITHMS = {
     "mbpo": (mbpo, mbpo.PRESETS, mbpo.make_train),
     "maac": (maac, maac.PRESETS, maac.make_train),
     "svg": (svg, svg.PRESETS, svg.make_train),
+    "alphazero": (alphazero, alphazero.PRESETS, alphazero.make_train),
     "mbmpo": (mbmpo, mbmpo.PRESETS, mbmpo.make_train),
     "clearning": (clearning, clearning.PRESETS, clearning.make_train),
     "dreamer": (dreamer, dreamer.PRESETS, dreamer.make_train),
@@ -107,6 +108,10 @@ def trainer_of(name: str):
 def own_environment_trainer(name: str):
     """The tiny config's trainer given its task built by hand, unwrapped, as a user's own."""
     config = tiny(name)
+    if games.is_game(config.env):  # a game on pgx's protocol, built by hand
+        import pgx
+
+        return ALGORITHMS[name][2](config, env=pgx.make(config.env.removeprefix("pgx/")))
     return ALGORITHMS[name][2](config, env=registry._REGISTRY[config.env]())
 
 

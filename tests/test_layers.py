@@ -13,7 +13,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).parent.parent
 FOLDERS = {"mbrlax": ROOT / "src" / "mbrlax", "mbrlax.envs": ROOT / "envs", "mbrlax.algorithms": ROOT / "algorithms"}
-GROUND = {"buffer", "config", "ensemble", "ilqr", "networks", "planners", "presets", "rssm", "sac", "trpo", "training"}
+GROUND = {"buffer", "config", "ensemble", "ilqr", "networks", "planners", "presets", "rssm", "sac", "search", "trpo", "training"}
 
 def modules() -> dict[str, pathlib.Path]:
     found = {}

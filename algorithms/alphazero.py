@@ -1,0 +1,348 @@
+"""AlphaZero (Silver et al., "A general reinforcement learning algorithm that masters chess, shogi, and
+Go through self-play", Science 2018) and Expert Iteration (Anthony, Tian and Barber, "Thinking Fast
+and Slow with Deep Learning and Tree Search", NeurIPS 2017) as a preset, on pgx's board games.
+
+The game's own rules are the model. A network f_theta(s) = (p, v) guides a tree search (PUCT with
+Dirichlet noise at the root, or Gumbel search, by mctx); self-play picks each move from the search's
+visit counts pi (sampled for the first `temperature_moves` moves, then the most visited), and every
+position is labelled with the game's final outcome z for the side to move. Then
+
+    l(theta) = (z - v)^2 - pi^T log p + c ||theta||^2
+
+on positions drawn from the replay. ExIt (`--preset exit`) trains its apprentice on the expert's
+tree-policy targets from the current iteration's games only, where AlphaZero keeps a replay.
+
+Departures from the papers (the rest, and why, on the page):
+- The network is a small MLP or residual net without batch normalisation, trained with Adam.
+- Games are played in batches to their end in one program; each iteration's games start afresh.
+- ExIt's value network is this one network's value head, trained with the policy (as AlphaZero).
+
+Provenance, every departure, presets and commands: docs/algorithms/alphazero.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import mctx
+import optax
+
+from mbrlax import presets, runner
+from mbrlax.config import RunConfig, setting
+from mbrlax.envs import games
+from mbrlax.loops import selfplay
+from mbrlax.search import SEARCHES, search
+from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
+
+# THE LOSS
+
+
+def alphazero_loss(logits, value, policy_target, outcome, weight):
+    """(z - v)^2 - pi^T log p per position, averaged with `weight` (1 for a position, 0 for none);
+    the L2 term is `l2_penalty`'s. Returns the loss and its two parts."""
+    value_loss = (outcome - value) ** 2
+    policy_loss = optax.softmax_cross_entropy(logits, policy_target)
+    total = jnp.maximum(weight.sum(), 1.0)
+    value_loss, policy_loss = (weight * value_loss).sum() / total, (weight * policy_loss).sum() / total
+    return value_loss + policy_loss, (value_loss, policy_loss)
+
+
+def l2_penalty(params) -> jax.Array:
+    """||theta||^2 over the weights (kernels), not the biases, as weight decay usually is."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return sum(jnp.sum(x**2) for path, x in leaves if "kernel" in jax.tree_util.keystr(path))
+
+
+# THE NETWORK: p (logits over moves) and v in [-1, 1], from the side to move's view.
+
+
+class PolicyValueNet(nn.Module):
+    num_actions: int
+    kind: str = "mlp"
+    width: int = 64
+    blocks: int = 2
+
+    @nn.compact
+    def __call__(self, observation):
+        x = observation.astype(jnp.float32)
+        if self.kind == "resnet":
+            x = nn.relu(nn.Conv(self.width, (3, 3))(x))
+            for _ in range(self.blocks):
+                y = nn.relu(nn.Conv(self.width, (3, 3))(x))
+                x = nn.relu(x + nn.Conv(self.width, (3, 3))(y))
+            x = x.reshape(x.shape[0], -1)
+        else:
+            x = x.reshape(x.shape[0], -1)
+            for _ in range(self.blocks):
+                x = nn.relu(nn.Dense(self.width)(x))
+        logits = nn.Dense(self.num_actions)(x)
+        value = jnp.tanh(nn.Dense(1)(x))[..., 0]
+        return logits, value
+
+
+# SEARCH with the game's rules as the model
+
+
+def legal_or_any(states):
+    """The legal moves, or every move where the game has ended (a search needs one; it is not played)."""
+    return states.legal_action_mask | states.terminated[:, None]
+
+
+def masked_logits(logits, legal):
+    return jnp.where(legal, logits - logits.max(axis=-1, keepdims=True), jnp.finfo(logits.dtype).min)
+
+
+def rules_step(game, net: PolicyValueNet, params, key, action, states):
+    """mctx's recurrent function: the game's own step, then f_theta at the new position; the reward is
+    the mover's, and the discount -1 hands the value to the other side (0 once the game ended)."""
+    del key
+    mover = states.current_player
+    states = jax.vmap(game.env.step)(states, action)
+    logits, value = net.apply(params, states.observation)
+    reward = jnp.take_along_axis(states.rewards, mover[:, None], axis=-1)[:, 0]
+    ended = states.terminated
+    output = mctx.RecurrentFnOutput(
+        reward=reward,
+        discount=jnp.where(ended, 0.0, -1.0),
+        prior_logits=masked_logits(logits, legal_or_any(states)),
+        value=jnp.where(ended, 0.0, value),
+    )
+    return output, states
+
+
+def search_moves(game, net, params, states, key, config, *, simulations: int, explore: bool):
+    """The search's move and policy [B, A] at each state. Exploring (self-play): PUCT's root noise and
+    a move drawn from the visit counts; else no noise and the most visited move (Gumbel: its winner)."""
+    logits, value = net.apply(params, states.observation)
+    legal = legal_or_any(states)
+    root = mctx.RootFnOutput(prior_logits=masked_logits(logits, legal), value=value, embedding=states)
+    output = search(
+        config.search,
+        params,
+        key,
+        root,
+        functools.partial(rules_step, game, net),
+        simulations,
+        ~legal,
+        dirichlet_fraction=config.dirichlet_fraction if explore else 0.0,
+        dirichlet_alpha=config.dirichlet_alpha,
+        temperature=1.0 if explore else 0.0,
+        max_considered_actions=config.max_considered_actions,
+    )
+    return output.action, output.action_weights
+
+
+# STATE
+
+
+class Replay(NamedTuple):
+    """A ring of positions: observation, policy target, outcome, and whether the slot holds one."""
+
+    observation: jax.Array
+    policy: jax.Array
+    outcome: jax.Array
+    valid: jax.Array
+    next_slot: jax.Array
+
+
+class AlphaZeroState(NamedTuple):
+    params: Any
+    opt_state: Any
+    replay: Replay
+    key: jax.Array
+
+
+def add_positions(replay: Replay, positions: selfplay.Positions) -> Replay:
+    """Every position of `positions` into the ring, oldest first out; the slots after a game's end
+    are written as empty."""
+    flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), positions)
+    capacity = replay.valid.shape[0]
+    slots = (replay.next_slot + jnp.arange(flat.alive.shape[0])) % capacity
+    return Replay(
+        observation=replay.observation.at[slots].set(flat.observation),
+        policy=replay.policy.at[slots].set(flat.policy),
+        outcome=replay.outcome.at[slots].set(flat.outcome),
+        valid=replay.valid.at[slots].set(flat.alive > 0),
+        next_slot=(replay.next_slot + flat.alive.shape[0]) % capacity,
+    )
+
+
+def learn(net, state: AlphaZeroState, key, config) -> tuple[AlphaZeroState, dict]:
+    """`updates_per_iteration` steps of Adam down l(theta) on batches drawn uniformly from the
+    positions the replay holds."""
+    replay, optimizer = state.replay, adam()
+
+    def loss_fn(params, batch):
+        logits, value = net.apply(params, batch.observation)
+        loss, parts = alphazero_loss(logits, value, batch.policy, batch.outcome, batch.valid.astype(jnp.float32))
+        return loss + config.l2_coefficient * l2_penalty(params), parts
+
+    def step(carry, step_key):
+        params, opt_state = carry
+        rows = jax.random.categorical(
+            step_key, jnp.where(replay.valid, 0.0, -jnp.inf), shape=(config.batch_size,)
+        )
+        batch = replay._replace(next_slot=None)
+        batch = jax.tree_util.tree_map(lambda x: x[rows], batch)
+        params, opt_state, loss, (value_loss, policy_loss) = gradient_update(loss_fn, params, opt_state, optimizer, batch)
+        return (params, opt_state), dict(loss=loss, value_loss=value_loss, policy_loss=policy_loss)
+
+    keys = jax.random.split(key, config.updates_per_iteration)
+    (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), keys)
+    return state._replace(params=params, opt_state=opt_state), jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def evaluation(game, net, params, key, config) -> dict:
+    """The agent (search at `eval_simulations`, no noise, the most visited move) against a uniform
+    random player and, on tic-tac-toe, the perfect one, as first and as second mover."""
+
+    def agent(states, move_key):
+        simulations = config.eval_simulations
+        return search_moves(game, net, params, states, move_key, config, simulations=simulations, explore=False)[0]
+
+    opponents = {"random": games.random_player}
+    if game.name == "pgx/tic_tac_toe":
+        opponents["perfect"] = games.perfect_tic_tac_toe_player
+    metrics = {}
+    for index, ((name, opponent), first) in enumerate((item, f) for item in opponents.items() for f in (True, False)):
+        side = "first" if first else "second"
+        outcome = selfplay.play_match(
+            game, agent, opponent, jax.random.fold_in(key, index), config.eval_episodes, agent_first=first
+        )
+        metrics[f"eval_win_{side}_vs_{name}"] = (outcome > 0).mean()
+        metrics[f"eval_loss_{side}_vs_{name}"] = (outcome < 0).mean()
+        metrics[f"eval_return_{side}_vs_{name}"] = outcome.mean()
+    metrics["eval_return"] = (metrics["eval_return_first_vs_random"] + metrics["eval_return_second_vs_random"]) / 2
+    return metrics
+
+
+# TRAINING PROGRAM
+
+
+def make_train(config: Config, env=None) -> Trainer:
+    """The training program on the game `config.env` names, or on `env`, a user's own game on pgx's
+    protocol (`init(key)`, `step(state, action)`, `num_actions`, `observation_shape`): iterations of
+    `num_envs` self-play games to their end, then `updates_per_iteration` updates."""
+    config.validate()
+    try:
+        game = games.make_game(config.env, env, max_moves=config.max_moves)
+    except ValueError as error:
+        raise ConfigError(f"alphazero.py: {error}") from None
+    net = PolicyValueNet(game.num_actions, config.network, config.width, config.blocks)
+    moves_per_iteration = config.num_envs * game.max_moves
+    schedule = make_schedule(config.total_steps, 0, moves_per_iteration, config.eval_every)
+    capacity = config.replay_capacity or moves_per_iteration
+
+    def init(key, config):
+        init_key, key = jax.random.split(key)
+        params = net.init(init_key, jnp.zeros((1,) + game.observation_shape))
+        example = jax.eval_shape(game.env.init, init_key).observation
+        replay = Replay(
+            observation=jnp.zeros((capacity,) + example.shape, example.dtype),
+            policy=jnp.zeros((capacity, game.num_actions)),
+            outcome=jnp.zeros(capacity),
+            valid=jnp.zeros(capacity, bool),
+            next_slot=jnp.int32(0),
+        )
+        return AlphaZeroState(params, adam(config.lr).init(params), replay, key)
+
+    def update(state: AlphaZeroState, config, update_index):
+        key, play_key, learn_key = jax.random.split(state.key, 3)
+
+        def choose(states, move, move_key):
+            action, policy = search_moves(
+                game, net, state.params, states, move_key, config, simulations=config.num_simulations, explore=True
+            )
+            greedy = jnp.argmax(policy, axis=-1)
+            return jnp.where(move < config.temperature_moves, action, greedy), policy
+
+        positions, stats = selfplay.play_games(game, choose, play_key, config.num_envs)
+        state = state._replace(replay=add_positions(state.replay, positions), key=key)
+        state, metrics = learn(net, state, learn_key, config)
+        return state, dict(metrics, **stats, train_episode_return=stats["first_mover_win"] - stats["first_mover_loss"])
+
+    def evaluate(state: AlphaZeroState, key, config):
+        return evaluation(game, net, state.params, key, config)
+
+    return Trainer(init=init, update=update, evaluate=evaluate, schedule=schedule)
+
+
+# SETTINGS: the Config and its presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(RunConfig):
+    """AlphaZero settings; the run fields (task, budget, evaluation) are RunConfig's."""
+
+    env: str = "pgx/tic_tac_toe"
+    """The game, pgx/<id>: tic_tac_toe, connect_four, othello, hex, go_9x9."""
+    total_steps: int = 460_800
+    """Self-play moves in all, counted as games x the game's longest length (9 for tic-tac-toe)."""
+    num_envs: int = 512
+    """Self-play games played at once per iteration."""
+    initial_steps: int = 0
+    """No random moves before learning: the first iteration's search uses the untrained network."""
+    eval_every: int = 46_080
+    """Self-play moves between evaluations."""
+    eval_episodes: int = 100
+    """Games per opponent and side in an evaluation (against random; on tic-tac-toe, perfect too)."""
+    # Search
+    search: str = setting("puct", choices=SEARCHES)
+    """"puct" (AlphaZero's, with root noise) or "gumbel" (Gumbel search, few simulations)."""
+    num_simulations: int = setting(32, positive=True)
+    """Simulations per self-play move."""
+    eval_simulations: int = setting(32, positive=True)
+    """Simulations per move in evaluation games."""
+    dirichlet_alpha: float = setting(0.3, positive=True)
+    """Root noise Dir(alpha) (AlphaZero: 0.3 chess, 0.15 shogi, 0.03 Go)."""
+    dirichlet_fraction: float = setting(0.25, within="[0, 1]")
+    """Share of the root prior that is noise (AlphaZero: 0.25)."""
+    temperature_moves: int = 2
+    """Self-play moves drawn from the visit counts before the most visited is played (chess: 30)."""
+    max_considered_actions: int = setting(16, positive=True)
+    """Gumbel search: moves sampled at the root (Gumbel top-k)."""
+    # Network and learning
+    network: str = setting("mlp", choices=("mlp", "resnet"))
+    """An MLP over the flat board, or a residual net of 3 x 3 convolutions."""
+    width: int = setting(64, positive=True)
+    """Units (MLP) or channels (residual net) per layer."""
+    blocks: int = setting(2, positive=True)
+    """Hidden layers (MLP) or residual blocks."""
+    lr: float = setting(1e-3, sweepable=True)
+    """Adam's learning rate."""
+    l2_coefficient: float = setting(1e-4, sweepable=True, within="[0, 1]")
+    """c of the loss's c ||theta||^2 (AlphaZero: 1e-4)."""
+    batch_size: int = setting(256, positive=True)
+    """Positions per update."""
+    updates_per_iteration: int = setting(32, positive=True)
+    """Updates after each iteration's games."""
+    replay_capacity: int | None = setting(100_000, positive=True)
+    """Positions kept (the newest); None: only the current iteration's (ExIt)."""
+    max_moves: int | None = setting(None, positive=True)
+    """The longest game in moves, which a scan plays to its end (None: the named game's own bound)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not games.is_game(self.env):
+            raise ConfigError(games.not_a_game(self.env, "alphazero.py"))
+        if self.episode_length is not None or self.action_repeat != 1:
+            raise ConfigError("alphazero.py plays whole games: episode_length and action_repeat do not apply")
+
+
+# Presets, as data: presets/alphazero.toml (a game's settings, and variants: ExIt, Gumbel, tiny).
+TASKS, VARIANTS = presets.load(__file__)
+PRESETS: dict[str, dict[str, Any]] = {**TASKS, **VARIANTS}
+
+
+def main(argv=None) -> int:
+    return runner.main("alphazero", Config, PRESETS, make_train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Two-player board games from pgx (an optional extra, `mbrlax[games]`), named `pgx/<id>`: the
+protocol next to Brax's is pgx's own State (current_player, observation from the side to move,
+legal_action_mask, rewards per player, terminated). `make_game` gives the game; the players here
+(uniform random, and the perfect player of tic-tac-toe, by minimax over its 5,478 positions) are
+the opponents an evaluation plays against."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+GAMES = ("tic_tac_toe", "connect_four", "othello", "hex", "go_9x9")
+"""The pgx games `pgx/<id>` names."""
+
+
+class Game(NamedTuple):
+    """A pgx game: `env.init(key)` and `env.step(state, action)`, for one game (vmap them)."""
+
+    name: str
+    env: Any
+    num_actions: int
+    observation_shape: tuple[int, ...]
+    max_moves: int
+    """The longest game, in moves (a bound for a game played to its end in one scan)."""
+
+
+MAX_MOVES = {"tic_tac_toe": 9, "connect_four": 42, "othello": 60 + 4, "hex": 121, "go_9x9": 2 * 81}
+"""Moves of the longest game: boards filled (othello's passes and go's captures bound it loosely)."""
+
+
+def is_game(name: str) -> bool:
+    return name.startswith("pgx/")
+
+
+def not_a_game(name: str, algorithm: str) -> str:
+    """One sentence for a task that is no two-player game, naming the closest names there are."""
+    from .registry import list_envs
+
+    known = ["pgx/" + game for game in GAMES] + list(list_envs())
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"{algorithm} plays two-player games, pgx/<game> ({', '.join(GAMES)}); {name} is none{hint}"
+
+
+def make_game(name: str, env=None, max_moves: int | None = None) -> Game:
+    """The game `pgx/<id>` names, or `env`, a user's own game on pgx's protocol under that name
+    (then `max_moves` must bound its length unless the name is a known game's). A ValueError for a
+    name that is no game, and one that says how to install pgx where it is missing."""
+    game_id = name.removeprefix("pgx/")
+    if env is None:
+        if not is_game(name) or game_id not in GAMES:
+            raise ValueError(not_a_game(name, "the game"))
+        try:
+            import pgx
+        except ImportError:
+            raise ValueError(f"{name} needs pgx: pip install 'mbrlax[games]'") from None
+        env = pgx.make(game_id)
+    if max_moves is None and game_id not in MAX_MOVES:
+        raise ValueError(f"{name}: a game of your own needs max_moves, the longest game in moves")
+    bound = max_moves or MAX_MOVES[game_id]
+    return Game(name, env, env.num_actions, tuple(env.observation_shape), bound)
+
+
+# OPPONENTS: (state, key) -> action for a batch of states; every one plays a legal move.
+
+
+def random_player(state, key):
+    """A legal move uniformly at random, for each state of the batch."""
+    logits = jnp.where(state.legal_action_mask, 0.0, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+@functools.cache
+def perfect_tic_tac_toe_moves() -> np.ndarray:
+    """[3^9, 9] bool: for each board (cell i's digit in base 3, 0 empty, 1 the side to move, 2 the
+    other), the moves that keep the minimax value, found by exhaustive search from every board
+    reachable in play. A board not reachable in play has no move marked."""
+    lines = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
+    table = np.zeros((3**9, 9), bool)
+
+    def won(board, mark):
+        return any(all(board[i] == mark for i in line) for line in lines)
+
+    @functools.cache
+    def value(board: tuple) -> int:
+        """The value for the side to move (marked 1): +1 win, 0 draw, -1 loss, with perfect play."""
+        if won(board, 2):
+            return -1
+        moves = [i for i in range(9) if board[i] == 0]
+        if not moves:
+            return 0
+        outcomes = {}
+        for i in moves:
+            after = tuple(2 if c == 1 else 1 if c == 2 else 0 for c in board[:i] + (1,) + board[i + 1 :])
+            outcomes[i] = -value(after)  # the board as the opponent, now to move, sees it
+        best = max(outcomes.values())
+        index = sum(c * 3**k for k, c in enumerate(board))
+        for i, outcome in outcomes.items():
+            table[index, i] = outcome == best
+        return best
+
+    value((0,) * 9)  # the side to move first
+    value((0, 0, 0, 0, 2, 0, 0, 0, 0))  # and every board reached after any first move, from the other side
+    for first in range(9):
+        board = [0] * 9
+        board[first] = 2
+        value(tuple(board))
+    return table
+
+
+def perfect_tic_tac_toe_player(state, key):
+    """A move that keeps tic-tac-toe's minimax value, uniformly among them, for each state: pgx's
+    observation [3, 3, 2] holds the side to move's marks in channel 0, the other's in channel 1."""
+    table = jnp.asarray(perfect_tic_tac_toe_moves())
+    cells = state.observation.reshape(state.observation.shape[0], 9, 2).astype(jnp.int32)
+    index = ((cells[..., 0] + 2 * cells[..., 1]) * 3 ** jnp.arange(9)).sum(axis=-1)
+    good = table[index] & state.legal_action_mask
+    logits = jnp.where(good, 0.0, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1)
