@@ -14,6 +14,7 @@ from mbrlax.algorithms import alphazero
 
 from mbrlax.envs import games
 from mbrlax.loops import selfplay
+from mbrlax.runner import records
 from mbrlax.training import ConfigError
 
 pytest.importorskip("pgx")
@@ -122,3 +123,14 @@ def test_alphazero_learns_tic_tac_toe():
     evals = jax.tree_util.tree_map(lambda x: float(np.asarray(x)[-1]), metrics["eval"])
     assert evals["eval_win_first_vs_random"] >= 0.85, evals
     assert evals["eval_loss_first_vs_random"] <= 0.05, evals
+
+
+def test_the_summary_holds_the_win_and_loss_rates_of_the_last_evaluation():
+    rows = [
+        {"run": 0, "update": 1, "env_steps": 9, "eval_return": 0.2, "eval_win_first_vs_random": 0.5},
+        {"run": 0, "update": 2, "env_steps": 18, "eval_return": 0.5, "eval_win_first_vs_random": 0.9,
+         "eval_loss_second_vs_perfect": 0.25},
+    ]  # fmt: skip
+    summary = records.summarise(rows, wall=1.0, compile_s=0.5)
+    assert summary["final_eval_win_first_vs_random"] == 0.9
+    assert summary["final_eval_loss_second_vs_perfect"] == 0.25

@@ -468,9 +468,11 @@ def summarise(rows: list[dict], wall: float, compile_s: float, swept=()) -> dict
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     # Goal tasks: success at any step of the episode (eval_success, also eval_success_any) and on
-    # its last step (eval_success_final).
-    for name in ("eval_success", "eval_success_any", "eval_success_final"):
-        if name in final[0]:
+    # its last step (eval_success_final). Games: the win and loss rates against each opponent.
+    for name in final[0]:
+        if name in ("eval_success", "eval_success_any", "eval_success_final") or name.startswith(
+            ("eval_win_", "eval_loss_")
+        ):
             summary[f"final_{name}"] = float(np.mean([r[name] for r in final]))
     if swept:
         settings = []
