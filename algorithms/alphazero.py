@@ -238,6 +238,11 @@ def make_train(config: Config, env=None) -> Trainer:
     moves_per_iteration = config.num_envs * game.max_moves
     schedule = make_schedule(config.total_steps, 0, moves_per_iteration, config.eval_every)
     capacity = config.replay_capacity or moves_per_iteration
+    if capacity < moves_per_iteration:
+        raise ConfigError(
+            f"replay_capacity ({capacity:,}) holds less than one iteration's positions "
+            f"(num_envs x the game's {game.max_moves} moves = {moves_per_iteration:,})"
+        )
 
     def init(key, config):
         init_key, key = jax.random.split(key)

@@ -64,8 +64,10 @@ def test_self_play_labels_each_position_with_the_outcome_for_the_side_to_move():
     np.testing.assert_allclose(stats["game_length"], 7.0)
 
 
-def test_the_replay_ring_keeps_the_newest_positions_and_marks_empty_slots():
-    replay = alphazero.Replay(jnp.zeros((5, 1)), jnp.zeros((5, 2)), jnp.zeros(5), jnp.zeros(5, bool), jnp.int32(0))
+def test_the_replay_ring_wraps_around_and_marks_empty_slots():
+    # Six rows (3 moves x 2 games) into six slots from slot 4: rows 0 and 1 to slots 4 and 5, the
+    # rest from slot 0 on; the second game ended after its first move.
+    replay = alphazero.Replay(jnp.zeros((6, 1)), jnp.zeros((6, 2)), jnp.zeros(6), jnp.zeros(6, bool), jnp.int32(4))
     positions = selfplay.Positions(
         observation=jnp.arange(6.0).reshape(3, 2, 1),
         policy=jnp.zeros((3, 2, 2)),
@@ -73,10 +75,9 @@ def test_the_replay_ring_keeps_the_newest_positions_and_marks_empty_slots():
         alive=jnp.array([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]]),
     )
     replay = alphazero.add_positions(replay, positions)
-    # Six rows into five slots: row 5 overwrote slot 0.
-    np.testing.assert_array_equal(replay.outcome, [5.0, 1.0, 2.0, 3.0, 4.0])
-    np.testing.assert_array_equal(replay.valid, [False, True, True, False, True])
-    assert int(replay.next_slot) == 1
+    np.testing.assert_array_equal(replay.outcome, [2.0, 3.0, 4.0, 5.0, 0.0, 1.0])
+    np.testing.assert_array_equal(replay.valid, [True, False, True, False, True, True])
+    assert int(replay.next_slot) == 4
 
 
 def play(first, second, key, n):

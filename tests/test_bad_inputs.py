@@ -311,6 +311,7 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("search-unknown", ("--search", "nope"), "search"),
         Case("dirichlet-fraction-2", ("--dirichlet-fraction", "2"), "dirichlet_fraction"),
         Case("max-moves-0", ("--max-moves", "0"), "max_moves"),
+        Case("replay-under-an-iteration", ("--replay-capacity", "100"), "replay_capacity"),
     ],
 }
 
