@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import mctx
 import optax
 
+from mbrlax import buffer as replay
 from mbrlax import presets, runner
 from mbrlax.config import RunConfig, setting
 from mbrlax.envs import games
@@ -43,13 +44,11 @@ from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_sc
 # THE LOSS
 
 
-def alphazero_loss(logits, value, policy_target, outcome, weight):
-    """(z - v)^2 - pi^T log p per position, averaged with `weight` (1 for a position, 0 for none);
-    the L2 term is `l2_penalty`'s. Returns the loss and its two parts."""
-    value_loss = (outcome - value) ** 2
-    policy_loss = optax.softmax_cross_entropy(logits, policy_target)
-    total = jnp.maximum(weight.sum(), 1.0)
-    value_loss, policy_loss = (weight * value_loss).sum() / total, (weight * policy_loss).sum() / total
+def alphazero_loss(logits, value, policy_target, outcome):
+    """(z - v)^2 - pi^T log p, averaged over the positions; the L2 term is `l2_penalty`'s. Returns the
+    loss and its two parts."""
+    value_loss = ((outcome - value) ** 2).mean()
+    policy_loss = optax.softmax_cross_entropy(logits, policy_target).mean()
     return value_loss + policy_loss, (value_loss, policy_loss)
 
 
@@ -141,55 +140,35 @@ def search_moves(game, net, params, states, key, config, *, simulations: int, ex
 # STATE
 
 
-class Replay(NamedTuple):
-    """A ring of positions: observation, policy target, outcome, and whether the slot holds one."""
-
-    observation: jax.Array
-    policy: jax.Array
-    outcome: jax.Array
-    valid: jax.Array
-    next_slot: jax.Array
-
-
 class AlphaZeroState(NamedTuple):
     params: Any
     opt_state: Any
-    replay: Replay
+    replay: replay.ReplayBuffer
+    """Positions: observation, the search's policy, the outcome for the side to move."""
     key: jax.Array
 
 
-def add_positions(replay: Replay, positions: selfplay.Positions) -> Replay:
-    """Every position of `positions` into the ring, oldest first out; the slots after a game's end
-    are written as empty."""
+def add_positions(buffer: replay.ReplayBuffer, positions: selfplay.Positions) -> replay.ReplayBuffer:
+    """The positions of a batch of games into the replay, the oldest out first; a slot after a
+    game's end is no position and is left out."""
     flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), positions)
-    capacity = replay.valid.shape[0]
-    slots = (replay.next_slot + jnp.arange(flat.alive.shape[0])) % capacity
-    return Replay(
-        observation=replay.observation.at[slots].set(flat.observation),
-        policy=replay.policy.at[slots].set(flat.policy),
-        outcome=replay.outcome.at[slots].set(flat.outcome),
-        valid=replay.valid.at[slots].set(flat.alive > 0),
-        next_slot=(replay.next_slot + flat.alive.shape[0]) % capacity,
-    )
+    rows = dict(observation=flat.observation, policy=flat.policy, outcome=flat.outcome)
+    return replay.add(buffer, rows, mask=flat.alive > 0)
 
 
 def learn(net, state: AlphaZeroState, key, config) -> tuple[AlphaZeroState, dict]:
     """`updates_per_iteration` steps of Adam down l(theta) on batches drawn uniformly from the
     positions the replay holds."""
-    replay, optimizer = state.replay, adam()
+    optimizer = adam()
 
     def loss_fn(params, batch):
-        logits, value = net.apply(params, batch.observation)
-        loss, parts = alphazero_loss(logits, value, batch.policy, batch.outcome, batch.valid.astype(jnp.float32))
+        logits, value = net.apply(params, batch["observation"])
+        loss, parts = alphazero_loss(logits, value, batch["policy"], batch["outcome"])
         return loss + config.l2_coefficient * l2_penalty(params), parts
 
     def step(carry, step_key):
         params, opt_state = carry
-        rows = jax.random.categorical(
-            step_key, jnp.where(replay.valid, 0.0, -jnp.inf), shape=(config.batch_size,)
-        )
-        batch = replay._replace(next_slot=None)
-        batch = jax.tree_util.tree_map(lambda x: x[rows], batch)
+        batch = replay.sample(state.replay, step_key, config.batch_size)
         params, opt_state, loss, (value_loss, policy_loss) = gradient_update(loss_fn, params, opt_state, optimizer, batch)
         return (params, opt_state), dict(loss=loss, value_loss=value_loss, policy_loss=policy_loss)
 
@@ -247,15 +226,13 @@ def make_train(config: Config, env=None) -> Trainer:
     def init(key, config):
         init_key, key = jax.random.split(key)
         params = net.init(init_key, jnp.zeros((1,) + game.observation_shape))
-        example = jax.eval_shape(game.env.init, init_key).observation
-        replay = Replay(
-            observation=jnp.zeros((capacity,) + example.shape, example.dtype),
-            policy=jnp.zeros((capacity, game.num_actions)),
-            outcome=jnp.zeros(capacity),
-            valid=jnp.zeros(capacity, bool),
-            next_slot=jnp.int32(0),
+        observation = jax.eval_shape(game.env.init, init_key).observation
+        example = dict(
+            observation=jnp.zeros(observation.shape, observation.dtype),
+            policy=jnp.zeros(game.num_actions),
+            outcome=jnp.float32(0.0),
         )
-        return AlphaZeroState(params, adam(config.lr).init(params), replay, key)
+        return AlphaZeroState(params, adam(config.lr).init(params), replay.init(example, capacity), key)
 
     def update(state: AlphaZeroState, config, update_index):
         key, play_key, learn_key = jax.random.split(state.key, 3)
@@ -268,7 +245,10 @@ def make_train(config: Config, env=None) -> Trainer:
             return jnp.where(move < config.temperature_moves, action, greedy), policy
 
         positions, stats = selfplay.play_games(game, choose, play_key, config.num_envs)
-        state = state._replace(replay=add_positions(state.replay, positions), key=key)
+        # ExIt's apprentice learns from this iteration's games only: the replay starts empty.
+        empty = dict(position=jnp.zeros_like(state.replay.position), count=jnp.zeros_like(state.replay.count))
+        kept = state.replay if config.replay_capacity else state.replay.replace(**empty)
+        state = state._replace(replay=add_positions(kept, positions), key=key)
         state, metrics = learn(net, state, learn_key, config)
         return state, dict(metrics, **stats, train_episode_return=stats["first_mover_win"] - stats["first_mover_loss"])
 

@@ -52,7 +52,7 @@ def play_games(game, choose: Callable, key: jax.Array, num_games: int) -> tuple[
     (_, totals), (observation, policy, player, alive) = jax.lax.scan(
         move, (states, jnp.zeros((num_games, 2))), steps
     )
-    outcome = jnp.take_along_axis(totals[None].repeat(game.max_moves, 0), player[..., None], axis=-1)[..., 0]
+    outcome = totals[jnp.arange(num_games), player]  # [T, B]: game b's total for the player to move at t
     first = jnp.take_along_axis(totals, first_mover[:, None], axis=-1)[:, 0]
     stats = dict(
         first_mover_win=(first > 0).mean(),
