@@ -38,8 +38,8 @@ import optax
 
 from mbrlax import buffer as replay
 from mbrlax import presets, runner, training
-from mbrlax.config import RunConfig, setting
-from mbrlax.loops.sequence import FRESH_EPISODES, evaluate_filtering, store_and_step
+from mbrlax.config import setting
+from mbrlax.loops.sequence import FRESH_EPISODES, SequenceConfig, evaluate_filtering, store_and_step
 from mbrlax.rssm import (
     BINS,
     Head,
@@ -642,8 +642,8 @@ def make_train(config: Config, env=None) -> Trainer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """Dreamer settings (the run's fields come from `RunConfig`)."""
+class Config(SequenceConfig):
+    """Dreamer settings; the run's, the replay's and the world model's sizes are `SequenceConfig`'s."""
 
     total_steps: int = 20_000
     """Agent steps in all, over all parallel environments, the random prefill and resets included."""
@@ -655,30 +655,11 @@ class Config(RunConfig):
     """Environment steps between evaluations."""
     eval_episodes: int = 10
     """Evaluation episodes of the deterministic policy, run in parallel."""
-    # Replay
-    batch_size: int = setting(16, positive=True)
-    """B: sequences per update."""
-    sequence_length: int = setting(64, positive=True)
-    """T: steps per replayed sequence."""
+    # Replay and latents (the sizes tiny, small and 12m: presets/dreamer.toml)
     train_ratio: int = setting(512, positive=True)
     """Replayed steps (B x T per update) per environment step."""
-    buffer_capacity: int | None = None
-    """Steps of each environment kept (default: all of the run's)."""
-    # World model and networks (sizes tiny, small and 12m: presets/dreamer.toml)
-    deter_size: int = setting(512, positive=True)
-    """Size of the GRU's deterministic state h."""
-    hidden_size: int = setting(512, positive=True)
-    """Width of every hidden layer (MLPs, RSSM, heads, actor, critic)."""
-    layers: int = setting(2, positive=True)
-    """Hidden layers of the encoder/decoder MLPs, the heads, the actor and the critic."""
-    stoch_size: int = setting(32, positive=True)
-    """Categorical latents in z."""
     classes: int = setting(32, positive=True)
-    """Classes of each latent."""
-    cnn_depth: int = setting(32, positive=True)
-    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
-    convolution: str = setting("xla", choices=("xla", "matmul"))
-    """How the image encoder and decoder convolve: "xla" (XLA's convolution) or "matmul" (matrix products)."""
+    """Classes of each categorical latent."""
     # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
     unimix: float = setting(0.01, within="(0, 1]")
     """Share of the uniform distribution mixed into every categorical."""
@@ -720,16 +701,6 @@ class Config(RunConfig):
         for name in ("initial_steps", "steps_per_update"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if self.initial_steps // self.num_envs < self.sequence_length:
-            raise ConfigError(
-                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
-                f"sequence (sequence_length {self.sequence_length})"
-            )
-        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
-            raise ConfigError(
-                f"sequence_length ({self.sequence_length}) is longer than the buffer "
-                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
-            )
         steps, updates = self.cycle
         if (self.steps_per_update // self.num_envs) % steps:
             raise ConfigError(

@@ -60,22 +60,6 @@ class MBMPOState(NamedTuple):
 # MODELS: K deterministic models, each a task's world.
 
 
-def dynamics_models(config: Config, learn_reward: bool) -> ensemble.EnsembleConfig:
-    """The K models: every one an elite (each is a task), each trained on its own bootstrap of one
-    80/20 split and kept at its best holdout snapshot."""
-    return ensemble.EnsembleConfig(
-        num_members=config.num_models,
-        num_elites=config.num_models,
-        hidden_sizes=config.model_hidden_sizes,
-        activation="relu",
-        probabilistic=False,
-        learn_reward=learn_reward,
-        batch_size=config.model_batch_size,
-        max_epochs=config.model_max_epochs,
-        holdout_ratio=0.2,
-    )
-
-
 # POLICY: a Gaussian whose mean is an MLP and whose log standard deviation is one vector.
 
 
@@ -466,7 +450,7 @@ def build_components(config: Config, task: episodes.Setup) -> Components:
         schedule=make_schedule(
             config.total_steps, config.initial_steps, config.real_steps_per_iteration, config.eval_every
         ),
-        model_config=dynamics_models(config, learn_reward=task.spec.reward_fn is None),
+        model_config=dataclasses.replace(config, learn_reward=task.spec.reward_fn is None),
         policy_net=GaussianPolicy(config.policy_hidden_sizes, task.spec.action_size, config.init_log_std),
         task_model=jnp.arange(M) // config.tasks_per_model,
         horizon=config.imagined_horizon or task.spec.episode_length,
@@ -611,8 +595,10 @@ def make_train(config: Config, env=None) -> Trainer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
+class Config(ensemble.EnsembleConfig, RunConfig):
     """MB-MPO settings."""
+
+    RENAMED = {"num_models": "ensemble_size"}
 
     # Run
     total_steps: int = 7400
@@ -630,8 +616,6 @@ class Config(RunConfig):
     real_steps_per_iteration: int = setting(800, positive=True)
     """Real steps collected by the adapted policies per iteration (the paper: 4000)."""
     # Meta-learning
-    num_models: int = setting(3, positive=True)
-    """K: dynamics models, each a task's world (the paper: 5)."""
     tasks_per_model: int = setting(2, positive=True)
     """Adapted policies per model, M / K (the paper: 4, so 20 tasks)."""
     imagined_trajectories: int = setting(20, positive=True)
@@ -671,24 +655,22 @@ class Config(RunConfig):
     """Hidden widths of the Gaussian policy's mean (tanh)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the policy, the same in every state."""
-    # Models
+    # Models (ensemble.EnsembleConfig's fields): K deterministic models, every one an elite (each is a
+    # task's world), each on its own bootstrap of one 80/20 split, kept at its best holdout snapshot.
+    ensemble_size: int = 3
     model_hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden widths of each model (the paper: 512, 512)."""
-    model_lr: float = setting(1e-3, sweepable=True)
-    """Adam learning rate of the models."""
-    model_weight_decay: float = setting(0.0, sweepable=True)
-    """Weight decay of the models."""
-    model_batch_size: int = setting(256, positive=True)
-    """Minibatch size of model training."""
-    model_max_epochs: int = setting(50, positive=True)
-    """Most epochs per model fit; early stopping on the 20 % holdout ends most sooner."""
+    model_activation: str = "relu"
+    model_probabilistic: bool = False
+    model_weight_decay: float = 0.0
 
     @property
     def num_tasks(self) -> int:
-        return self.num_models * self.tasks_per_model
+        return self.ensemble_size * self.tasks_per_model
 
     def validate(self) -> None:
         super().validate()
+        if self.model_elites is not None:
+            raise ConfigError("model_elites must stay unset: every model is a task's world, so every one is used")
         for name in ("real_steps_per_iteration", "initial_steps"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")

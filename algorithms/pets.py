@@ -115,7 +115,7 @@ def ilqr_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     low, high, horizon = context.task.low, context.task.high, config.horizon
     middle = mpc.middle_plan(context, horizon)
     model_config, reward_fn = context.model_config, context.task.spec.reward_fn
-    elites_only = model_config.num_elites < model_config.num_members
+    elites_only = model_config.model_elite_count < model_config.ensemble_size
     learn_reward = model_config.learn_reward
 
     def act(learned, model, obs, plans, key, config):
@@ -203,10 +203,10 @@ class Config(mpc.MPCConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.ilqr_member is not None and self.ilqr_member >= (self.model_elites or self.ensemble_size):
+        if self.ilqr_member is not None and self.ilqr_member >= self.model_elite_count:
             raise ConfigError(
                 f"ilqr_member ({self.ilqr_member}) must be below the number of elites "
-                f"({self.model_elites or self.ensemble_size})"
+                f"({self.model_elite_count})"
             )
         if self.planner == "icem" and self.icem_population_decay < 1.0:
             raise ConfigError(f"icem_population_decay must be at least 1, got {self.icem_population_decay}")

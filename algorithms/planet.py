@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from mbrlax import buffer as replay
 from mbrlax import planners, presets, rssm, runner
-from mbrlax.config import RunConfig, setting
+from mbrlax.config import setting
 from mbrlax.loops import episodes, sequence
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
 
@@ -375,9 +375,9 @@ def make_train(config: Config, env=None) -> Trainer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """PlaNet settings (the run's fields come from `RunConfig`). Steps are agent steps: with
-    `action_repeat` R each step simulates R frames."""
+class Config(sequence.SequenceConfig):
+    """PlaNet settings; the run's, the replay's and the model's sizes are `sequence.SequenceConfig`'s.
+    Steps are agent steps: with `action_repeat` R each step simulates R frames."""
 
     total_steps: int = 2000
     """Agent steps in all, over all parallel environments, the random seed episodes and resets included."""
@@ -391,28 +391,14 @@ class Config(RunConfig):
     """Environment steps between evaluations."""
     eval_episodes: int = 3
     """Evaluation episodes, planned without exploration noise, run in parallel."""
-    # Replay
-    batch_size: int = setting(50, positive=True)
-    """B: sequences per update."""
-    sequence_length: int = setting(50, positive=True)
-    """L: steps per replayed sequence."""
-    buffer_capacity: int | None = None
-    """Steps of each environment kept (default: all of the run's)."""
-    # Model (Dreamer's RSSM with Gaussian latents)
-    deter_size: int = setting(200, positive=True)
-    """Size of the GRU's deterministic state h (the authors' belief size)."""
-    hidden_size: int = setting(200, positive=True)
-    """Width of every hidden layer (encoder/decoder MLPs, RSSM, heads)."""
-    layers: int = setting(2, positive=True)
-    """Hidden layers of the vector encoder/decoder MLPs and of the reward head."""
-    stoch_size: int = setting(30, positive=True)
-    """Dimensions of the Gaussian stochastic state s."""
+    # Replay and model (SequenceConfig's and rssm.RSSMConfig's fields: Dreamer's RSSM, Gaussian latents)
+    batch_size: int = 50
+    sequence_length: int = 50
+    deter_size: int = 200
+    hidden_size: int = 200
+    stoch_size: int = 30
     min_std: float = setting(0.1, positive=True)
     """Added to the softplus of the latent's std (the authors' min_stddev)."""
-    cnn_depth: int = setting(32, positive=True)
-    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
-    convolution: str = setting("xla", choices=("xla", "matmul"))
-    """How the image encoder and decoder convolve (see algorithms/dreamer.py's Config.convolution)."""
     # Model learning
     model_lr: float = setting(1e-3, sweepable=True)
     """Adam learning rate of the model."""
@@ -443,16 +429,6 @@ class Config(RunConfig):
         for name in ("initial_steps", "collect_steps"):
             if getattr(self, name) % self.num_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must divide by num_envs ({self.num_envs})")
-        if self.initial_steps // self.num_envs < self.sequence_length:
-            raise ConfigError(
-                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
-                f"sequence (sequence_length {self.sequence_length})"
-            )
-        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
-            raise ConfigError(
-                f"sequence_length ({self.sequence_length}) is longer than the buffer "
-                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
-            )
         if self.num_elites > self.population:
             raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
 

@@ -195,7 +195,7 @@ def poplin_planner(config: Config, context: mpc.PlannerContext) -> mpc.Planner:
     sizes = (spec.observation_size, *config.policy_hidden_sizes, action_size)
     _, unravel = ravel_pytree(init_policy(jax.random.PRNGKey(0), sizes))
     num_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    elites_only = model_config.num_elites < model_config.num_members
+    elites_only = model_config.model_elite_count < model_config.ensemble_size
     # The random exploration before the first fit, as the MPC loop counts it; never cloned.
     initial = spec.episode_length * config.num_envs if config.initial_steps is None else config.initial_steps
     initial_steps = -(-initial // config.num_envs) * config.num_envs

@@ -160,11 +160,11 @@ def expanded_critic_loss(
     spec, model_config, agent_config = context
     low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
     known_reward = spec.reward_fn if config.known_reward else None
-    twin_q = TwinQ(agent_config.hidden_sizes, agent_config.activation)
+    twin_q = TwinQ(config.sac_hidden_sizes, config.sac_activation)
     steve = config.estimator == "steve"
     # STEVE: one path per elite, through that elite at every step; MVE: one path, through a random
     # elite a step ("sample") or the elites' mean ("mean").
-    paths = model_config.num_elites if steve else 1
+    paths = model_config.model_elite_count if steve else 1
     mode = "tsinf" if steve else {"sample": "ts1", "mean": "expectation"}[config.expansion_model]
     discount = config.discount
     n = batch["obs"].shape[0]

@@ -107,7 +107,7 @@ def overrides(**fields) -> tuple[str, ...]:
 
 # Toy sizes for --tiny: the same scripts and code paths, every size a CPU compiles and runs in seconds.
 PETS_TINY = ("--steps", "2", "--repeats", "1", "--peak-matmul", "256") + overrides(
-    population=16, num_elites=4, horizon=4, particles=4, cem_iterations=2, hidden_sizes=(16, 16),
+    population=16, num_elites=4, horizon=4, particles=4, cem_iterations=2, model_hidden_sizes=(16, 16),
     ensemble_size=3, model_elites=2, model_max_epochs=1,
 )  # fmt: skip
 PERIOD_TINY = ("--period", "10", "--repeats", "1") + overrides(
@@ -125,7 +125,7 @@ CLEARNING_TINY = ("--goal-tasks", "point_maze_open", "--vector-steps", "2", "--r
 PLANET_TINY = ("--planet-variants", "tiny", "--repeats", "1")
 MBMPO_TINY = ("--meta-steps", "1", "--repeats", "1") + overrides(
     env="pendulum", num_envs=2, initial_steps=20, real_steps_per_iteration=20, eval_every=20, eval_episodes=1,
-    num_models=2, tasks_per_model=1, imagined_trajectories=2, imagined_horizon=4, cg_iterations=2,
+    ensemble_size=2, tasks_per_model=1, imagined_trajectories=2, imagined_horizon=4, cg_iterations=2,
     max_backtracks=2, policy_hidden_sizes=(8,), model_hidden_sizes=(16,), model_batch_size=16, model_max_epochs=1,
 )  # fmt: skip
 

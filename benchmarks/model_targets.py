@@ -1,5 +1,5 @@
 """Does standardising the model's targets help? The held-out one-step prediction error and NLL of a
-fitted ensemble, with and without target normalisation (`EnsembleConfig.normalize_targets`), on
+fitted ensemble, with and without target normalisation (`EnsembleConfig.model_normalize_targets`), on
 random-policy data; the figures behind the choice in src/mbrlax/ensemble.py (benchmarks/RESULTS.md,
 "Target normalisation of the dynamics model").
 
@@ -69,27 +69,27 @@ def main(argv=None) -> int:
     env, spec = envs.make(args.env, num_envs=NUM_ENVS, auto_reset=True, **options)
     collect = jax.jit(lambda key, n: random_policy_data(env, spec, key, n), static_argnums=1)
     base = ensemble.EnsembleConfig(
-        num_members=5,
-        num_elites=5,
-        hidden_sizes=(200, 200, 200, 200),
+        ensemble_size=5,
+        model_elites=5,
+        model_hidden_sizes=(200, 200, 200, 200),
         learn_reward=bool(spec.reward_learned),
-        batch_size=32,
-        max_epochs=args.epochs,
-        holdout_ratio=0.1,
+        model_batch_size=32,
+        model_max_epochs=args.epochs,
+        model_holdout_ratio=0.1,
     )
     print(f"{args.env}: {args.steps} random-policy transitions to fit, {TEST_TRANSITIONS} fresh ones to score", flush=True)
     for seed in (int(s) for s in args.seeds.split(",")):
         data_key, test_key, init_key, fit_key = jax.random.split(jax.random.PRNGKey(seed), 4)
         data, test = collect(data_key, args.steps), collect(test_key, TEST_TRANSITIONS)
         for normalize in (True, False):
-            config = dataclasses.replace(base, normalize_targets=normalize)
+            config = dataclasses.replace(base, model_normalize_targets=normalize)
             start = time.time()
             state = ensemble.init(init_key, config, spec.observation_size, spec.action_size, 1e-3, 5e-5)
             fit = jax.jit(lambda s, d, n, k, c=config: ensemble.train(c, s, d, n, k))
             state, metrics = fit(state, data, jnp.int32(args.steps), fit_key)
             error, nll = scores(config, state, test)
             print(
-                f"seed {seed} normalize_targets={normalize!s:5}: error per dimension {np.round(error, 4).tolist()}, "
+                f"seed {seed} model_normalize_targets={normalize!s:5}: error per dimension {np.round(error, 4).tolist()}, "
                 f"mean {error.mean():.4f}; NLL per dimension {nll:.3f}; {int(metrics['model_epochs'])} epochs; "
                 f"{time.time() - start:.0f} s",
                 flush=True,

@@ -51,14 +51,14 @@ from mbrlax.loops import mpc
 # (pendulum, as tests/test_ilqr.py) or 2 x 64 (cartpole), horizon 30, 5 particles, TSinf over 5
 # members for CEM; iLQR through the mean of the same 5.
 BASE = {
-    "pendulum": dict(env="pendulum", total_steps=1400, eval_every=1400, hidden_sizes=(32, 32)),
+    "pendulum": dict(env="pendulum", total_steps=1400, eval_every=1400, model_hidden_sizes=(32, 32)),
     "cartpole_swingup": dict(
         env="cartpole_swingup",
         episode_length=200,
         total_steps=1400,
         eval_every=1400,
         retrain_every=200,
-        hidden_sizes=(64, 64),
+        model_hidden_sizes=(64, 64),
     ),
 }
 TIMED_EPISODES, TIMED_STEPS = 3, 20

@@ -203,7 +203,7 @@ def _time_planning(module, preset: dict, args, num_envs: int):
 def _planner_setting(config) -> str:
     return (
         f"pop {config.population}, H {config.horizon}, {config.cem_iterations} iters, P {config.particles}, "
-        f"{config.ensemble_size} x ({len(config.hidden_sizes)} x {config.hidden_sizes[0]})"
+        f"{config.ensemble_size} x ({len(config.model_hidden_sizes)} x {config.model_hidden_sizes[0]})"
     )
 
 
@@ -217,7 +217,7 @@ def bench_pets(args) -> list[dict]:
         actions = num_envs * args.steps
         evals_per_action = config.population * config.particles * config.horizon * config.cem_iterations
         obs_size, action_size = 5, 1
-        per_eval = mlp_flops([obs_size + action_size, *config.hidden_sizes, 2 * obs_size])
+        per_eval = mlp_flops([obs_size + action_size, *config.model_hidden_sizes, 2 * obs_size])
         flop_rate = actions * evals_per_action * per_eval / seconds
         rows.append(
             {
@@ -641,7 +641,7 @@ def make_parser() -> argparse.ArgumentParser:
         type=parse_override,
         metavar="FIELD=VALUE",
         help="set a config field of every program timed, on top of the benchmark's setting (repeatable; the value "
-        "as JSON, e.g. --override hidden_sizes=[32,32]); each row records its overrides",
+        "as JSON, e.g. --override model_hidden_sizes=[32,32]); each row records its overrides",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     return parser

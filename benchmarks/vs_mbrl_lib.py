@@ -163,7 +163,7 @@ def run_mbrlax_mbpo(args) -> dict:
         updates_per_step=20,
         real_ratio=0.0,
         ensemble_size=7,
-        num_elites=5,
+        model_elites=5,
         model_hidden_sizes=(200, 200, 200, 200),
         model_lr=1e-3,
         model_weight_decay=5e-5,

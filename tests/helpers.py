@@ -25,7 +25,7 @@ def cli_args(config) -> list[str]:
 # so their -400 bar is one claim): members of 2 x 32, CEM over 50 sequences with 5 elites and 3
 # iterations, one random and six planned episodes, an evaluation after the seventh.
 SMALL_PENDULUM_PLANNING = dict(
-    total_steps=1400, eval_every=1200, hidden_sizes=(32, 32), population=50, num_elites=5, cem_iterations=3
+    total_steps=1400, eval_every=1200, model_hidden_sizes=(32, 32), population=50, num_elites=5, cem_iterations=3
 )
 
 

@@ -242,7 +242,8 @@ def derived_cases(entry: EntryPoint) -> list[Case]:
 
 PER_ENTRY_POINT: dict[str, list[Case]] = {
     "pets": [
-        Case("hidden-sizes-negative", ("--hidden-sizes", "-1"), "hidden_sizes"),
+        Case("model-hidden-sizes-negative", ("--model-hidden-sizes", "-1"), "model_hidden_sizes"),
+        Case("hidden-sizes-old-spelling", ("--hidden-sizes", "16"), "is now --model-hidden-sizes"),
         Case("initial-steps-negative", ("--initial-steps", "-5"), "initial_steps"),
         Case("num-elites-over-population", ("--num-elites", "1000"), "num_elites"),
         Case("population-0", ("--population", "0"), "population"),
@@ -253,7 +254,8 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
     "mbpo": [
         Case("real-ratio-1.5", ("--real-ratio", "1.5"), "real_ratio"),
         Case("real-ratio-negative", ("--real-ratio", "-0.1"), "real_ratio"),
-        Case("num-elites-over-ensemble", ("--num-elites", "10"), "num_elites"),
+        Case("model-elites-over-ensemble", ("--model-elites", "10"), "model_elites"),
+        Case("num-elites-old-spelling", ("--num-elites", "3"), "is now --model-elites"),
         Case("rollout-schedule-backwards", ("--rollout-schedule", "5", "2", "1", "5"), "rollout_schedule"),
         Case("tau-0", ("--tau", "0"), "tau"),
     ],
@@ -272,7 +274,9 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
     "mbmpo": [
         Case("inner-lr-negative", ("--inner-lr", "-0.1"), "inner_lr"),
         Case("imagined-horizon-0", ("--imagined-horizon", "0"), "imagined_horizon"),
-        Case("num-models-0", ("--num-models", "0"), "num_models"),
+        Case("ensemble-size-0", ("--ensemble-size", "0"), "ensemble_size"),
+        Case("num-models-old-spelling", ("--num-models", "3"), "is now --ensemble-size"),
+        Case("model-elites-set", ("--model-elites", "2"), "model_elites"),
         Case("clip-eps-1.5", ("--clip-eps", "1.5"), "clip_eps"),
         Case("num-envs-not-dividing", ("--num-envs", "3"), "num_envs"),
     ],

@@ -83,24 +83,24 @@ def _predict(cfg, state, obs, action):
 # Shared trainings (cached per test process).
 
 PROB_CFG = E.EnsembleConfig(
-    num_members=5,
-    num_elites=3,
-    hidden_sizes=(32, 32),
-    batch_size=64,
-    max_epochs=300,
-    patience=5,
+    ensemble_size=5,
+    model_elites=3,
+    model_hidden_sizes=(32, 32),
+    model_batch_size=64,
+    model_max_epochs=300,
+    model_patience=5,
     learn_reward=True,
 )
-DET_CFG = dataclasses.replace(PROB_CFG, probabilistic=False, learn_reward=False)
+DET_CFG = dataclasses.replace(PROB_CFG, model_probabilistic=False, learn_reward=False)
 MASK_CAPACITY, MASK_COUNT = 160, 100
 TINY_CFG = E.EnsembleConfig(
-    num_members=3,
-    num_elites=2,
-    hidden_sizes=(8,),
-    batch_size=32,
-    max_epochs=4,
-    patience=2,
-    eval_batch_size=64,
+    ensemble_size=3,
+    model_elites=2,
+    model_hidden_sizes=(8,),
+    model_batch_size=32,
+    model_max_epochs=4,
+    model_patience=2,
+    model_eval_batch_size=64,
 )
 
 
@@ -120,8 +120,8 @@ def test_probabilistic_ensemble_learns_linear_dynamics():
     cfg, state, metrics = _trained(True)
     test = _linear_data(500, seed=1)
     mean, var, reward_mean, reward_var = jax.device_get(_predict(cfg, state, test["obs"], test["action"]))
-    chex.assert_shape((mean, var), (cfg.num_members, 500, OBS))
-    chex.assert_shape((reward_mean, reward_var), (cfg.num_members, 500))
+    chex.assert_shape((mean, var), (cfg.ensemble_size, 500, OBS))
+    chex.assert_shape((reward_mean, reward_var), (cfg.ensemble_size, 500))
 
     # One-step accuracy on in-distribution points, for the ensemble mean and for every member.
     assert np.abs(mean.mean(0) - _clean_next(test)).max() < 0.05
@@ -145,15 +145,15 @@ def test_probabilistic_ensemble_learns_linear_dynamics():
     far = total_var(np.array([[5.0, 5.0], [10.0, -10.0]], np.float32), np.zeros((2, ACT), np.float32))
     assert np.all(far > 10 * on_data), (far, on_data)
 
-    # Early stopping: patience 5 stops the fit long before max_epochs=300; 20 % of 1000 held out.
-    assert cfg.patience < metrics["model_epochs"] < cfg.max_epochs, metrics["model_epochs"]
+    # Early stopping: patience 5 stops the fit long before model_max_epochs=300; 20 % of 1000 held out.
+    assert cfg.model_patience < metrics["model_epochs"] < cfg.model_max_epochs, metrics["model_epochs"]
     assert metrics["model_holdout_size"] == 200
     assert np.isfinite(metrics["model_train_loss"])
     assert 0 < metrics["model_holdout_mse"] < 0.05
     elites = np.asarray(state.elites)
-    chex.assert_shape(elites, (cfg.num_elites,))
-    assert len(set(elites.tolist())) == cfg.num_elites
-    assert np.all((elites >= 0) & (elites < cfg.num_members))
+    chex.assert_shape(elites, (cfg.model_elite_count,))
+    assert len(set(elites.tolist())) == cfg.model_elite_count
+    assert np.all((elites >= 0) & (elites < cfg.ensemble_size))
 
 
 def test_deterministic_ensemble_learns_linear_dynamics():
@@ -163,7 +163,7 @@ def test_deterministic_ensemble_learns_linear_dynamics():
     assert np.abs(np.asarray(mean).mean(0) - _clean_next(test)).max() < 0.05
     np.testing.assert_array_equal(np.asarray(reward), 0.0)  # no reward head
     assert 0 < metrics["model_holdout_mse"] < 0.05
-    assert cfg.patience < metrics["model_epochs"] < cfg.max_epochs
+    assert cfg.model_patience < metrics["model_epochs"] < cfg.model_max_epochs
     # A deterministic model adds no noise: sampling or not gives the same particles, and no reward.
     key = jax.random.key(3)
     with_noise, r = E.propagate(cfg, state, test["obs"][:10], test["action"][:10], key, "ts1", sample=True)
@@ -181,7 +181,7 @@ def test_elites_are_members_with_lowest_holdout_error():
     cfg = TINY_CFG
     offsets = np.array([40.0, 5.0, 15.0], np.float32)
     state = _init(cfg)
-    last = f"Dense_{len(cfg.hidden_sizes)}"
+    last = f"Dense_{len(cfg.model_hidden_sizes)}"
     out = E.target_size(cfg, OBS)
     net = jax.tree_util.tree_map(np.array, state.params["net"])
     net["params"][last]["bias"][:, :out] += offsets[:, None]  # the mean half; log-variances untouched
@@ -190,44 +190,44 @@ def test_elites_are_members_with_lowest_holdout_error():
     # no later one improves, so the fit stops after `patience` more epochs.
     fitted, metrics = _fit(cfg, _linear_data(MASK_CAPACITY, seed=6), MASK_COUNT, lr=0.0, wd=0.0, state=shifted)
     chex.assert_trees_all_close(fitted.params["net"], shifted.params["net"])
-    assert int(metrics["model_epochs"]) == 1 + cfg.patience
-    np.testing.assert_array_equal(np.asarray(fitted.elites), np.argsort(offsets)[: cfg.num_elites])
+    assert int(metrics["model_epochs"]) == 1 + cfg.model_patience
+    np.testing.assert_array_equal(np.asarray(fitted.elites), np.argsort(offsets)[: cfg.model_elite_count])
     np.testing.assert_array_equal(np.asarray(fitted.elites), [1, 2])
-    expected = np.mean(np.sort(offsets)[: cfg.num_elites] ** 2)
+    expected = np.mean(np.sort(offsets)[: cfg.model_elite_count] ** 2)
     np.testing.assert_allclose(float(metrics["model_holdout_mse"]), expected, rtol=0.1)
 
 
 def test_no_holdout_runs_max_epochs():
-    # 4 valid entries * holdout_ratio 0.2 -> no holdout (the same path as holdout_ratio=0.0, without
+    # 4 valid entries * holdout_ratio 0.2 -> no holdout (the same path as model_holdout_ratio=0.0, without
     # compiling another config).
     cfg = TINY_CFG
-    assert cfg.patience < cfg.max_epochs
+    assert cfg.model_patience < cfg.model_max_epochs
     _, metrics = _fit(cfg, _linear_data(MASK_CAPACITY, seed=2), 4)
     assert int(metrics["model_holdout_size"]) == 0
-    assert int(metrics["model_epochs"]) == cfg.max_epochs
+    assert int(metrics["model_epochs"]) == cfg.model_max_epochs
 
 
 def test_no_holdout_ranks_elites_on_training_data():
     """With holdout_ratio 0 (the references' PETS fits): max_epochs epochs, no split, and the elites
     ranked by their error on the training data, as mbrl-lib does without a validation set."""
-    cfg = dataclasses.replace(TINY_CFG, holdout_ratio=0.0)
+    cfg = dataclasses.replace(TINY_CFG, model_holdout_ratio=0.0)
     offsets = np.array([40.0, 5.0, 15.0], np.float32)
     state = _init(cfg)
-    last = f"Dense_{len(cfg.hidden_sizes)}"
+    last = f"Dense_{len(cfg.model_hidden_sizes)}"
     out = E.target_size(cfg, OBS)
     net = jax.tree_util.tree_map(np.array, state.params["net"])
     net["params"][last]["bias"][:, :out] += offsets[:, None]
     shifted = state.replace(params=dict(state.params, net=_strong(net)))
     fitted, metrics = _fit(cfg, _linear_data(MASK_CAPACITY, seed=6), MASK_COUNT, lr=0.0, wd=0.0, state=shifted)
     assert int(metrics["model_holdout_size"]) == 0
-    assert int(metrics["model_epochs"]) == cfg.max_epochs
+    assert int(metrics["model_epochs"]) == cfg.model_max_epochs
     np.testing.assert_array_equal(np.asarray(fitted.elites), [1, 2])
 
 
 def test_targets_left_unnormalised_when_asked():
     """normalize_targets=False (the references): the target statistics stay 0 and 1, the fit still
     learns the dynamics in raw units, and predict maps nothing back."""
-    cfg = dataclasses.replace(TINY_CFG, normalize_targets=False, hidden_sizes=(32, 32), max_epochs=40, patience=40)
+    cfg = dataclasses.replace(TINY_CFG, model_normalize_targets=False, model_hidden_sizes=(32, 32), model_max_epochs=40, model_patience=40)
     data = _linear_data(400, seed=3)
     state, _ = _fit(cfg, data, 400)
     np.testing.assert_array_equal(np.asarray(state.target_mean), 0.0)
@@ -247,17 +247,17 @@ def test_decay_rates_per_layer_and_biases():
     """The authors' decay: 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 on the weights of the five layers,
     none on the biases; the log-variance bounds are never decayed."""
     cfg = E.EnsembleConfig(
-        num_members=2, num_elites=1, hidden_sizes=(4, 4, 4, 4), layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
-        decay_biases=False,
+        ensemble_size=2, model_elites=1, model_hidden_sizes=(4, 4, 4, 4), model_layer_decay_scale=(0.25, 0.5, 0.75, 0.75, 1.0),
+        model_decay_biases=False,
     )
     params = E.init(jax.random.key(0), cfg, OBS, ACT, 1e-2, 1e-4).params
-    rates = E._decay_rates(cfg, params, 1e-4)
+    rates = E.decay_rates(E.DecayLayout.of(cfg), params, 1e-4)
     for i, expected in enumerate([2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4]):
         np.testing.assert_allclose(rates["net"]["params"][f"Dense_{i}"]["kernel"], expected)
         assert rates["net"]["params"][f"Dense_{i}"]["bias"] == 0.0
     assert rates["max_logvar"] == 0.0 and rates["min_logvar"] == 0.0
     # The default: one traced rate on every weight and bias.
-    default = E._decay_rates(TINY_CFG, _init(TINY_CFG).params, 3e-5)
+    default = E.decay_rates(E.DecayLayout.of(TINY_CFG), _init(TINY_CFG).params, 3e-5)
     assert all(r == 3e-5 for r in jax.tree_util.tree_leaves(default["net"]))
     # One Adam step from zero gradients moves only what is decayed: biases stay.
     opt = E._optimizer(cfg, 1e-2, 1e-4)
@@ -265,12 +265,12 @@ def test_decay_rates_per_layer_and_biases():
     updates, _ = opt.update(zeros, opt.init(params), params)
     assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["bias"]).max()) == 0.0
     assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["kernel"]).max()) > 0.0
-    with pytest.raises(ValueError, match="layer_decay_scale"):
-        E.init(jax.random.key(0), dataclasses.replace(cfg, layer_decay_scale=(1.0,)), OBS, ACT, 1e-3, 0.0)
+    with pytest.raises(ValueError, match="model_layer_decay_scale"):
+        E.init(jax.random.key(0), dataclasses.replace(cfg, model_layer_decay_scale=(1.0,)), OBS, ACT, 1e-3, 0.0)
 
 
 def test_authors_init_is_truncated_normal_with_half_lecun_std():
-    cfg = E.EnsembleConfig(num_members=4, num_elites=2, hidden_sizes=(200, 200), authors_init=True)
+    cfg = E.EnsembleConfig(ensemble_size=4, model_elites=2, model_hidden_sizes=(200, 200), model_authors_init=True)
     net = E.init(jax.random.key(0), cfg, 20, 4, 1e-3, 0.0).params["net"]["params"]
     for name, fan_in in (("Dense_0", 24), ("Dense_1", 200), ("Dense_2", 200)):
         kernel, bias = np.asarray(net[name]["kernel"]), np.asarray(net[name]["bias"])
@@ -285,7 +285,7 @@ def test_authors_init_is_truncated_normal_with_half_lecun_std():
 
 def test_logvar_bounds_fixed_unless_learned():
     cfg = TINY_CFG
-    assert cfg.probabilistic and not cfg.learn_logvar_bounds
+    assert cfg.model_probabilistic and not cfg.model_learn_logvar_bounds
     state, _ = _fit(cfg, _linear_data(MASK_CAPACITY, seed=0), MASK_COUNT)
     np.testing.assert_array_equal(np.asarray(state.params["max_logvar"]), 0.5)
     np.testing.assert_array_equal(np.asarray(state.params["min_logvar"]), -10.0)
@@ -305,7 +305,7 @@ def test_train_keeps_state_types():
 
 @pytest.mark.parametrize("sampling", ["bootstrap", "shuffle"])
 def test_rows_beyond_count_are_ignored(sampling):
-    cfg = dataclasses.replace(TINY_CFG, sampling=sampling)
+    cfg = dataclasses.replace(TINY_CFG, model_sampling=sampling)
     data = _linear_data(MASK_CAPACITY, seed=4)
     garbage = {k: v.copy() for k, v in data.items()}
     for v in garbage.values():
@@ -349,18 +349,18 @@ def test_same_key_same_result_and_vmap_equivalence():
 
 
 def test_bad_config_raises():
-    with pytest.raises(ValueError, match="num_elites"):
-        E.init(jax.random.key(0), E.EnsembleConfig(num_members=3, num_elites=4), OBS, ACT, 1e-3, 0.0)
-    with pytest.raises(ValueError, match="sampling"):
-        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, sampling="jackknife"), OBS, ACT, 1e-3, 0.0)
-    with pytest.raises(ValueError, match="holdout_ratio"):
-        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, holdout_ratio=1.0), OBS, ACT, 1e-3, 0.0)
+    with pytest.raises(ValueError, match="model_elites"):
+        E.init(jax.random.key(0), E.EnsembleConfig(ensemble_size=3, model_elites=4), OBS, ACT, 1e-3, 0.0)
+    with pytest.raises(ValueError, match="model_sampling"):
+        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, model_sampling="jackknife"), OBS, ACT, 1e-3, 0.0)
+    with pytest.raises(ValueError, match="model_holdout_ratio"):
+        E.init(jax.random.key(0), dataclasses.replace(TINY_CFG, model_holdout_ratio=1.0), OBS, ACT, 1e-3, 0.0)
 
 
 # PROPAGATION (against predict's per-member outputs; an untrained ensemble whose members differ)
 
 P_OBS, P_ACT = 3, 2
-P_CFG = E.EnsembleConfig(num_members=5, num_elites=3, hidden_sizes=(16,), learn_reward=True)
+P_CFG = E.EnsembleConfig(ensemble_size=5, model_elites=3, model_hidden_sizes=(16,), learn_reward=True)
 P_ELITES = np.array([4, 1, 3], np.int32)  # deliberately not sorted and not a prefix
 
 
@@ -421,8 +421,8 @@ def test_propagate_output_shapes():
         chex.assert_shape(reward, (7,))
         chex.assert_tree_all_finite((next_obs, reward))
     mean, var, reward_mean, reward_var = _predict(P_CFG, state, obs, action)
-    chex.assert_shape((mean, var), (P_CFG.num_members, 7, P_OBS))
-    chex.assert_shape((reward_mean, reward_var), (P_CFG.num_members, 7))
+    chex.assert_shape((mean, var), (P_CFG.ensemble_size, 7, P_OBS))
+    chex.assert_shape((reward_mean, reward_var), (P_CFG.ensemble_size, 7))
 
 
 class PropagateTest(chex.TestCase):
@@ -438,7 +438,7 @@ class PropagateTest(chex.TestCase):
             obs, action = _prop_inputs(n, seed=n)
             mean, _, reward_mean, _ = _predict(P_CFG, state, obs, action)
             next_obs, reward = self._propagate("tsinf")(state, obs, action, jax.random.key(1))
-            member = np.arange(n) % P_CFG.num_members
+            member = np.arange(n) % P_CFG.ensemble_size
             chex.assert_trees_all_close(next_obs, mean[member, np.arange(n)], atol=1e-5, rtol=1e-5)
             chex.assert_trees_all_close(reward, reward_mean[member, np.arange(n)], atol=1e-5, rtol=1e-5)
 
@@ -455,7 +455,7 @@ class PropagateTest(chex.TestCase):
             chex.assert_shape(next_obs, (n, P_OBS))
             member = _member_of_rows(next_obs, reward, mean, reward_mean)
             # A random permutation split into K equal groups: every member runs n / K particles.
-            np.testing.assert_array_equal(np.bincount(member, minlength=P_CFG.num_members), n // P_CFG.num_members)
+            np.testing.assert_array_equal(np.bincount(member, minlength=P_CFG.ensemble_size), n // P_CFG.ensemble_size)
             assignments.append(tuple(member))
         # A fresh draw every call: the assignment depends on the key.
         assert len(set(assignments)) > 1
@@ -468,7 +468,7 @@ def test_ts1_with_batch_not_divisible_by_members():
     for seed in range(3):
         next_obs, reward = _prop_jit("ts1", False, False)(state, obs, action, jax.random.key(seed))
         member = _member_of_rows(next_obs, reward, mean, reward_mean)
-        assert np.bincount(member, minlength=P_CFG.num_members).max() <= 2
+        assert np.bincount(member, minlength=P_CFG.ensemble_size).max() <= 2
 
 
 def test_expectation_is_mean_of_member_means():
@@ -502,7 +502,7 @@ def test_elites_only_uses_only_elites():
 def test_sampled_particles_follow_member_gaussians():
     """tsinf with noise: the particles of member k have the mean and variance that predict gives."""
     state = _prop_state()
-    K, per_member = P_CFG.num_members, 2000
+    K, per_member = P_CFG.ensemble_size, 2000
     obs, action = _prop_inputs(1, seed=5)
     mean, var, reward_mean, reward_var = jax.device_get(_predict(P_CFG, state, obs, action))
     n = K * per_member

@@ -243,7 +243,7 @@ def test_the_planner_with_a_learned_reward_or_one_member(learn_reward, member):
     whose first actions are the ones acted, and the memory is the new plans."""
     config = dataclasses.replace(TINY, learn_reward=learn_reward, ilqr_member=member)
     task = setup(config, None, algorithm="PETS")
-    model_config = mpc.ensemble_config(config, learn_reward)
+    model_config = dataclasses.replace(config, learn_reward=learn_reward)
     obs_size, action_size = task.spec.observation_size, task.spec.action_size
     model = ensemble.init(jax.random.PRNGKey(0), model_config, obs_size, action_size, 1e-3, 0.0)
     planner = pets.ilqr_planner(config, mpc.PlannerContext(task, model_config, None, config.particles))
@@ -271,7 +271,7 @@ def test_ilqr_learns_pendulum():
         pets.Config(env="pendulum", planner="ilqr"),
         total_steps=1400,
         eval_every=1400,
-        hidden_sizes=(32, 32),
+        model_hidden_sizes=(32, 32),
         ilqr_iterations=5,
     )
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])

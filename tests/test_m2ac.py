@@ -149,7 +149,7 @@ def test_masked_rollouts_stop_per_sample():
 def test_ts1_members_are_the_members_propagate_uses():
     """Without noise, propagate's draw for each sample is the mean of the member ts1_members names."""
     config = m2ac.Config(**m2ac.VARIANTS["tiny"])
-    model_config = dyna.ensemble_settings(config)
+    model_config = config
     model = ensemble.init(jax.random.PRNGKey(0), model_config, 3, 1, 1e-3, 5e-5)
     model = model.replace(elites=jnp.array([2, 0]))
     obs = jax.random.normal(jax.random.PRNGKey(1), (11, 3))
@@ -169,7 +169,7 @@ def test_ts1_members_are_the_members_propagate_uses():
 def test_one_step_rollouts_keeping_everything_unpenalised_are_mbpos():
     """w = 1, H = 1, alpha = 0: the masked rollouts store what MBPO's branched rollouts store, bit for bit."""
     config = m2ac.Config(**m2ac.VARIANTS["tiny"])
-    model_config = dyna.ensemble_settings(config)
+    model_config = config
     model = ensemble.init(jax.random.PRNGKey(0), model_config, 3, 1, 1e-3, 5e-5)
     real = replay.init({"obs": jnp.zeros(3)}, 32)
     real = replay.add(real, {"obs": jax.random.normal(jax.random.PRNGKey(1), (32, 3))})
@@ -219,7 +219,7 @@ def test_bad_settings():
     with pytest.raises(ConfigError, match="sac_only"):
         m2ac.Config(sac_only=True).validate()
     with pytest.raises(ConfigError, match="ensemble_size"):
-        m2ac.Config(ensemble_size=1, num_elites=1).validate()
+        m2ac.Config(ensemble_size=1, model_elites=1).validate()
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_one_step_objective_by_hand_and_termination_mask():
 
 
 def test_zero_horizon_is_sacs_actor_objective():
-    cfg = sac.SACConfig(action_size=2, hidden_sizes=(16, 16), batch_size=8)
+    cfg = sac.Agent(sac.SACConfig(sac_hidden_sizes=(16, 16), sac_batch_size=8), 2)
     state = sac.init(jax.random.PRNGKey(0), cfg, obs_size=3, learning_rate=1e-3)
     obs = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
     key, alpha = jax.random.PRNGKey(2), jnp.float32(0.3)
@@ -272,7 +272,7 @@ def test_model_free_warm_up_takes_sacs_actor_step():
         **TINY_RUN,
         rollout_batch_size=0,
         ensemble_size=2,
-        num_elites=1,
+        model_elites=1,
         model_hidden_sizes=(8,),
         model_max_epochs=1,
         updates_per_step=1,

@@ -456,9 +456,12 @@ def test_gaussian_kl():
 
 
 def test_declared_settings():
-    """The traced fields are the ones the file declares, in order; inner_lr 0 is the no-adaptation
-    ablation, a negative one an error; every preset makes a valid Config."""
+    """The traced fields are the ones declared, in order (the model's, from ensemble.EnsembleConfig,
+    first); inner_lr 0 is the no-adaptation ablation, a negative one an error; every preset makes a
+    valid Config."""
     assert mbmpo.Config.SWEEPABLE == (
+        "model_lr",
+        "model_weight_decay",
         "inner_lr",
         "max_kl",
         "cg_damping",
@@ -467,8 +470,6 @@ def test_declared_settings():
         "clip_eps",
         "discount",
         "gae_lambda",
-        "model_lr",
-        "model_weight_decay",
     )
     mbmpo.Config(inner_lr=0.0).validate()
     with pytest.raises(mbmpo.ConfigError, match="inner_lr"):

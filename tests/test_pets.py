@@ -250,7 +250,8 @@ init_ensemble = jax.jit(ensemble.init, static_argnums=(1, 2, 3))
 def deterministic_ensemble(members: int, elites: int, learn_reward: bool, identical: bool = False):
     """A small deterministic ensemble (mean predictions only), its members different unless `identical`."""
     cfg = ensemble.EnsembleConfig(
-        num_members=members, num_elites=elites, hidden_sizes=(8,), probabilistic=False, learn_reward=learn_reward
+        ensemble_size=members, model_elites=elites, model_hidden_sizes=(8,), model_probabilistic=False,
+        learn_reward=learn_reward,
     )
     state = init_ensemble(jax.random.PRNGKey(3), cfg, 2, 1, 1e-3, 0.0)
     if identical:
@@ -326,7 +327,7 @@ def test_tsinf_gives_every_sequence_the_same_even_split_of_members(particles, me
     assert P_run % members == 0 and particles <= P_run < particles + members
     assert mpc.particles_per_sequence(particles, members, "ts1") == particles
     # Which member ensemble.propagate uses for each row, laid out as PETS lays out its particles.
-    cfg = ensemble.EnsembleConfig(num_members=members, num_elites=members, hidden_sizes=(8,))
+    cfg = ensemble.EnsembleConfig(ensemble_size=members, model_hidden_sizes=(8,))
     state = init_ensemble(jax.random.PRNGKey(1), cfg, 2, 1, 1e-3, 0.0)
     sequences = 4
     obs = jnp.asarray(np.random.default_rng(0).normal(size=(sequences * P_run, 2)), jnp.float32)
@@ -349,30 +350,27 @@ def test_tsinf_gives_every_sequence_the_same_even_split_of_members(particles, me
 # CONFIG AND PRESETS
 
 
-def test_ensemble_config_takes_the_model_fields():
-    config = dataclasses.replace(
-        TINY,
-        ensemble_size=4,
-        model_elites=3,
-        hidden_sizes=(7, 9),
-        model_learn_logvar_bounds=True,
-        model_normalize_targets=False,
-        model_layer_decay_scale=(0.5, 1.0, 2.0),
-        model_decay_biases=False,
-        model_authors_init=True,
-        model_batch_size=17,
-        model_max_epochs=6,
-        model_holdout_ratio=0.0,
-    )
-    cfg = mpc.ensemble_config(config, learn_reward=True)
-    assert (cfg.num_members, cfg.num_elites, cfg.hidden_sizes, cfg.learn_reward) == (4, 3, (7, 9), True)
-    assert cfg.learn_logvar_bounds and not cfg.normalize_targets and not cfg.decay_biases and cfg.authors_init
-    assert (cfg.layer_decay_scale, cfg.batch_size, cfg.max_epochs, cfg.holdout_ratio) == ((0.5, 1.0, 2.0), 17, 6, 0.0)
-    assert mpc.ensemble_config(TINY, learn_reward=False).num_elites == TINY.ensemble_size  # None: all members
+def test_the_ensemble_reads_the_model_fields_of_the_config():
+    """One name from the flag to the core: the ensemble's functions take PETS's Config itself."""
+    config = dataclasses.replace(TINY, ensemble_size=4, model_elites=3, model_hidden_sizes=(7, 9))
+    assert isinstance(config, ensemble.EnsembleConfig)
+    state = init_ensemble(jax.random.PRNGKey(0), config, 2, 1, 1e-3, 0.0)
+    layers = state.params["net"]["params"]
+    assert layers["Dense_0"]["kernel"].shape == (4, 3, 7)
+    assert layers["Dense_2"]["kernel"].shape == (4, 9, 4)  # mean and log-variance of 2
+    assert state.elites.shape == (3,) and TINY.model_elite_count == TINY.ensemble_size  # None: all members
+
+
+def test_old_spelling_of_a_renamed_flag_names_the_new_one(capsys, tmp_path):
+    assert pets.main(TINY_ARGS + ["--hidden-sizes", "16", "16", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --hidden-sizes is now --model-hidden-sizes (the model's settings have one name in every algorithm)\n"
+    assert pets.main(TINY_ARGS + ["--sweep", "hidden_sizes=16", "--run-dir", str(tmp_path / "s")]) == 2
+    assert "--hidden-sizes is now --model-hidden-sizes" in capsys.readouterr().err
 
 
 def test_presets_are_valid_and_name_their_sources_values():
-    assert pets.Config.SWEEPABLE == ("alpha", "model_lr", "model_weight_decay")
+    assert pets.Config.SWEEPABLE == ("model_lr", "model_weight_decay", "alpha")
     assert pets.PRESETS == {**pets.TASKS, **pets.VARIANTS} and "tiny" in pets.VARIANTS
     for name, preset in pets.PRESETS.items():
         pets.Config(**preset).validate()
@@ -417,13 +415,16 @@ def test_bad_input_exits_2_with_one_sentence(extra, message, capsys, tmp_path):
 
 
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
+    """A folder written before `hidden_sizes` became `model_hidden_sizes` is read with the new name:
+    the refusal is about the flag that changes the config, not an unknown field."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    saved = {name: value for name, value in dataclasses.asdict(TINY).items() if name != "model_hidden_sizes"}
     (run_dir / "config.json").write_text(
         json.dumps(
             {
                 "algorithm": "pets",
-                "config": dataclasses.asdict(TINY) | {"hidden_sizes": [16, 16]},
+                "config": saved | {"hidden_sizes": [16, 16]},
                 "run": {"seed": 0, "num_seeds": 1, "sweep": []},
             }
         )

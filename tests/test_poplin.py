@@ -243,7 +243,7 @@ def tiny_planner():
     """POPLIN's planner on tiny pendulum (50-step episodes, one of random exploration, a fit every
     50 steps), with no model (its fit does not use one)."""
     config = poplin.Config(**poplin.VARIANTS["tiny"])
-    model_config = mpc.ensemble_config(config, False)
+    model_config = config
     planner = poplin.poplin_planner(config, mpc.PlannerContext(setup(config), model_config, None, config.particles))
     return planner, config
 
@@ -288,7 +288,7 @@ def test_without_search_noise_the_planner_executes_the_policys_action(search):
     the policy's own action at the state, scaled to the task's bounds [-2, 2], and keeps a zero plan."""
     config = poplin.Config(**poplin.VARIANTS["tiny"], search=search)
     task = setup(config)
-    model_config = mpc.ensemble_config(config, False)
+    model_config = config
     spec = task.spec
 
     def model_step_fn(model):

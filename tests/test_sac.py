@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from mbrlax import sac
+from mbrlax.config import ConfigError, check_fields
 from mbrlax.networks import tanh_gaussian_mode, tanh_gaussian_sample
 
 OBS, ACT = 3, 2
-CFG = sac.SACConfig(action_size=ACT, hidden_sizes=(32, 32), batch_size=8)
+CFG = sac.Agent(sac.SACConfig(sac_hidden_sizes=(32, 32), sac_batch_size=8), ACT)
 LEARNING_RATE = 1e-3
 HP = {
     "discount": jnp.float32(0.99),
@@ -34,7 +35,7 @@ def _gaussian_change_of_variables(mean, log_std, key):
     return u, (gaussian - np.log(1.0 - np.tanh(u) ** 2)).sum(-1)
 
 
-def _random_batch(key, size=CFG.batch_size):
+def _random_batch(key, size=CFG.config.sac_batch_size):
     keys = jax.random.split(key, 4)
     return {
         "obs": jax.random.normal(keys[0], (size, OBS)),
@@ -111,7 +112,7 @@ _update = jax.jit(sac.update, static_argnums=0)
 
 def test_update_shapes_and_metrics():
     state = _init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE)
-    new_state, metrics = _update(CFG, state, _random_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2), HP)
+    new_state, metrics = _update(CFG, state, _random_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2), **HP)
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), new_state, state)
     assert set(metrics) == METRICS
@@ -151,17 +152,17 @@ def test_critic_target_ignores_next_state_when_terminated():
 
     def fit(terminated, discount):
         batch = {
-            "obs": jnp.repeat(obs, CFG.batch_size, 0),
-            "action": jnp.repeat(action, CFG.batch_size, 0),
-            "reward": jnp.full((CFG.batch_size,), reward),
-            "next_obs": jnp.repeat(obs, CFG.batch_size, 0),
-            "terminated": jnp.full((CFG.batch_size,), terminated),
+            "obs": jnp.repeat(obs, CFG.config.sac_batch_size, 0),
+            "action": jnp.repeat(action, CFG.config.sac_batch_size, 0),
+            "reward": jnp.full((CFG.config.sac_batch_size,), reward),
+            "next_obs": jnp.repeat(obs, CFG.config.sac_batch_size, 0),
+            "terminated": jnp.full((CFG.config.sac_batch_size,), terminated),
         }
         hp = dict(HP, discount=discount, tau=jnp.float32(0.05))
         key = jax.random.PRNGKey(4)
 
         def step(state, step_key):
-            return sac.update(CFG, state, batch, step_key, hp)
+            return sac.update(CFG, state, batch, step_key, **hp)
 
         state, _ = jax.lax.scan(step, sac.init(key, CFG, OBS, LEARNING_RATE), jax.random.split(key, 300))
         return sac._critic(CFG).apply(state.critic, obs, action)[:, 0]
@@ -181,7 +182,7 @@ def test_temperature_moves_towards_target_entropy():
         hp = dict(HP, target_entropy=target_entropy)
 
         def step(state, key):
-            return sac.update(CFG, state, batch, key, hp)
+            return sac.update(CFG, state, batch, key, **hp)
 
         return jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(2), 10))[1]["alpha"]
 
@@ -199,7 +200,7 @@ def test_jit_and_vmap_over_keys_agree_with_unbatched():
 
     def update(key, learning_rate):
         state = sac.init(jax.random.PRNGKey(0), CFG, OBS, learning_rate)
-        return sac.update(CFG, state, batch, key, HP)
+        return sac.update(CFG, state, batch, key, **HP)
 
     batched = jax.jit(jax.vmap(update))(keys, rates)
     for i in range(3):
@@ -239,12 +240,12 @@ def test_actor_loss_reads_the_critic_the_order_says(order):
     only in its rewards (which move only the critic) gives the same actor and temperature.
     "sequential" (SAC-SVG's svg/agent.py): the actor's loss reads the stepped critic. Both are
     checked against one Adam step by hand."""
-    cfg = sac.SACConfig(action_size=ACT, hidden_sizes=(32, 32), batch_size=8, update_order=order)
+    cfg = sac.Agent(sac.SACConfig(sac_hidden_sizes=(32, 32), sac_batch_size=8, sac_update_order=order), ACT)
     state = sac.init(jax.random.PRNGKey(0), cfg, OBS, LEARNING_RATE)
     batch = _random_batch(jax.random.PRNGKey(1))
     key = jax.random.PRNGKey(2)
-    new_state, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, batch, key, HP)
-    other, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, dict(batch, reward=batch["reward"] + 10.0), key, HP)
+    new_state, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, batch, key, **HP)
+    other, _ = jax.jit(sac.update, static_argnums=0)(cfg, state, dict(batch, reward=batch["reward"] + 10.0), key, **HP)
 
     critic_moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), new_state.critic, other.critic)
     assert max(jax.tree_util.tree_leaves(critic_moved)) > 0  # the rewards do reach the critic
@@ -269,13 +270,13 @@ def test_actor_loss_reads_the_critic_the_order_says(order):
 
 def test_initial_temperature_and_bad_settings():
     assert np.isclose(np.exp(sac.init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE).log_alpha), 1.0)
-    cfg = sac.SACConfig(action_size=ACT, initial_alpha=0.1)
+    cfg = sac.Agent(sac.SACConfig(initial_alpha=0.1), ACT)
     np.testing.assert_allclose(np.exp(sac.init(jax.random.PRNGKey(0), cfg, OBS, LEARNING_RATE).log_alpha), 0.1, rtol=1e-6)
-    assert sac.SACConfig(action_size=ACT).update_order == "simultaneous"
-    with pytest.raises(ValueError, match="update_order"):
-        sac.SACConfig(action_size=ACT, update_order="critic-last")
-    with pytest.raises(ValueError, match="initial_alpha"):
-        sac.SACConfig(action_size=ACT, initial_alpha=0.0)
+    assert sac.SACConfig().sac_update_order == "simultaneous"
+    with pytest.raises(ConfigError, match="sac_update_order"):
+        check_fields(sac.SACConfig(sac_update_order="critic-last"))
+    with pytest.raises(ConfigError, match="initial_alpha"):
+        check_fields(sac.SACConfig(initial_alpha=0.0))
 
 
 def test_adam_keeps_its_learning_rate_in_its_state():
@@ -300,11 +301,11 @@ def test_a_given_critic_objective_replaces_sacs():
     gradient is zero leaves the critics where they were while the actor still steps."""
     state = _init(jax.random.PRNGKey(0), CFG, OBS, LEARNING_RATE)
     batch, key = _random_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
-    default, _ = _update(CFG, state, batch, key, HP)
+    default, _ = _update(CFG, state, batch, key, **HP)
 
     def explicit_update(state, batch, key, hp):
         own = functools.partial(sac.soft_critic_objective, CFG, discount=hp["discount"])
-        return sac.update(CFG, state, batch, key, hp, critic_objective=own)
+        return sac.update(CFG, state, batch, key, **hp, critic_objective=own)
 
     explicit, _ = jax.jit(explicit_update)(state, batch, key, HP)
     jax.tree_util.tree_map(np.testing.assert_array_equal, default, explicit)
@@ -313,7 +314,7 @@ def test_a_given_critic_objective_replaces_sacs():
         q = sac._critic(CFG).apply(critic, batch["obs"], batch["action"])
         return 0.0 * q.sum(), q
 
-    frozen, _ = jax.jit(lambda: sac.update(CFG, state, batch, key, HP, critic_objective=flat))()
+    frozen, _ = jax.jit(lambda: sac.update(CFG, state, batch, key, **HP, critic_objective=flat))()
     jax.tree_util.tree_map(np.testing.assert_array_equal, frozen.critic, state.critic)
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(frozen.actor), jax.tree_util.tree_leaves(state.actor))]
     assert all(moved)

@@ -158,8 +158,8 @@ def objective_inputs(horizon: int, estimator: str, expansion_model: str = "sampl
         steve.Config(), horizon=horizon, estimator=estimator, expansion_model=expansion_model, **sizes
     )
     _, spec = registry.make("pendulum")
-    agent_config = dyna.sac_settings(config, spec.action_size)
-    model_config = dyna.ensemble_settings(config)
+    agent_config = sac.Agent(config, spec.action_size)
+    model_config = config
     keys = jax.random.split(jax.random.PRNGKey(3), 8)
     agent = sac.init(keys[0], agent_config, spec.observation_size, 3e-4)
     target_critic = sac.init(keys[1], agent_config, spec.observation_size, 3e-4).critic

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -136,6 +136,15 @@ def check_fields(config) -> None:
                 raise ConfigError(f"{name} is a learning rate and must be positive, got {value}")
 
 
+def renamed(config_class: type, name: str) -> str | None:
+    """The sentence for a field's old name (None when `name` was never renamed)."""
+    new = getattr(config_class, "RENAMED", {}).get(name)
+    if new is None:
+        return None
+    flag = lambda field: "--" + field.replace("_", "-")  # noqa: E731
+    return f"{flag(name)} is now {flag(new)} (the model's settings have one name in every algorithm)"
+
+
 def _flatten(config):
     """Leaves: the sweepable fields, a number as a float32 scalar (as the runner stacks them); static
     part: every other field's name and value."""
@@ -174,6 +183,9 @@ class RunConfig:
     whose leaves are its sweepable fields."""
 
     SWEEPABLE = _Sweepable()
+    RENAMED: ClassVar[dict[str, str]] = {}
+    """Fields renamed since an earlier version, old name -> new: the old flag gets one sentence naming
+    the new one, and an old run folder's config.json is read with the new names."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

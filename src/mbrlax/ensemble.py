@@ -12,31 +12,28 @@ jannerm/mbpo `mbpo/models/bnn.py`) and mbrl-lib (`mbrl/models/gaussian_mlp.py`,
 - Gaussian negative log-likelihood (or MSE for a deterministic ensemble), mean over the batch and
   the outputs, summed over members; Adam with weight decay added to the gradient (an L2 penalty);
 - every member sees its own bootstrap of the training set (or its own shuffle);
-- a holdout split for early stopping (stop after `patience` epochs in which no member improved its
-  holdout error by `min_improvement`), the best parameters of each member kept, and the elites
-  chosen by holdout error. Without a holdout (`holdout_ratio` 0, as the authors' PETS and mbrl-lib's
-  pets_cartpole and pets_halfcheetah) every fit runs `max_epochs` epochs, keeps the last parameters, and the elites are
+- a holdout split for early stopping (stop after `model_patience` epochs in which no member improved its
+  holdout error by `model_min_improvement`), the best parameters of each member kept, and the elites
+  chosen by holdout error. Without a holdout (`model_holdout_ratio` 0, as the authors' PETS and mbrl-lib's
+  pets_cartpole and pets_halfcheetah) every fit runs `model_max_epochs` epochs, keeps the last parameters, and the elites are
   chosen by their error on the training data (as mbrl-lib, which scores on the training set when it
   has no validation set).
 
 Targets: neither the authors' code nor mbrl-lib normalises them (their scalers and `Normalizer`
-see the inputs only). Here `normalize_targets` (default on) also standardises each target dimension
+see the inputs only). Here `model_normalize_targets` (default on) also standardises each target dimension
 by its data statistics before the loss, and maps predictions back. It makes every output dimension
 weigh alike in the loss, the holdout error and the log-variance bounds (fixed at [-10, 0.5] in
 normalised units, i.e. relative to each dimension's spread, not in raw units where a small-scale
-dimension such as an angle delta can sit below exp(-10) or a large reward above exp(0.5)). Measured
-(benchmarks/RESULTS.md, "Target normalisation": 5 members of 4 x 200 fitted on 2,000 random-policy
-transitions, scored on 5,000 fresh ones, seeds 0-2) it lowered the held-out one-step error and NLL
-on every seed (mean of the seeds, off -> on): pendulum squared error / target variance 0.0008 ->
-0.0007, Gaussian NLL per dimension -3.11 -> -3.83; brax/inverted_pendulum 0.82 -> 0.40, NLL -0.88 ->
--1.98. PETS's presets that name the authors' code or mbrl-lib turn it off (`normalize_targets=False`, the
+dimension such as an angle delta can sit below exp(-10) or a large reward above exp(0.5)). It
+lowered the held-out one-step error and NLL on every seed measured (benchmarks/RESULTS.md, "Target
+normalisation"). PETS's presets that name the authors' code or mbrl-lib turn it off (`model_normalize_targets=False`, the
 references' behaviour).
 
-Options for the authors' model details, each off by default: `learn_logvar_bounds` (the bounds as
-parameters with the penalty 0.01 * (sum max - sum min)), `layer_decay_scale` (a weight decay per
+Options for the authors' model details, each off by default: `model_learn_logvar_bounds` (the bounds as
+parameters with the penalty 0.01 * (sum max - sum min)), `model_layer_decay_scale` (a weight decay per
 layer: the authors' 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4 is 1e-4 times 0.25, 0.5, 0.75, 0.75, 1),
-`decay_biases=False` (the authors decay weights only; mbrl-lib's torch Adam decays biases too) and
-`authors_init` (weights from a normal truncated at two standard deviations with std
+`model_decay_biases=False` (the authors decay weights only; mbrl-lib's torch Adam decays biases too) and
+`model_authors_init` (weights from a normal truncated at two standard deviations with std
 1 / (2 sqrt(fan_in)), biases zero, as both references; the default is flax's LeCun normal, std
 1 / sqrt(fan_in)).
 
@@ -55,76 +52,84 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mbrlax.networks import MLP
+from mbrlax.config import ConfigError, check_fields, setting
+from mbrlax.networks import ACTIVATION_NAMES, MLP
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleConfig:
-    """Static settings of the ensemble (they fix shapes and loop structure)."""
+    """The model's settings, declared once. Every Config of a model-based loop extends this class,
+    changing defaults only, and the ensemble's functions read these fields from that Config: one
+    name for a setting from the command line to the core. The static ones fix shapes and loops."""
 
-    num_members: int = 7
-    """Number of members K."""
-    num_elites: int = 5
-    """Members with the lowest holdout error; MBPO rolls out through these only."""
-    hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
+    ensemble_size: int = setting(7, positive=True)
+    """Ensemble members K."""
+    model_elites: int | None = setting(None, positive=True)
+    """Members used to predict, the best by holdout error (by training error without one); None: all."""
+    model_hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
     """Hidden layer widths of each member."""
-    activation: str = "silu"
+    model_activation: str = setting("silu", choices=ACTIVATION_NAMES)
     """Hidden activation (silu is the swish of the PETS paper)."""
-    probabilistic: bool = True
-    """Gaussian outputs trained by negative log-likelihood; False gives a deterministic MSE ensemble."""
+    model_probabilistic: bool = True
+    """Gaussian outputs trained by negative log-likelihood; False: a deterministic MSE ensemble."""
     learn_reward: bool = False
-    """Predict the reward as an extra output (for tasks whose reward is not a known function)."""
-    learn_logvar_bounds: bool = False
-    """Learn the soft log-variance bounds with the original paper's penalty (mbrl-lib keeps them fixed)."""
-    normalize_targets: bool = True
+    """Predict the reward as an extra output (where the task's reward is not a known function)."""
+    model_learn_logvar_bounds: bool = False
+    """Learn the log-variance bounds with the penalty 0.01 * (sum max - sum min), as the original."""
+    model_normalize_targets: bool = True
     """Standardise the targets by their data statistics (the references normalise the inputs only)."""
-    layer_decay_scale: tuple[float, ...] | None = None
-    """Multiplier of `weight_decay` per layer, hidden layers then output (None: 1 on every layer)."""
-    decay_biases: bool = True
-    """Decay the biases too (mbrl-lib's Adam does; the authors' code decays weights only)."""
-    authors_init: bool = False
-    """Weights ~ normal truncated at 2 std, std 1 / (2 sqrt(fan_in)), as the references (else LeCun)."""
-    batch_size: int = 256
+    model_layer_decay_scale: tuple[float, ...] | None = None
+    """Multiplier of model_weight_decay per layer, hidden layers then output (None: 1 everywhere)."""
+    model_decay_biases: bool = True
+    """Weight decay on the biases too (mbrl-lib's Adam: yes; the authors' code: weights only)."""
+    model_authors_init: bool = False
+    """Weights ~ truncated normal with std 1 / (2 sqrt(fan_in)) as both references (else LeCun normal)."""
+    model_lr: float = setting(1e-3, sweepable=True)
+    """Adam learning rate of the ensemble."""
+    model_weight_decay: float = setting(5e-5, sweepable=True, within="[0, inf)")
+    """Weight decay of the ensemble."""
+    model_batch_size: int = setting(256, positive=True)
     """Minibatch size per member."""
-    max_epochs: int = 50
+    model_max_epochs: int = setting(50, positive=True)
     """Most passes over the training data in one fit."""
-    patience: int = 5
-    """Stop after this many epochs in which no member improved its holdout error."""
-    min_improvement: float = 0.01
+    model_patience: int = setting(5, positive=True)
+    """Stop a fit after this many epochs in which no member improved its holdout error."""
+    model_min_improvement: float = setting(0.01, within="[0, inf)")
     """Relative holdout improvement that counts (0.01 = 1 %)."""
-    holdout_ratio: float = 0.2
-    """Share of the data held out for early stopping and elite selection."""
-    max_holdout: int = 5000
+    model_holdout_ratio: float = setting(0.2, within="[0, 1)")
+    """Share of the data held out for early stopping and elites; 0: no split, model_max_epochs a fit."""
+    model_max_holdout: int = setting(5000, positive=True)
     """Cap on the holdout size (MBPO's code caps it at 5000)."""
-    sampling: str = "bootstrap"
-    """How members see data: "bootstrap" (each its own resample) or "shuffle" (each its own order)."""
-    eval_batch_size: int = 2048
+    model_sampling: str = setting("bootstrap", choices=("bootstrap", "shuffle"))
+    """How members see the data: "bootstrap" (each its own resample) or "shuffle" (each its own order)."""
+    model_eval_batch_size: int = setting(2048, positive=True)
     """Chunk size of the holdout evaluation pass."""
 
+    @property
+    def model_elite_count(self) -> int:
+        """The members used to predict: model_elites, or all of them."""
+        return self.model_elites or self.ensemble_size
+
     def validate(self) -> None:
-        if self.num_members < 1:
-            raise ValueError(f"ensemble num_members must be at least 1, got {self.num_members}")
-        if not 1 <= self.num_elites <= self.num_members:
-            raise ValueError(
-                f"ensemble num_elites must be between 1 and num_members ({self.num_members}), got {self.num_elites}"
-            )
-        if self.sampling not in ("bootstrap", "shuffle"):
-            raise ValueError(f"ensemble sampling must be 'bootstrap' or 'shuffle', got {self.sampling!r}")
-        if not 0.0 <= self.holdout_ratio < 1.0:
-            raise ValueError(f"ensemble holdout_ratio must be in [0, 1), got {self.holdout_ratio}")
-        if self.layer_decay_scale is not None:
-            if len(self.layer_decay_scale) != len(self.hidden_sizes) + 1:
-                raise ValueError(
-                    f"ensemble layer_decay_scale needs one value per layer ({len(self.hidden_sizes) + 1}), "
-                    f"got {len(self.layer_decay_scale)}"
-                )
-            if any(d < 0 for d in self.layer_decay_scale):
-                raise ValueError(f"ensemble layer_decay_scale must not be negative, got {self.layer_decay_scale}")
-        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ensemble {name} must be positive, got {getattr(self, name)}")
+        """The declared checks (the Config's own, when this is part of one) and those relating fields."""
+        parent = getattr(super(), "validate", None)
+        parent() if parent is not None else check_fields(self)
+        check_settings(self)
+
+
+def check_settings(cfg: EnsembleConfig) -> None:
+    """The checks that relate the model's fields; a ConfigError names the first that fails."""
+    if cfg.model_elites is not None and not 1 <= cfg.model_elites <= cfg.ensemble_size:
+        raise ConfigError(f"model_elites must be between 1 and ensemble_size ({cfg.ensemble_size}), got {cfg.model_elites}")
+    scale = cfg.model_layer_decay_scale
+    if scale is not None and len(scale) != len(cfg.model_hidden_sizes) + 1:
+        raise ConfigError(
+            f"model_layer_decay_scale needs one value per layer ({len(cfg.model_hidden_sizes) + 1}), got {len(scale)}"
+        )
+    if scale is not None and any(not item >= 0 for item in scale):
+        raise ConfigError(f"model_layer_decay_scale must be 0 or positive, got {scale}")
 
 
 @struct.dataclass
@@ -141,35 +146,46 @@ class EnsembleState:
 
 
 def _network(cfg: EnsembleConfig, output_size: int) -> MLP:
-    outputs = 2 * output_size if cfg.probabilistic else output_size
-    return MLP(hidden_sizes=cfg.hidden_sizes, output_size=outputs, activation=cfg.activation)
+    outputs = 2 * output_size if cfg.model_probabilistic else output_size
+    return MLP(hidden_sizes=cfg.model_hidden_sizes, output_size=outputs, activation=cfg.model_activation)
 
 
 def target_size(cfg: EnsembleConfig, obs_size: int) -> int:
     return obs_size + int(cfg.learn_reward)
 
 
-def _decay_rates(cfg: EnsembleConfig, params: Any, weight_decay) -> Any:
-    """The weight decay of every parameter: `weight_decay`, times the layer's `layer_decay_scale`;
-    zero for the biases unless `decay_biases`, and zero for the log-variance bounds."""
+class DecayLayout(NamedTuple):
+    """Which parameters decay and how much, per layer (static: the optimiser's structure)."""
+
+    layer_scale: tuple[float, ...] | None
+    biases: bool
+
+    @classmethod
+    def of(cls, cfg: EnsembleConfig) -> DecayLayout:
+        return cls(cfg.model_layer_decay_scale, cfg.model_decay_biases)
+
+
+def decay_rates(layout: DecayLayout, params: Any, weight_decay) -> Any:
+    """The weight decay of every parameter: `weight_decay`, times the layer's `layer_scale`; zero for
+    the biases unless `biases`, and zero for the log-variance bounds."""
 
     def rate(path, _):
         names = [getattr(entry, "key", getattr(entry, "name", None)) for entry in path]
-        if names[0] != "net" or (names[-1] == "bias" and not cfg.decay_biases):
+        if names[0] != "net" or (names[-1] == "bias" and not layout.biases):
             return 0.0
-        if cfg.layer_decay_scale is None:
+        if layout.layer_scale is None:
             return weight_decay
         layer = next(int(n.split("_")[-1]) for n in names if isinstance(n, str) and n.startswith("Dense_"))
-        return weight_decay * cfg.layer_decay_scale[layer]
+        return weight_decay * layout.layer_scale[layer]
 
     return jax.tree_util.tree_map_with_path(rate, params)
 
 
-def _adam_with_decay(learning_rate, weight_decay, cfg: EnsembleConfig) -> optax.GradientTransformation:
+def _adam_with_decay(learning_rate, weight_decay, layout: DecayLayout) -> optax.GradientTransformation:
     # Decay is coupled (added to the gradient: the gradient of the authors' penalty
     # decay * ||W||^2 / 2, and what torch's Adam does in mbrl-lib) and spares the bounds.
     def add_decay(updates, state, params):
-        rates = _decay_rates(cfg, params, weight_decay)
+        rates = decay_rates(layout, params, weight_decay)
         return jax.tree_util.tree_map(lambda g, p, r: g + r * p, updates, params, rates), state
 
     decay = optax.GradientTransformation(lambda params: optax.EmptyState(), add_decay)
@@ -179,7 +195,8 @@ def _adam_with_decay(learning_rate, weight_decay, cfg: EnsembleConfig) -> optax.
 def _optimizer(cfg: EnsembleConfig, learning_rate=0.0, weight_decay=0.0) -> optax.GradientTransformation:
     """Adam with weight decay, the rate and decay kept in its state (optax's `inject_hyperparams`):
     `init` stores the run's (traced, so a sweep over them is a vmap) and `update` reads them there."""
-    return optax.inject_hyperparams(_adam_with_decay, static_args="cfg")(learning_rate, weight_decay, cfg)
+    layout = DecayLayout.of(cfg)
+    return optax.inject_hyperparams(_adam_with_decay, static_args="layout")(learning_rate, weight_decay, layout)
 
 
 def _authors_init(key: jax.Array, net: Any) -> Any:
@@ -204,12 +221,13 @@ def init(
 ) -> EnsembleState:
     """Members' parameters, and an optimiser state that keeps `learning_rate` and `weight_decay`
     (traced: a sweep's) for every later `train`."""
-    cfg.validate()
+    check_fields(cfg)
+    check_settings(cfg)
     input_size, output_size = obs_size + action_size, target_size(cfg, obs_size)
     network = _network(cfg, output_size)
-    member_keys = jax.random.split(key, cfg.num_members)
+    member_keys = jax.random.split(key, cfg.ensemble_size)
     net = jax.vmap(lambda k: network.init(k, jnp.zeros((1, input_size))))(member_keys)
-    if cfg.authors_init:
+    if cfg.model_authors_init:
         net = _authors_init(jax.random.fold_in(key, 1), net)
     params = {
         "net": net,
@@ -224,7 +242,7 @@ def init(
         input_std=jnp.ones(input_size),
         target_mean=jnp.zeros(output_size),
         target_std=jnp.ones(output_size),
-        elites=jnp.arange(cfg.num_elites, dtype=jnp.int32),
+        elites=jnp.arange(cfg.model_elite_count, dtype=jnp.int32),
     )
 
 
@@ -235,7 +253,7 @@ def _apply_members(cfg: EnsembleConfig, params: Any, inputs: jax.Array, output_s
     """Normalised inputs [G, n, in] through G stacked members -> mean, log-variance [G, n, out]."""
     network = _network(cfg, output_size)
     out = jax.vmap(network.apply)(params["net"], inputs)
-    if not cfg.probabilistic:
+    if not cfg.model_probabilistic:
         return out, jnp.zeros_like(out)
     mean, raw_logvar = jnp.split(out, 2, axis=-1)
     # Soft bounds keep the variance away from 0 and infinity while keeping gradients alive.
@@ -254,10 +272,10 @@ def predict(cfg: EnsembleConfig, state: EnsembleState, obs: jax.Array, action: j
     output_size = state.target_mean.shape[0]
     inputs = _normalise_inputs(state, obs, action)
     mean, logvar = _apply_members(
-        cfg, state.params, jnp.broadcast_to(inputs, (cfg.num_members,) + inputs.shape), output_size
+        cfg, state.params, jnp.broadcast_to(inputs, (cfg.ensemble_size,) + inputs.shape), output_size
     )
     mean = mean * state.target_std + state.target_mean
-    var = jnp.exp(logvar) * state.target_std**2 if cfg.probabilistic else jnp.zeros_like(mean)
+    var = jnp.exp(logvar) * state.target_std**2 if cfg.model_probabilistic else jnp.zeros_like(mean)
     obs_size = obs.shape[-1]
     next_mean = obs + mean[..., :obs_size]
     if cfg.learn_reward:
@@ -293,7 +311,7 @@ def propagate(
     params = state.params
     if elites_only:
         params = dict(params, net=jax.tree_util.tree_map(lambda p: p[state.elites], params["net"]))
-    groups = cfg.num_elites if elites_only else cfg.num_members
+    groups = cfg.model_elite_count if elites_only else cfg.ensemble_size
     inputs = _normalise_inputs(state, obs, action)
     _, noise_key = jax.random.split(key)
 
@@ -306,7 +324,7 @@ def propagate(
         order = jnp.concatenate([_particle_order(key, n, mode), jnp.arange(padded - n)])
         grouped = inputs[order].reshape(padded // groups, groups, -1).swapaxes(0, 1)
         mean, logvar = _apply_members(cfg, params, grouped, output_size)
-        if sample and cfg.probabilistic:
+        if sample and cfg.model_probabilistic:
             mean = mean + jnp.exp(0.5 * logvar) * jax.random.normal(noise_key, mean.shape)
         out = mean.swapaxes(0, 1).reshape(padded, output_size)[:n]
         out = jnp.zeros((n, output_size)).at[order[:n]].set(out)
@@ -348,7 +366,7 @@ def member_mean(cfg: EnsembleConfig, state: EnsembleState, member: jax.Array, ob
 def _loss(cfg: EnsembleConfig, params, inputs, targets, weights, output_size):
     """Per-member loss [K] on normalised [K, b, ...] minibatches with [K, b] weights."""
     mean, logvar = _apply_members(cfg, params, inputs, output_size)
-    if cfg.probabilistic:
+    if cfg.model_probabilistic:
         per_sample = ((mean - targets) ** 2 * jnp.exp(-logvar) + logvar).mean(-1)
     else:
         per_sample = ((mean - targets) ** 2).mean(-1)
@@ -400,7 +418,7 @@ def normalise(cfg: EnsembleConfig, state: EnsembleState, data: dict, count: jax.
         targets_raw = jnp.concatenate([targets_raw, data["reward"][:, None]], axis=-1)
     valid = jnp.arange(data["obs"].shape[0]) < count
     input_mean, input_std = _masked_moments(inputs_raw, valid)
-    if cfg.normalize_targets:
+    if cfg.model_normalize_targets:
         target_mean, target_std = _masked_moments(targets_raw, valid)
     else:
         target_mean, target_std = jnp.zeros_like(state.target_mean), jnp.ones_like(state.target_std)
@@ -414,12 +432,12 @@ def split(cfg: EnsembleConfig, split_key, boot_key, count: jax.Array, capacity: 
     are held out; with `sampling="bootstrap"` each member resamples the rest with replacement."""
     valid = jnp.arange(capacity) < count
     order = jnp.argsort(jnp.where(valid, jax.random.uniform(split_key, (capacity,)), 2.0))
-    n_holdout = jnp.minimum((count * cfg.holdout_ratio).astype(jnp.int32), cfg.max_holdout)
+    n_holdout = jnp.minimum((count * cfg.model_holdout_ratio).astype(jnp.int32), cfg.model_max_holdout)
     n_train = count - n_holdout
-    if cfg.sampling == "bootstrap":
-        resample = jax.random.randint(boot_key, (cfg.num_members, capacity), 0, jnp.maximum(n_train, 1))
+    if cfg.model_sampling == "bootstrap":
+        resample = jax.random.randint(boot_key, (cfg.ensemble_size, capacity), 0, jnp.maximum(n_train, 1))
     else:
-        resample = jnp.broadcast_to(jnp.arange(capacity), (cfg.num_members, capacity))
+        resample = jnp.broadcast_to(jnp.arange(capacity), (cfg.ensemble_size, capacity))
     return Split(order, n_holdout, n_train, resample)
 
 
@@ -428,7 +446,7 @@ def member_errors(cfg: EnsembleConfig, params, data: Normalised, order: jax.Arra
     first `size` entries of `order`: the holdout set, or without a holdout a random share of the
     training data."""
     capacity, output_size = order.shape[0], data.targets.shape[-1]
-    E, K = cfg.eval_batch_size, cfg.num_members
+    E, K = cfg.model_eval_batch_size, cfg.ensemble_size
     num_chunks = (size + E - 1) // E
 
     def chunk(c, total):
@@ -449,7 +467,7 @@ def fit_epochs(cfg: EnsembleConfig, state: EnsembleState, data: Normalised, part
     with the best networks, optimiser state, each member's best holdout error [K], epochs run, the
     last epoch's mean training loss)."""
     capacity, output_size = parts.order.shape[0], data.targets.shape[-1]
-    K, B = cfg.num_members, cfg.batch_size
+    K, B = cfg.ensemble_size, cfg.model_batch_size
     optimizer = _optimizer(cfg)  # the rate and decay come from state.opt_state
     order, n_holdout, n_train, resample = parts
 
@@ -457,12 +475,12 @@ def fit_epochs(cfg: EnsembleConfig, state: EnsembleState, data: Normalised, part
         return _loss(cfg, params, data.inputs[idx], data.targets[idx], weights, output_size)
 
     def penalty(params):
-        if not (cfg.probabilistic and cfg.learn_logvar_bounds):
+        if not (cfg.model_probabilistic and cfg.model_learn_logvar_bounds):
             return 0.0
         return 0.01 * (params["max_logvar"].sum() - params["min_logvar"].sum())
 
     def total_loss(params, idx, weights):
-        if not cfg.learn_logvar_bounds:
+        if not cfg.model_learn_logvar_bounds:
             # Fixed bounds: no gradient, so Adam leaves them where they were initialised.
             params = dict(
                 params,
@@ -494,14 +512,14 @@ def fit_epochs(cfg: EnsembleConfig, state: EnsembleState, data: Normalised, part
     # EARLY STOPPING over epochs: keep each member's best parameters by holdout error.
     def keep_going(carry):
         epoch, since_improved = carry[0], carry[1]
-        return (epoch < cfg.max_epochs) & (since_improved < cfg.patience)
+        return (epoch < cfg.model_max_epochs) & (since_improved < cfg.model_patience)
 
     def epoch_step(carry):
         epoch, since_improved, params, opt_state, best_params, best_error, key, _ = carry
         key, epoch_key = jax.random.split(key)
         params, opt_state, train_loss = train_epoch(params, opt_state, epoch_key)
         error = member_errors(cfg, params, data, order, n_holdout)
-        improved = (best_error - error) / jnp.abs(best_error) > cfg.min_improvement
+        improved = (best_error - error) / jnp.abs(best_error) > cfg.model_min_improvement
         improved = improved | ~jnp.isfinite(best_error)
         # Without holdout data there is nothing to stop on: train for max_epochs, keep the last.
         improved = improved | (n_holdout == 0)
@@ -545,10 +563,10 @@ def train(
     split_key, boot_key, key = jax.random.split(key, 3)
     parts = split(cfg, split_key, boot_key, count, data["obs"].shape[0])
     params, opt_state, best_error, epochs, train_loss = fit_epochs(cfg, state, normalised, parts, key)
-    if cfg.holdout_ratio == 0.0 and cfg.num_elites < cfg.num_members:
+    if cfg.model_holdout_ratio == 0.0 and cfg.model_elite_count < cfg.ensemble_size:
         # No holdout: rank the members by their error on (at most max_holdout of) the training data.
-        best_error = member_errors(cfg, params, normalised, parts.order, jnp.minimum(count, cfg.max_holdout))
-    elites = jnp.argsort(best_error)[: cfg.num_elites].astype(jnp.int32)
+        best_error = member_errors(cfg, params, normalised, parts.order, jnp.minimum(count, cfg.model_max_holdout))
+    elites = jnp.argsort(best_error)[: cfg.model_elite_count].astype(jnp.int32)
     new_state = EnsembleState(
         params=params,
         opt_state=opt_state,

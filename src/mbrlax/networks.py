@@ -14,6 +14,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "elu": nn.elu,
 }
+ACTIVATION_NAMES = tuple(sorted(ACTIVATIONS))
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:

@@ -15,12 +15,34 @@ posterior state of every environment from step to step, is `mbrlax.loops.sequenc
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mbrlax.config import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class RSSMConfig:
+    """The world model's sizes, declared once. Dreamer's and PlaNet's Configs extend this class,
+    changing defaults only; `WorldModel` reads these fields from that Config, and the latent's own
+    (Dreamer's classes and unimix, PlaNet's min_std) from the algorithm's."""
+
+    deter_size: int = setting(512, positive=True)
+    """Size of the GRU's deterministic state h (the PlaNet authors' belief size)."""
+    hidden_size: int = setting(512, positive=True)
+    """Width of every hidden layer (encoder/decoder MLPs, RSSM, heads, and Dreamer's actor and critic)."""
+    layers: int = setting(2, positive=True)
+    """Hidden layers of the vector encoder/decoder MLPs and of the heads (and Dreamer's actor and critic)."""
+    stoch_size: int = setting(32, positive=True)
+    """Latents in z: Dreamer's categoricals, or the dimensions of PlaNet's Gaussian."""
+    cnn_depth: int = setting(32, positive=True)
+    """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
+    convolution: str = setting("xla", choices=("xla", "matmul"))
+    """How the image encoder and decoder convolve: "xla" (XLA's convolution) or "matmul" (matrix products)."""
 
 
 # DREAMERV3'S TRANSFORMS AND DISTRIBUTIONS

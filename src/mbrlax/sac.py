@@ -6,7 +6,7 @@ temperature tuned towards a target entropy. Critic, actor and temperature each t
 per update, and the targets move by `tau` after every update. Actions live in [-1, 1]; the algorithm
 scales them to the task's bounds.
 
-The order of the three steps within an update is `SACConfig.update_order`:
+The order of the three steps within an update is `SACConfig.sac_update_order`:
 - "simultaneous" (the default), as in the code MBPO's paper ran (jannerm/mbpo,
   mbpo/algorithms/mbpo.py, on the TF1 softlearning of rail-berkeley/softlearning up to commit
   1d56928, softlearning/algorithms/sac.py): the three losses are built from the same variables and
@@ -34,45 +34,53 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mbrlax.networks import GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
+from mbrlax.config import setting
+from mbrlax.networks import ACTIVATION_NAMES, GaussianHead, TwinQ, tanh_gaussian_mode, tanh_gaussian_sample
 from mbrlax.training import adam, gradient_update
+
+UPDATE_ORDERS = ("simultaneous", "sequential")
 
 
 @dataclasses.dataclass(frozen=True)
 class SACConfig:
-    """Static settings of SAC (they fix shapes)."""
+    """SAC's settings, declared once. Every Config of the Dyna loop extends this class, changing
+    defaults only; SAC's functions read these fields from that Config (through an `Agent`)."""
 
-    action_size: int
-    """Dimension of the action."""
-    hidden_sizes: tuple[int, ...] = (256, 256)
+    sac_hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden widths of the actor and of each critic."""
-    activation: str = "relu"
+    sac_activation: str = setting("relu", choices=ACTIVATION_NAMES)
     """Hidden activation of actor and critics."""
-    batch_size: int = 256
-    """Transitions per gradient step."""
-    max_grad_norm: float | None = None
-    """Clip the actor's and the critics' gradients to this global norm (None: no clipping, as SAC)."""
-    update_order: str = "simultaneous"
-    """"simultaneous": critic, actor and temperature losses all read the pre-update parameters (MBPO's
-    code); "sequential": the actor's loss reads the critics after their step (SAC-SVG's code)."""
-    initial_alpha: float = 1.0
-    """Temperature at the start (1, as softlearning and MBPO; SAC-SVG: 0.1)."""
+    sac_batch_size: int = setting(256, positive=True)
+    """Transitions per SAC gradient step."""
+    sac_lr: float = setting(3e-4, sweepable=True)
+    """Adam learning rate of actor, critics and temperature."""
+    tau: float = setting(5e-3, sweepable=True, within="(0, 1]")
+    """Polyak rate of the target critics."""
+    discount: float = setting(0.99, sweepable=True, within="[0, 1]")
+    """Discount factor gamma."""
+    target_entropy: float | None = None
+    """Entropy the temperature steers towards (default: minus the action dimension)."""
+    max_grad_norm: float | None = setting(None, positive=True)
+    """Clip actor and critic gradients to this global norm (None: no clipping, as SAC)."""
+    sac_update_order: str = setting("simultaneous", choices=UPDATE_ORDERS)
+    """"simultaneous": SAC's losses on pre-update parameters; "sequential": actor's loss on stepped critic."""
+    initial_alpha: float = setting(1.0, positive=True)
+    """SAC's temperature at the start (1, as softlearning and MBPO; SAC-SVG: 0.1)."""
 
-    def __post_init__(self):
-        if self.update_order not in UPDATE_ORDERS:
-            raise ValueError(f"update_order must be one of {', '.join(UPDATE_ORDERS)}, got {self.update_order!r}")
-        if not self.initial_alpha > 0:
-            raise ValueError(f"initial_alpha must be positive, got {self.initial_alpha}")
 
+class Agent(NamedTuple):
+    """What SAC's networks are built from: the Config (its static fields; the traced ones are
+    arguments) and the action's dimension, which the task gives."""
 
-UPDATE_ORDERS = ("simultaneous", "sequential")
+    config: SACConfig
+    action_size: int
 
 
 @struct.dataclass
@@ -86,22 +94,22 @@ class SACState:
     alpha_opt: Any
 
 
-def _actor(cfg: SACConfig) -> GaussianHead:
-    return GaussianHead(cfg.hidden_sizes, cfg.action_size, cfg.activation)
+def _actor(agent: Agent) -> GaussianHead:
+    return GaussianHead(agent.config.sac_hidden_sizes, agent.action_size, agent.config.sac_activation)
 
 
-def _critic(cfg: SACConfig) -> TwinQ:
-    return TwinQ(cfg.hidden_sizes, cfg.activation)
+def _critic(agent: Agent) -> TwinQ:
+    return TwinQ(agent.config.sac_hidden_sizes, agent.config.sac_activation)
 
 
-def init(key: jax.Array, cfg: SACConfig, obs_size: int, learning_rate) -> SACState:
+def init(key: jax.Array, agent: Agent, obs_size: int, learning_rate) -> SACState:
     """Networks, targets and optimisers; the optimisers keep `learning_rate` (traced: a sweep's)."""
     actor_key, critic_key = jax.random.split(key)
-    obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, cfg.action_size))
-    actor = _actor(cfg).init(actor_key, obs)
-    critic = _critic(cfg).init(critic_key, obs, action)
-    log_alpha = jnp.log(jnp.float32(cfg.initial_alpha))
-    clipped_adam = adam(learning_rate, cfg.max_grad_norm)
+    obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, agent.action_size))
+    actor = _actor(agent).init(actor_key, obs)
+    critic = _critic(agent).init(critic_key, obs, action)
+    log_alpha = jnp.log(jnp.float32(agent.config.initial_alpha))
+    clipped_adam = adam(learning_rate, agent.config.max_grad_norm)
     return SACState(
         actor=actor,
         critic=critic,
@@ -113,68 +121,71 @@ def init(key: jax.Array, cfg: SACConfig, obs_size: int, learning_rate) -> SACSta
     )
 
 
-def sample_action(cfg: SACConfig, actor_params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sample_action(agent: Agent, actor_params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Stochastic action in [-1, 1] and its log-density, for exploration, targets and rollouts."""
-    mean, log_std = _actor(cfg).apply(actor_params, obs)
+    mean, log_std = _actor(agent).apply(actor_params, obs)
     return tanh_gaussian_sample(mean, log_std, key)
 
 
-def greedy_action(cfg: SACConfig, actor_params, obs: jax.Array) -> jax.Array:
+def greedy_action(agent: Agent, actor_params, obs: jax.Array) -> jax.Array:
     """Deterministic action in [-1, 1] (evaluation)."""
-    mean, _ = _actor(cfg).apply(actor_params, obs)
+    mean, _ = _actor(agent).apply(actor_params, obs)
     return tanh_gaussian_mode(mean)
 
 
-def soft_q(cfg: SACConfig, critic_params, obs: jax.Array, action: jax.Array) -> jax.Array:
+def soft_q(agent: Agent, critic_params, obs: jax.Array, action: jax.Array) -> jax.Array:
     """min(Q1, Q2)(obs, action): the clipped double-Q value, [n]."""
-    return _critic(cfg).apply(critic_params, obs, action).min(axis=0)
+    return _critic(agent).apply(critic_params, obs, action).min(axis=0)
 
 
-def soft_actor_objective(cfg: SACConfig, actor_params, critic_params, alpha, obs: jax.Array, key: jax.Array):
+def soft_actor_objective(agent: Agent, actor_params, critic_params, alpha, obs: jax.Array, key: jax.Array):
     """SAC's actor loss, E[alpha log pi(a|s) - min Q(s, a)] with a ~ pi reparameterised. Returns the
     loss and the log-densities of the sampled actions [n], which tune the temperature."""
-    action, log_prob = sample_action(cfg, actor_params, obs, key)
-    return (alpha * log_prob - soft_q(cfg, critic_params, obs, action)).mean(), log_prob
+    action, log_prob = sample_action(agent, actor_params, obs, key)
+    return (alpha * log_prob - soft_q(agent, critic_params, obs, action)).mean(), log_prob
 
 
 def soft_critic_objective(
-    cfg: SACConfig, critic_params, target_critic_params, actor_params, alpha, batch: dict, key: jax.Array, discount
+    agent: Agent, critic_params, target_critic_params, actor_params, alpha, batch: dict, key: jax.Array, discount
 ):
     """SAC's critic loss: each twin's squared error to the soft Bellman target r + discount (1 - terminated)
     (min target Q(s', a') - alpha log pi(a'|s')), a' ~ pi (no bootstrap after termination). Returns the
     loss and the twins' values [2, B]."""
-    next_action, next_log_prob = sample_action(cfg, actor_params, batch["next_obs"], key)
-    next_q = soft_q(cfg, target_critic_params, batch["next_obs"], next_action)
+    next_action, next_log_prob = sample_action(agent, actor_params, batch["next_obs"], key)
+    next_q = soft_q(agent, target_critic_params, batch["next_obs"], next_action)
     soft_value = next_q - alpha * next_log_prob
     target = jax.lax.stop_gradient(batch["reward"] + discount * (1.0 - batch["terminated"]) * soft_value)
-    q = _critic(cfg).apply(critic_params, batch["obs"], batch["action"])
+    q = _critic(agent).apply(critic_params, batch["obs"], batch["action"])
     return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
 
 
 def update(
-    cfg: SACConfig,
+    agent: Agent,
     state: SACState,
     batch: dict,
     key: jax.Array,
-    hp: dict,
+    *,
+    discount,
+    tau,
+    target_entropy,
     actor_objective: Callable | None = None,
     critic_objective: Callable | None = None,
 ) -> tuple[SACState, dict]:
     """One gradient step of critic, actor and temperature on `batch` (obs, action, reward, next_obs,
-    terminated, each [B, ...]). `hp` holds traced scalars: discount, tau, target_entropy (the
-    learning rate is in the optimisers' states, from `init`).
+    terminated, each [B, ...]). `discount`, `tau` and `target_entropy` may be traced (the learning
+    rate is in the optimisers' states, from `init`).
     `actor_objective(actor_params, critic_params, alpha, obs, key) -> (loss, log_prob)` replaces SAC's
     own actor loss (`soft_actor_objective`); it sees the critic from before this update's critic
-    step, or after it, as `cfg.update_order` says. `critic_objective(critic_params,
+    step, or after it, as `agent.config.sac_update_order` says. `critic_objective(critic_params,
     target_critic_params, actor_params, alpha, batch, key) -> (loss, q [2, B])` replaces SAC's own
     critic loss (`soft_critic_objective`)."""
     target_key, actor_key = jax.random.split(key)
-    clipped_adam = adam(max_grad_norm=cfg.max_grad_norm)
+    clipped_adam = adam(max_grad_norm=agent.config.max_grad_norm)
     alpha = jnp.exp(state.log_alpha)
     if actor_objective is None:
-        actor_objective = functools.partial(soft_actor_objective, cfg)
+        actor_objective = functools.partial(soft_actor_objective, agent)
     if critic_objective is None:
-        critic_objective = functools.partial(soft_critic_objective, cfg, discount=hp["discount"])
+        critic_objective = functools.partial(soft_critic_objective, agent, discount=discount)
 
     # CRITIC: SAC's soft Bellman target from the min of the target twins, or the objective given.
     def critic_loss(params):
@@ -184,7 +195,7 @@ def update(
 
     # ACTOR: SAC's objective (min-twin Q of a reparameterised action, minus alpha log pi) or the one
     # given, against the critics before their step ("simultaneous") or after it ("sequential").
-    actor_critic = state.critic if cfg.update_order == "simultaneous" else critic_params
+    actor_critic = state.critic if agent.config.sac_update_order == "simultaneous" else critic_params
 
     def actor_loss(params):
         return actor_objective(params, actor_critic, alpha, batch["obs"], actor_key)
@@ -192,13 +203,13 @@ def update(
     actor_params, actor_opt, pi_loss, log_prob = gradient_update(actor_loss, state.actor, state.actor_opt, clipped_adam)
 
     # TEMPERATURE: move the policy's entropy towards the target.
-    entropy_gap = jax.lax.stop_gradient(log_prob + hp["target_entropy"]).mean()
+    entropy_gap = jax.lax.stop_gradient(log_prob + target_entropy).mean()
     alpha_grad = -entropy_gap  # d/d(log_alpha) of -log_alpha * (log_prob + target_entropy)
     updates, alpha_opt = adam().update(alpha_grad, state.alpha_opt, state.log_alpha)
     log_alpha = optax.apply_updates(state.log_alpha, updates)
 
     # TARGETS: Polyak averaging.
-    target_critic = optax.incremental_update(critic_params, state.target_critic, hp["tau"])
+    target_critic = optax.incremental_update(critic_params, state.target_critic, tau)
     new_state = SACState(
         actor=actor_params,
         critic=critic_params,

@@ -36,9 +36,11 @@ from mbrlax.loops.episodes import (
 
 
 @dataclasses.dataclass(frozen=True)
-class DynaConfig(RunConfig):
+class DynaConfig(ensemble.EnsembleConfig, sac.SACConfig, RunConfig):
     """The Dyna loop's settings (MBPO's): the model, its rollouts and SAC; the run's own (task, budget,
     environments, evaluation) are RunConfig's. Each algorithm on the loop extends it."""
+
+    RENAMED = {"num_elites": "model_elites"}
 
     total_steps: int = 5000
     """Environment steps in all, over all parallel environments, random exploration included."""
@@ -63,43 +65,20 @@ class DynaConfig(RunConfig):
     """G: SAC gradient steps per environment step."""
     real_ratio: float = setting(0.05, sweepable=True, within="[0, 1]")
     """Share of real transitions in each SAC batch; the rest come from the model buffer."""
-    # SAC
+    # SAC (sac.SACConfig's fields; the loop's defaults)
     sac_hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden widths of the actor and of each critic (the paper: 256, 256)."""
-    sac_batch_size: int = setting(256, positive=True)
-    """Transitions per SAC gradient step."""
-    sac_lr: float = setting(3e-4, sweepable=True)
-    """Adam learning rate of actor, critics and temperature."""
-    tau: float = setting(5e-3, sweepable=True, within="(0, 1]")
-    """Polyak rate of the target critics."""
-    discount: float = setting(0.99, sweepable=True, within="[0, 1]")
-    """Discount factor gamma."""
-    target_entropy: float | None = None
-    """Entropy the temperature steers towards (default: minus the action dimension)."""
-    max_grad_norm: float | None = setting(None, positive=True)
-    """Clip actor and critic gradients to this global norm (the paper: no clipping)."""
     buffer_capacity: int | None = None
     """Real replay capacity (default: total_steps, so nothing is forgotten)."""
-    # Model
-    ensemble_size: int = setting(7, positive=True)
-    """Ensemble members."""
-    num_elites: int = setting(5, positive=True)
-    """Members with the lowest holdout error; rollouts go through these only."""
+    # Model (ensemble.EnsembleConfig's fields; the loop's defaults). Rollouts need its rewards.
+    model_elites: int | None = 5
     model_hidden_sizes: tuple[int, ...] = (64, 64, 64)
-    """Hidden widths of each member (the paper: four layers of 200)."""
-    model_lr: float = setting(1e-3, sweepable=True)
-    """Adam learning rate of the ensemble."""
-    model_weight_decay: float = setting(5e-5, sweepable=True)
-    """Weight decay of the ensemble."""
-    model_batch_size: int = setting(256, positive=True)
-    """Minibatch size of model training."""
-    model_max_epochs: int = setting(25, positive=True)
-    """Most epochs per model fit; early stopping on a 20 % holdout (at most 5000) ends most sooner."""
+    learn_reward: bool = True
+    model_max_epochs: int = 25
 
     def validate(self) -> None:
         super().validate()
-        if self.num_elites > self.ensemble_size:
-            raise ConfigError(f"num_elites ({self.num_elites}) must not exceed ensemble_size ({self.ensemble_size})")
+        if not self.learn_reward:
+            raise ConfigError("learn_reward must stay True: the loop's imagined transitions take the model's rewards")
         if len(self.rollout_schedule) != 4:
             raise ConfigError(
                 f"rollout_schedule takes four numbers [epoch_a, epoch_b, k_a, k_b], got {self.rollout_schedule}"
@@ -138,34 +117,6 @@ class DynaState(NamedTuple):
     """[num_envs] return of each environment's current episode so far."""
     last_episode_return: jax.Array
     """Mean return of the episodes that ended most recently."""
-
-
-# NETWORKS: SAC's actor and twin critics, and the probabilistic ensemble.
-
-
-def sac_settings(config: DynaConfig, action_size: int, **options) -> sac.SACConfig:
-    """SAC's static settings; `options` sets more of its fields (MAAC's update order and temperature)."""
-    return sac.SACConfig(
-        action_size=action_size,
-        hidden_sizes=config.sac_hidden_sizes,
-        batch_size=config.sac_batch_size,
-        max_grad_norm=config.max_grad_norm,
-        **options,
-    )
-
-
-def ensemble_settings(config: DynaConfig) -> ensemble.EnsembleConfig:
-    """The ensemble learns the reward too; early stopping on a 20 % holdout of at most 5000 transitions."""
-    return ensemble.EnsembleConfig(
-        num_members=config.ensemble_size,
-        num_elites=config.num_elites,
-        hidden_sizes=config.model_hidden_sizes,
-        learn_reward=True,
-        batch_size=config.model_batch_size,
-        max_epochs=config.model_max_epochs,
-        holdout_ratio=0.2,
-        max_holdout=5000,
-    )
 
 
 # ROLLOUT SCHEDULE
@@ -269,8 +220,8 @@ class DynaContext(NamedTuple):
 
     spec: Any
     """The task's `mbrlax.envs.EnvSpec`."""
-    model_config: ensemble.EnsembleConfig
-    agent_config: sac.SACConfig
+    model_config: DynaConfig
+    agent_config: sac.Agent
 
 
 class DynaParts(NamedTuple):
@@ -293,8 +244,6 @@ class DynaParts(NamedTuple):
     target_entropy: Callable | None = None
     """(period_start) -> SAC's target entropy for the model period that starts at that step (MAAC's
     schedule); None: `config.target_entropy`, or -|A| where unset."""
-    sac_options: dict | None = None
-    """More `sac.SACConfig` fields (MAAC's update order and initial temperature)."""
 
 
 def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), name: str = "MBPO") -> Trainer:
@@ -314,8 +263,8 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
     model_data = not config.sac_only and config.rollout_batch_size > 0
     schedule = make_schedule(config.total_steps, config.initial_steps, config.model_train_freq, config.eval_every)
     target_entropy = -float(action_size) if config.target_entropy is None else config.target_entropy
-    agent_config = sac_settings(config, action_size, **(parts.sac_options or {}))
-    model_config = ensemble_settings(config)
+    agent_config = sac.Agent(config, action_size)  # SAC reads its fields from the Config
+    model_config = config  # the ensemble reads its fields from the Config
     context = DynaContext(spec, model_config, agent_config)
     rollouts_per_epoch = config.rollout_batch_size * config.epoch_length // config.model_train_freq
     model_capacity = model_pool_size(rollouts_per_epoch, max(config.rollout_schedule[2:]), config.model_retain_epochs)
@@ -389,7 +338,6 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
             state = state._replace(model_buffer=model_buffer)
             metrics.update(rollout_length=k, **rollout_metrics)
         entropy = jnp.float32(target_entropy) if parts.target_entropy is None else parts.target_entropy(period_start)
-        sac_scalars = dict(discount=config.discount, tau=config.tau, target_entropy=entropy)
         objective, critic_loss = (
             None if part is None else functools.partial(part, context, state.model, config, *before)
             for part, before in ((parts.actor_objective, (period_start,)), (parts.critic_objective, ()))
@@ -405,7 +353,10 @@ def make_train(config: DynaConfig, env=None, parts: DynaParts = DynaParts(), nam
                 batch_key, update_key = jax.random.split(update_key)
                 ratio, batch_size = config.real_ratio, config.sac_batch_size
                 batch = training_batch(state.buffer, state.model_buffer, batch_key, batch_size, ratio, retained)
-                return sac.update(agent_config, agent, batch, update_key, sac_scalars, objective, critic_loss)
+                return sac.update(
+                    agent_config, agent, batch, update_key, discount=config.discount, tau=config.tau,
+                    target_entropy=entropy, actor_objective=objective, critic_objective=critic_loss,
+                )
 
             learn_keys = jax.random.split(learn_key, config.updates_per_step * num_envs)
             agent, agent_metrics = jax.lax.scan(gradient_step, state.agent, learn_keys)

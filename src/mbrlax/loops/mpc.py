@@ -35,10 +35,12 @@ from mbrlax.loops.episodes import (
 
 
 @dataclasses.dataclass(frozen=True)
-class MPCConfig(RunConfig):
+class MPCConfig(ensemble.EnsembleConfig, RunConfig):
     """The MPC loop's settings (PETS's): the loop, the search every planner shares, trajectory sampling
     and the model; the run's own (task, budget, environments, evaluation) are RunConfig's. Each
     algorithm on the loop extends it."""
+
+    RENAMED = {"hidden_sizes": "model_hidden_sizes"}
 
     total_steps: int = 2000
     """Environment steps in all, over all parallel environments, random exploration included."""
@@ -63,37 +65,14 @@ class MPCConfig(RunConfig):
     """Particles P per candidate."""
     propagation: str = setting("tsinf", choices=ensemble.PROPAGATIONS)
     """Trajectory sampling: "ts1", "tsinf" or "expectation"."""
-    # Model
-    ensemble_size: int = setting(5, positive=True)
-    """Ensemble members K."""
-    hidden_sizes: tuple[int, ...] = (64, 64, 64)
-    """Hidden layer widths of each member (the paper's 4 x 200 is in the brax/* presets)."""
-    learn_reward: bool = False
-    """Learn the reward even when the task's reward function is known."""
     retrain_every: int = setting(200, positive=True)
     """Environment steps between model fits (on all data so far)."""
-    model_batch_size: int = setting(32, positive=True)
-    """Minibatch size of model training."""
-    model_max_epochs: int = setting(25, positive=True)
-    """Most epochs per model fit (early stopping on the holdout ends most fits sooner)."""
-    model_holdout_ratio: float = setting(0.1, within="[0, 1)")
-    """Share of the data held out for early stopping and elites; 0: no split, model_max_epochs a fit."""
-    model_elites: int | None = None
-    """Members the planner uses, the best by holdout error (by training error without one); None: all."""
-    model_learn_logvar_bounds: bool = False
-    """Learn the log-variance bounds with the penalty 0.01 * (sum max - sum min), as the original."""
-    model_normalize_targets: bool = True
-    """Standardise the model's targets too (the authors' code and mbrl-lib normalise inputs only)."""
-    model_layer_decay_scale: tuple[float, ...] | None = None
-    """Multiplier of model_weight_decay per layer, hidden layers then output (None: 1 everywhere)."""
-    model_decay_biases: bool = True
-    """Weight decay on the biases too (mbrl-lib: yes; the original: weights only)."""
-    model_authors_init: bool = False
-    """Weights ~ truncated normal with std 1 / (2 sqrt(fan_in)) as both references (else LeCun normal)."""
-    model_lr: float = setting(1e-3, sweepable=True)
-    """Adam learning rate of the ensemble."""
-    model_weight_decay: float = setting(5e-5, sweepable=True)
-    """Weight decay of the ensemble."""
+    # Model (ensemble.EnsembleConfig's fields; the loop's defaults)
+    ensemble_size: int = 5
+    model_hidden_sizes: tuple[int, ...] = (64, 64, 64)
+    model_batch_size: int = 32
+    model_max_epochs: int = 25
+    model_holdout_ratio: float = 0.1
     buffer_capacity: int | None = None
     """Replay capacity (default: total_steps, so nothing is forgotten)."""
 
@@ -103,17 +82,6 @@ class MPCConfig(RunConfig):
             raise ConfigError(f"num_elites ({self.num_elites}) must not exceed population ({self.population})")
         if self.retrain_every % self.num_envs:
             raise ConfigError(f"retrain_every ({self.retrain_every}) must divide by num_envs ({self.num_envs})")
-        if self.model_elites is not None and not 1 <= self.model_elites <= self.ensemble_size:
-            raise ConfigError(
-                f"model_elites must be between 1 and ensemble_size ({self.ensemble_size}), got {self.model_elites}"
-            )
-        if self.model_layer_decay_scale is not None and len(self.model_layer_decay_scale) != len(self.hidden_sizes) + 1:
-            raise ConfigError(
-                f"model_layer_decay_scale needs one value per layer ({len(self.hidden_sizes) + 1}), "
-                f"got {len(self.model_layer_decay_scale)}"
-            )
-        if self.model_layer_decay_scale is not None and any(not scale >= 0 for scale in self.model_layer_decay_scale):
-            raise ConfigError(f"model_layer_decay_scale must be 0 or positive, got {self.model_layer_decay_scale}")
 
 
 class MPCState(NamedTuple):
@@ -130,7 +98,6 @@ class MPCState(NamedTuple):
     """[num_envs] return of each environment's current episode so far."""
     last_episode_return: jax.Array
     """Mean return of the episodes that ended most recently."""
-
 
 
 # PLANNERS: the seam through which a planner acts in the loop.
@@ -179,27 +146,6 @@ def plan_keeping_planner(act, middle) -> Planner:
     """A planner that learns nothing across the run and keeps each environment's last plan [H, A]
     as its memory (`middle` at an episode's start)."""
     return Planner(init=lambda key, config: (), fresh=middle, act=act, fit=lambda learned, *_: (learned, {}))
-
-
-# MODEL: the probabilistic ensemble (mbrlax.ensemble) as the Config sets it up.
-
-
-def ensemble_config(config: MPCConfig, learn_reward: bool) -> ensemble.EnsembleConfig:
-    """The ensemble's settings from the Config's model fields; `learn_reward` adds a reward output."""
-    return ensemble.EnsembleConfig(
-        num_members=config.ensemble_size,
-        num_elites=config.model_elites or config.ensemble_size,
-        hidden_sizes=config.hidden_sizes,
-        learn_reward=learn_reward,
-        learn_logvar_bounds=config.model_learn_logvar_bounds,
-        normalize_targets=config.model_normalize_targets,
-        layer_decay_scale=config.model_layer_decay_scale,
-        decay_biases=config.model_decay_biases,
-        authors_init=config.model_authors_init,
-        batch_size=config.model_batch_size,
-        max_epochs=config.model_max_epochs,
-        holdout_ratio=config.model_holdout_ratio,
-    )
 
 
 # PREDICT RETURNS of action sequences by trajectory sampling through the ensemble.
@@ -278,7 +224,7 @@ def make_train(config: MPCConfig, env, make_planner: Callable, name: str) -> Tra
         raise ConfigError(f"{config.env} can terminate but has no termination function for the model")
 
     learn_reward = config.learn_reward or spec.reward_learned
-    model_config = ensemble_config(config, learn_reward)
+    model_config = dataclasses.replace(config, learn_reward=learn_reward)  # what the ensemble reads
     obs_size, action_size, num_envs = spec.observation_size, spec.action_size, config.num_envs
     initial_steps = spec.episode_length * num_envs if config.initial_steps is None else config.initial_steps
     initial_steps = -(-initial_steps // num_envs) * num_envs
@@ -291,12 +237,12 @@ def make_train(config: MPCConfig, env, make_planner: Callable, name: str) -> Tra
             model_config,
             model,
             propagation=config.propagation,
-            elites_only=model_config.num_elites < model_config.num_members,
+            elites_only=config.model_elite_count < config.ensemble_size,
             reward_fn=None if learn_reward else spec.reward_fn,
             termination_fn=spec.termination_fn,
         )
 
-    particle_rows = particles_per_sequence(config.particles, model_config.num_elites, config.propagation)
+    particle_rows = particles_per_sequence(config.particles, config.model_elite_count, config.propagation)
     planner = make_planner(config, PlannerContext(task, model_config, model_step_fn, particle_rows))
 
     def fresh_memory(n: int):

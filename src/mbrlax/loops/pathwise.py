@@ -40,10 +40,6 @@ class PathwiseConfig(dyna.DynaConfig):
     """G: SAC gradient steps per environment step (the MAAC authors: 8; SAC-SVG: 1)."""
     max_grad_norm: float | None = 5.0
     """Clip actor and critic gradients to this global norm (our choice, from no paper; None: no clipping)."""
-    sac_update_order: str = setting("simultaneous", choices=sac.UPDATE_ORDERS)
-    """"simultaneous": SAC's losses on pre-update parameters; "sequential": actor's loss on stepped critic."""
-    initial_alpha: float = setting(1.0, positive=True)
-    """SAC's temperature at the start (SAC-SVG: 0.1)."""
     model_free_steps: int = 0
     """Environment steps, from the first random one, in which the actor takes SAC's model-free step."""
     target_entropy_final: float | None = None
@@ -184,7 +180,6 @@ def make_train(config: PathwiseConfig, env=None, name: str = "MAAC") -> Trainer:
     parts = dyna.DynaParts(
         actor_objective=None if config.horizon == 0 else actor_loss,  # 0: SAC's
         target_entropy=functools.partial(scheduled_target_entropy, config) if scheduled else None,
-        sac_options=dict(update_order=config.sac_update_order, initial_alpha=config.initial_alpha),
     )
     return dyna.make_train(config, env, parts, name=name)
 

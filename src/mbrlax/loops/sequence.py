@@ -1,17 +1,46 @@
-"""The sequence loop's acting side, which Dreamer and PlaNet share: each environment carries the
+"""The sequence loop's settings and acting side, which Dreamer and PlaNet share: each environment carries the
 posterior state its agent filters along the episode; a step is stored with its first and terminal
 flags for sequence replay (`mbrlax.buffer.add_step`), and an environment whose episode ended resets.
 Evaluation filters the same way. The world model itself is `mbrlax.rssm`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from mbrlax import buffer as replay
+from mbrlax import rssm
+from mbrlax.config import ConfigError, RunConfig, setting
 from mbrlax.envs import restart_or_step
 from mbrlax.training import restart_episodes, scale_action
 from mbrlax.loops.episodes import evaluate_episodes, track_returns
 from mbrlax.loops import episodes
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig(rssm.RSSMConfig, RunConfig):
+    """The settings Dreamer and PlaNet share: the world model's sizes and the sequence replay."""
+
+    batch_size: int = setting(16, positive=True)
+    """B: sequences per update."""
+    sequence_length: int = setting(64, positive=True)
+    """T: steps per replayed sequence."""
+    buffer_capacity: int | None = None
+    """Steps of each environment kept (default: all of the run's)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.initial_steps // self.num_envs < self.sequence_length:
+            raise ConfigError(
+                f"initial_steps per environment ({self.initial_steps // self.num_envs}) must cover one replayed "
+                f"sequence (sequence_length {self.sequence_length})"
+            )
+        if self.buffer_capacity is not None and self.buffer_capacity < self.sequence_length:
+            raise ConfigError(
+                f"sequence_length ({self.sequence_length}) is longer than the buffer "
+                f"(buffer_capacity {self.buffer_capacity} steps per environment)"
+            )
 
 
 def env_action(action, task: episodes.Setup):

@@ -36,6 +36,7 @@ from mbrlax.runner.records import (
     write_collected,
     write_text_whole,
 )
+from mbrlax.config import renamed
 from mbrlax.training import ConfigError, Trainer
 
 
@@ -45,6 +46,7 @@ def main(algorithm: str, Config, presets: dict, make_train: Callable[[Any], Trai
     disk), 130 interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        _refuse_old_spellings(Config, argv)
         default_config, default_options, saved = _defaults(algorithm, Config, presets, argv)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -95,6 +97,15 @@ def _defaults(algorithm: str, Config, presets: dict, argv: list[str]):
             default_options, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["run"].items()}
         )
     return default_config, default_options, saved
+
+
+def _refuse_old_spellings(Config, argv: list[str]) -> None:
+    """A renamed field's old flag gets one sentence naming the new one (before tyro sees it)."""
+    for arg in argv:
+        if arg.startswith("--"):
+            sentence = renamed(Config, arg[2:].partition("=")[0].replace("-", "_"))
+            if sentence:
+                raise ConfigError(sentence)
 
 
 def _refuse_changing_presets(presets: dict, names: list[str], resumed) -> None:
@@ -148,6 +159,8 @@ def read_saved_run(folder: pathlib.Path, algorithm: str, Config) -> dict:
     for part in ("config", "run"):
         if not isinstance(saved[part], dict):
             raise ConfigError(f"--resume {folder}: its config.json's {part!r} is not a table of fields")
+    # A folder written before a field was renamed resumes under the new name.
+    saved["config"] = {Config.RENAMED.get(name, name): value for name, value in saved["config"].items()}
     unknown = sorted(set(saved["config"]) - {f.name for f in dataclasses.fields(Config)})
     unknown += sorted(set(saved["run"]) - {f.name for f in dataclasses.fields(RunOptions)})
     if unknown:

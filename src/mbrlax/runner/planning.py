@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import tyro
 
-from mbrlax.config import with_sweepable_values
+from mbrlax.config import renamed, with_sweepable_values
 from mbrlax.runner.records import setting_label
 from mbrlax.training import INT32_MAX, ConfigError, Trainer
 
@@ -188,8 +188,10 @@ def parse_sweep(config, sweep: tuple[str, ...]) -> Sweep:
                 traced[name] = [float(v) for v in values.split(",")]
             except ValueError:
                 raise ConfigError(f"--sweep {name}: values must be numbers, got {values!r}") from None
-        elif hasattr(config, name) and not name.startswith("_"):
+        elif name in {field.name for field in dataclasses.fields(config)}:
             static[name] = _parse_static(config, name, values)
+        elif renamed(type(config), name):
+            raise ConfigError(f"--sweep {name}: {renamed(type(config), name)}")
         else:
             close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(config)], n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
