@@ -40,6 +40,10 @@ makes, for each size preset, from state (pendulum) and from 64 x 64 pixels (pend
 1 to 32 seeds vmapped. The goal on one H100 with the 12m preset: 50,000 replayed steps a second,
 and 32 seeds at 10x or more the aggregate throughput of one.
 
+MuZero: environment steps per second of the whole loop (each step a batched search of 16
+environments, then the updates), PUCT with 50 simulations and Gumbel with 8, on cartpole_discrete;
+and searches per second from a batch of 256 observations alone.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -578,6 +582,103 @@ def dreamer_markdown(r: dict, meta: dict) -> str:
     )
 
 
+# DYNA-Q: real steps per second on the Dyna Maze, each with its n planning updates
+
+
+def bench_dyna_q(args) -> list[dict]:
+    import dataclasses
+
+    from mbrlax.algorithms import dyna_q
+
+    rows = []
+    steps = 500
+    for n in (0, 5, 50):
+        preset = overridden(dict(dyna_q.PRESETS["dyna_maze"], planning_steps=float(n)), args)
+        config = dataclasses.replace(dyna_q.Config(**preset), steps_per_update=steps, total_steps=2 * steps)
+        trainer = dyna_q.make_train(config)
+        for num_seeds in args.num_seeds:
+            seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
+            rows.append(
+                {
+                    "algorithm": "dyna_q",
+                    "setting": f"{config.env}: n = {n} planning updates per real step",
+                    "num_seeds": num_seeds,
+                    "env_steps_per_s": num_seeds * steps / seconds,
+                    "planning_updates_per_s": num_seeds * steps * n / seconds,
+                    "compile_s": compile_s,
+                    **memory,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def dyna_q_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.0f} env steps/s "
+        f"| {r['planning_updates_per_s']:.0f} planning updates/s | compile {r['compile_s']:.1f} s "
+        f"| {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
+# MUZERO: environment steps per second of the whole loop, and searches per second at a batch of 256
+
+
+def bench_muzero(args) -> list[dict]:
+    import dataclasses
+
+    from mbrlax.algorithms import muzero
+
+    rows = []
+    for search, simulations in (("puct", 50), ("gumbel", 8)):
+        preset = overridden(dict(search=search, num_simulations=simulations, eval_simulations=simulations), args)
+        config = dataclasses.replace(muzero.Config(), **preset)
+        steps = config.num_envs * config.rollout_length
+        config = dataclasses.replace(config, total_steps=2 * steps, eval_every=steps)
+        trainer = muzero.make_train(config)
+        # Searches alone: one batched search from 256 observations of the task.
+        net = muzero.MuZeroNet(trainer.spec.action_size, config.support_size, config.width, config.latent_size)
+        observations = jnp.zeros((256, trainer.spec.observation_size))
+        params = net.init(jax.random.PRNGKey(0), observations, jnp.zeros(256, jnp.int32))
+
+        def searches(params, key, observations, config=config):
+            model = muzero.model_functions(net, params)
+            return muzero.search_actions(model, observations, key, config, simulations=config.num_simulations, explore=True)
+
+        start = time.perf_counter()
+        compiled = jax.jit(searches).lower(params, jax.random.PRNGKey(1), observations).compile()
+        search_compile_s = time.perf_counter() - start
+        search_s = timed(compiled, params, jax.random.PRNGKey(1), observations, repeats=args.repeats)
+        for num_seeds in args.num_seeds:
+            seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
+            rows.append(
+                {
+                    "algorithm": "muzero",
+                    "setting": (
+                        f"{config.env}: {search} with {simulations} simulations, {config.num_envs} envs x "
+                        f"{config.rollout_length} steps, then {config.updates_per_iteration} updates of batch "
+                        f"{config.batch_size} (K = {config.unroll_steps}, n = {config.td_steps})"
+                    ),
+                    "num_seeds": num_seeds,
+                    "env_steps_per_s": num_seeds * steps / seconds,
+                    "searches_per_s_batch_256": 256 / search_s,
+                    "ms_per_search_batch_256": 1000 * search_s,
+                    "compile_s": compile_s + search_compile_s,
+                    **memory,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def muzero_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['env_steps_per_s']:.0f} env steps/s "
+        f"| {r['searches_per_s_batch_256']:.0f} searches/s at batch 256 ({r['ms_per_search_batch_256']:.1f} ms a "
+        f"batch) | compile {r['compile_s']:.1f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 BENCHMARKS = {
     "pets": (bench_pets, pets_markdown),
     "mbpo": (bench_mbpo, model_period_markdown),
@@ -589,6 +690,8 @@ BENCHMARKS = {
     "mbmpo": (bench_mbmpo, mbmpo_markdown),
     "clearning": (bench_clearning, clearning_markdown),
     "dreamer": (bench_dreamer, dreamer_markdown),
+    "dyna_q": (bench_dyna_q, dyna_q_markdown),
+    "muzero": (bench_muzero, muzero_markdown),
 }
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from brax import envs as brax_envs
 
-from . import brax_tasks, classic, dmc, goals, gym_bridge, pixels
+from . import brax_tasks, catch, classic, dmc, goals, gym_bridge, mazes, pixels
 from .wrappers import ActionRepeat, AutoReset, Batch, TimeLimit
 
 
@@ -45,6 +45,9 @@ class EnvSpec:
     image_shape: tuple[int, int, int] | None = None
     """Image tasks: obs is a uint8 image of this (height, width, channels) shape, and
     `observation_size` its number of elements (None: obs is a float vector)."""
+    tabular: bool = False
+    """Tabular tasks (mazes.py): obs is the one-hot of the state's index among `observation_size`
+    states, and actions are discrete, as tabular methods (dyna_q.py) read them."""
     steps_on_host: bool = False
     """The task steps in Python on the host (gym/): it cannot be vmapped over runs, and no checkpoint
     holds its simulators' state, so a resumed run starts new episodes (`Trainer.fresh_episodes`)."""
@@ -117,6 +120,24 @@ def _cartpole_discrete(**options):
     )
 
 
+def _catch(**options):
+    _reject("catch", options, ())
+    env = catch.Catch()
+    return env, EnvSpec(
+        "catch",
+        env.observation_size,
+        env.action_size,
+        (0.0,) * 3,
+        (1.0,) * 3,
+        10,
+        catch.catch_reward,
+        catch.catch_termination,
+        discrete=True,
+        notes="bsuite's Catch (catch.py): a 10 x 5 board flattened; one-hot action of size 3 (argmax 0: "
+        "left, 1: stay, 2: right); reward +1 or -1 when the ball lands, after 9 steps, which ends the episode.",
+    )
+
+
 def _cartpole_continuous(**options):
     _reject("cartpole_continuous", options, ())
     env = classic.CartpoleContinuous()
@@ -132,6 +153,30 @@ def _cartpole_continuous(**options):
         notes="mbrl-lib's continuous cart-pole: CartPole-v1 with a force of 10 N x action in [-1, 1]; "
         "reward 1 per step; terminates when |x| > 2.4 or |theta| > 12 degrees; 200 steps.",
     )
+
+
+def _maze(name):
+    def build(**options):
+        _reject(name, options, ())
+        env = mazes.MAZES[name]()
+        return env, EnvSpec(
+            name,
+            env.observation_size,
+            env.action_size,
+            (0.0,) * env.action_size,
+            (1.0,) * env.action_size,
+            # No time limit: an episode ends at the goal, however long it takes (the book's first
+            # episode takes about 1700 steps).
+            2**31 - 1,
+            None,
+            None,
+            discrete=True,
+            tabular=True,
+            notes=f"{mazes.NOTES[name]} Reward 1 into G, where the episode ends and the agent is back at S in the same "
+            "step; the reward and the end must be learned (the observation after G is S's, and the walls move).",
+        )
+
+    return build
 
 
 def _brax(task):
@@ -242,7 +287,9 @@ _REGISTRY = {
     ),
     "cartpole_discrete": _cartpole_discrete,
     "cartpole_continuous": _cartpole_continuous,
+    "catch": _catch,
     **{f"brax/{task}": _brax(task) for task in brax_tasks.TASKS},
+    **{name: _maze(name) for name in mazes.MAZES},
     "point_maze_open": _point_maze("point_maze_open", goals.OPEN, 50),
     "point_maze_u": _point_maze("point_maze_u", goals.U_MAZE, 75),
     "brax/reacher_goal": _brax_goal("brax/reacher_goal", "reacher", goals.ReacherGoal, 50, classic.never_terminates),

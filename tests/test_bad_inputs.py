@@ -23,7 +23,8 @@ from typing import Callable
 
 import pytest
 
-from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
+from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, muzero, pets, planet, poplin, steve, svg
+from mbrlax.algorithms import dyna_q
 
 # ENTRY POINTS
 
@@ -74,6 +75,8 @@ ENTRY_POINTS = [
     EntryPoint("poplin", poplin, poplin.Config, other="pets", bad_sweep="alpha=0.1,1.5"),
     EntryPoint("planet", planet, planet.Config, other="dreamer", bad_sweep="exploration_noise=0.3,5"),
     EntryPoint("alphazero", alphazero, alphazero.Config, other="pets", bad_sweep="l2_coefficient=1e-4,5"),
+    EntryPoint("muzero", muzero, muzero.Config, other="alphazero", bad_sweep="discount=0.99,5"),
+    EntryPoint("dyna_q", dyna_q, dyna_q.Config, other="pets", bad_sweep="alpha=0.1,1.5"),
 ]
 BY_NAME = {entry.name: entry for entry in ENTRY_POINTS}
 
@@ -164,7 +167,10 @@ class Case:
 
 
 def _first_traced_lr(entry: EntryPoint) -> str:
-    return next(name for name in entry.Config.SWEEPABLE if name in entry.lr_fields())
+    """The first traced learning rate; where there is none (a tabular method's step size, dyna_q's
+    alpha), the first traced field."""
+    traced = entry.Config.SWEEPABLE
+    return next((name for name in traced if name in entry.lr_fields()), traced[0])
 
 
 GENERIC = [
@@ -316,6 +322,24 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("dirichlet-fraction-2", ("--dirichlet-fraction", "2"), "dirichlet_fraction"),
         Case("max-moves-0", ("--max-moves", "0"), "max_moves"),
         Case("replay-under-an-iteration", ("--replay-capacity", "100"), "replay_capacity"),
+    ],
+    "muzero": [
+        Case("env-continuous", ("--env", "pendulum"), "muzero.py"),
+        Case("simulations-0", ("--num-simulations", "0"), "num_simulations"),
+        Case("eval-simulations-0", ("--eval-simulations", "0"), "eval_simulations"),
+        Case("search-unknown", ("--search", "nope"), "search"),
+        Case("unroll-steps-0", ("--unroll-steps", "0"), "unroll_steps"),
+        Case("td-steps-0", ("--td-steps", "0"), "td_steps"),
+        Case("replay-under-a-window", ("--replay-capacity", "16"), "replay_capacity"),
+        Case("initial-steps", ("--initial-steps", "100"), "initial_steps"),
+    ],
+    "dyna_q": [
+        Case("continuous-task", ("--env", "pendulum"), "tabular"),
+        Case("planning-steps-fraction", ("--planning-steps", "2.5"), "planning_steps"),
+        Case("planning-steps-negative", ("--planning-steps", "-1"), "planning_steps"),
+        Case("kappa-negative", ("--kappa", "-0.1"), "kappa"),
+        Case("steps-per-update-0", ("--steps-per-update", "0"), "steps_per_update"),
+        Case("episode-length", ("--episode-length", "100"), "episode_length"),
     ],
 }
 

@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from mbrlax import runner
-from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, pets, planet, poplin, steve, svg
+from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, muzero, pets, planet, poplin, steve, svg
+from mbrlax.algorithms import dyna_q
 from mbrlax.envs import games, registry
 from mbrlax.training import split_keys
 
@@ -66,6 +67,8 @@ ALGORITHMS = {
     "maac": (maac, maac.PRESETS, maac.make_train),
     "svg": (svg, svg.PRESETS, svg.make_train),
     "alphazero": (alphazero, alphazero.PRESETS, alphazero.make_train),
+    "muzero": (muzero, muzero.PRESETS, muzero.make_train),
+    "dyna_q": (dyna_q, dyna_q.PRESETS, dyna_q.make_train),
     "mbmpo": (mbmpo, mbmpo.PRESETS, mbmpo.make_train),
     "clearning": (clearning, clearning.PRESETS, clearning.make_train),
     "dreamer": (dreamer, dreamer.PRESETS, dreamer.make_train),

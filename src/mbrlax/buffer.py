@@ -184,3 +184,28 @@ def sample_sequences(buffer: TrajectoryBuffer, key: jax.Array, batch_size: int, 
     rows = (start[:, None] + jnp.arange(length)[None, :]) % capacity
     env = jax.random.randint(env_key, (batch_size, 1), 0, num_envs)
     return jax.tree_util.tree_map(lambda store: store[rows, env], buffer.data)
+
+
+def sample_sequences_by_priority(
+    buffer: TrajectoryBuffer, key: jax.Array, batch_size: int, length: int, priority: jax.Array, exponent
+):
+    """`batch_size` windows as `sample_sequences` draws them, but each start (row, environment) with
+    probability proportional to priority^exponent ([capacity, num_envs]) among the starts whose window
+    lies inside the stored data (prioritised replay, Schaul et al. 2016). Draws invert the cumulative
+    sum of the masses: one pass over the capacity, then a binary search per draw. Returns (windows,
+    (rows, envs) of the starts, each drawn start's probability)."""
+    capacity, num_envs = buffer.episode.shape
+    if length > capacity:
+        raise ValueError(f"sequence length {length} is longer than the buffer's capacity of {capacity} steps")
+    oldest = jnp.where(buffer.count < capacity, 0, buffer.position)
+    age = (jnp.arange(capacity) - oldest) % capacity
+    valid = age <= buffer.count - length
+    mass = jnp.where(valid[:, None], priority**exponent, 0.0).reshape(-1)
+    cdf = jnp.cumsum(mass)
+    total = jnp.maximum(cdf[-1], 1e-30)
+    draws = jax.random.uniform(key, (batch_size,)) * total
+    flat = jnp.clip(jnp.searchsorted(cdf, draws, side="right"), 0, mass.size - 1)
+    rows, envs = flat // num_envs, flat % num_envs
+    window_rows = (rows[:, None] + jnp.arange(length)[None, :]) % capacity
+    windows = jax.tree_util.tree_map(lambda store: store[window_rows, envs[:, None]], buffer.data)
+    return windows, (rows, envs), mass[flat] / total

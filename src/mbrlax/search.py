@@ -26,12 +26,14 @@ def search(
     dirichlet_alpha: float = 0.3,
     temperature: float = 1.0,
     max_considered_actions: int = 16,
+    gumbel_scale: float = 1.0,
 ) -> mctx.PolicyOutput:
     """One search from each root of the batch. `recurrent_fn(params, key, action, embedding) ->
     (mctx.RecurrentFnOutput, embedding)` steps the model. PUCT: the action is drawn from the visit
     counts at `temperature` (0: the most visited) and `action_weights` are the visit frequencies;
     Gumbel: the action is sequential halving's winner and `action_weights` the improved policy
-    (softmax of the prior logits plus the completed Q-values' transform)."""
+    (softmax of the prior logits plus the completed Q-values' transform); `gumbel_scale` 0 drops the
+    Gumbel noise, so the winner is the deterministic choice (evaluation)."""
     if kind == "gumbel":
         return mctx.gumbel_muzero_policy(
             params,
@@ -42,6 +44,7 @@ def search(
             invalid_actions=invalid_actions,
             max_num_considered_actions=max_considered_actions,
             qtransform=mctx.qtransform_completed_by_mix_value,
+            gumbel_scale=gumbel_scale,
         )
     return mctx.muzero_policy(
         params,
