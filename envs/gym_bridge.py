@@ -129,7 +129,7 @@ TRUNCATED_OBS = {
 }
 
 
-def _resolve(env_id: str) -> tuple[str, dict]:
+def resolve(env_id: str) -> tuple[str, dict]:
     """gymnasium's id and options for an id of ours: AntTruncatedObs-v5 -> ("Ant-v5", {...})."""
     base, _, version = env_id.rpartition("-v")
     if base not in TRUNCATED_OBS:
@@ -243,7 +243,7 @@ def make(name: str, spec_class, *, episode_length, action_repeat, num_envs, auto
         import gymnasium as gym
     except ImportError:  # pragma: no cover - gymnasium is a dependency
         raise ValueError("gym/ tasks need gymnasium") from None
-    env_id, make_kwargs = _resolve(name[len(PREFIX) :])
+    env_id, make_kwargs = resolve(name[len(PREFIX) :])
     if options:
         raise ValueError(f"Unknown option {next(iter(options))!r} for {name} (gym/ tasks take none).")
     if action_repeat != 1:

@@ -260,7 +260,7 @@ def test_decay_rates_per_layer_and_biases():
     default = E.decay_rates(E.DecayLayout.of(TINY_CFG), _init(TINY_CFG).params, 3e-5)
     assert all(r == 3e-5 for r in jax.tree_util.tree_leaves(default["net"]))
     # One Adam step from zero gradients moves only what is decayed: biases stay.
-    opt = E._optimizer(cfg, 1e-2, 1e-4)
+    opt = E.optimizer(cfg, 1e-2, 1e-4)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = opt.update(zeros, opt.init(params), params)
     assert float(jnp.abs(updates["net"]["params"]["Dense_0"]["bias"]).max()) == 0.0

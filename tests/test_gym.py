@@ -67,7 +67,7 @@ def test_mujoco_termination_functions_match_gymnasium(env_id):
     own `terminated` on every step of random play, episodes that end included. The MBPO paper's
     truncated observations have its 27 and 45 numbers."""
     _, spec = make(f"gym/{env_id}", num_envs=1)
-    gym_id, options = gym_bridge._resolve(env_id)
+    gym_id, options = gym_bridge.resolve(env_id)
     env = gymnasium.make(gym_id, **options)
     sizes = {"AntTruncatedObs-v5": 27, "HumanoidTruncatedObs-v5": 45}
     assert spec.observation_size == sizes.get(env_id, env.observation_space.shape[0])

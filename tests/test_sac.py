@@ -133,7 +133,7 @@ def test_update_shapes_and_metrics():
     def heads(params, obs, key):
         action, log_prob = sac.sample_action(CFG, params.actor, obs, key)
         greedy = sac.greedy_action(CFG, params.actor, obs)
-        return action, log_prob, greedy, sac._critic(CFG).apply(params.critic, obs, action)
+        return action, log_prob, greedy, sac.critic_network(CFG).apply(params.critic, obs, action)
 
     action, log_prob, greedy, q = heads(new_state, jnp.zeros((5, OBS)), jax.random.PRNGKey(3))
     assert action.shape == (5, ACT) and log_prob.shape == (5,) and greedy.shape == (5, ACT)
@@ -165,7 +165,7 @@ def test_critic_target_ignores_next_state_when_terminated():
             return sac.update(CFG, state, batch, step_key, **hp)
 
         state, _ = jax.lax.scan(step, sac.init(key, CFG, OBS, LEARNING_RATE), jax.random.split(key, 300))
-        return sac._critic(CFG).apply(state.critic, obs, action)[:, 0]
+        return sac.critic_network(CFG).apply(state.critic, obs, action)[:, 0]
 
     q = np.asarray(jax.jit(jax.vmap(fit))(jnp.array([1.0, 0.0, 0.0]), jnp.array([0.99, 0.0, 0.99])))
     np.testing.assert_allclose(q[:2], np.full((2, 2), reward), atol=0.05)
@@ -311,7 +311,7 @@ def test_a_given_critic_objective_replaces_sacs():
     jax.tree_util.tree_map(np.testing.assert_array_equal, default, explicit)
 
     def flat(critic, target_critic, actor, alpha, batch, key):
-        q = sac._critic(CFG).apply(critic, batch["obs"], batch["action"])
+        q = sac.critic_network(CFG).apply(critic, batch["obs"], batch["action"])
         return 0.0 * q.sum(), q
 
     frozen, _ = jax.jit(lambda: sac.update(CFG, state, batch, key, **HP, critic_objective=flat))()

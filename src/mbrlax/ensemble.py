@@ -192,7 +192,7 @@ def _adam_with_decay(learning_rate, weight_decay, layout: DecayLayout) -> optax.
     return optax.chain(decay, optax.scale_by_adam(), optax.scale(-learning_rate))
 
 
-def _optimizer(cfg: EnsembleConfig, learning_rate=0.0, weight_decay=0.0) -> optax.GradientTransformation:
+def optimizer(cfg: EnsembleConfig, learning_rate=0.0, weight_decay=0.0) -> optax.GradientTransformation:
     """Adam with weight decay, the rate and decay kept in its state (optax's `inject_hyperparams`):
     `init` stores the run's (traced, so a sweep over them is a vmap) and `update` reads them there."""
     layout = DecayLayout.of(cfg)
@@ -237,7 +237,7 @@ def init(
     }
     return EnsembleState(
         params=params,
-        opt_state=_optimizer(cfg, jnp.float32(learning_rate), jnp.float32(weight_decay)).init(params),
+        opt_state=optimizer(cfg, jnp.float32(learning_rate), jnp.float32(weight_decay)).init(params),
         input_mean=jnp.zeros(input_size),
         input_std=jnp.ones(input_size),
         target_mean=jnp.zeros(output_size),
@@ -468,7 +468,7 @@ def fit_epochs(cfg: EnsembleConfig, state: EnsembleState, data: Normalised, part
     last epoch's mean training loss)."""
     capacity, output_size = parts.order.shape[0], data.targets.shape[-1]
     K, B = cfg.ensemble_size, cfg.model_batch_size
-    optimizer = _optimizer(cfg)  # the rate and decay come from state.opt_state
+    adam_with_decay = optimizer(cfg)  # the rate and decay come from state.opt_state
     order, n_holdout, n_train, resample = parts
 
     def loss_fn(params, idx, weights):
@@ -503,7 +503,7 @@ def fit_epochs(cfg: EnsembleConfig, state: EnsembleState, data: Normalised, part
             positions = jnp.take_along_axis(resample, position_in_train[:, j], axis=-1)
             idx = order[jnp.minimum(n_holdout + positions, capacity - 1)]
             loss, grads = jax.value_and_grad(total_loss)(params, idx, weights)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = adam_with_decay.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss_sum + loss
 
         params, opt_state, loss_sum = jax.lax.fori_loop(0, num_batches, minibatch, (params, opt_state, 0.0))

@@ -94,11 +94,11 @@ class SACState:
     alpha_opt: Any
 
 
-def _actor(agent: Agent) -> GaussianHead:
+def actor_network(agent: Agent) -> GaussianHead:
     return GaussianHead(agent.config.sac_hidden_sizes, agent.action_size, agent.config.sac_activation)
 
 
-def _critic(agent: Agent) -> TwinQ:
+def critic_network(agent: Agent) -> TwinQ:
     return TwinQ(agent.config.sac_hidden_sizes, agent.config.sac_activation)
 
 
@@ -106,8 +106,8 @@ def init(key: jax.Array, agent: Agent, obs_size: int, learning_rate) -> SACState
     """Networks, targets and optimisers; the optimisers keep `learning_rate` (traced: a sweep's)."""
     actor_key, critic_key = jax.random.split(key)
     obs, action = jnp.zeros((1, obs_size)), jnp.zeros((1, agent.action_size))
-    actor = _actor(agent).init(actor_key, obs)
-    critic = _critic(agent).init(critic_key, obs, action)
+    actor = actor_network(agent).init(actor_key, obs)
+    critic = critic_network(agent).init(critic_key, obs, action)
     log_alpha = jnp.log(jnp.float32(agent.config.initial_alpha))
     clipped_adam = adam(learning_rate, agent.config.max_grad_norm)
     return SACState(
@@ -123,19 +123,19 @@ def init(key: jax.Array, agent: Agent, obs_size: int, learning_rate) -> SACState
 
 def sample_action(agent: Agent, actor_params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Stochastic action in [-1, 1] and its log-density, for exploration, targets and rollouts."""
-    mean, log_std = _actor(agent).apply(actor_params, obs)
+    mean, log_std = actor_network(agent).apply(actor_params, obs)
     return tanh_gaussian_sample(mean, log_std, key)
 
 
 def greedy_action(agent: Agent, actor_params, obs: jax.Array) -> jax.Array:
     """Deterministic action in [-1, 1] (evaluation)."""
-    mean, _ = _actor(agent).apply(actor_params, obs)
+    mean, _ = actor_network(agent).apply(actor_params, obs)
     return tanh_gaussian_mode(mean)
 
 
 def soft_q(agent: Agent, critic_params, obs: jax.Array, action: jax.Array) -> jax.Array:
     """min(Q1, Q2)(obs, action): the clipped double-Q value, [n]."""
-    return _critic(agent).apply(critic_params, obs, action).min(axis=0)
+    return critic_network(agent).apply(critic_params, obs, action).min(axis=0)
 
 
 def soft_actor_objective(agent: Agent, actor_params, critic_params, alpha, obs: jax.Array, key: jax.Array):
@@ -155,7 +155,7 @@ def soft_critic_objective(
     next_q = soft_q(agent, target_critic_params, batch["next_obs"], next_action)
     soft_value = next_q - alpha * next_log_prob
     target = jax.lax.stop_gradient(batch["reward"] + discount * (1.0 - batch["terminated"]) * soft_value)
-    q = _critic(agent).apply(critic_params, batch["obs"], batch["action"])
+    q = critic_network(agent).apply(critic_params, batch["obs"], batch["action"])
     return 0.5 * ((q - target) ** 2).mean(axis=1).sum(), q
 
 
