@@ -13,7 +13,9 @@ learn only in its imagination, `horizon` steps from every posterior state:
 
 The actor's gradient goes back through the imagined dynamics for continuous actions and is
 REINFORCE for discrete ones, as the 2023 code. DreamerV3's symlog, two-hot heads, unimix, free bits
-and LayerNorm are all here.
+and LayerNorm are all here. `--preset v1` and `--preset v2` (on top of any task) are DreamerV1 and
+V2 by Config options: Gaussian or 32 x 32 categorical latents, plain or 0.8-balanced KL, MSE reward
+and value heads, the return alone through the dynamics, no return normalisation, V2's slow critic.
 
 Departures from the paper (the most important):
 - Every replayed sequence starts from the zero state (DreamerV1/V2), not from a carried-over latent.
@@ -22,7 +24,8 @@ Departures from the paper (the most important):
 - Steps are agent steps: DMC "500k" frames at action repeat 2 is `--total-steps 250000 --action-repeat 2`.
 - Model sizes (presets/dreamer.toml: tiny, small, 12m) are our own, not the paper's table.
 
-Provenance, every departure, presets and commands: docs/algorithms/dreamer.md.
+Provenance, which version brought in each choice, every departure, presets and commands:
+docs/algorithms/dreamer.md.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from mbrlax.rssm import (
     WorldModel,
     categorical_kl,
     features,
+    gaussian_kl,
     observe_sequences,
     reconstruction_loss,
     sample_one_hot,
@@ -86,14 +90,29 @@ class DreamerState(NamedTuple):
 # THE POLICY'S DISTRIBUTIONS: a bounded normal for continuous actions, a categorical for discrete ones.
 
 
+def log_one_minus_tanh_squared(u):
+    """log(1 - tanh(u)^2), stably: the log-determinant of a tanh squashing."""
+    return 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+
+
 class PolicyDistribution(NamedTuple):
     discrete: bool
     unimix: float
+    kind: str = "bounded_normal"
+    """Of continuous actions: "bounded_normal" (V3) or "tanh_normal" (V1)."""
+    init_std: float = 5.0
+    """tanh_normal: the std of the pre-tanh normal at a raw output of 0 (V1's action_init_std)."""
+    noise: float = 0.0
+    """Std of the Gaussian noise added to continuous actions while training (V1's expl_amount)."""
 
     def params(self, raw):
         if self.discrete:
             return unimix_logits(raw, self.unimix), None
         mean, std = jnp.split(raw, 2, -1)
+        if self.kind == "tanh_normal":
+            # danijar/dreamer models.py, ActionDecoder: mean_scale 5, min_std 1e-4; the pre-tanh normal.
+            raw_init_std = jnp.log(jnp.expm1(self.init_std))
+            return 5.0 * jnp.tanh(mean / 5.0), jax.nn.softplus(std + raw_init_std) + 1e-4
         # DreamerV3's bounded normal: mean in [-1, 1], std in [0.1, 1].
         return jnp.tanh(mean), 0.9 * jax.nn.sigmoid(std + 2.0) + 0.1
 
@@ -101,22 +120,36 @@ class PolicyDistribution(NamedTuple):
         a, b = self.params(raw)
         if self.discrete:
             return sample_one_hot(key, a)
+        if self.kind == "tanh_normal":
+            return jnp.tanh(a + b * jax.random.normal(key, a.shape))
         return a + b * jax.random.normal(key, a.shape)
 
     def mode(self, raw):
+        """The discrete mode; tanh of the normal's mean for tanh_normal (V1 took the likeliest of 100
+        samples); the mean for the bounded normal."""
         a, _ = self.params(raw)
-        return jax.nn.one_hot(a.argmax(-1), a.shape[-1]) if self.discrete else a
+        if self.discrete:
+            return jax.nn.one_hot(a.argmax(-1), a.shape[-1])
+        return jnp.tanh(a) if self.kind == "tanh_normal" else a
 
     def log_prob(self, raw, action):
         a, b = self.params(raw)
         if self.discrete:
             return (action * a).sum(-1)
+        if self.kind == "tanh_normal":
+            u = jnp.arctanh(jnp.clip(action, -1.0 + 1e-6, 1.0 - 1e-6))
+            normal = -0.5 * ((u - a) / b) ** 2 - jnp.log(b) - 0.5 * jnp.log(2 * jnp.pi)
+            return (normal - log_one_minus_tanh_squared(u)).sum(-1)
         return (-0.5 * ((action - a) / b) ** 2 - jnp.log(b) - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
 
     def entropy(self, raw):
+        """For tanh_normal, the normal's entropy plus the tanh's log-determinant at the mean: an
+        approximation (V1 estimated it from samples, and gave it no weight)."""
         a, b = self.params(raw)
         if self.discrete:
             return -(jnp.exp(a) * a).sum(-1)
+        if self.kind == "tanh_normal":
+            return (jnp.log(b) + 0.5 * jnp.log(2 * jnp.pi * jnp.e) + log_one_minus_tanh_squared(a)).sum(-1)
         return (jnp.log(b) + 0.5 * jnp.log(2 * jnp.pi * jnp.e)).sum(-1)
 
     def executed(self, action):
@@ -129,6 +162,37 @@ class PolicyDistribution(NamedTuple):
         return action * jax.lax.stop_gradient(1.0 / jnp.maximum(1.0, jnp.abs(action)))
 
 
+class Regression(NamedTuple):
+    """A reward or value head: "two_hot" (V3: bins in symlog space, cross-entropy) or "mse" (V1, V2:
+    the mean of a unit-variance normal, loss its negative log-likelihood less the constant)."""
+
+    kind: str = "two_hot"
+
+    @property
+    def outputs(self) -> int:
+        return len(BINS) if self.kind == "two_hot" else 1
+
+    def loss(self, out, target):
+        if self.kind == "two_hot":
+            return two_hot_loss(out, target)
+        return 0.5 * (out[..., 0] - target) ** 2
+
+    def mean(self, out):
+        return two_hot_mean(out) if self.kind == "two_hot" else out[..., 0]
+
+
+class MSERewardModel(WorldModel):
+    """WorldModel whose reward head predicts one number (`reward_head="mse"`); its two-hot reward
+    head is never called, so it has no parameters."""
+
+    def setup(self):
+        super().setup()
+        self.reward_mean = Head(self.config.hidden_size, self.config.layers, 1)
+
+    def reward_and_continue(self, feats):
+        return self.reward_mean(feats), self.continue_head(feats)[..., 0]
+
+
 class Networks(NamedTuple):
     """The modules of one task, whose parameters live in `DreamerState`."""
 
@@ -136,41 +200,96 @@ class Networks(NamedTuple):
     actor: Head
     """Reads features s_t, gives the policy's raw outputs."""
     critic: Head
-    """Reads features s_t, gives the value's two-hot bin logits."""
+    """Reads features s_t, gives the value head's outputs (`value`)."""
     policy: PolicyDistribution
+    reward: Regression = Regression()
+    value: Regression = Regression()
 
 
 # THE WORLD MODEL'S LOSS on B sequences of T replayed steps
 
 
-def kl_balance(posterior, prior, free_nats):
-    """The two KL terms of the world model's loss per step, from log-probabilities
-    [..., stoch_size, classes], each KL summed over the latents and clipped below at `free_nats`:
+def latent_kl(p, q, latent: str = "categorical"):
+    """KL(p || q) summed over the latents: of categoricals (log-probabilities [..., stoch_size,
+    classes]) or of diagonal normals ((mean, std) [..., stoch_size, 2])."""
+    if latent == "gaussian":
+        return gaussian_kl(p, q)
+    return categorical_kl(p, q).sum(-1)
+
+
+def kl_balance(posterior, prior, free_nats, latent: str = "categorical", free_average: bool = False):
+    """The two KL terms of the world model's loss, from the latents' statistics, each KL summed
+    over the latents and clipped below at `free_nats`:
 
         dynamics       max(free_nats, KL(sg(q) || p))   trains the prior towards the posterior
         representation max(free_nats, KL(q || sg(p)))   holds the posterior near what is predictable
 
-    Returns (dynamics term, representation term, dynamics KL, representation KL); the KLs are unclipped."""
+    Each step's KL is clipped (V3's free bits), or with `free_average` their mean over the batch
+    (V1; V2's free_avg), when each term is a scalar. Returns (dynamics term, representation term,
+    dynamics KL, representation KL); the KLs are unclipped, per step."""
     sg = jax.lax.stop_gradient
-    dynamics_kl = categorical_kl(sg(posterior), prior).sum(-1)
-    representation_kl = categorical_kl(posterior, sg(prior)).sum(-1)
+    dynamics_kl = latent_kl(sg(posterior), prior, latent)
+    representation_kl = latent_kl(posterior, sg(prior), latent)
+    if free_average:
+        return (
+            jnp.maximum(dynamics_kl.mean(), free_nats),
+            jnp.maximum(representation_kl.mean(), free_nats),
+            dynamics_kl,
+            representation_kl,
+        )
     dynamics, representation = jnp.maximum(dynamics_kl, free_nats), jnp.maximum(representation_kl, free_nats)
     return dynamics, representation, dynamics_kl, representation_kl
 
 
-def world_model_loss(params, world_model: WorldModel, batch, key, dyn_scale, rep_scale, free_nats):
-    """Reconstruction, reward and continue losses and the balanced KLs (weights `dyn_scale`,
-    `rep_scale`), averaged over a batch of sequences ([B, T, ...] entries of the replay). Returns
-    (loss, (posterior states [B, T] under a stop-gradient, metrics))."""
+def balanced_kl_loss(posterior, prior, free_nats, balance, kl_scale, latent="categorical", free_average=False):
+    """V2's KL loss (dreamerv2/common/nets.py, kl_loss with forward False):
+    kl_scale (balance max(free, KL(sg(q) || p)) + (1 - balance) max(free, KL(q || sg(p)))); balance 0.5
+    is kl_scale max(free, KL(q || p)) with gradients to both sides (V1's, and V2's code for 0.5).
+    Per step, or a scalar with `free_average`."""
+    if balance == 0.5:
+        kl = latent_kl(posterior, prior, latent)
+        return kl_scale * jnp.maximum(kl.mean() if free_average else kl, free_nats)
+    dynamics, representation, _, _ = kl_balance(posterior, prior, free_nats, latent, free_average)
+    return kl_scale * (balance * dynamics + (1.0 - balance) * representation)
+
+
+def world_model_loss(
+    params,
+    world_model: WorldModel,
+    batch,
+    key,
+    dyn_scale,
+    rep_scale,
+    free_nats,
+    *,
+    kl_balance_weight=None,
+    kl_scale=1.0,
+    free_average: bool = False,
+    reward: Regression = Regression(),
+):
+    """Reconstruction, reward and continue losses and the KL terms, averaged over a batch of
+    sequences ([B, T, ...] entries of the replay). The KL terms: with `kl_balance_weight` None,
+    V3's dyn_scale * dynamics + rep_scale * representation; with a weight alpha, V2's
+    kl_scale (alpha dynamics + (1 - alpha) representation), where alpha 0.5 is the plain
+    max(free_nats, KL(q || p)) with gradients to both (V1, and V2's code for 0.5). Returns (loss,
+    (posterior states [B, T] under a stop-gradient, metrics))."""
     latents, posterior, prior = observe_sequences(params, world_model, batch, key)
     feats = features(latents)
     decoded = world_model.apply(params, feats, method=WorldModel.decode)
     reconstruction = reconstruction_loss(world_model, decoded, batch["obs"])
-    reward_logits, continue_logit = world_model.apply(params, feats, method=WorldModel.reward_and_continue)
-    reward_loss = two_hot_loss(reward_logits, batch["reward"])
+    reward_out, continue_logit = world_model.apply(params, feats, method="reward_and_continue")
+    reward_loss = reward.loss(reward_out, batch["reward"])
     continue_loss = optax.sigmoid_binary_cross_entropy(continue_logit, 1.0 - batch["is_terminal"])
-    dynamics, representation, dynamics_kl, representation_kl = kl_balance(posterior, prior, free_nats)
-    loss = (reconstruction + reward_loss + continue_loss + dyn_scale * dynamics + rep_scale * representation).mean()
+    dynamics, representation, dynamics_kl, representation_kl = kl_balance(
+        posterior, prior, free_nats, world_model.latent, free_average
+    )
+    if kl_balance_weight is None:
+        loss = (reconstruction + reward_loss + continue_loss + dyn_scale * dynamics + rep_scale * representation).mean()
+    else:
+        kl_loss = balanced_kl_loss(
+            posterior, prior, free_nats, kl_balance_weight, kl_scale, world_model.latent, free_average
+        )
+        loss = (reconstruction + reward_loss + continue_loss + kl_loss).mean()
     metrics = {
         "model_loss": loss,
         "reconstruction_loss": reconstruction.mean(),
@@ -223,16 +342,17 @@ def lambda_returns(rewards, continues, values, discount, lam):
 
 
 def imagined_returns(model_params, critic_params, networks: Networks, feats, first_continue, discount, return_lambda):
-    """lambda-returns [H, N] of imagined paths (features [H + 1, N, F]), the critic's values v(s_t)
-    [H, N] at their states, and their weights: a path that the model says ended counts no more after
-    its end. `first_continue` [1, N]: the start states' continuation, known from the data."""
-    reward_logits, continue_logit = networks.world_model.apply(
-        model_params, feats[1:], method=WorldModel.reward_and_continue
+    """lambda-returns [H, N] of imagined paths (features [H + 1, N, F]), the values v(s_t) [H, N] at
+    their states of the critic `critic_params` (the slow critic's with `slow_target`), and their
+    weights: a path that the model says ended counts no more after its end. `first_continue` [1, N]:
+    the start states' continuation, known from the data."""
+    reward_out, continue_logit = networks.world_model.apply(
+        model_params, feats[1:], method="reward_and_continue"
     )
     # Later continuations are the head's mode.
     continues = jnp.concatenate([first_continue, (continue_logit > 0).astype(jnp.float32)])
-    rewards = jnp.concatenate([jnp.zeros_like(first_continue), two_hot_mean(reward_logits)])
-    values = two_hot_mean(networks.critic.apply(critic_params, feats))
+    rewards = jnp.concatenate([jnp.zeros_like(first_continue), networks.reward.mean(reward_out)])
+    values = networks.value.mean(networks.critic.apply(critic_params, feats))
     returns = lambda_returns(rewards, continues, values, discount, return_lambda)
     weights = jnp.cumprod(discount * continues, 0)[:-1] / discount
     return returns, values[:-1], jax.lax.stop_gradient(weights)
@@ -250,7 +370,20 @@ def updated_return_scale(return_scale, returns, decay):
 # UPDATE ACTOR on the imagined paths
 
 
-def actor_loss(returns, values, weights, log_prob, entropy, return_scale, entropy_scale, gradient: str):
+def actor_loss(
+    returns,
+    values,
+    weights,
+    log_prob,
+    entropy,
+    return_scale,
+    entropy_scale,
+    gradient: str,
+    *,
+    mix=0.1,
+    normalise: bool = True,
+    dynamics_baseline: bool = True,
+):
     """The actor's loss over imagined steps [H, N], as ImagActorCritic.loss of the 2023 code
     (danijar/dreamerv3 at 8fa35f8, dreamerv3/agent.py):
 
@@ -264,15 +397,25 @@ def actor_loss(returns, values, weights, log_prob, entropy, return_scale, entrop
     a_{t-1} counts too (DreamerV2's "dynamics", dreamerv2/agent.py, maximised R_t alone). `values`
     is v(s_t) of the current critic at the same states as `returns`; `weights` w_t =
     prod_{k<=t} (gamma c_k) / gamma from the continue predictions (never differentiated); S is
-    already updated with these returns (and only divides: never differentiated either)."""
+    already updated with these returns (and only divides: never differentiated either).
+
+    V1 and V2: without `normalise` nothing divides; without `dynamics_baseline` the dynamics
+    objective is R_t alone; "both" (V2's actor_grad both) is mix * dynamics + (1 - mix) * reinforce."""
     sg = jax.lax.stop_gradient
-    advantage = (returns - values) / jnp.maximum(1.0, sg(return_scale))
+    if normalise:
+        advantage = (returns - values) / jnp.maximum(1.0, sg(return_scale))
+        through_dynamics = advantage if dynamics_baseline else returns / jnp.maximum(1.0, sg(return_scale))
+    else:
+        advantage = returns - values
+        through_dynamics = advantage if dynamics_baseline else returns
     if gradient == "dynamics":
-        objective = advantage
+        objective = through_dynamics
     elif gradient == "reinforce":
         objective = log_prob * sg(advantage)
+    elif gradient == "both":
+        objective = mix * through_dynamics + (1.0 - mix) * log_prob * sg(advantage)
     else:
-        raise ValueError(f"gradient must be 'dynamics' or 'reinforce', got {gradient!r}")
+        raise ValueError(f"gradient must be 'dynamics', 'reinforce' or 'both', got {gradient!r}")
     return -(sg(weights) * (objective + entropy_scale * entropy)).mean()
 
 
@@ -292,6 +435,9 @@ def imagined_actor_loss(
     entropy_scale,
     return_scale_decay: float,
     gradient: str,
+    mix=0.1,
+    normalise: bool = True,
+    dynamics_baseline: bool = True,
 ):
     """`actor_loss` on paths the actor imagines from `start` in the world model (held fixed). With
     REINFORCE the paths are constants; with the dynamics gradient the return and the baseline are
@@ -316,6 +462,9 @@ def imagined_actor_loss(
         return_scale,
         entropy_scale,
         gradient,
+        mix=mix,
+        normalise=normalise,
+        dynamics_baseline=dynamics_baseline,
     )
     paths = jax.lax.stop_gradient((feats, returns, weights))
     return loss, (paths, return_scale, entropy.mean())
@@ -324,13 +473,25 @@ def imagined_actor_loss(
 # UPDATE CRITIC towards the lambda-returns, held near the slow critic
 
 
-def critic_loss(critic_params, critic_apply, slow_critic_params, feats, returns, weights):
-    """Weighted two-hot cross-entropy of the critic's bins at the imagined states `feats[:-1]`
-    against the lambda-returns and against the slow critic's values there (its regulariser).
-    `critic_apply(params, feats)` gives the bins' logits."""
-    logits = critic_apply(critic_params, feats[:-1])
-    slow_values = two_hot_mean(critic_apply(slow_critic_params, feats[:-1]))
-    return (weights * (two_hot_loss(logits, returns) + two_hot_loss(logits, slow_values))).mean()
+def critic_loss(
+    critic_params,
+    critic_apply,
+    slow_critic_params,
+    feats,
+    returns,
+    weights,
+    value: Regression = Regression(),
+    regularise: bool = True,
+):
+    """Weighted loss of the critic's head (`value`: V3's two-hot cross-entropy, or V1/V2's squared
+    error) at the imagined states `feats[:-1]` against the lambda-returns and, with `regularise`,
+    against the slow critic's values there (V3's regulariser; with `slow_target` the returns already
+    come from the slow critic, as V2's). `critic_apply(params, feats)` gives the head's outputs."""
+    out = critic_apply(critic_params, feats[:-1])
+    if not regularise:
+        return (weights * value.loss(out, returns)).mean()
+    slow_values = value.mean(critic_apply(slow_critic_params, feats[:-1]))
+    return (weights * (value.loss(out, returns) + value.loss(out, slow_values))).mean()
 
 
 # ONE UPDATE of world model, actor and critic
@@ -347,14 +508,37 @@ def optimizers(config: Config, start: bool = False):
 def resolved_actor_gradient(config: Config, discrete: bool) -> str:
     """"dynamics" or "reinforce"; "auto" as the 2023 code's actor_grad_cont: backprop and
     actor_grad_disc: reinforce (configs.yaml). A ConfigError for "dynamics" with discrete actions."""
-    if discrete and config.actor_gradient == "dynamics":
+    if discrete and config.actor_gradient in ("dynamics", "both"):
         raise ConfigError(
-            f"actor_gradient dynamics needs continuous actions to differentiate; {config.env} has discrete ones "
-            "(use reinforce)"
+            f"actor_gradient {config.actor_gradient} needs continuous actions to differentiate; {config.env} has "
+            "discrete ones (use reinforce)"
         )
     if config.actor_gradient == "auto":
         return "reinforce" if discrete else "dynamics"
     return config.actor_gradient
+
+
+def world_model_options(config: Config, networks: Networks) -> dict:
+    """`world_model_loss`'s keywords other than V3's defaults (none for V3's settings)."""
+    options = {}
+    if config.kl_balance is not None:
+        options.update(kl_balance_weight=config.kl_balance, kl_scale=config.kl_scale)
+    if config.free_average:
+        options.update(free_average=True)
+    if networks.reward.kind != "two_hot":
+        options.update(reward=networks.reward)
+    return options
+
+
+def periodic_slow_critic(critic, slow_critic, updates, config: Config):
+    """V2's update_slow_target (dreamerv2/agent.py): every `slow_critic_every` critic updates (from
+    the first, `updates` counting those before this one), slow <- f critic + (1 - f) slow with f
+    `slow_critic_rate` (1 at the first: a copy)."""
+    due = updates % config.slow_critic_every == 0
+    rate = jnp.where(updates == 0, 1.0, config.slow_critic_rate)
+    return jax.tree_util.tree_map(
+        lambda new, old: jnp.where(due, rate * new + (1.0 - rate) * old, old), critic, slow_critic
+    )
 
 
 def train_step(state: DreamerState, key, config: Config, networks: Networks, actor_gradient: str):
@@ -365,8 +549,9 @@ def train_step(state: DreamerState, key, config: Config, networks: Networks, act
     B, T = config.batch_size, config.sequence_length
     sample_key, model_key, imagine_key = jax.random.split(key, 3)
     batch = replay.sample_sequences(state.buffer, sample_key, B, T)
+    options = world_model_options(config, networks)
     world_model, model_opt, _, (latents, metrics) = gradient_update(
-        world_model_loss,
+        (lambda *args: world_model_loss(*args, **options)) if options else world_model_loss,
         state.world_model,
         state.model_opt,
         model_optimizer,
@@ -391,6 +576,10 @@ def train_step(state: DreamerState, key, config: Config, networks: Networks, act
         return_scale_decay=config.return_scale_decay,
         gradient=actor_gradient,
     )
+    if actor_gradient == "both":
+        behaviour.update(mix=config.actor_grad_mix)
+    if not config.return_normalisation or not config.dynamics_baseline:
+        behaviour.update(normalise=config.return_normalisation, dynamics_baseline=config.dynamics_baseline)
     actor, actor_opt, pi_loss, (paths, return_scale, entropy) = gradient_update(
         lambda actor, *args: imagined_actor_loss(actor, *args, **behaviour),
         state.actor,
@@ -398,7 +587,7 @@ def train_step(state: DreamerState, key, config: Config, networks: Networks, act
         actor_optimizer,
         networks,
         world_model,
-        state.critic,
+        state.slow_critic if config.slow_target else state.critic,
         state.return_scale,
         start,
         first_continue,
@@ -406,8 +595,11 @@ def train_step(state: DreamerState, key, config: Config, networks: Networks, act
     )
 
     feats, returns, weights = paths
+    critic_options = {} if networks.value.kind == "two_hot" and not config.slow_target else dict(
+        value=networks.value, regularise=not config.slow_target
+    )
     critic, critic_opt, v_loss, _ = gradient_update(
-        lambda critic, *args: (critic_loss(critic, *args), None),
+        lambda critic, *args: (critic_loss(critic, *args, **critic_options), None),
         state.critic,
         state.critic_opt,
         critic_optimizer,
@@ -417,7 +609,10 @@ def train_step(state: DreamerState, key, config: Config, networks: Networks, act
         returns,
         weights,
     )
-    slow_critic = optax.incremental_update(critic, state.slow_critic, config.slow_critic_rate)
+    if config.slow_critic_every == 1:
+        slow_critic = optax.incremental_update(critic, state.slow_critic, config.slow_critic_rate)
+    else:
+        slow_critic = periodic_slow_critic(critic, state.slow_critic, critic_opt.count - 1, config)
     state = state._replace(
         world_model=world_model,
         actor=actor,
@@ -473,6 +668,10 @@ def environment_step(state: DreamerState, key, task: episodes.Setup, networks: N
         act_key,
         False,
     )
+    if networks.policy.noise > 0 and not explore and not task.spec.discrete:
+        # V1's additive_gaussian exploration (expl_amount): noise on the policy's sample, clipped.
+        noise = networks.policy.noise * jax.random.normal(jax.random.fold_in(act_key, 1), action.shape)
+        action = jnp.clip(action + noise, -1.0, 1.0)
     if explore:
         (num_envs, action_size), spec = action.shape, task.spec
         if spec.discrete:
@@ -519,7 +718,7 @@ def initial_state(key, config: Config, task: episodes.Setup, networks: Networks,
     model_params = networks.world_model.init(
         model_key, obs[:1], jnp.zeros((1, action_size)), jnp.ones(1), jax.random.PRNGKey(0)
     )
-    feat_size = config.deter_size + config.stoch_size * config.classes
+    feat_size = config.deter_size + config.stoch_size * (1 if config.latent == "gaussian" else config.classes)
     actor = networks.actor.init(actor_key, jnp.zeros((1, feat_size)))
     critic = networks.critic.init(critic_key, jnp.zeros((1, feat_size)))
     model_optimizer, actor_optimizer, critic_optimizer = optimizers(config, start=True)
@@ -602,11 +801,18 @@ def make_train(config: Config, env=None) -> Trainer:
     capacity = replay_capacity(config, schedule.total_steps)
     actor_gradient = resolved_actor_gradient(config, spec.discrete)
     cycle = config.cycle
+    value = Regression(config.value_head)
     networks = Networks(
-        world_model=WorldModel(config, obs_shape, action_size),
+        world_model=(MSERewardModel if config.reward_head == "mse" else WorldModel)(
+            config, obs_shape, action_size, latent=config.latent
+        ),
         actor=Head(config.hidden_size, config.layers, action_size * (1 if spec.discrete else 2)),
-        critic=Head(config.hidden_size, config.layers, len(BINS), zero_init=True),
-        policy=PolicyDistribution(spec.discrete, config.unimix),
+        critic=Head(config.hidden_size, config.layers, value.outputs, zero_init=value.kind == "two_hot"),
+        policy=PolicyDistribution(
+            spec.discrete, config.unimix, config.actor_dist, config.actor_init_std, config.action_noise
+        ),
+        reward=Regression(config.reward_head),
+        value=value,
     )
 
     def init(key, config):
@@ -663,6 +869,10 @@ class Config(SequenceConfig):
     # Without unimix a class's probability can underflow to 0 and its log-probability to -inf.
     unimix: float = setting(0.01, within="(0, 1]")
     """Share of the uniform distribution mixed into every categorical."""
+    latent: str = setting("categorical", choices=("categorical", "gaussian"))
+    """z: `stoch_size` categoricals of `classes` (V2, V3), or a diagonal normal of `stoch_size` (V1)."""
+    min_std: float = setting(0.1, positive=True)
+    """Gaussian latent: added to the softplus of its std (V1's models.py, RSSM: 0.1)."""
     # World-model learning
     model_lr: float = setting(1e-4, sweepable=True)
     """Adam learning rate of the world model."""
@@ -672,6 +882,15 @@ class Config(SequenceConfig):
     """Weight of the representation KL, KL(posterior || sg(prior))."""
     free_nats: float = setting(1.0, sweepable=True)
     """Free bits: each KL (summed over the latents) is clipped below at this many nats."""
+    kl_balance: float | None = setting(None, within="[0, 1]")
+    """None: V3's dyn_scale and rep_scale. alpha: V2's kl_scale (alpha dynamics + (1 - alpha)
+    representation); 0.5 is the plain KL(q || p) (V1)."""
+    kl_scale: float = setting(1.0, sweepable=True)
+    """Weight of the KL terms when `kl_balance` is set (V1's kl_scale, V2's loss_scales.kl)."""
+    free_average: bool = False
+    """Clip the batch's mean KL at free_nats (V1; V2's free_avg), not each step's (V3)."""
+    reward_head: str = setting("two_hot", choices=("two_hot", "mse"))
+    """The reward head: two-hot bins in symlog space (V3), or a unit-variance normal's mean (V1, V2)."""
     model_grad_clip: float = 1000.0
     """Global gradient-norm clip of the world model."""
     # Behaviour learning
@@ -681,16 +900,36 @@ class Config(SequenceConfig):
     """gamma of the imagined returns."""
     return_lambda: float = setting(0.95, sweepable=True, within="[0, 1]")
     """lambda of the lambda-returns."""
-    actor_gradient: Literal["auto", "dynamics", "reinforce"] = "auto"
-    """How the actor learns (`actor_loss`): "dynamics", "reinforce", or "auto" (by the action space)."""
+    actor_gradient: Literal["auto", "dynamics", "reinforce", "both"] = "auto"
+    """How the actor learns (`actor_loss`): "dynamics", "reinforce", "both" (V2's mix), or "auto"
+    (by the action space)."""
+    actor_grad_mix: float = setting(0.1, sweepable=True, within="[0, 1]")
+    """With actor_gradient "both": the dynamics objective's share (V2's actor_grad_mix)."""
+    actor_dist: str = setting("bounded_normal", choices=("bounded_normal", "tanh_normal"))
+    """Continuous actions: V3's bounded normal, or V1's tanh-squashed normal."""
+    actor_init_std: float = setting(5.0, positive=True)
+    """tanh_normal: the pre-tanh std at a raw output of 0 (V1's action_init_std)."""
+    action_noise: float = setting(0.0, within="[0, 10]")
+    """Std of Gaussian noise on training actions, clipped to the box (V1's expl_amount)."""
     actor_lr: float = setting(3e-5, sweepable=True)
     """Adam learning rate of the actor."""
     critic_lr: float = setting(3e-5, sweepable=True)
     """Adam learning rate of the critic."""
     entropy_scale: float = setting(3e-4, sweepable=True)
     """eta: weight of the actor's entropy bonus (advantages are normalised, so one value fits all tasks)."""
+    value_head: str = setting("two_hot", choices=("two_hot", "mse"))
+    """The critic's head: two-hot bins in symlog space (V3), or a unit-variance normal's mean (V1, V2)."""
+    slow_target: bool = False
+    """The lambda-returns bootstrap from the slow critic, the critic's only target (V2's slow_target),
+    rather than from the critic, regularised towards the slow critic (V3)."""
     slow_critic_rate: float = setting(0.02, sweepable=True, within="[0, 1]")
-    """EMA rate of the slow critic per update."""
+    """EMA rate of the slow critic per update (V2's slow_target_fraction)."""
+    slow_critic_every: int = setting(1, positive=True)
+    """Critic updates between updates of the slow critic (V2's slow_target_update)."""
+    return_normalisation: bool = True
+    """Divide advantages by max(1, S) (V3); V1 and V2 do not."""
+    dynamics_baseline: bool = True
+    """The dynamics objective is R_t - v(s_t) (the 2023 V3 code), not R_t alone (V1, V2)."""
     return_scale_decay: float = 0.99
     """EMA decay of the 5th-95th percentile range of the returns."""
     actor_grad_clip: float = 100.0

@@ -299,6 +299,7 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("unimix-0", ("--unimix", "0"), "unimix"),
         Case("hidden-size-0", ("--hidden-size", "0"), "hidden_size"),
         Case("sequence-length-0", ("--sequence-length", "0"), "sequence_length"),
+        Case("kl-balance-1.5", ("--kl-balance", "1.5"), "kl_balance"),
     ],
     "poplin": [
         Case("planner-not-cem", ("--planner", "random"), "planner"),

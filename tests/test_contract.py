@@ -1,4 +1,4 @@
-"""The guarantees every algorithm gives, tested the same way for the twelve entry points and PETS with
+"""The guarantees every algorithm gives, tested the same way for the fourteen entry points and PETS with
 iLQR, each with its `tiny` preset (VARIANTS["tiny"]: end to end in seconds):
 
 - a run from the command line: two seeds, the run folder's files, a summary with the promised fields;

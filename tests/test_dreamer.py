@@ -16,6 +16,7 @@ from helpers import random_pendulum_return
 
 from mbrlax import envs, rssm
 from mbrlax.algorithms import dreamer
+from mbrlax.runner import preset_config
 
 
 def test_symlog_inverts_and_two_hot_decodes_to_its_value():
@@ -385,3 +386,148 @@ def test_matmul_convolutions_are_xlas_to_rounding_and_stay_ungrouped_under_vmap(
 
     assert "feature_group_count = 2" in lowered(xla)
     assert "convolution" not in lowered(matmul)
+
+
+# DREAMERV1 AND V2 (`--preset v1`, `--preset v2`): the options that make them, by hand.
+
+
+def test_v2_kl_balance_weights_the_two_sides_and_half_is_the_plain_kl():
+    """dreamerv2/common/nets.py, kl_loss: 0.8 max(free, KL(sg(q) || p)) + 0.2 max(free, KL(q || sg(p))),
+    times kl_scale; both terms have the value of KL(q || p), so the loss is kl_scale max(free, KL); the
+    prior's gradient is 0.8 of the plain KL's, the posterior's 0.2; balance 0.5 is the plain KL with
+    both gradients whole (V1). With free_average the batch's mean KL is clipped (V1, V2's free_avg)."""
+    posterior = np.log(np.array([[[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]], [[0.5, 0.25, 0.25], [0.2, 0.4, 0.4]]]))
+    prior = np.log(np.array([[[0.1, 0.1, 0.8], [0.3, 0.3, 0.4]], [[0.25, 0.25, 0.5], [0.4, 0.3, 0.3]]]))
+    q = np.exp(posterior)
+    kl = (q * (posterior - prior)).sum((-2, -1))  # [2 steps]
+    args = (jnp.asarray(posterior, jnp.float32), jnp.asarray(prior, jnp.float32))
+    scale = 2.0
+    for balance, prior_share, posterior_share in ((0.8, 0.8, 0.2), (0.5, 1.0, 1.0)):
+        loss = lambda post, pri: dreamer.balanced_kl_loss(post, pri, 0.0, balance, scale).sum()  # noqa: E731
+        np.testing.assert_allclose(loss(*args), scale * kl.sum(), rtol=1e-5)
+        to_posterior, to_prior = jax.grad(loss, argnums=(0, 1))(*args)
+        np.testing.assert_allclose(to_prior, -scale * prior_share * q, rtol=1e-4, atol=1e-6)
+        by_hand = scale * posterior_share * q * (posterior - prior + 1.0)
+        np.testing.assert_allclose(to_posterior, by_hand, rtol=1e-4, atol=1e-6)
+    # Free nats between the two steps' KLs: per step only the smaller is clipped; on the mean, neither.
+    free = float(kl.mean() - 0.01)
+    assert kl.min() < free < kl.max()
+    per_step = dreamer.balanced_kl_loss(*args, free, 0.8, 1.0)
+    np.testing.assert_allclose(per_step, np.maximum(kl, free), rtol=1e-5)
+    np.testing.assert_allclose(dreamer.balanced_kl_loss(*args, free, 0.8, 1.0, free_average=True), kl.mean(), rtol=1e-5)
+
+
+def test_gaussian_kl_by_hand_and_as_planets():
+    from mbrlax.algorithms import planet
+
+    p = jnp.array([[[0.5, 1.0], [-1.0, 0.5]]])  # (mean, std) of 2 dimensions
+    q = jnp.array([[[0.0, 2.0], [1.0, 1.0]]])
+    by_hand = (np.log(2.0 / 1.0) + (1.0 + 0.25) / 8.0 - 0.5) + (np.log(1.0 / 0.5) + (0.25 + 4.0) / 2.0 - 0.5)
+    np.testing.assert_allclose(rssm.gaussian_kl(p, q), [by_hand], rtol=1e-6)
+    np.testing.assert_allclose(dreamer.latent_kl(p, q, "gaussian"), planet.gaussian_kl(p, q), rtol=1e-6)
+
+
+def test_mse_heads_and_the_critic_without_regulariser():
+    """V1/V2's reward and value heads: the mean of a unit-variance normal, loss 0.5 (x - y)^2 (its
+    negative log-likelihood less 0.5 log 2 pi); with `slow_target` the critic regresses on the
+    returns alone (they bootstrap from the slow critic already)."""
+    head = dreamer.Regression("mse")
+    assert head.outputs == 1 and dreamer.Regression().outputs == 255
+    np.testing.assert_allclose(head.loss(jnp.array([[2.0], [-1.0]]), jnp.array([0.5, 3.0])), [1.125, 8.0])
+    np.testing.assert_allclose(head.mean(jnp.array([[2.0], [-1.0]])), [2.0, -1.0])
+    rng = np.random.default_rng(0)
+    feats, params = rng.normal(size=(3, 2, 4)), rng.normal(size=(4, 1))  # [H + 1, N, F]
+    returns, weights = rng.normal(size=(2, 2)), np.array([[1.0, 0.9], [0.5, 1.0]])
+    expected = (weights * 0.5 * ((feats[:-1] @ params)[..., 0] - returns) ** 2).mean()
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    got = dreamer.critic_loss(
+        f32(params), lambda p, x: x @ p, None, f32(feats), f32(returns), f32(weights), value=head, regularise=False
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gradient", ["dynamics", "both"])
+def test_v1_v2_actor_loss_is_the_return_unnormalised(gradient):
+    """danijar/dreamer (V1) and dreamerv2/agent.py: the dynamics objective is the lambda-return
+    alone, not divided; "both" mixes it with REINFORCE on R - v."""
+    one = jnp.ones((2, 1))
+    returns, values, log_prob, entropy = 30.0 * one, 10.0 * one, 0.5 * one, one
+    kwargs = dict(mix=0.1, normalise=False, dynamics_baseline=False)
+    got = float(dreamer.actor_loss(returns, values, one, log_prob, entropy, 100.0, 1e-4, gradient, **kwargs))
+    expected = -(30.0 + 1e-4) if gradient == "dynamics" else -(0.1 * 30.0 + 0.9 * 0.5 * 20.0 + 1e-4)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_v1_tanh_normal_policy():
+    """danijar/dreamer models.py, ActionDecoder: mean 5 tanh(m / 5), std softplus(s + softplus^-1(5)) +
+    1e-4 of a normal squashed by tanh; log-probability by the change of variables."""
+    policy = dreamer.PolicyDistribution(False, 0.01, "tanh_normal", 5.0)
+    raw = jnp.array([0.3, 0.0])  # mean 0.3 (nearly), raw std 0: the initial std 5
+    mean, std = policy.params(raw)
+    np.testing.assert_allclose(std, 5.0 + 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(policy.mode(raw), np.tanh(5 * np.tanh(0.06)), rtol=1e-6)
+    samples = jax.vmap(lambda k: policy.sample(raw, k))(jax.random.split(jax.random.PRNGKey(0), 1000))
+    assert float(jnp.abs(samples).max()) < 1.0
+    a = 0.4
+    u = np.arctanh(a)
+    by_hand = -0.5 * ((u - float(mean[0])) / float(std[0])) ** 2 - np.log(float(std[0])) - 0.5 * np.log(2 * np.pi)
+    by_hand -= np.log(1 - a**2)
+    np.testing.assert_allclose(policy.log_prob(raw, jnp.array([a])), by_hand, rtol=1e-5)
+
+
+def test_v2_slow_critic_copies_every_n_updates():
+    """dreamerv2/agent.py, update_slow_target: at updates 0, n, 2n, ... slow <- f critic + (1 - f) slow,
+    f = 1 at update 0; unchanged otherwise."""
+    config = dataclasses.replace(dreamer.Config(), slow_critic_every=100, slow_critic_rate=0.5)
+    critic, slow = {"w": jnp.float32(4.0)}, {"w": jnp.float32(0.0)}
+    got = [float(dreamer.periodic_slow_critic(critic, slow, jnp.int32(n), config)["w"]) for n in (0, 1, 99, 100, 200)]
+    assert got == [4.0, 0.0, 0.0, 2.0, 2.0]
+
+
+def test_gaussian_latent_world_model_loss_and_imagination_shapes():
+    """`latent="gaussian"` (V1): z is [..., stoch_size, 1], the statistics (mean, std); the loss with
+    V1's plain KL and the MSE reward head is finite and its KL metrics are the Gaussian KL."""
+    config = dataclasses.replace(dreamer.Config(), **SMALL, latent="gaussian")
+    model = dreamer.MSERewardModel(config, (3,), 1, latent="gaussian")
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1, 1)), jnp.ones(1), jax.random.PRNGKey(0))
+    assert "reward_mean" in params["params"] and "reward_head" not in params["params"]
+    B, T = 2, 5
+    batch = {
+        "obs": jax.random.normal(jax.random.PRNGKey(1), (B, T, 3)),
+        "action": jnp.zeros((B, T, 1)),
+        "reward": jnp.ones((B, T)),
+        "is_first": jnp.zeros((B, T)),
+        "is_terminal": jnp.zeros((B, T)),
+    }
+    options = dict(kl_balance_weight=0.5, kl_scale=1.0, free_average=True, reward=dreamer.Regression("mse"))
+    loss, (latents, metrics) = jax.jit(
+        lambda p: dreamer.world_model_loss(p, model, batch, jax.random.PRNGKey(2), 0.5, 0.1, 3.0, **options)
+    )(params)
+    assert latents["stoch"].shape == (B, T, 2, 1) and latents["deter"].shape == (B, T, 8)
+    assert np.isfinite(float(loss))
+    assert float(metrics["dynamics_kl"]) == pytest.approx(float(metrics["representation_kl"]))
+    networks = dreamer.Networks(
+        world_model=model,
+        actor=rssm.Head(8, 1, 2),
+        critic=rssm.Head(8, 1, 1),
+        policy=dreamer.PolicyDistribution(False, 0.01, "tanh_normal"),
+        reward=dreamer.Regression("mse"),
+        value=dreamer.Regression("mse"),
+    )
+    actor = networks.actor.init(jax.random.PRNGKey(3), jnp.zeros((1, 8 + 2)))
+    start = jax.tree_util.tree_map(lambda x: x.reshape((B * T,) + x.shape[2:]), latents)
+    feats, actions = jax.jit(lambda s: dreamer.imagine(params, actor, networks, s, jax.random.PRNGKey(4), 3))(start)
+    assert feats.shape == (4, B * T, 8 + 2) and actions.shape == (3, B * T, 1)
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+def test_v1_and_v2_presets_build_and_update(variant):
+    """`--preset v1 tiny` / `--preset v2 tiny`: the tiny run's sizes and budget on top of the
+    version's choices; one update after the prefill, and an evaluation."""
+    config = preset_config(dreamer.Config, dreamer.PRESETS, "pendulum", (variant, "tiny"))
+    config = dataclasses.replace(config, total_steps=192)
+    assert config.latent == ("gaussian" if variant == "v1" else "categorical") and config.value_head == "mse"
+    state, metrics = jax.jit(dreamer.make_train(config))(jax.random.PRNGKey(0), config)
+    for name, value in {**metrics["train"], **metrics["eval"]}.items():
+        assert np.isfinite(np.asarray(value)).all(), name
+    assert state.latent["stoch"].shape == ((1, 30, 1) if variant == "v1" else (1, 32, 8))

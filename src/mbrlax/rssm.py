@@ -4,7 +4,7 @@ The model (`WorldModel`): an encoder of the observation, a deterministic recurre
 and a stochastic state z_t with a prior p(z_t | h_t) for imagination and a posterior
 q(z_t | h_t, x_t) for filtering, and heads that decode the observation, the reward and the
 continuation from the features s_t = (h_t, z_t). Its latents are DreamerV3's categoricals
-(algorithms/dreamer.py) or PlaNet's diagonal Gaussians (algorithms/planet.py); its layers are
+(algorithms/dreamer.py) or PlaNet's diagonal Gaussians (algorithms/planet.py; DreamerV1's too); its layers are
 DreamerV3's (LayerNorm and SiLU blocks, symlog inputs) for both, and Dreamer's reward and continue
 heads predict two-hot bins and a logit (PlaNet builds a Gaussian reward head of its own).
 
@@ -97,6 +97,13 @@ def sample_one_hot(key, logits):
 def categorical_kl(logits_p, logits_q):
     """KL(p || q) of categoricals given as log-probabilities, summed over the last axis."""
     return (jnp.exp(logits_p) * (logits_p - logits_q)).sum(-1)
+
+
+def gaussian_kl(p, q):
+    """KL(p || q) of diagonal normals given as (mean, std) stacked on the last axis [..., S, 2],
+    summed over the S dimensions (Dreamer's `latent="gaussian"`)."""
+    mean_p, std_p, mean_q, std_q = p[..., 0], p[..., 1], q[..., 0], q[..., 1]
+    return (jnp.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2.0 * std_q**2) - 0.5).sum(-1)
 
 
 # NETWORKS
