@@ -5,6 +5,7 @@ one line, keeps what it says it keeps, and resumes to the uninterrupted run's nu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import sys
 import time
 
 import pytest
+from mbrlax import runner
 from test_runner import ToyConfig, _stop_at_update, final_returns, make_toy, toy_main
 
 from mbrlax import runner
@@ -285,6 +287,31 @@ def test_a_hand_edited_config_with_another_valid_value_is_refused(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "written under another config (lr is 0.1 there, 0.2 here)" in err, err
     assert not (run / "summary.json").exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class GrownToyConfig(ToyConfig):
+    """ToyConfig in a later version: `lr` was called `old_lr`, and a field was added since."""
+
+    RENAMED = {"old_lr": "lr"}
+    added: float = 1.0
+
+
+def test_a_folder_from_before_a_rename_and_a_new_field_resumes(tmp_path, capsys, monkeypatch):
+    """config.json is read with the new names; the checkpoint's recorded config lacks the added
+    field, which counts as its default (what the earlier version ran), so the run goes on to the
+    uninterrupted run's numbers."""
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert toy_main(["--run-dir", str(whole)]) == 0
+    with monkeypatch.context() as patch:
+        _stop_at_update(patch, 3, KeyboardInterrupt())
+        assert toy_main(["--run-dir", str(run)]) == 130
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["old_lr"] = saved["config"].pop("lr")
+    (run / "config.json").write_text(json.dumps(saved))
+    grown = ["--no-progress", "--resume", str(run)]
+    assert runner.main("toy", GrownToyConfig, {}, make_toy, grown) == 0, capsys.readouterr().err
+    assert final_returns(run) == final_returns(whole)
 
 
 def test_a_checkpoints_folder_replaced_by_a_file_is_one_sentence(tmp_path, capsys):

@@ -224,7 +224,8 @@ def _prepare(algorithm: str, config, options: RunOptions, saved: dict | None, ma
     """Check the flags, join the hosts, plan the programs and take the run folder; returns (the plan,
     the run folder, its lock). Every refusal is a ConfigError, raised before anything is written."""
     if saved is not None:
-        diff = _differences(saved["config"], jsonable(config))
+        # A field added since the folder was written counts as its default, which that version ran.
+        diff = _differences({**jsonable(type(config)()), **saved["config"]}, jsonable(config))
         diff += _differences(saved["run"], {k: v for k, v in jsonable(options).items() if k in saved["run"]})
         if diff:
             raise ConfigError(f"--resume: the checkpoint is from another config: {'; '.join(diff)}")

@@ -227,12 +227,16 @@ def stopped_by(error: BaseException, where: str, kept: str, run_dir: pathlib.Pat
 def _check_written_under(meta: dict, config, run_dir: pathlib.Path) -> None:
     """A checkpoint restores only under the config it was written under (config.json can be edited
     by hand after the checkpoint was written). Checkpoints from before the config was recorded in
-    them (written by earlier versions) pass."""
+    them (written by earlier versions) pass; a field renamed since is compared under its new name,
+    and a field added since counts as its default, which is what the earlier version ran."""
     written = meta.get("config")
     if written is None:
         return
-    here = jsonable(config)
-    changed = [name for name in sorted(set(written) | set(here)) if written.get(name) != here.get(name)]
+    written = {type(config).RENAMED.get(name, name): value for name, value in written.items()}
+    here, defaults = jsonable(config), jsonable(type(config)())
+    changed = [
+        name for name in sorted(set(written) | set(here)) if written.get(name, defaults.get(name)) != here.get(name)
+    ]
     if changed:
         said = "; ".join(f"{name} is {written.get(name)!r} there, {here.get(name)!r} here" for name in changed)
         raise ConfigError(
