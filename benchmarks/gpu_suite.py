@@ -112,7 +112,7 @@ PETS_TINY = ("--steps", "2", "--repeats", "1", "--peak-matmul", "256") + overrid
 )  # fmt: skip
 PERIOD_TINY = ("--period", "10", "--repeats", "1") + overrides(
     env="pendulum", initial_steps=40, epoch_length=40, rollout_batch_size=20, updates_per_step=2,
-    ensemble_size=3, num_elites=2, model_hidden_sizes=(16, 16), sac_hidden_sizes=(16, 16), model_batch_size=16,
+    ensemble_size=3, model_elites=2, model_hidden_sizes=(16, 16), sac_hidden_sizes=(16, 16), model_batch_size=16,
     sac_batch_size=16, model_max_epochs=1,
 )  # fmt: skip
 DREAMER_TINY = ("--dreamer-sizes", "tiny", "--dreamer-env-steps", "2", "--repeats", "1") + overrides(
