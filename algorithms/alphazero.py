@@ -38,7 +38,7 @@ from mbrlax import presets, runner
 from mbrlax.config import RunConfig, setting
 from mbrlax.envs import games
 from mbrlax.loops import selfplay
-from mbrlax.search import SEARCHES, search
+from mbrlax.search import SearchConfig, search
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule
 
 # THE LOSS
@@ -121,19 +121,8 @@ def search_moves(game, net, params, states, key, config, *, simulations: int, ex
     logits, value = net.apply(params, states.observation)
     legal = legal_or_any(states)
     root = mctx.RootFnOutput(prior_logits=masked_logits(logits, legal), value=value, embedding=states)
-    output = search(
-        config.search,
-        params,
-        key,
-        root,
-        functools.partial(rules_step, game, net),
-        simulations,
-        ~legal,
-        dirichlet_fraction=config.dirichlet_fraction if explore else 0.0,
-        dirichlet_alpha=config.dirichlet_alpha,
-        temperature=1.0 if explore else 0.0,
-        max_considered_actions=config.max_considered_actions,
-    )
+    step = functools.partial(rules_step, game, net)
+    output = search(config, params, key, root, step, simulations, ~legal, explore=explore)
     return output.action, output.action_weights
 
 
@@ -262,8 +251,9 @@ def make_train(config: Config, env=None) -> Trainer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """AlphaZero settings; the run fields (task, budget, evaluation) are RunConfig's."""
+class Config(SearchConfig, RunConfig):
+    """AlphaZero settings; the search's are SearchConfig's, the run's (task, budget, evaluation)
+    RunConfig's."""
 
     env: str = "pgx/tic_tac_toe"
     """The game, pgx/<id>: tic_tac_toe, connect_four, othello, hex, go_9x9."""
@@ -277,21 +267,9 @@ class Config(RunConfig):
     """Self-play moves between evaluations."""
     eval_episodes: int = 100
     """Games per opponent and side in an evaluation (against random; on tic-tac-toe, perfect too)."""
-    # Search
-    search: str = setting("puct", choices=SEARCHES)
-    """"puct" (AlphaZero's, with root noise) or "gumbel" (Gumbel search, few simulations)."""
-    num_simulations: int = setting(32, positive=True)
-    """Simulations per self-play move."""
-    eval_simulations: int = setting(32, positive=True)
-    """Simulations per move in evaluation games."""
-    dirichlet_alpha: float = setting(0.3, positive=True)
-    """Root noise Dir(alpha) (AlphaZero: 0.3 chess, 0.15 shogi, 0.03 Go)."""
-    dirichlet_fraction: float = setting(0.25, within="[0, 1]")
-    """Share of the root prior that is noise (AlphaZero: 0.25)."""
+    # Search: SearchConfig's fields at their defaults (PUCT, 32 simulations, Dir(0.3) at 0.25); and
     temperature_moves: int = 2
     """Self-play moves drawn from the visit counts before the most visited is played (chess: 30)."""
-    max_considered_actions: int = setting(16, positive=True)
-    """Gumbel search: moves sampled at the root (Gumbel top-k)."""
     # Network and learning
     network: str = setting("mlp", choices=("mlp", "resnet"))
     """An MLP over the flat board, or a residual net of 3 x 3 convolutions."""

@@ -42,7 +42,7 @@ from mbrlax import buffer as replay
 from mbrlax import presets, runner
 from mbrlax.config import RunConfig, setting
 from mbrlax.loops import episodes
-from mbrlax.search import SEARCHES, search
+from mbrlax.search import SearchConfig, search
 from mbrlax.training import ConfigError, Trainer, adam, gradient_update, make_schedule, restart_episodes
 
 # THE VALUE TRANSFORM AND ITS CATEGORICAL REPRESENTATION
@@ -246,20 +246,8 @@ def search_actions(model, observation, key, config, *, simulations: int, explore
         output = mctx.RecurrentFnOutput(reward=reward, discount=discount, prior_logits=logits, value=to_scalar(value))
         return output, latent
 
-    output = search(
-        config.search,
-        None,
-        key,
-        root,
-        recurrent_fn,
-        simulations,
-        None,
-        dirichlet_fraction=config.dirichlet_fraction if explore else 0.0,
-        dirichlet_alpha=config.dirichlet_alpha,
-        temperature=config.temperature if explore else 0.0,
-        max_considered_actions=min(config.max_considered_actions, logits.shape[-1]),
-        gumbel_scale=1.0 if explore else 0.0,
-    )
+    temperature = config.temperature
+    output = search(config, None, key, root, recurrent_fn, simulations, None, explore=explore, temperature=temperature)
     return output.action, output.action_weights, output.search_tree.summary().value
 
 
@@ -478,8 +466,9 @@ def make_train(config: Config, env=None) -> Trainer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(RunConfig):
-    """MuZero settings; the run fields (task, budget, evaluation) are RunConfig's."""
+class Config(SearchConfig, RunConfig):
+    """MuZero settings; the search's are SearchConfig's, the run's (task, budget, evaluation)
+    RunConfig's."""
 
     env: str = "cartpole_discrete"
     """A task with discrete actions and vector observations: cartpole_discrete, catch, or your own."""
@@ -493,21 +482,12 @@ class Config(RunConfig):
     """Environment steps between evaluations."""
     eval_episodes: int = setting(8, positive=True)
     """Evaluation episodes in parallel: search without noise, the most visited action (Gumbel: its winner)."""
-    # Search
-    search: str = setting("puct", choices=SEARCHES)
-    """"puct" (MuZero's, Dirichlet noise at the root) or "gumbel" (Gumbel MuZero, few simulations)."""
-    num_simulations: int = setting(50, positive=True)
-    """Simulations per acting step (MuZero on Atari: 50)."""
-    eval_simulations: int = setting(50, positive=True)
-    """Simulations per evaluation step."""
-    dirichlet_alpha: float = setting(0.25, positive=True)
-    """Root noise Dir(alpha) (MuZero on Atari: 0.25)."""
-    dirichlet_fraction: float = setting(0.25, within="[0, 1]")
-    """Share of the root prior that is noise (0.25)."""
+    # Search: SearchConfig's fields with MuZero on Atari's simulations and root noise; and the temperature
+    num_simulations: int = 50
+    eval_simulations: int = 50
+    dirichlet_alpha: float = 0.25
     temperature: float = setting(1.0, within="[0, 100]")
     """PUCT: acting draws from the visit counts raised to 1 / temperature (0: the most visited)."""
-    max_considered_actions: int = setting(16, positive=True)
-    """Gumbel: actions sampled at the root (Gumbel top-k), at most the number of actions."""
     # Model and targets
     unroll_steps: int = setting(5, positive=True)
     """K, the steps the model is unrolled through from each replayed position (5)."""
