@@ -88,11 +88,6 @@ class PolicyValueNet(nn.Module):
 # SEARCH with the game's rules as the model
 
 
-def legal_or_any(states):
-    """The legal moves, or every move where the game has ended (a search needs one; it is not played)."""
-    return states.legal_action_mask | states.terminated[:, None]
-
-
 def masked_logits(logits, legal):
     return jnp.where(legal, logits - logits.max(axis=-1, keepdims=True), jnp.finfo(logits.dtype).min)
 
@@ -104,12 +99,11 @@ def rules_step(game, net: PolicyValueNet, params, key, action, states):
     mover = states.current_player
     states = jax.vmap(game.env.step)(states, action)
     logits, value = net.apply(params, states.observation)
-    reward = jnp.take_along_axis(states.rewards, mover[:, None], axis=-1)[:, 0]
     ended = states.terminated
     output = mctx.RecurrentFnOutput(
-        reward=reward,
+        reward=games.mover_reward(states, mover),
         discount=jnp.where(ended, 0.0, -1.0),
-        prior_logits=masked_logits(logits, legal_or_any(states)),
+        prior_logits=masked_logits(logits, games.legal_or_any(states)),
         value=jnp.where(ended, 0.0, value),
     )
     return output, states
@@ -119,7 +113,7 @@ def search_moves(game, net, params, states, key, config, *, simulations: int, ex
     """The search's move and policy [B, A] at each state. Exploring (self-play): PUCT's root noise and
     a move drawn from the visit counts; else no noise and the most visited move (Gumbel: its winner)."""
     logits, value = net.apply(params, states.observation)
-    legal = legal_or_any(states)
+    legal = games.legal_or_any(states)
     root = mctx.RootFnOutput(prior_logits=masked_logits(logits, legal), value=value, embedding=states)
     step = functools.partial(rules_step, game, net)
     output = search(config, params, key, root, step, simulations, ~legal, explore=explore)
@@ -168,13 +162,16 @@ def learn(net, state: AlphaZeroState, key, config) -> tuple[AlphaZeroState, dict
 
 def evaluation(game, net, params, key, config) -> dict:
     """The agent (search at `eval_simulations`, no noise, the most visited move) against a uniform
-    random player and, on tic-tac-toe, the perfect one, as first and as second mover."""
+    random player, pure MCTS where `mcts_opponent_simulations` asks for it and, on tic-tac-toe, the
+    perfect player, as first and as second mover."""
 
     def agent(states, move_key):
         simulations = config.eval_simulations
         return search_moves(game, net, params, states, move_key, config, simulations=simulations, explore=False)[0]
 
     opponents = {"random": games.random_player}
+    if config.mcts_opponent_simulations:
+        opponents["mcts"] = games.mcts_player(game, config.mcts_opponent_simulations)
     if game.name == "pgx/tic_tac_toe":
         opponents["perfect"] = games.perfect_tic_tac_toe_player
     metrics = {}
@@ -267,6 +264,8 @@ class Config(SearchConfig, RunConfig):
     """Self-play moves between evaluations."""
     eval_episodes: int = 100
     """Games per opponent and side in an evaluation (against random; on tic-tac-toe, perfect too)."""
+    mcts_opponent_simulations: int = 0
+    """Also evaluate against pure MCTS with random rollouts at this many simulations a move; 0: not."""
     # Search: SearchConfig's fields at their defaults (PUCT, 32 simulations, Dir(0.3) at 0.25); and
     temperature_moves: int = 2
     """Self-play moves drawn from the visit counts before the most visited is played (chess: 30)."""

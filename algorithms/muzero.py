@@ -471,7 +471,7 @@ class Config(SearchConfig, RunConfig):
     RunConfig's."""
 
     env: str = "cartpole_discrete"
-    """A task with discrete actions and vector observations: cartpole_discrete, catch, or your own."""
+    """A task with discrete actions and vector observations: cartpole_discrete, catch, gymnax/<id>, or your own."""
     total_steps: int = setting(61_440, positive=True)
     """Environment steps in all, over all parallel environments, every one chosen by a search."""
     num_envs: int = setting(16, positive=True)

@@ -1,8 +1,8 @@
 """Two-player board games from pgx (an optional extra, `mbrlax[games]`), named `pgx/<id>`: the
 protocol next to Brax's is pgx's own State (current_player, observation from the side to move,
 legal_action_mask, rewards per player, terminated). `make_game` gives the game; the players here
-(uniform random, and the perfect player of tic-tac-toe, by minimax over its 5,478 positions) are
-the opponents an evaluation plays against."""
+(uniform random, pure Monte-Carlo tree search with random rollouts, and the perfect player of
+tic-tac-toe, by minimax over its 5,478 positions) are the opponents an evaluation plays against."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import mctx
 import numpy as np
 
 GAMES = ("tic_tac_toe", "connect_four", "othello", "hex", "go_9x9")
@@ -66,6 +67,16 @@ def make_game(name: str, env=None, max_moves: int | None = None) -> Game:
     return Game(name, env, env.num_actions, tuple(env.observation_shape), bound)
 
 
+def legal_or_any(states):
+    """The legal moves, or every move where the game has ended (a search needs one; it is not played)."""
+    return states.legal_action_mask | states.terminated[:, None]
+
+
+def mover_reward(states, mover):
+    """Each game's reward for the player `mover` [B] (pgx gives one reward per player)."""
+    return jnp.take_along_axis(states.rewards, mover[:, None], axis=-1)[:, 0]
+
+
 # OPPONENTS: (state, key) -> action for a batch of states; every one plays a legal move.
 
 
@@ -73,6 +84,54 @@ def random_player(state, key):
     """A legal move uniformly at random, for each state of the batch."""
     logits = jnp.where(state.legal_action_mask, 0.0, -jnp.inf)
     return jax.random.categorical(key, logits, axis=-1)
+
+
+def rollout_outcome(game: Game, states, key) -> jax.Array:
+    """The outcome [B] (+1, 0, -1) for the side to move in each state when both sides play uniformly
+    random moves to the game's end (0 where it has already ended: pgx's step is then a no-op)."""
+    player = states.current_player
+
+    def move(carry, move_key):
+        states, total = carry
+        states = jax.vmap(game.env.step)(states, random_player(states, move_key))
+        return (states, total + mover_reward(states, player)), None
+
+    keys = jax.random.split(key, game.max_moves)
+    (_, total), _ = jax.lax.scan(move, (states, jnp.zeros(player.shape)), keys)
+    return total
+
+
+def mcts_player(game: Game, simulations: int):
+    """Pure Monte-Carlo tree search: each leaf valued by one random rollout (`rollout_outcome`), a
+    uniform prior over the legal moves, no network; mctx's PUCT (c = 1.25) with no root noise, and
+    the most visited move is played. Returns a player `(states, key) -> actions`."""
+
+    def uniform(states):
+        return jnp.where(legal_or_any(states), 0.0, jnp.finfo(jnp.float32).min)
+
+    def recurrent_fn(params, key, action, states):
+        del params
+        mover = states.current_player
+        states = jax.vmap(game.env.step)(states, action)
+        ended = states.terminated
+        output = mctx.RecurrentFnOutput(
+            reward=mover_reward(states, mover),
+            discount=jnp.where(ended, 0.0, -1.0),
+            prior_logits=uniform(states),
+            value=jnp.where(ended, 0.0, rollout_outcome(game, states, key)),
+        )
+        return output, states
+
+    def player(states, key):
+        value_key, search_key = jax.random.split(key)
+        root = mctx.RootFnOutput(prior_logits=uniform(states), value=rollout_outcome(game, states, value_key), embedding=states)
+        invalid = ~legal_or_any(states)
+        output = mctx.muzero_policy(
+            None, search_key, root, recurrent_fn, simulations, invalid_actions=invalid, dirichlet_fraction=0.0, temperature=0.0
+        )
+        return output.action
+
+    return player
 
 
 @functools.cache

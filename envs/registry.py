@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from brax import envs as brax_envs
 
-from . import brax_tasks, catch, classic, dmc, goals, gym_bridge, mazes, pixels
+from . import brax_tasks, catch, classic, dmc, goals, gym_bridge, gymnax_bridge, mazes, pixels
 from .wrappers import ActionRepeat, AutoReset, Batch, TimeLimit
 
 
@@ -338,7 +338,7 @@ def make(
     has ceil(episode_length / action_repeat) agent steps, which is what the spec reports.
     `gym/<id>` names a gymnasium environment (gym_bridge.py: batched on the host already, and
     resetting as `auto_reset` asks), `dmc/<domain>_<task>` a DeepMind Control Suite task (dmc.py,
-    wrapped like the others).
+    wrapped like the others), `gymnax/<id>` a gymnax task (gymnax_bridge.py, wrapped like the others).
     """
     for option, value, least in (
         ("episode_length", episode_length, 1),
@@ -359,13 +359,15 @@ def make(
         )
     if dmc.is_dmc(name):
         env, spec = dmc.make(name, EnvSpec, **task_options)
+    elif gymnax_bridge.is_gymnax(name):
+        env, spec = gymnax_bridge.make(name, EnvSpec, **task_options)
     elif name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         close += [n for n in _REGISTRY if n.endswith("/" + name) and n not in close]
         hint = f" (close matches: {', '.join(map(repr, close))})" if close else ""
         raise ValueError(
             f"Unknown environment {name!r}{hint}; see mbrlax.envs.list_envs() for all, besides gymnasium's "
-            "as gym/<id> and the DeepMind Control Suite as dmc/<domain>_<task>."
+            "as gym/<id>, gymnax's as gymnax/<id> and the DeepMind Control Suite as dmc/<domain>_<task>."
         )
     else:
         env, spec = _REGISTRY[name](**task_options)

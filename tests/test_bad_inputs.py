@@ -187,6 +187,7 @@ GENERIC = [
     Case("seed-overflows", ("--seed", "99999999999999999999"), "seed"),
     Case("checkpoint-every-0", ("--checkpoint-every", "0"), "checkpoint_every"),
     Case("env-unknown", ("--env", "no_such_task"), "no_such_task"),
+    Case("env-gymnax-unknown", ("--env", "gymnax/NoSuchGame-v0"), "gymnax/NoSuchGame-v0"),
     Case("preset-unknown", ("--preset", "no_such_preset"), "no_such_preset"),
     Case("num-envs-0", ("--num-envs", "0"), "num_envs", needs=("num_envs",)),
     Case("episode-length-0", ("--episode-length", "0"), "episode_length", needs=("episode_length",)),
