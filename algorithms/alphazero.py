@@ -139,9 +139,10 @@ def add_positions(buffer: replay.ReplayBuffer, positions: selfplay.Positions) ->
     return replay.add(buffer, rows, mask=flat.alive > 0)
 
 
-def learn(net, state: AlphaZeroState, key, config) -> tuple[AlphaZeroState, dict]:
+def learn(game, net, state: AlphaZeroState, key, config) -> tuple[AlphaZeroState, dict]:
     """`updates_per_iteration` steps of Adam down l(theta) on batches drawn uniformly from the
-    positions the replay holds."""
+    positions the replay holds, each position seen through a random symmetry of the board where
+    `config.symmetries` asks for it."""
     optimizer = adam()
 
     def loss_fn(params, batch):
@@ -151,7 +152,11 @@ def learn(net, state: AlphaZeroState, key, config) -> tuple[AlphaZeroState, dict
 
     def step(carry, step_key):
         params, opt_state = carry
-        batch = replay.sample(state.replay, step_key, config.batch_size)
+        sample_key, symmetry_key = jax.random.split(step_key)
+        batch = replay.sample(state.replay, sample_key if config.symmetries else step_key, config.batch_size)
+        if config.symmetries:
+            observation, policy = games.random_symmetry(game, symmetry_key, batch["observation"], batch["policy"])
+            batch = dict(batch, observation=observation, policy=policy)
         params, opt_state, loss, (value_loss, policy_loss) = gradient_update(loss_fn, params, opt_state, optimizer, batch)
         return (params, opt_state), dict(loss=loss, value_loss=value_loss, policy_loss=policy_loss)
 
@@ -235,7 +240,7 @@ def make_train(config: Config, env=None) -> Trainer:
         empty = dict(position=jnp.zeros_like(state.replay.position), count=jnp.zeros_like(state.replay.count))
         kept = state.replay if config.replay_capacity else state.replay.replace(**empty)
         state = state._replace(replay=add_positions(kept, positions), key=key)
-        state, metrics = learn(net, state, learn_key, config)
+        state, metrics = learn(game, net, state, learn_key, config)
         return state, dict(metrics, **stats, train_episode_return=stats["first_mover_win"] - stats["first_mover_loss"])
 
     def evaluate(state: AlphaZeroState, key, config):
@@ -284,6 +289,9 @@ class Config(SearchConfig, RunConfig):
     """Positions per update."""
     updates_per_iteration: int = setting(32, positive=True)
     """Updates after each iteration's games."""
+    symmetries: bool = False
+    """Learn from each replayed position through a random rotation or reflection of the board, where
+    the game has them (AlphaGo Zero's augmentation; the AlphaZero paper did without)."""
     replay_capacity: int | None = setting(100_000, positive=True)
     """Positions kept (the newest); None: only the current iteration's (ExIt)."""
     max_moves: int | None = setting(None, positive=True)

@@ -61,10 +61,32 @@ def make_game(name: str, env=None, max_moves: int | None = None) -> Game:
         except ImportError:
             raise ValueError(f"{name} needs pgx: pip install 'mbrlax[games]'") from None
         env = pgx.make(game_id)
+    else:
+        check_protocol(name, env)
     if max_moves is None and game_id not in MAX_MOVES:
         raise ValueError(f"{name}: a game of your own needs max_moves, the longest game in moves")
     bound = max_moves or MAX_MOVES[game_id]
     return Game(name, env, env.num_actions, tuple(env.observation_shape), bound)
+
+
+PROTOCOL = ("current_player", "observation", "legal_action_mask", "rewards", "terminated")
+"""The fields of pgx's State that the search family reads."""
+
+
+def check_protocol(name: str, env) -> None:
+    """A game of your own: its first position must carry pgx's fields and a legal-move mask of one
+    boolean per move, with at least one move legal. A ValueError says which is not so."""
+    state = env.init(jax.random.PRNGKey(0))
+    missing = [field for field in PROTOCOL if not hasattr(state, field)]
+    if missing:
+        raise ValueError(f"{name}: a game of your own follows pgx's protocol; its state has no {', '.join(missing)}")
+    mask = np.asarray(state.legal_action_mask)
+    if mask.shape != (env.num_actions,) or mask.dtype != bool:
+        raise ValueError(
+            f"{name}: legal_action_mask must be {env.num_actions} booleans (one per move), got {mask.dtype} of shape {mask.shape}"
+        )
+    if not mask.any():
+        raise ValueError(f"{name}: the first position's legal_action_mask allows no move")
 
 
 def legal_or_any(states):
@@ -75,6 +97,71 @@ def legal_or_any(states):
 def mover_reward(states, mover):
     """Each game's reward for the player `mover` [B] (pgx gives one reward per player)."""
     return jnp.take_along_axis(states.rewards, mover[:, None], axis=-1)[:, 0]
+
+
+# SYMMETRIES: a board seen rotated or mirrored is the same position, with its moves permuted.
+
+
+class Symmetries(NamedTuple):
+    """A game's symmetries as permutations: transform k puts the board's cell `cells[k, j]` at cell j
+    (cells in row-major order) and the move `actions[k, j]` at move j."""
+
+    cells: np.ndarray
+    """[S, H * W]"""
+    actions: np.ndarray
+    """[S, A]"""
+
+
+def _dihedral(n: int, extra_actions: int) -> Symmetries:
+    """The 8 rotations and reflections of an n x n board whose moves are its cells, then
+    `extra_actions` moves (a pass) that no symmetry moves."""
+    board = np.arange(n * n).reshape(n, n)
+    views = [np.rot90(board, r) for r in range(4)]
+    cells = np.stack([v.reshape(-1) for v in views + [np.fliplr(v) for v in views]])
+    extra = np.broadcast_to(np.arange(n * n, n * n + extra_actions), (8, extra_actions))
+    return Symmetries(cells, np.concatenate([cells, extra], axis=1))
+
+
+def _mirror(height: int, width: int) -> Symmetries:
+    """The identity and the left-right mirror of a board whose moves are its columns (Connect Four)."""
+    board = np.arange(height * width).reshape(height, width)
+    cells = np.stack([board.reshape(-1), board[:, ::-1].reshape(-1)])
+    return Symmetries(cells, np.stack([np.arange(width), np.arange(width)[::-1]]))
+
+
+SYMMETRIES = {
+    "tic_tac_toe": lambda: _dihedral(3, 0),
+    "connect_four": lambda: _mirror(6, 7),
+    "othello": lambda: _dihedral(8, 1),
+    "go_9x9": lambda: _dihedral(9, 1),
+}
+"""The games whose symmetries are known here; hex (a rhombus: only the half turn) and a game of your
+own have none."""
+
+
+def symmetries(game: Game) -> Symmetries | None:
+    """The game's symmetries, or None where none is known."""
+    game_id = game.name.removeprefix("pgx/")
+    return SYMMETRIES[game_id]() if game_id in SYMMETRIES else None
+
+
+def apply_symmetry(table: Symmetries, k, observation, policy):
+    """Position b of a batch (observation [B, H, W, C], policy [B, A]) seen through symmetry k[b]."""
+    batch, height, width, channels = observation.shape
+    flat = observation.reshape(batch, height * width, channels)
+    cells, actions = jnp.asarray(table.cells)[k], jnp.asarray(table.actions)[k]
+    flat = jnp.take_along_axis(flat, cells[..., None], axis=1)
+    return flat.reshape(observation.shape), jnp.take_along_axis(policy, actions, axis=1)
+
+
+def random_symmetry(game: Game, key, observation, policy):
+    """Each position of a batch seen through one of the game's symmetries, drawn uniformly and
+    independently (`apply_symmetry`); unchanged where the game has none."""
+    table = symmetries(game)
+    if table is None:
+        return observation, policy
+    k = jax.random.randint(key, observation.shape[:1], 0, len(table.cells))
+    return apply_symmetry(table, k, observation, policy)
 
 
 # OPPONENTS: (state, key) -> action for a batch of states; every one plays a legal move.

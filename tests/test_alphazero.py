@@ -132,6 +132,54 @@ def test_pure_mcts_wins_in_one_and_mostly_blocks_a_win_in_one():
     assert np.mean(actions[64:] == 2) >= 0.5, actions[64:]
 
 
+@pytest.mark.parametrize("name", ["pgx/tic_tac_toe", "pgx/connect_four"])
+def test_a_symmetry_of_the_board_is_the_game_played_with_its_moves_permuted(name):
+    """Six random moves, and the same moves through symmetry k: the second game's board is the first
+    one's seen through k, and so are its legal moves. What `random_symmetry` trains on is a position
+    of the game, with its policy target on the same moves."""
+    game = games.make_game(name)
+    table = games.symmetries(game)
+    assert len({tuple(row) for row in table.cells}) == len(table.cells) == len(table.actions)
+    for k in range(len(table.cells)):
+        to_symmetric = np.argsort(table.actions[k])  # old move c is move to_symmetric[c] after k
+        key = jax.random.PRNGKey(k)
+        state = symmetric = game.env.init(key)
+        for _ in range(6):
+            key, move_key = jax.random.split(key)
+            move = int(games.random_player(jax.tree_util.tree_map(lambda x: x[None], state), move_key)[0])
+            state, symmetric = game.env.step(state, move), game.env.step(symmetric, int(to_symmetric[move]))
+        seen, legal = games.apply_symmetry(
+            table, jnp.array([k]), state.observation[None], state.legal_action_mask[None].astype(jnp.float32)
+        )
+        assert np.array_equal(np.asarray(seen[0]), np.asarray(symmetric.observation))
+        assert np.array_equal(np.asarray(legal[0]) > 0, np.asarray(symmetric.legal_action_mask))
+
+
+class _MaskedGame:
+    """tic-tac-toe with its legal-move mask replaced: an illegal mask of a user's own game."""
+
+    def __init__(self, mask):
+        self.inner, self.mask = GAME.env, mask
+        self.num_actions, self.observation_shape = GAME.num_actions, GAME.observation_shape
+
+    def init(self, key):
+        return self.inner.init(key).replace(legal_action_mask=self.mask)
+
+    def step(self, state, action):
+        return self.inner.step(state, action)
+
+
+@pytest.mark.parametrize(
+    "mask, words",
+    [(jnp.zeros(9, bool), "allows no move"), (jnp.ones(8, bool), "9 booleans"), (jnp.ones(9), "9 booleans")],
+)
+def test_a_game_of_your_own_with_an_illegal_move_mask_is_refused_in_one_sentence(mask, words):
+    config = dataclasses.replace(TINY, env="pgx/my_game", max_moves=9)
+    with pytest.raises(ConfigError, match=words) as raised:
+        alphazero.make_train(config, env=_MaskedGame(mask))
+    assert "\n" not in str(raised.value)
+
+
 def test_a_one_player_task_is_refused():
     with pytest.raises(ConfigError, match="two-player"):
         dataclasses.replace(TINY, env="pendulum").validate()
