@@ -14,8 +14,8 @@ learn only in its imagination, `horizon` steps from every posterior state:
 The actor's gradient goes back through the imagined dynamics for continuous actions and is
 REINFORCE for discrete ones, as the 2023 code. DreamerV3's symlog, two-hot heads, unimix, free bits
 and LayerNorm are all here. `--preset v1` and `--preset v2` (on top of any task) are DreamerV1 and
-V2 by Config options: Gaussian or 32 x 32 categorical latents, plain or 0.8-balanced KL, MSE reward
-and value heads, the return alone through the dynamics, no return normalisation, V2's slow critic.
+V2 by Config options: Gaussian or 32 x 32 categorical latents, plain or 0.8-balanced KL, MSE heads,
+ELU layers without LayerNorm, tanh- or truncated-normal actors, unnormalised returns, a slow critic.
 
 Departures from the paper (the most important):
 - Every replayed sequence starts from the zero state (DreamerV1/V2), not from a carried-over latent.
@@ -38,6 +38,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.scipy.special import ndtr, ndtri
 
 from mbrlax import buffer as replay
 from mbrlax import presets, runner, training
@@ -50,6 +51,7 @@ from mbrlax.rssm import (
     categorical_kl,
     features,
     gaussian_kl,
+    layer_style,
     observe_sequences,
     reconstruction_loss,
     sample_one_hot,
@@ -95,11 +97,30 @@ def log_one_minus_tanh_squared(u):
     return 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
 
 
+def truncated_standard_normal(key, lower, upper):
+    """z ~ N(0, 1) truncated to [lower, upper] (lower < 0 < upper), by inverting its CDF at a uniform
+    u: a differentiable function of the bounds, so loc + scale z is a reparameterised sample (TFP's
+    TruncatedNormal, which V2 used, has the same implicit gradients). Each half is inverted from its
+    own tail, P(Z <= z) below the median and P(Z > z) above it, for precision; u is kept 2^-24 from
+    0 and 1 (mass of the order of 1e-8 is cut from each tail), so no CDF is 0 and no gradient infinite."""
+    mass = ndtr(upper) - ndtr(lower)
+    u = jax.random.uniform(key, jnp.shape(lower), minval=2.0**-24)
+    below = ndtr(lower) + u * mass  # P(Z <= z)
+    above = ndtr(-upper) + (1.0 - u) * mass  # P(Z > z) = 1 - below
+    low_half = below < 0.5
+    # The branch not taken gets a harmless 0.25, so that its gradient is 0, never 0 times infinity.
+    return jnp.where(low_half, ndtri(jnp.where(low_half, below, 0.25)), -ndtri(jnp.where(low_half, 0.25, above)))
+
+
+def standard_normal_pdf(z):
+    return jnp.exp(-0.5 * z**2) / jnp.sqrt(2.0 * jnp.pi)
+
+
 class PolicyDistribution(NamedTuple):
     discrete: bool
     unimix: float
     kind: str = "bounded_normal"
-    """Of continuous actions: "bounded_normal" (V3) or "tanh_normal" (V1)."""
+    """Of continuous actions: "bounded_normal" (V3), "tanh_normal" (V1) or "trunc_normal" (V2)."""
     init_std: float = 5.0
     """tanh_normal: the std of the pre-tanh normal at a raw output of 0 (V1's action_init_std)."""
     noise: float = 0.0
@@ -113,6 +134,10 @@ class PolicyDistribution(NamedTuple):
             # danijar/dreamer models.py, ActionDecoder: mean_scale 5, min_std 1e-4; the pre-tanh normal.
             raw_init_std = jnp.log(jnp.expm1(self.init_std))
             return 5.0 * jnp.tanh(mean / 5.0), jax.nn.softplus(std + raw_init_std) + 1e-4
+        if self.kind == "trunc_normal":
+            # dreamerv2/common/nets.py, DistLayer trunc_normal: loc tanh(out), std 2 sigmoid((s +
+            # init_std) / 2) + min_std, with V2's actor's init_std 0 and min_std 0.1: std in [0.1, 2.1].
+            return jnp.tanh(mean), 2.0 * jax.nn.sigmoid(std / 2.0) + 0.1
         # DreamerV3's bounded normal: mean in [-1, 1], std in [0.1, 1].
         return jnp.tanh(mean), 0.9 * jax.nn.sigmoid(std + 2.0) + 0.1
 
@@ -122,11 +147,17 @@ class PolicyDistribution(NamedTuple):
             return sample_one_hot(key, a)
         if self.kind == "tanh_normal":
             return jnp.tanh(a + b * jax.random.normal(key, a.shape))
+        if self.kind == "trunc_normal":
+            # dreamerv2/common/dists.py, TruncNormalDist: the sample clipped 1e-6 inside the bounds,
+            # the gradient the unclipped one's (straight through); its `mult` is 1.
+            action = a + b * truncated_standard_normal(key, (-1.0 - a) / b, (1.0 - a) / b)
+            return action + jax.lax.stop_gradient(jnp.clip(action, -1.0 + 1e-6, 1.0 - 1e-6) - action)
         return a + b * jax.random.normal(key, a.shape)
 
     def mode(self, raw):
         """The discrete mode; tanh of the normal's mean for tanh_normal (V1 took the likeliest of 100
-        samples); the mean for the bounded normal."""
+        samples); the mean for the bounded normal, and the loc for trunc_normal (its mode: loc is
+        within the bounds)."""
         a, _ = self.params(raw)
         if self.discrete:
             return jax.nn.one_hot(a.argmax(-1), a.shape[-1])
@@ -140,7 +171,11 @@ class PolicyDistribution(NamedTuple):
             u = jnp.arctanh(jnp.clip(action, -1.0 + 1e-6, 1.0 - 1e-6))
             normal = -0.5 * ((u - a) / b) ** 2 - jnp.log(b) - 0.5 * jnp.log(2 * jnp.pi)
             return (normal - log_one_minus_tanh_squared(u)).sum(-1)
-        return (-0.5 * ((action - a) / b) ** 2 - jnp.log(b) - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+        normal = -0.5 * ((action - a) / b) ** 2 - jnp.log(b) - 0.5 * jnp.log(2 * jnp.pi)
+        if self.kind == "trunc_normal":
+            # The density on [-1, 1] (actions outside it are never sampled): the normal's over its mass there.
+            return (normal - jnp.log(ndtr((1.0 - a) / b) - ndtr((-1.0 - a) / b))).sum(-1)
+        return normal.sum(-1)
 
     def entropy(self, raw):
         """For tanh_normal, the normal's entropy plus the tanh's log-determinant at the mean: an
@@ -150,6 +185,12 @@ class PolicyDistribution(NamedTuple):
             return -(jnp.exp(a) * a).sum(-1)
         if self.kind == "tanh_normal":
             return (jnp.log(b) + 0.5 * jnp.log(2 * jnp.pi * jnp.e) + log_one_minus_tanh_squared(a)).sum(-1)
+        if self.kind == "trunc_normal":
+            # Closed form: log(sqrt(2 pi e) b Z) + (lo phi(lo) - hi phi(hi)) / 2Z, Z = Phi(hi) - Phi(lo).
+            lo, hi = (-1.0 - a) / b, (1.0 - a) / b
+            mass = ndtr(hi) - ndtr(lo)
+            edges = (lo * standard_normal_pdf(lo) - hi * standard_normal_pdf(hi)) / (2.0 * mass)
+            return (jnp.log(b * mass) + 0.5 * jnp.log(2 * jnp.pi * jnp.e) + edges).sum(-1)
         return (jnp.log(b) + 0.5 * jnp.log(2 * jnp.pi * jnp.e)).sum(-1)
 
     def executed(self, action):
@@ -187,7 +228,7 @@ class MSERewardModel(WorldModel):
 
     def setup(self):
         super().setup()
-        self.reward_mean = Head(self.config.hidden_size, self.config.layers, 1)
+        self.reward_mean = self.head(self.config.layers, 1)
 
     def reward_and_continue(self, feats):
         return self.reward_mean(feats), self.continue_head(feats)[..., 0]
@@ -806,8 +847,10 @@ def make_train(config: Config, env=None) -> Trainer:
         world_model=(MSERewardModel if config.reward_head == "mse" else WorldModel)(
             config, obs_shape, action_size, latent=config.latent
         ),
-        actor=Head(config.hidden_size, config.layers, action_size * (1 if spec.discrete else 2)),
-        critic=Head(config.hidden_size, config.layers, value.outputs, zero_init=value.kind == "two_hot"),
+        actor=Head(config.hidden_size, config.layers, action_size * (1 if spec.discrete else 2), **layer_style(config)),
+        critic=Head(
+            config.hidden_size, config.layers, value.outputs, value.kind == "two_hot", **layer_style(config)
+        ),
         policy=PolicyDistribution(
             spec.discrete, config.unimix, config.actor_dist, config.actor_init_std, config.action_noise
         ),
@@ -905,8 +948,8 @@ class Config(SequenceConfig):
     (by the action space)."""
     actor_grad_mix: float = setting(0.1, sweepable=True, within="[0, 1]")
     """With actor_gradient "both": the dynamics objective's share (V2's actor_grad_mix)."""
-    actor_dist: str = setting("bounded_normal", choices=("bounded_normal", "tanh_normal"))
-    """Continuous actions: V3's bounded normal, or V1's tanh-squashed normal."""
+    actor_dist: str = setting("bounded_normal", choices=("bounded_normal", "tanh_normal", "trunc_normal"))
+    """Continuous actions: V3's bounded normal, V1's tanh-squashed normal, or V2's normal truncated to [-1, 1]."""
     actor_init_std: float = setting(5.0, positive=True)
     """tanh_normal: the pre-tanh std at a raw output of 0 (V1's action_init_std)."""
     action_noise: float = setting(0.0, within="[0, 10]")

@@ -52,7 +52,7 @@ class PlanetModel(rssm.WorldModel):
 
     def setup(self):
         super().setup()
-        self.reward_mean = rssm.Head(self.config.hidden_size, self.config.layers, 1)
+        self.reward_mean = self.head(self.config.layers, 1)
 
     def __call__(self, obs, action, is_first, key):
         """Touches every layer once; used only to initialise the parameters."""

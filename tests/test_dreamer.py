@@ -475,6 +475,82 @@ def test_v1_tanh_normal_policy():
     np.testing.assert_allclose(policy.log_prob(raw, jnp.array([a])), by_hand, rtol=1e-5)
 
 
+def test_v2_trunc_normal_policy():
+    """dreamerv2/common/nets.py, DistLayer trunc_normal: loc tanh(out), std 2 sigmoid(s / 2) + 0.1 of a
+    normal truncated to [-1, 1] (dists.py, TruncNormalDist): its density integrates to 1 there, its
+    closed-form entropy and its samples' mean are the density's (by quadrature, and scipy's), the
+    samples stay inside the bounds, and their gradients reach loc and scale."""
+    policy = dreamer.PolicyDistribution(False, 0.01, "trunc_normal")
+    raws = jnp.array([[0.3, 0.0], [2.5, -3.0], [-4.0, -40.0], [0.0, 40.0]])  # std 1.1, 0.26, 0.1, 2.1
+    loc, scale = policy.params(raws)
+    np.testing.assert_allclose(loc[:, 0], np.tanh(raws[:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(scale[:, 0], 2 / (1 + np.exp(-raws[:, 1] / 2)) + 0.1, rtol=1e-6)
+    grid = np.linspace(-1.0, 1.0, 40_001)
+    log_p = np.asarray(jax.vmap(lambda r: jax.vmap(lambda a: policy.log_prob(r, a[None]))(jnp.asarray(grid)))(raws))
+    density = np.exp(log_p.astype(np.float64))
+    np.testing.assert_allclose(np.trapezoid(density, grid, axis=1), 1.0, rtol=1e-4)
+    entropy = -np.trapezoid(density * log_p, grid, axis=1)
+    np.testing.assert_allclose(policy.entropy(raws), entropy, rtol=1e-4, atol=1e-4)
+    samples = jax.vmap(lambda k: policy.sample(raws, k))(jax.random.split(jax.random.PRNGKey(0), 20_000))[..., 0]
+    assert float(jnp.abs(samples).max()) <= 1.0 - 1e-6
+    mean = np.trapezoid(density * grid, grid, axis=1)
+    np.testing.assert_allclose(samples.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(policy.mode(raws)[:, 0], loc[:, 0])
+    stats = pytest.importorskip("scipy.stats")
+    lo, hi = (-1 - np.asarray(loc[:, 0])) / scale[:, 0], (1 - np.asarray(loc[:, 0])) / scale[:, 0]
+    truncnorm = stats.truncnorm(lo, hi, loc=np.asarray(loc[:, 0]), scale=np.asarray(scale[:, 0]))
+    np.testing.assert_allclose(policy.entropy(raws), truncnorm.entropy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(log_p[:, 2000::4000], truncnorm.logpdf(grid[2000::4000, None]).T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(samples.mean(0), truncnorm.mean(), atol=0.02)
+
+
+def test_trunc_normal_samples_are_reparameterised_and_finite_at_the_extremes():
+    """The sample is loc + scale z(lower, upper), z the inverse CDF at a fixed uniform: its gradient
+    with respect to loc and scale is the finite difference's, and bounds far in a tail (loc near a
+    bound, scale 0.1) give finite samples within the bounds and finite gradients."""
+    policy = dreamer.PolicyDistribution(False, 0.01, "trunc_normal")
+    key = jax.random.PRNGKey(1)
+
+    def sample(loc, scale, k):
+        z = dreamer.truncated_standard_normal(k, (-1.0 - loc) / scale, (1.0 - loc) / scale)
+        return loc + scale * z
+
+    loc, scale = jnp.float32(0.3), jnp.float32(0.8)
+    for k in jax.random.split(key, 5):
+        grad_loc, grad_scale = jax.grad(sample, (0, 1))(loc, scale, k)
+        eps = 1e-3
+        fd_loc = (sample(loc + eps, scale, k) - sample(loc - eps, scale, k)) / (2 * eps)
+        fd_scale = (sample(loc, scale + eps, k) - sample(loc, scale - eps, k)) / (2 * eps)
+        np.testing.assert_allclose([grad_loc, grad_scale], [fd_loc, fd_scale], rtol=0.02, atol=2e-3)
+    keys = jax.random.split(key, 50_000)
+    for raw in ([6.0, -40.0], [-6.0, -40.0], [0.0, -40.0]):
+        raw = jnp.array(raw)
+        actions = jax.vmap(lambda k: policy.sample(raw, k))(keys)
+        grads = jax.vmap(jax.grad(lambda r, k: policy.sample(r, k).sum()), (None, 0))(raw, keys)
+        assert bool(jnp.isfinite(actions).all()) and float(jnp.abs(actions).max()) < 1.0
+        assert bool(jnp.isfinite(grads).all()) and float(jnp.abs(grads).max()) > 0.0
+
+
+def test_v1_v2_layers_elu_without_layernorm():
+    """`activation="elu"` with `layer_norm="none"` (V1) or "gru" (V2): each hidden layer is Dense with
+    a bias then ELU, with no LayerNorm anywhere, or only in the GRU; V3's layers by default."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+    block = rssm.Block(5, "elu", norm=False)
+    params = block.init(jax.random.PRNGKey(1), x)
+    dense = params["params"]["Dense_0"]
+    np.testing.assert_allclose(block.apply(params, x), jax.nn.elu(x @ dense["kernel"] + dense["bias"]), rtol=1e-6)
+    for layer_norm, normed in (("all", None), ("gru", {"gru"}), ("none", set())):
+        config = dataclasses.replace(dreamer.Config(), **SMALL, activation="elu", layer_norm=layer_norm)
+        model = rssm.WorldModel(config, (3,), 1)
+        params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1, 1)), jnp.ones(1), jax.random.PRNGKey(2))
+        paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        with_norm = {path.split("'")[3] for path in paths if "LayerNorm" in path}
+        if normed is not None:
+            assert with_norm == normed, layer_norm
+        else:
+            assert {"gru", "dynamics_input", "encoder", "decoder"} <= with_norm
+
+
 def test_v2_slow_critic_copies_every_n_updates():
     """dreamerv2/agent.py, update_slow_target: at updates 0, n, 2n, ... slow <- f critic + (1 - f) slow,
     f = 1 at update 0; unchanged otherwise."""
@@ -531,3 +607,9 @@ def test_v1_and_v2_presets_build_and_update(variant):
     for name, value in {**metrics["train"], **metrics["eval"]}.items():
         assert np.isfinite(np.asarray(value)).all(), name
     assert state.latent["stoch"].shape == ((1, 30, 1) if variant == "v1" else (1, 32, 8))
+    # ELU layers without LayerNorm (V2: but in its GRU), and V2's truncated-normal actor.
+    assert config.activation == "elu" and config.layer_norm == ("none" if variant == "v1" else "gru")
+    assert config.actor_dist == ("tanh_normal" if variant == "v1" else "trunc_normal")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.world_model)[0]]
+    assert {p.split("'")[3] for p in paths if "LayerNorm" in p} == (set() if variant == "v1" else {"gru"})
+    assert not any("LayerNorm" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.actor)[0])

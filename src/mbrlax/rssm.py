@@ -5,8 +5,10 @@ and a stochastic state z_t with a prior p(z_t | h_t) for imagination and a poste
 q(z_t | h_t, x_t) for filtering, and heads that decode the observation, the reward and the
 continuation from the features s_t = (h_t, z_t). Its latents are DreamerV3's categoricals
 (algorithms/dreamer.py) or PlaNet's diagonal Gaussians (algorithms/planet.py; DreamerV1's too); its layers are
-DreamerV3's (LayerNorm and SiLU blocks, symlog inputs) for both, and Dreamer's reward and continue
-heads predict two-hot bins and a logit (PlaNet builds a Gaussian reward head of its own).
+DreamerV3's (LayerNorm and SiLU blocks, symlog inputs) by default for both, or with `activation`,
+`cnn_activation` and `layer_norm` DreamerV1's and V2's (ELU, no LayerNorm but in V2's GRU), and
+Dreamer's reward and continue heads predict two-hot bins and a logit (PlaNet builds a Gaussian
+reward head of its own).
 
 Shared by Dreamer and PlaNet: `observe_sequences` filters replayed sequences with the posterior,
 `reconstruction_loss` scores the decoder. The acting side of their loops, which carries the
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax.config import setting
+from mbrlax.networks import ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,15 @@ class RSSMConfig:
     """Channels of the first convolution of the image encoder (doubled at each of its 4 layers)."""
     convolution: str = setting("xla", choices=("xla", "matmul"))
     """How the image encoder and decoder convolve: "xla" (XLA's convolution) or "matmul" (matrix products)."""
+    activation: str = setting("silu", choices=("silu", "elu", "relu"))
+    """Of every dense hidden layer (encoder/decoder MLPs, RSSM, heads, Dreamer's actor and critic):
+    SiLU (V3), or ELU (DreamerV1's dense_act, V2's act)."""
+    cnn_activation: str = setting("silu", choices=("silu", "elu", "relu"))
+    """Of the image encoder's and decoder's hidden layers: SiLU (V3), ReLU (V1's cnn_act), ELU (V2)."""
+    layer_norm: str = setting("all", choices=("all", "gru", "none"))
+    """Where LayerNorm is: before every hidden layer's activation and in the GRU (V3), in the GRU
+    only (V2's GRUCell(norm=True) with norm: none elsewhere), or nowhere (V1). Layers without it
+    have a bias."""
 
 
 # DREAMERV3'S TRANSFORMS AND DISTRIBUTIONS
@@ -109,14 +121,24 @@ def gaussian_kl(p, q):
 # NETWORKS
 
 
+def layer_style(config) -> dict:
+    """The keywords of `Block` and `Head` that a Config's `activation` and `layer_norm` give."""
+    return dict(activation=config.activation, norm=config.layer_norm == "all")
+
+
 class Block(nn.Module):
-    """Dense, LayerNorm, SiLU: DreamerV3's hidden layer (no bias: the norm has one)."""
+    """Dense, LayerNorm, SiLU: DreamerV3's hidden layer (no bias: the norm has one). With `norm`
+    False, Dense with a bias then the activation (DreamerV1's and V2's layers)."""
 
     units: int
+    activation: str = "silu"
+    norm: bool = True
 
     @nn.compact
     def __call__(self, x):
-        return nn.silu(nn.LayerNorm(epsilon=1e-3)(nn.Dense(self.units, use_bias=False)(x)))
+        if not self.norm:
+            return ACTIVATIONS[self.activation](nn.Dense(self.units)(x))
+        return ACTIVATIONS[self.activation](nn.LayerNorm(epsilon=1e-3)(nn.Dense(self.units, use_bias=False)(x)))
 
 
 class Head(nn.Module):
@@ -126,24 +148,32 @@ class Head(nn.Module):
     layers: int
     outputs: int
     zero_init: bool = False
+    activation: str = "silu"
+    norm: bool = True
 
     @nn.compact
     def __call__(self, x):
         for _ in range(self.layers):
-            x = Block(self.units)(x)
+            x = Block(self.units, self.activation, self.norm)(x)
         init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
         return nn.Dense(self.outputs, kernel_init=init)(x)
 
 
 class NormGRU(nn.Module):
     """A GRU whose gates see a LayerNorm of their inputs; the update gate is biased towards keeping
-    the state (sigmoid(u - 1)), which eases learning over long sequences."""
+    the state (sigmoid(u - 1)), which eases learning over long sequences. With `norm` False, no
+    LayerNorm and a bias (`layer_norm="none"`)."""
 
     size: int
+    norm: bool = True
 
     @nn.compact
     def __call__(self, x, state):
-        parts = nn.LayerNorm(epsilon=1e-3)(nn.Dense(3 * self.size, use_bias=False)(jnp.concatenate([x, state], -1)))
+        inputs = jnp.concatenate([x, state], -1)
+        if self.norm:
+            parts = nn.LayerNorm(epsilon=1e-3)(nn.Dense(3 * self.size, use_bias=False)(inputs))
+        else:
+            parts = nn.Dense(3 * self.size)(inputs)
         reset, candidate, update = jnp.split(parts, 3, -1)
         candidate = jnp.tanh(jax.nn.sigmoid(reset) * candidate)
         update = jax.nn.sigmoid(update - 1.0)
@@ -202,18 +232,22 @@ class ImageEncoder(nn.Module):
 
     depth: int
     convolution: str = "xla"
+    activation: str = "silu"
+    norm: bool = True
+    """LayerNorm after each convolution (which then has no bias), before the activation."""
 
     @nn.compact
     def __call__(self, image):
         x = image.astype(jnp.float32) / 255.0 - 0.5
         lead = x.shape[:-3]
         x = x.reshape((-1,) + x.shape[-3:])
+        bias = not self.norm
         for i, multiple in enumerate((1, 2, 4, 8)):
             if self.convolution == "matmul":
-                x = StridedConv(self.depth * multiple, name=f"Conv_{i}")(x)
+                x = StridedConv(self.depth * multiple, use_bias=bias, name=f"Conv_{i}")(x)
             else:
-                x = nn.Conv(self.depth * multiple, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
-            x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
+                x = nn.Conv(self.depth * multiple, (4, 4), strides=(2, 2), padding="SAME", use_bias=bias)(x)
+            x = ACTIVATIONS[self.activation](nn.LayerNorm(epsilon=1e-3)(x) if self.norm else x)
         return x.reshape(lead + (-1,))
 
 
@@ -223,6 +257,8 @@ class ImageDecoder(nn.Module):
     depth: int
     shape: tuple[int, int, int]
     convolution: str = "xla"
+    activation: str = "silu"
+    norm: bool = True
 
     @nn.compact
     def __call__(self, features):
@@ -231,12 +267,13 @@ class ImageDecoder(nn.Module):
         x = nn.Dense(height * width * channels)(features).reshape((-1, height, width, channels))
         outputs = [(self.depth * multiple, False) for multiple in (4, 2, 1)] + [(self.shape[-1], True)]
         for i, (size, last) in enumerate(outputs):
+            bias = last or not self.norm
             if self.convolution == "matmul":
-                x = StridedConv(size, transpose=True, use_bias=last, name=f"ConvTranspose_{i}")(x)
+                x = StridedConv(size, transpose=True, use_bias=bias, name=f"ConvTranspose_{i}")(x)
             else:
-                x = nn.ConvTranspose(size, (4, 4), strides=(2, 2), padding="SAME", use_bias=last)(x)
+                x = nn.ConvTranspose(size, (4, 4), strides=(2, 2), padding="SAME", use_bias=bias)(x)
             if not last:
-                x = nn.silu(nn.LayerNorm(epsilon=1e-3)(x))
+                x = ACTIVATIONS[self.activation](nn.LayerNorm(epsilon=1e-3)(x) if self.norm else x)
         return x.reshape(lead + self.shape)
 
 
@@ -254,7 +291,9 @@ class WorldModel(nn.Module):
     [..., stoch_size, classes], the statistics are unimix log-probabilities of that shape), or
     "gaussian", PlaNet's diagonal normal of `stoch_size` dimensions with std softplus(.) +
     `config.min_std` (z is [..., stoch_size, 1], the statistics [..., stoch_size, 2] are (mean, std)
-    stacked; algorithms/planet.py). Only the fields the chosen latent needs are read from `config`."""
+    stacked; algorithms/planet.py). Only the fields the chosen latent needs are read from `config`.
+    Its layers follow `config.activation`, `cnn_activation` and `layer_norm` (`RSSMConfig`); a
+    subclass's extra heads should be built with `head`."""
 
     config: Any
     obs_shape: tuple[int, ...]
@@ -264,19 +303,25 @@ class WorldModel(nn.Module):
     def setup(self):
         c = self.config
         self.image = len(self.obs_shape) == 3
+        style = layer_style(c)
         if self.image:
-            self.encoder = ImageEncoder(c.cnn_depth, c.convolution)
-            self.decoder = ImageDecoder(c.cnn_depth, self.obs_shape, c.convolution)
+            convolutions = dict(activation=c.cnn_activation, norm=style["norm"])
+            self.encoder = ImageEncoder(c.cnn_depth, c.convolution, **convolutions)
+            self.decoder = ImageDecoder(c.cnn_depth, self.obs_shape, c.convolution, **convolutions)
         else:
-            self.encoder = nn.Sequential([Block(c.hidden_size) for _ in range(c.layers)])
-            self.decoder = Head(c.hidden_size, c.layers, self.obs_shape[0])
-        self.dynamics_input = Block(c.hidden_size)
-        self.gru = NormGRU(c.deter_size)
+            self.encoder = nn.Sequential([Block(c.hidden_size, **style) for _ in range(c.layers)])
+            self.decoder = self.head(c.layers, self.obs_shape[0])
+        self.dynamics_input = Block(c.hidden_size, **style)
+        self.gru = NormGRU(c.deter_size, norm=c.layer_norm != "none")
         stats_size = c.stoch_size * (2 if self.latent == "gaussian" else c.classes)
-        self.prior_net = Head(c.hidden_size, 1, stats_size)
-        self.posterior_net = Head(c.hidden_size, 1, stats_size)
-        self.reward_head = Head(c.hidden_size, c.layers, len(BINS), zero_init=True)
-        self.continue_head = Head(c.hidden_size, c.layers, 1)
+        self.prior_net = self.head(1, stats_size)
+        self.posterior_net = self.head(1, stats_size)
+        self.reward_head = self.head(c.layers, len(BINS), zero_init=True)
+        self.continue_head = self.head(c.layers, 1)
+
+    def head(self, layers: int, outputs: int, zero_init: bool = False) -> Head:
+        """A Head of `layers` hidden layers of the config's width and layer style."""
+        return Head(self.config.hidden_size, layers, outputs, zero_init, **layer_style(self.config))
 
     def __call__(self, obs, action, is_first, key):
         """Touches every layer once; used only to initialise the parameters."""
