@@ -123,6 +123,14 @@ CLEARNING_TINY = ("--goal-tasks", "point_maze_open", "--vector-steps", "2", "--r
     num_envs=4, hidden_sizes=(16, 16), batch_size=16, updates_per_step=1, repr_size=8,
 )  # fmt: skip
 PLANET_TINY = ("--planet-variants", "tiny", "--repeats", "1")
+ALPHAZERO_TINY = ("--repeats", "1") + overrides(
+    num_envs=8, width=16, batch_size=16, updates_per_iteration=2, num_simulations=4, eval_simulations=4,
+    replay_capacity=1000,
+)  # fmt: skip
+MUZERO_TINY = ("--repeats", "1") + overrides(
+    num_envs=4, rollout_length=4, num_simulations=4, eval_simulations=4, width=16, latent_size=8, support_size=5,
+    batch_size=8, updates_per_iteration=2, unroll_steps=3, td_steps=3, replay_capacity=256,
+)  # fmt: skip
 MBMPO_TINY = ("--meta-steps", "1", "--repeats", "1") + overrides(
     env="pendulum", num_envs=2, initial_steps=20, real_steps_per_iteration=20, eval_every=20, eval_episodes=1,
     ensemble_size=2, tasks_per_model=1, imagined_trajectories=2, imagined_horizon=4, cg_iterations=2,
@@ -211,6 +219,12 @@ THROUGHPUT = [
         throughput("poplin", "--num-envs", "1", "--steps", "10", "--repeats", "2"),
         throughput("poplin", "--num-envs", "1", *PETS_TINY, *overrides(policy_hidden_sizes=(16,))),
         "ms_per_action_step", "ms per action", 0.75),
+    Row("alphazero-tictactoe-8seeds", "AlphaZero self-play on tic-tac-toe (512 games, PUCT 32, Gumbel 8), 8 seeds",
+        throughput("alphazero", "--num-seeds", "8", "--repeats", "1"),
+        throughput("alphazero", "--num-seeds", "2", *ALPHAZERO_TINY), "moves_per_s", "self-play moves/s", 0.75),
+    Row("muzero-cartpole-8seeds", "MuZero's loop on cartpole_discrete (16 envs, PUCT 50 and Gumbel 8), 8 seeds",
+        throughput("muzero", "--num-seeds", "8", "--repeats", "1"),
+        throughput("muzero", "--num-seeds", "2", *MUZERO_TINY), "env_steps_per_s", "env steps/s", 0.75),
 ]  # fmt: skip
 
 

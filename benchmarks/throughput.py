@@ -621,6 +621,52 @@ def dyna_q_markdown(r: dict, meta: dict) -> str:
     )
 
 
+# ALPHAZERO: self-play moves per second of the whole loop (games to their end, then the updates)
+
+
+def bench_alphazero(args) -> list[dict]:
+    import dataclasses
+
+    from mbrlax.algorithms import alphazero
+
+    rows = []
+    for search, simulations in (("puct", 32), ("gumbel", 8)):
+        preset = overridden(dict(search=search, num_simulations=simulations, eval_simulations=simulations), args)
+        config = dataclasses.replace(alphazero.Config(), **preset)
+        trainer = alphazero.make_train(config)
+        game = alphazero.games.make_game(config.env)
+        for num_seeds in args.num_seeds:
+            seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
+            # Moves counted as the budget counts them: games x the game's longest length.
+            moves = config.num_envs * game.max_moves
+            rows.append(
+                {
+                    "algorithm": "alphazero",
+                    "setting": (
+                        f"{config.env}: {search} with {config.num_simulations} simulations, {config.num_envs} games "
+                        f"to their end, then {config.updates_per_iteration} updates of batch {config.batch_size} "
+                        f"({config.network} {config.blocks} x {config.width})"
+                    ),
+                    "num_seeds": num_seeds,
+                    "moves_per_s": num_seeds * moves / seconds,
+                    "simulations_per_s": num_seeds * moves * config.num_simulations / seconds,
+                    "s_per_iteration": seconds,
+                    "compile_s": compile_s,
+                    **memory,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def alphazero_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds | {r['moves_per_s']:.0f} self-play moves/s "
+        f"| {r['simulations_per_s']:.0f} simulations/s | {r['s_per_iteration']:.2f} s an iteration "
+        f"| compile {r['compile_s']:.1f} s | {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 # MUZERO: environment steps per second of the whole loop, and searches per second at a batch of 256
 
 
@@ -655,7 +701,7 @@ def bench_muzero(args) -> list[dict]:
                 {
                     "algorithm": "muzero",
                     "setting": (
-                        f"{config.env}: {search} with {simulations} simulations, {config.num_envs} envs x "
+                        f"{config.env}: {search} with {config.num_simulations} simulations, {config.num_envs} envs x "
                         f"{config.rollout_length} steps, then {config.updates_per_iteration} updates of batch "
                         f"{config.batch_size} (K = {config.unroll_steps}, n = {config.td_steps})"
                     ),
@@ -691,6 +737,7 @@ BENCHMARKS = {
     "clearning": (bench_clearning, clearning_markdown),
     "dreamer": (bench_dreamer, dreamer_markdown),
     "dyna_q": (bench_dyna_q, dyna_q_markdown),
+    "alphazero": (bench_alphazero, alphazero_markdown),
     "muzero": (bench_muzero, muzero_markdown),
 }
 
