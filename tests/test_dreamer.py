@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import random_pendulum_return
 
-from mbrlax import envs, rssm
+from mbrlax import envs, policies, rssm
 from mbrlax.algorithms import dreamer
 from mbrlax.runner import preset_config
 
@@ -108,7 +108,7 @@ def test_return_scale_is_an_ema_of_the_percentile_range():
 def test_policy_clip_is_the_2023_codes_scaling():
     """dreamerv3/nets.py (2023), RSSM.img_step: a * sg(1 / max(1, |a|)): a clip forward, a gradient
     scaled by 1 / |a| outside the box."""
-    policy = dreamer.PolicyDistribution(False, 0.01)
+    policy = policies.PolicyDistribution(False, 0.01)
     action = jnp.array([-3.0, -0.5, 0.2, 2.0])
     np.testing.assert_allclose(policy.executed(action), jnp.clip(action, -1, 1))
     grad = jax.grad(lambda x: policy.executed(x).sum())(action)
@@ -124,7 +124,7 @@ def test_kl_balance_clips_each_kl_at_the_free_nats_and_stops_opposite_gradients(
     kl = (q * (posterior - prior)).sum((-2, -1))  # [2 steps], summed over the 2 latents
     free_nats = 0.5
     assert kl[0] > free_nats > kl[1]
-    got = dreamer.kl_balance(jnp.asarray(posterior, jnp.float32), jnp.asarray(prior, jnp.float32), free_nats)
+    got = rssm.kl_balance(jnp.asarray(posterior, jnp.float32), jnp.asarray(prior, jnp.float32), free_nats)
     dynamics, representation, dynamics_kl, representation_kl = (np.asarray(x) for x in got)
     np.testing.assert_allclose(dynamics_kl, kl, rtol=1e-5)
     np.testing.assert_allclose(representation_kl, kl, rtol=1e-5)
@@ -132,7 +132,7 @@ def test_kl_balance_clips_each_kl_at_the_free_nats_and_stops_opposite_gradients(
     np.testing.assert_allclose(representation, np.maximum(kl, free_nats), rtol=1e-5)
 
     def term(index):
-        return lambda post, pri: dreamer.kl_balance(post, pri, free_nats)[index].sum()
+        return lambda post, pri: rssm.kl_balance(post, pri, free_nats)[index].sum()
 
     args = (jnp.asarray(posterior, jnp.float32), jnp.asarray(prior, jnp.float32))
     above = np.array([1.0, 0.0])[:, None, None]  # only step 0's KL is above the free nats
@@ -154,7 +154,7 @@ def small_networks(obs_size=3, action_size=1):
         world_model=rssm.WorldModel(config, (obs_size,), action_size),
         actor=rssm.Head(8, 1, 2 * action_size),
         critic=rssm.Head(8, 1, len(rssm.BINS), zero_init=True),
-        policy=dreamer.PolicyDistribution(False, 0.01),
+        policy=policies.PolicyDistribution(False, 0.01),
     )
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     model = networks.world_model.init(
@@ -403,7 +403,7 @@ def test_v2_kl_balance_weights_the_two_sides_and_half_is_the_plain_kl():
     args = (jnp.asarray(posterior, jnp.float32), jnp.asarray(prior, jnp.float32))
     scale = 2.0
     for balance, prior_share, posterior_share in ((0.8, 0.8, 0.2), (0.5, 1.0, 1.0)):
-        loss = lambda post, pri: dreamer.balanced_kl_loss(post, pri, 0.0, balance, scale).sum()  # noqa: E731
+        loss = lambda post, pri: rssm.balanced_kl_loss(post, pri, 0.0, balance, scale).sum()  # noqa: E731
         np.testing.assert_allclose(loss(*args), scale * kl.sum(), rtol=1e-5)
         to_posterior, to_prior = jax.grad(loss, argnums=(0, 1))(*args)
         np.testing.assert_allclose(to_prior, -scale * prior_share * q, rtol=1e-4, atol=1e-6)
@@ -412,9 +412,9 @@ def test_v2_kl_balance_weights_the_two_sides_and_half_is_the_plain_kl():
     # Free nats between the two steps' KLs: per step only the smaller is clipped; on the mean, neither.
     free = float(kl.mean() - 0.01)
     assert kl.min() < free < kl.max()
-    per_step = dreamer.balanced_kl_loss(*args, free, 0.8, 1.0)
+    per_step = rssm.balanced_kl_loss(*args, free, 0.8, 1.0)
     np.testing.assert_allclose(per_step, np.maximum(kl, free), rtol=1e-5)
-    np.testing.assert_allclose(dreamer.balanced_kl_loss(*args, free, 0.8, 1.0, free_average=True), kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(rssm.balanced_kl_loss(*args, free, 0.8, 1.0, free_average=True), kl.mean(), rtol=1e-5)
 
 
 def test_gaussian_kl_by_hand_and_as_planets():
@@ -424,7 +424,7 @@ def test_gaussian_kl_by_hand_and_as_planets():
     q = jnp.array([[[0.0, 2.0], [1.0, 1.0]]])
     by_hand = (np.log(2.0 / 1.0) + (1.0 + 0.25) / 8.0 - 0.5) + (np.log(1.0 / 0.5) + (0.25 + 4.0) / 2.0 - 0.5)
     np.testing.assert_allclose(rssm.gaussian_kl(p, q), [by_hand], rtol=1e-6)
-    np.testing.assert_allclose(dreamer.latent_kl(p, q, "gaussian"), planet.gaussian_kl(p, q), rtol=1e-6)
+    np.testing.assert_allclose(rssm.latent_kl(p, q, "gaussian"), planet.gaussian_kl(p, q), rtol=1e-6)
 
 
 def test_mse_heads_and_the_critic_without_regulariser():
@@ -461,7 +461,7 @@ def test_v1_v2_actor_loss_is_the_return_unnormalised(gradient):
 def test_v1_tanh_normal_policy():
     """danijar/dreamer models.py, ActionDecoder: mean 5 tanh(m / 5), std softplus(s + softplus^-1(5)) +
     1e-4 of a normal squashed by tanh; log-probability by the change of variables."""
-    policy = dreamer.PolicyDistribution(False, 0.01, "tanh_normal", 5.0)
+    policy = policies.PolicyDistribution(False, 0.01, "tanh_normal", 5.0)
     raw = jnp.array([0.3, 0.0])  # mean 0.3 (nearly), raw std 0: the initial std 5
     mean, std = policy.params(raw)
     np.testing.assert_allclose(std, 5.0 + 1e-4, rtol=1e-6)
@@ -480,7 +480,7 @@ def test_v2_trunc_normal_policy():
     normal truncated to [-1, 1] (dists.py, TruncNormalDist): its density integrates to 1 there, its
     closed-form entropy and its samples' mean are the density's (by quadrature, and scipy's), the
     samples stay inside the bounds, and their gradients reach loc and scale."""
-    policy = dreamer.PolicyDistribution(False, 0.01, "trunc_normal")
+    policy = policies.PolicyDistribution(False, 0.01, "trunc_normal")
     raws = jnp.array([[0.3, 0.0], [2.5, -3.0], [-4.0, -40.0], [0.0, 40.0]])  # std 1.1, 0.26, 0.1, 2.1
     loc, scale = policy.params(raws)
     np.testing.assert_allclose(loc[:, 0], np.tanh(raws[:, 0]), rtol=1e-6)
@@ -508,11 +508,11 @@ def test_trunc_normal_samples_are_reparameterised_and_finite_at_the_extremes():
     """The sample is loc + scale z(lower, upper), z the inverse CDF at a fixed uniform: its gradient
     with respect to loc and scale is the finite difference's, and bounds far in a tail (loc near a
     bound, scale 0.1) give finite samples within the bounds and finite gradients."""
-    policy = dreamer.PolicyDistribution(False, 0.01, "trunc_normal")
+    policy = policies.PolicyDistribution(False, 0.01, "trunc_normal")
     key = jax.random.PRNGKey(1)
 
     def sample(loc, scale, k):
-        z = dreamer.truncated_standard_normal(k, (-1.0 - loc) / scale, (1.0 - loc) / scale)
+        z = policies.truncated_standard_normal(k, (-1.0 - loc) / scale, (1.0 - loc) / scale)
         return loc + scale * z
 
     loc, scale = jnp.float32(0.3), jnp.float32(0.8)
@@ -586,7 +586,7 @@ def test_gaussian_latent_world_model_loss_and_imagination_shapes():
         world_model=model,
         actor=rssm.Head(8, 1, 2),
         critic=rssm.Head(8, 1, 1),
-        policy=dreamer.PolicyDistribution(False, 0.01, "tanh_normal"),
+        policy=policies.PolicyDistribution(False, 0.01, "tanh_normal"),
         reward=dreamer.Regression("mse"),
         value=dreamer.Regression("mse"),
     )

@@ -118,6 +118,54 @@ def gaussian_kl(p, q):
     return (jnp.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2.0 * std_q**2) - 0.5).sum(-1)
 
 
+# THE KL BETWEEN POSTERIOR AND PRIOR, with free nats and V2's balancing
+
+
+def latent_kl(p, q, latent: str = "categorical"):
+    """KL(p || q) summed over the latents: of categoricals (log-probabilities [..., stoch_size,
+    classes]) or of diagonal normals ((mean, std) [..., stoch_size, 2])."""
+    if latent == "gaussian":
+        return gaussian_kl(p, q)
+    return categorical_kl(p, q).sum(-1)
+
+
+def kl_balance(posterior, prior, free_nats, latent: str = "categorical", free_average: bool = False):
+    """The two KL terms of the world model's loss, from the latents' statistics, each KL summed
+    over the latents and clipped below at `free_nats`:
+
+        dynamics       max(free_nats, KL(sg(q) || p))   trains the prior towards the posterior
+        representation max(free_nats, KL(q || sg(p)))   holds the posterior near what is predictable
+
+    Each step's KL is clipped (V3's free bits), or with `free_average` their mean over the batch
+    (V1; V2's free_avg), when each term is a scalar. Returns (dynamics term, representation term,
+    dynamics KL, representation KL); the KLs are unclipped, per step."""
+    sg = jax.lax.stop_gradient
+    dynamics_kl = latent_kl(sg(posterior), prior, latent)
+    representation_kl = latent_kl(posterior, sg(prior), latent)
+    if free_average:
+        return (
+            jnp.maximum(dynamics_kl.mean(), free_nats),
+            jnp.maximum(representation_kl.mean(), free_nats),
+            dynamics_kl,
+            representation_kl,
+        )
+    dynamics, representation = jnp.maximum(dynamics_kl, free_nats), jnp.maximum(representation_kl, free_nats)
+    return dynamics, representation, dynamics_kl, representation_kl
+
+
+def balanced_kl_loss(posterior, prior, free_nats, balance, kl_scale, latent="categorical", free_average=False):
+    """V2's KL loss (dreamerv2/common/nets.py, kl_loss with forward False):
+    kl_scale (balance max(free, KL(sg(q) || p)) + (1 - balance) max(free, KL(q || sg(p)))); balance 0.5
+    is kl_scale max(free, KL(q || p)) with gradients to both sides (V1's, and V2's code for 0.5).
+    Per step, or a scalar with `free_average`."""
+    if balance == 0.5:
+        kl = latent_kl(posterior, prior, latent)
+        return kl_scale * jnp.maximum(kl.mean() if free_average else kl, free_nats)
+    dynamics, representation, _, _ = kl_balance(posterior, prior, free_nats, latent, free_average)
+    return kl_scale * (balance * dynamics + (1.0 - balance) * representation)
+
+
+
 # NETWORKS
 
 
