@@ -44,6 +44,10 @@ MuZero: environment steps per second of the whole loop (each step a batched sear
 environments, then the updates), PUCT with 50 simulations and Gumbel with 8, on cartpole_discrete;
 and searches per second from a batch of 256 observations alone.
 
+World Models: CMA-ES generations per minute at the default setting (cartpole_swingup_pixels, population
+16 x 2 rollouts of 100 decisions, each frame through V and M), in the real task and in M's dream;
+the random rollouts and V's and M's fits (`init`) are compiled but not timed.
+
 PETS: actions planned per second and ensemble-member evaluations per second at mbrl-lib's
 continuous-cartpole planner setting (population 350, horizon 15, 5 CEM iterations, 20 particles,
 7 members of 4 x 200), for several numbers of environments planned for at once. The planning FLOP
@@ -725,6 +729,51 @@ def muzero_markdown(r: dict, meta: dict) -> str:
     )
 
 
+# WORLD MODELS: CMA-ES generations per minute (every candidate's rollouts, vmapped), real and dreamed
+
+
+def bench_world_models(args) -> list[dict]:
+    import dataclasses
+
+    from mbrlax.algorithms import world_models
+
+    rows = []
+    for train_in in ("real", "dream"):
+        preset = overridden(dict(train_in=train_in), args)
+        config = dataclasses.replace(world_models.Config(), **preset)
+        trainer = world_models.make_train(config)
+        for num_seeds in args.num_seeds:
+            seconds, compile_s, memory = time_one_update(trainer, config, num_seeds, args.repeats)
+            episodes = config.population * config.rollouts_per_candidate
+            where = "in the real task" if train_in == "real" else "in M's dream"
+            rows.append(
+                {
+                    "algorithm": "world_models",
+                    "setting": (
+                        f"{config.env}: one CMA-ES generation {where}, "
+                        f"population {config.population} x {config.rollouts_per_candidate} rollouts of "
+                        f"{trainer.spec.episode_length} steps, V depth {config.vae_depth}, M {config.rnn_hidden} units"
+                    ),
+                    "num_seeds": num_seeds,
+                    "generations_per_min": num_seeds * 60.0 / seconds,
+                    "rollout_steps_per_s": num_seeds * episodes * trainer.spec.episode_length / seconds,
+                    "compile_s": compile_s,
+                    **memory,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def world_models_markdown(r: dict, meta: dict) -> str:
+    return (
+        f"| {r['algorithm']} | {r['setting']} | {r['num_seeds']} seeds "
+        f"| {r['generations_per_min']:.1f} generations/min "
+        f"| {r['rollout_steps_per_s']:.0f} candidate steps/s | compile {r['compile_s']:.0f} s "
+        f"| {meta['device']} | {meta['commit']} | {meta['date']} |"
+    )
+
+
 BENCHMARKS = {
     "pets": (bench_pets, pets_markdown),
     "mbpo": (bench_mbpo, model_period_markdown),
@@ -739,6 +788,7 @@ BENCHMARKS = {
     "dyna_q": (bench_dyna_q, dyna_q_markdown),
     "alphazero": (bench_alphazero, alphazero_markdown),
     "muzero": (bench_muzero, muzero_markdown),
+    "world_models": (bench_world_models, world_models_markdown),
 }
 
 

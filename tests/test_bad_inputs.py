@@ -25,6 +25,7 @@ import pytest
 
 from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, muzero, pets, planet, poplin, steve, svg
 from mbrlax.algorithms import dyna_q
+from mbrlax.algorithms import world_models
 
 # ENTRY POINTS
 
@@ -76,6 +77,7 @@ ENTRY_POINTS = [
     EntryPoint("planet", planet, planet.Config, other="dreamer", bad_sweep="exploration_noise=0.3,5"),
     EntryPoint("alphazero", alphazero, alphazero.Config, other="pets", bad_sweep="l2_coefficient=1e-4,5"),
     EntryPoint("muzero", muzero, muzero.Config, other="alphazero", bad_sweep="discount=0.99,5"),
+    EntryPoint("world_models", world_models, world_models.Config, other="dreamer", bad_sweep="temperature=1.0,50"),
     EntryPoint("dyna_q", dyna_q, dyna_q.Config, other="pets", bad_sweep="alpha=0.1,1.5"),
 ]
 BY_NAME = {entry.name: entry for entry in ENTRY_POINTS}
@@ -334,6 +336,17 @@ PER_ENTRY_POINT: dict[str, list[Case]] = {
         Case("td-steps-0", ("--td-steps", "0"), "td_steps"),
         Case("replay-under-a-window", ("--replay-capacity", "16"), "replay_capacity"),
         Case("initial-steps", ("--initial-steps", "100"), "initial_steps"),
+    ],
+    "world_models": [
+        Case("vector-observations", ("--env", "pendulum"), "64 x 64 RGB"),
+        Case("population-1", ("--population", "1"), "population"),
+        Case("population-0", ("--population", "0"), "population"),
+        Case("rollouts-per-candidate-0", ("--rollouts-per-candidate", "0"), "rollouts_per_candidate"),
+        Case("generations-0", ("--generations", "0"), "generations"),
+        Case("train-in-unknown", ("--train-in", "nope"), "train_in"),
+        Case("controller-inputs-unknown", ("--controller-inputs", "zc"), "controller_inputs"),
+        Case("temperature-0", ("--temperature", "0"), "temperature"),
+        Case("refit-rollouts-over-store", ("--refit-every", "5", "--refit-rollouts", "1000"), "refit_rollouts"),
     ],
     "dyna_q": [
         Case("continuous-task", ("--env", "pendulum"), "tabular"),

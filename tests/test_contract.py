@@ -1,4 +1,4 @@
-"""The guarantees every algorithm gives, tested the same way for the fourteen entry points and PETS with
+"""The guarantees every algorithm gives, tested the same way for the fifteen entry points and PETS with
 iLQR, each with its `tiny` preset (VARIANTS["tiny"]: end to end in seconds):
 
 - a run from the command line: two seeds, the run folder's files, a summary with the promised fields;
@@ -40,6 +40,7 @@ import pytest
 from mbrlax import runner
 from mbrlax.algorithms import alphazero, clearning, dreamer, m2ac, maac, mbmpo, mbpo, muzero, pets, planet, poplin, steve, svg
 from mbrlax.algorithms import dyna_q
+from mbrlax.algorithms import world_models
 from mbrlax.envs import games, registry
 from mbrlax.training import split_keys
 
@@ -68,6 +69,7 @@ ALGORITHMS = {
     "svg": (svg, svg.PRESETS, svg.make_train),
     "alphazero": (alphazero, alphazero.PRESETS, alphazero.make_train),
     "muzero": (muzero, muzero.PRESETS, muzero.make_train),
+    "world_models": (world_models, world_models.PRESETS, world_models.make_train),
     "dyna_q": (dyna_q, dyna_q.PRESETS, dyna_q.make_train),
     "mbmpo": (mbmpo, mbmpo.PRESETS, mbmpo.make_train),
     "clearning": (clearning, clearning.PRESETS, clearning.make_train),
