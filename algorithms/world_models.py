@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -577,6 +577,8 @@ def make_train(config: Config, env=None) -> Trainer:
 class Config(RunConfig):
     """World Models settings; the run's (task, evaluation) are RunConfig's, but the budget is
     `generations`."""
+
+    BUDGET: ClassVar[str] = "generations"
 
     env: str = "cartpole_swingup_pixels"
     """A task with 64 x 64 RGB observations and continuous actions: cartpole_swingup_pixels, pendulum_pixels."""

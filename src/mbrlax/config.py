@@ -186,6 +186,9 @@ class RunConfig:
     RENAMED: ClassVar[dict[str, str]] = {}
     """Fields renamed since an earlier version, old name -> new: the old flag gets one sentence naming
     the new one, and an old run folder's config.json is read with the new names."""
+    BUDGET: ClassVar[str] = "total_steps"
+    """The field that sets the run's length; an algorithm that counts its budget otherwise (World
+    Models: in generations) names its own, and `total_steps` is then not what was asked for."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -292,7 +292,7 @@ def steps_said(programs: list) -> str:
     said = []
     for total in sorted({program.trainer.schedule.total_steps for program in programs}):
         asked = sorted({p.config.total_steps for p in programs if p.trainer.schedule.total_steps == total})
-        rounded = [a for a in asked if a != total]
+        rounded = [a for a in asked if a != total and type(programs[0].config).BUDGET == "total_steps"]
         note = f" ({', '.join(map(str, rounded))} asked for, rounded up to whole evaluation periods)" if rounded else ""
         said.append(f"{total}{note}")
     return " or ".join(said)
